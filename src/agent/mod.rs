@@ -1,0 +1,160 @@
+//! The agent role: one node's object store, served over gRPC, registered with
+//! the coordinator.
+
+pub mod locks;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::rpc::{self, agent_server::AgentServer, coordinator_client::CoordinatorClient};
+use service::AgentService;
+use store::Store;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentConfig {
+    /// Coordinator gRPC URL, e.g. http://10.0.0.1:7400
+    #[arg(long, env = "ANNEXMESH_COORDINATOR")]
+    pub coordinator: String,
+    /// Address to serve gRPC on.
+    #[arg(long, env = "ANNEXMESH_AGENT_LISTEN", default_value = "127.0.0.1:7500")]
+    pub listen: SocketAddr,
+    /// URL gateways use to reach this agent (default: http://<listen address>).
+    #[arg(long, env = "ANNEXMESH_AGENT_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The node's store: objects in git-annex's bare layout under annex/objects.
+    #[arg(long, env = "ANNEXMESH_STORE")]
+    pub store: PathBuf,
+    /// Node name, unique in the mesh.
+    #[arg(long, env = "ANNEXMESH_NODE_NAME")]
+    pub name: String,
+    /// Cluster the node belongs to.
+    #[arg(long, env = "ANNEXMESH_CLUSTER")]
+    pub cluster: String,
+}
+
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Binds, serves and keeps the registration alive until `shutdown`.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    serve(cfg, listener, shutdown).await
+}
+
+pub async fn serve(cfg: AgentConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = Store::open(&cfg.store)?;
+    let uuid = store.uuid()?;
+    let local = listener.local_addr()?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| format!("http://{local}"));
+    let service = Arc::new(AgentService::new(store.clone(), uuid.clone(), cfg.name.clone(), cfg.cluster.clone()));
+    info!(%uuid, name = %cfg.name, cluster = %cfg.cluster, %local, "agent serving");
+
+    let registrar = tokio::spawn(keep_registered(
+        cfg.coordinator.clone(),
+        rpc::RegisterRequest {
+            uuid,
+            name: cfg.name.clone(),
+            cluster: cfg.cluster.clone(),
+            address: advertise,
+            boot_id: service.boot_id.clone(),
+        },
+        service.clone(),
+        shutdown.clone(),
+    ));
+    let svc = AgentServer::from_arc(service)
+        .max_decoding_message_size(rpc::MAX_MESSAGE)
+        .max_encoding_message_size(rpc::MAX_MESSAGE);
+    let result = tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = registrar.await;
+    result.context("agent gRPC server failed")
+}
+
+/// Registers, then heartbeats; registers again whenever the coordinator
+/// forgets the agent or cannot be reached.
+async fn keep_registered(
+    coordinator: String,
+    reg: rpc::RegisterRequest,
+    service: Arc<AgentService>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    let mut registered = false;
+    let mut client: Option<CoordinatorClient<tonic::transport::Channel>> = None;
+    while !shutdown.is_cancelled() {
+        if client.is_none() {
+            match tonic::transport::Endpoint::from_shared(coordinator.clone()) {
+                Ok(ep) => client = Some(CoordinatorClient::new(ep.connect_lazy())),
+                Err(e) => {
+                    warn!("bad coordinator URL {coordinator}: {e}");
+                    return;
+                }
+            }
+        }
+        let c = client.as_mut().expect("client set above");
+        let ok = if !registered {
+            match c.register(reg.clone()).await {
+                Ok(_) => {
+                    info!(coordinator = %coordinator, "registered");
+                    registered = true;
+                    true
+                }
+                Err(s) => {
+                    warn!("registration failed: {}", s.message());
+                    false
+                }
+            }
+        } else {
+            let free = free_bytes(service.store.root());
+            let hb = rpc::HeartbeatRequest {
+                uuid: reg.uuid.clone(),
+                boot_id: reg.boot_id.clone(),
+                free_bytes: free,
+                active_transfers: service.active.load(Ordering::Relaxed),
+            };
+            match c.heartbeat(hb).await {
+                Ok(r) => {
+                    registered = r.into_inner().known;
+                    true
+                }
+                Err(s) => {
+                    warn!("heartbeat failed: {}", s.message());
+                    registered = false;
+                    false
+                }
+            }
+        };
+        let wait = if ok {
+            backoff = Duration::from_millis(200);
+            if registered { HEARTBEAT_INTERVAL } else { Duration::ZERO }
+        } else {
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn free_bytes(path: &std::path::Path) -> u64 {
+    nix::sys::statvfs::statvfs(path)
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,393 @@
+//! The agent's gRPC service: the node side of every request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::locks::{ContentLocks, Uploads};
+use super::store::{Store, StoreError};
+use crate::p2p::key::Key;
+use crate::p2p::verify::Verifier;
+use crate::rpc::{self, agent_server, get_reply, lock_request, put_request};
+
+pub struct AgentService {
+    pub(crate) store: Store,
+    pub(crate) uuid: String,
+    pub(crate) name: String,
+    pub(crate) cluster: String,
+    pub(crate) boot_id: String,
+    started: Instant,
+    locks: ContentLocks,
+    uploads: Uploads,
+    pub(crate) active: Arc<AtomicU32>,
+}
+
+/// Counts a transfer as active for as long as it lives.
+struct Active(Arc<AtomicU32>);
+
+impl Active {
+    fn enter(counter: &Arc<AtomicU32>) -> Active {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Active(counter.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        match e {
+            StoreError::Invalid(m) => Status::invalid_argument(m),
+            e @ StoreError::Io { .. } => Status::internal(e.to_string()),
+        }
+    }
+}
+
+pub(crate) fn parse_key(s: &str) -> Result<Key, Status> {
+    s.parse::<Key>()
+        .map_err(|e| Status::invalid_argument(format!("bad key {s:?}: {e}")))
+}
+
+impl AgentService {
+    pub fn new(store: Store, uuid: String, name: String, cluster: String) -> AgentService {
+        AgentService {
+            store,
+            uuid,
+            name,
+            cluster,
+            boot_id: uuid::Uuid::new_v4().to_string(),
+            started: Instant::now(),
+            locks: ContentLocks::default(),
+            uploads: Uploads::default(),
+            active: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// Milliseconds of the agent's monotonic clock; it starts at zero when the
+    /// process starts, and `boot_id` tells clock readings of different runs
+    /// apart.
+    fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn receive_put(
+        &self,
+        key: &Key,
+        header: &rpc::PutHeader,
+        stream: &mut Streaming<rpc::PutRequest>,
+    ) -> Result<rpc::PutReply, Status> {
+        let tmp = self.store.partial_path(key);
+        let mut file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&tmp)
+            .await
+            .map_err(|e| Status::internal(format!("cannot open {}: {e}", tmp.display())))?;
+        let held = file.metadata().await.map_err(|e| Status::internal(e.to_string()))?.len();
+        if header.offset > held {
+            return Err(Status::failed_precondition(format!(
+                "cannot resume at offset {}: only {held} bytes of {key} are held",
+                header.offset
+            )));
+        }
+        if let Some(size) = key.size {
+            if header.offset.checked_add(header.length) != Some(size) {
+                return Err(Status::invalid_argument(format!(
+                    "offset {} + length {} does not match the size {size} of {key}",
+                    header.offset, header.length
+                )));
+            }
+        }
+        file.set_len(header.offset).await.map_err(|e| Status::internal(e.to_string()))?;
+
+        // The checksum covers the whole object, so a resumed upload first
+        // hashes the part that is already here.
+        let mut verifier = Verifier::for_key(key);
+        if let Some(v) = verifier.as_mut() {
+            let mut remaining = header.offset;
+            let mut buf = vec![0u8; rpc::CHUNK_SIZE];
+            file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| Status::internal(e.to_string()))?;
+            while remaining > 0 {
+                let want = remaining.min(buf.len() as u64) as usize;
+                let n = file.read(&mut buf[..want]).await.map_err(|e| Status::internal(e.to_string()))?;
+                if n == 0 {
+                    return Err(Status::internal("partial file shrank while resuming"));
+                }
+                v.update(&buf[..n]);
+                remaining -= n as u64;
+            }
+        }
+        file.seek(std::io::SeekFrom::Start(header.offset))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+
+        let mut received: u64 = 0;
+        let mut end: Option<bool> = None;
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m.msg,
+                Ok(None) => break,
+                Err(status) => {
+                    debug!(%key, %status, "put stream broke");
+                    break;
+                }
+            };
+            match msg {
+                Some(put_request::Msg::Data(chunk)) => {
+                    if received + chunk.len() as u64 > header.length {
+                        file.flush().await.ok();
+                        return Err(Status::invalid_argument(format!(
+                            "more data than the {} bytes promised for {key}",
+                            header.length
+                        )));
+                    }
+                    file.write_all(&chunk).await.map_err(|e| Status::internal(e.to_string()))?;
+                    if let Some(v) = verifier.as_mut() {
+                        v.update(&chunk);
+                    }
+                    received += chunk.len() as u64;
+                }
+                Some(put_request::Msg::End(e)) => {
+                    end = Some(e.valid);
+                    break;
+                }
+                Some(put_request::Msg::Header(_)) | None => {
+                    file.flush().await.ok();
+                    return Err(Status::invalid_argument("unexpected message in put stream"));
+                }
+            }
+        }
+        file.flush().await.map_err(|e| Status::internal(e.to_string()))?;
+        drop(file);
+
+        match end {
+            None => {
+                info!(%key, kept = header.offset + received, "upload interrupted; partial kept for resume");
+                Ok(put_failed(format!(
+                    "upload of {key} interrupted after {} bytes; kept for resume",
+                    header.offset + received
+                )))
+            }
+            Some(false) => {
+                self.store.discard_partial(key).await?;
+                Ok(put_failed("the sender marked the data invalid".into()))
+            }
+            Some(true) if received != header.length => {
+                self.store.discard_partial(key).await?;
+                Ok(put_failed(format!(
+                    "received {received} bytes of the {} promised for {key}",
+                    header.length
+                )))
+            }
+            Some(true) => {
+                if let Some(v) = verifier {
+                    if !v.finish() {
+                        self.store.discard_partial(key).await?;
+                        warn!(%key, "refused content that does not match its checksum");
+                        return Ok(put_failed(format!(
+                            "content does not match the checksum in key {key}; nothing stored"
+                        )));
+                    }
+                }
+                self.store.commit_partial(key).await?;
+                info!(%key, "stored");
+                Ok(rpc::PutReply { stored: true, error: String::new() })
+            }
+        }
+    }
+}
+
+fn put_failed(error: String) -> rpc::PutReply {
+    rpc::PutReply { stored: false, error }
+}
+
+#[tonic::async_trait]
+impl agent_server::Agent for AgentService {
+    async fn info(&self, _: Request<rpc::InfoRequest>) -> Result<Response<rpc::AgentInfo>, Status> {
+        Ok(Response::new(rpc::AgentInfo {
+            uuid: self.uuid.clone(),
+            name: self.name.clone(),
+            cluster: self.cluster.clone(),
+            boot_id: self.boot_id.clone(),
+        }))
+    }
+
+    async fn check_present(
+        &self,
+        req: Request<rpc::KeyRequest>,
+    ) -> Result<Response<rpc::CheckPresentReply>, Status> {
+        let key = parse_key(&req.get_ref().key)?;
+        let present = self.store.object_size(&key).await?.is_some();
+        Ok(Response::new(rpc::CheckPresentReply { present }))
+    }
+
+    type LockContentStream = ReceiverStream<Result<rpc::LockReply, Status>>;
+
+    async fn lock_content(
+        &self,
+        req: Request<Streaming<rpc::LockRequest>>,
+    ) -> Result<Response<Self::LockContentStream>, Status> {
+        let mut inbound = req.into_inner();
+        let key = match inbound.message().await? {
+            Some(rpc::LockRequest { msg: Some(lock_request::Msg::Key(k)) }) => parse_key(&k)?,
+            _ => return Err(Status::invalid_argument("lock stream must start with a key")),
+        };
+        let (tx, rx) = mpsc::channel(1);
+        // Take the lock before looking, so a remove cannot slip in between.
+        let guard = self.locks.lock(&key).await;
+        let present = self.store.object_size(&key).await?.is_some();
+        let reply = |locked| Ok(rpc::LockReply { locked, error: String::new() });
+        if !present {
+            drop(guard);
+            let _ = tx.send(reply(false)).await;
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
+        let _ = tx.send(reply(true)).await;
+        debug!(%key, "locked");
+        tokio::spawn(async move {
+            // Held until unlock, the stream's end or its failure.
+            loop {
+                match inbound.message().await {
+                    Ok(Some(rpc::LockRequest { msg: Some(lock_request::Msg::Unlock(true)) }))
+                    | Ok(None)
+                    | Err(_) => break,
+                    Ok(Some(_)) => continue,
+                }
+            }
+            drop(guard);
+            drop(tx);
+            debug!(%key, "unlocked");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn remove(&self, req: Request<rpc::RemoveRequest>) -> Result<Response<rpc::RemoveReply>, Status> {
+        let req = req.into_inner();
+        let key = parse_key(&req.key)?;
+        let outcome = self
+            .locks
+            .remove_unless_locked(&key, || {
+                if let Some(before) = req.before_ms {
+                    let now = self.clock_ms();
+                    if now >= before {
+                        return Err(format!("not removed: deadline passed ({now} ms >= {before} ms)"));
+                    }
+                }
+                Ok(())
+            }, &self.store)
+            .await;
+        let reply = match outcome {
+            Ok(()) => {
+                info!(%key, "removed");
+                rpc::RemoveReply { removed: true, error: String::new() }
+            }
+            Err(error) => rpc::RemoveReply { removed: false, error },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn get_timestamp(
+        &self,
+        _: Request<rpc::TimestampRequest>,
+    ) -> Result<Response<rpc::TimestampReply>, Status> {
+        let ms = self.clock_ms();
+        Ok(Response::new(rpc::TimestampReply {
+            timestamp: ms / 1000,
+            boot_id: self.boot_id.clone(),
+            timestamp_ms: ms,
+        }))
+    }
+
+    async fn put_offset(&self, req: Request<rpc::KeyRequest>) -> Result<Response<rpc::PutOffsetReply>, Status> {
+        let key = parse_key(&req.get_ref().key)?;
+        let reply = if self.store.object_size(&key).await?.is_some() {
+            rpc::PutOffsetReply { already_have: true, offset: 0 }
+        } else {
+            rpc::PutOffsetReply { already_have: false, offset: self.store.partial_len(&key).await? }
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn put(&self, req: Request<Streaming<rpc::PutRequest>>) -> Result<Response<rpc::PutReply>, Status> {
+        let mut stream = req.into_inner();
+        let header = match stream.message().await? {
+            Some(rpc::PutRequest { msg: Some(put_request::Msg::Header(h)) }) => h,
+            _ => return Err(Status::invalid_argument("put stream must start with a header")),
+        };
+        let key = parse_key(&header.key)?;
+        let _active = Active::enter(&self.active);
+        if self.store.object_size(&key).await?.is_some() {
+            return Ok(Response::new(rpc::PutReply { stored: true, error: String::new() }));
+        }
+        if header.data_present {
+            return Ok(Response::new(put_failed(format!("{key} is not present here"))));
+        }
+        let _upload = self.uploads.begin(&key).ok_or_else(|| {
+            Status::aborted(format!("an upload of {key} to this node is already in progress"))
+        })?;
+        let reply = self.receive_put(&key, &header, &mut stream).await?;
+        Ok(Response::new(reply))
+    }
+
+    type GetStream = ReceiverStream<Result<rpc::GetReply, Status>>;
+
+    async fn get(&self, req: Request<rpc::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+        let req = req.into_inner();
+        let key = parse_key(&req.key)?;
+        let path = self.store.object_path(&key);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Status::not_found(format!("{key} is not present")));
+            }
+            Err(e) => return Err(Status::internal(format!("cannot open {}: {e}", path.display()))),
+        };
+        let size = file.metadata().await.map_err(|e| Status::internal(e.to_string()))?.len();
+        if req.offset > size {
+            return Err(Status::invalid_argument(format!("offset {} is beyond the size {size} of {key}", req.offset)));
+        }
+        file.seek(std::io::SeekFrom::Start(req.offset)).await.map_err(|e| Status::internal(e.to_string()))?;
+        let length = size - req.offset;
+        let (tx, rx) = mpsc::channel(4);
+        let active = Active::enter(&self.active);
+        tokio::spawn(async move {
+            let _active = active;
+            let msg = |m| Ok(rpc::GetReply { msg: Some(m) });
+            if tx.send(msg(get_reply::Msg::Header(rpc::GetHeader { length }))).await.is_err() {
+                return;
+            }
+            let mut sent = 0u64;
+            loop {
+                let mut buf = BytesMut::with_capacity(rpc::CHUNK_SIZE);
+                match file.read_buf(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        sent += n as u64;
+                        if tx.send(msg(get_reply::Msg::Data(buf.freeze()))).await.is_err() {
+                            return; // the receiver went away
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("read failed: {e}")))).await;
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(msg(get_reply::Msg::End(rpc::GetEnd { valid: sent == length }))).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

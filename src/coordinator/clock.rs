@@ -1,0 +1,80 @@
+//! The cluster clock behind GETTIMESTAMP: one monotonic clock for every
+//! gateway, that never runs backwards, also across coordinator restarts.
+//!
+//! A lease is persisted ahead of the clock: after a restart (or a crash) the
+//! clock resumes at the lease, which is never below any value handed out.
+//! Jumping forward is harmless for REMOVE-BEFORE: it only makes deadlines
+//! pass sooner, never later.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::state::{Result, State};
+
+const LEASE_MS: u64 = 60_000;
+const META_LEASE: &str = "clock_lease_ms";
+
+pub struct ClusterClock {
+    base_ms: u64,
+    started: Instant,
+    lease_ms: AtomicU64,
+}
+
+impl ClusterClock {
+    pub fn open(state: &State) -> Result<ClusterClock> {
+        let base_ms = state.meta(META_LEASE)?.unwrap_or(1000);
+        let lease = base_ms + LEASE_MS;
+        state.set_meta(META_LEASE, lease)?;
+        Ok(ClusterClock { base_ms, started: Instant::now(), lease_ms: AtomicU64::new(lease) })
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        // Never hand out a value at or past the persisted lease: should the
+        // renewal fall behind, the clock waits at the lease instead.
+        let t = self.base_ms + self.started.elapsed().as_millis() as u64;
+        t.min(self.lease_ms.load(Ordering::Acquire) - 1)
+    }
+
+    /// Extends the lease when less than half of it remains.
+    pub fn renew(&self, state: &State) -> Result<()> {
+        let now = self.base_ms + self.started.elapsed().as_millis() as u64;
+        if now + LEASE_MS / 2 > self.lease_ms.load(Ordering::Acquire) {
+            let lease = now + LEASE_MS;
+            state.set_meta(META_LEASE, lease)?;
+            self.lease_ms.store(lease, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    pub fn spawn_renewal(self: &Arc<Self>, state: Arc<State>) {
+        let clock = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Err(e) = clock.renew(&state) {
+                    tracing::error!("cannot persist the cluster clock: {e}");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_never_goes_back_across_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let c1 = ClusterClock::open(&state).unwrap();
+        let t1 = c1.now_ms();
+        drop(c1);
+        let c2 = ClusterClock::open(&state).unwrap();
+        assert!(c2.now_ms() > t1);
+        let t2 = c2.now_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(c2.now_ms() >= t2);
+    }
+}

@@ -1,0 +1,70 @@
+//! The coordinator role: registry, health, location log, cluster clock and
+//! the admin API, shared by every gateway.
+
+pub mod clock;
+pub mod service;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::rpc::{self, admin_server::AdminServer, coordinator_server::CoordinatorServer};
+use clock::ClusterClock;
+use service::CoordinatorService;
+use state::State;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CoordinatorConfig {
+    /// Address to serve gRPC (coordinator and admin API) on.
+    #[arg(long, env = "ANNEXMESH_COORDINATOR_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// Directory for the coordinator's database.
+    #[arg(long, env = "ANNEXMESH_DATA")]
+    pub data: PathBuf,
+}
+
+pub struct Coordinator {
+    pub state: Arc<State>,
+    pub service: Arc<CoordinatorService>,
+}
+
+impl Coordinator {
+    pub fn open(data: &std::path::Path) -> anyhow::Result<Coordinator> {
+        let state = Arc::new(
+            State::open(data).with_context(|| format!("cannot open the coordinator database in {}", data.display()))?,
+        );
+        let clock = Arc::new(ClusterClock::open(&state)?);
+        clock.spawn_renewal(state.clone());
+        let service = Arc::new(CoordinatorService::new(state.clone(), clock));
+        Ok(Coordinator { state, service })
+    }
+
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        info!(addr = %listener.local_addr()?, "coordinator serving");
+        tonic::transport::Server::builder()
+            .add_service(
+                CoordinatorServer::new(self.service.clone())
+                    .max_decoding_message_size(rpc::MAX_MESSAGE)
+                    .max_encoding_message_size(rpc::MAX_MESSAGE),
+            )
+            .add_service(AdminServer::new(self.service.clone()))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+            .await
+            .context("coordinator gRPC server failed")
+    }
+}
+
+pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let coordinator = Coordinator::open(&cfg.data)?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    coordinator.serve(listener, shutdown).await
+}

@@ -1,0 +1,257 @@
+//! The coordinator's durable state in an embedded redb database: clusters,
+//! nodes, the location log and the clock's persisted floor.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const CLUSTERS: TableDefinition<&str, &str> = TableDefinition::new("clusters");
+const NODES: TableDefinition<&str, &str> = TableDefinition::new("nodes");
+/// "KEY\tNODE-UUID" -> (changed unix ms, present). A tab never occurs in a
+/// valid key, so all entries of one key form one contiguous range.
+const LOCATIONS: TableDefinition<&str, (u64, bool)> = TableDefinition::new("locations");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("database error: {0}")]
+    Db(#[from] redb::Error),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StateError {
+            fn from(e: $t) -> Self { StateError::Db(e.into()) }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub type Result<T> = std::result::Result<T, StateError>;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Cluster {
+    pub uuid: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Node {
+    pub uuid: String,
+    pub name: String,
+    pub cluster_uuid: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocationEntry {
+    pub node_uuid: String,
+    pub present: bool,
+    pub changed_unix_ms: u64,
+}
+
+pub struct State {
+    db: Database,
+    /// Location timestamps strictly increase, so "newest wins" is a total
+    /// order even for changes recorded within one millisecond.
+    last_stamp: AtomicU64,
+}
+
+fn location_key(key: &str, node: &str) -> String {
+    format!("{key}\t{node}")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StateError::Corrupt(format!("{e}: {s}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("records serialise")
+}
+
+impl State {
+    pub fn open(dir: &Path) -> Result<State> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StateError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("coordinator.redb"))?;
+        let txn = db.begin_write()?;
+        // Create every table so that readers never meet a missing one.
+        txn.open_table(CLUSTERS)?;
+        txn.open_table(NODES)?;
+        txn.open_table(LOCATIONS)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(State { db, last_stamp: AtomicU64::new(0) })
+    }
+
+    pub fn clusters(&self) -> Result<Vec<Cluster>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(CLUSTERS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode::<Cluster>(v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn cluster_by_name(&self, name: &str) -> Result<Option<Cluster>> {
+        Ok(self.clusters()?.into_iter().find(|c| c.name == name))
+    }
+
+    pub fn cluster_by_uuid(&self, uuid: &str) -> Result<Option<Cluster>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(CLUSTERS)?;
+        t.get(uuid)?.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Creates a cluster; returns the existing one when the name is taken.
+    pub fn create_cluster(&self, name: &str) -> Result<(Cluster, bool)> {
+        if let Some(c) = self.cluster_by_name(name)? {
+            return Ok((c, false));
+        }
+        let c = Cluster { uuid: uuid::Uuid::new_v4().to_string(), name: name.to_string() };
+        let txn = self.db.begin_write()?;
+        txn.open_table(CLUSTERS)?.insert(c.uuid.as_str(), encode(&c).as_str())?;
+        txn.commit()?;
+        Ok((c, true))
+    }
+
+    pub fn nodes(&self) -> Result<Vec<Node>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(NODES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode::<Node>(v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn node(&self, uuid: &str) -> Result<Option<Node>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(NODES)?;
+        t.get(uuid)?.map(|v| decode(v.value())).transpose()
+    }
+
+    pub fn upsert_node(&self, node: &Node) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(NODES)?.insert(node.uuid.as_str(), encode(node).as_str())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn next_stamp(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut prev = self.last_stamp.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.last_stamp.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
+        }
+    }
+
+    /// Records location changes in one transaction. Per key and node the
+    /// newest entry wins, as in git-annex's location log.
+    pub fn record(&self, changes: &[(String, String, bool)]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(LOCATIONS)?;
+            for (key, node, present) in changes {
+                let stamp = self.next_stamp();
+                let lk = location_key(key, node);
+                let newer = match t.get(lk.as_str())? {
+                    Some(v) => v.value().0 < stamp,
+                    None => true,
+                };
+                if newer {
+                    t.insert(lk.as_str(), (stamp, *present))?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every node's newest entry for `key`.
+    pub fn locations(&self, key: &str) -> Result<Vec<LocationEntry>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(LOCATIONS)?;
+        let start = format!("{key}\t");
+        // '\n' is the character after '\t', so this bounds the key's range.
+        let end = format!("{key}\n");
+        let mut out = Vec::new();
+        for row in t.range(start.as_str()..end.as_str())? {
+            let (k, v) = row?;
+            let (changed_unix_ms, present) = v.value();
+            let node_uuid = k.value()[start.len()..].to_string();
+            out.push(LocationEntry { node_uuid, present, changed_unix_ms });
+        }
+        Ok(out)
+    }
+
+    pub fn meta(&self, name: &str) -> Result<Option<u64>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        Ok(t.get(name)?.map(|v| v.value()))
+    }
+
+    pub fn set_meta(&self, name: &str, value: u64) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(name, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_entry_wins_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+        {
+            let s = State::open(dir.path()).unwrap();
+            s.record(&[(key.into(), "n1".into(), true), (key.into(), "n2".into(), true)]).unwrap();
+            s.record(&[(key.into(), "n2".into(), false)]).unwrap();
+            // A key that shares a prefix must not leak into the range.
+            s.record(&[(format!("{key}x"), "n3".into(), true)]).unwrap();
+        }
+        let s = State::open(dir.path()).unwrap();
+        let mut got: Vec<_> = s.locations(key).unwrap().into_iter().map(|e| (e.node_uuid, e.present)).collect();
+        got.sort();
+        assert_eq!(got, vec![("n1".to_string(), true), ("n2".to_string(), false)]);
+    }
+
+    #[test]
+    fn clusters_are_unique_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(dir.path()).unwrap();
+        let (a, created) = s.create_cluster("mesh").unwrap();
+        assert!(created);
+        let (b, created) = s.create_cluster("mesh").unwrap();
+        assert!(!created);
+        assert_eq!(a, b);
+        assert_eq!(s.cluster_by_uuid(&a.uuid).unwrap(), Some(a));
+    }
+}

@@ -1,0 +1,504 @@
+//! The one request handler behind every front-end: the cluster semantics of
+//! each P2P request, expressed as calls to agents and the coordinator.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::join_all;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use super::mesh::{Mesh, Repo};
+use crate::p2p::key::Key;
+use crate::rpc::{self, get_reply, lock_request, put_request};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+pub type Result<T> = std::result::Result<T, CoreError>;
+
+fn unavailable(what: &str, s: Status) -> CoreError {
+    CoreError::Unavailable(format!("{what}: {}", s.message()))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub ok: bool,
+    /// Node UUIDs, besides the repository addressed, that the request
+    /// affected (SUCCESS-PLUS, FAILURE-PLUS, ALREADY-HAVE-PLUS).
+    pub plus: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PutOffset {
+    AlreadyHave(Vec<String>),
+    Offset(u64),
+}
+
+/// Content being sent to a client: `length` bytes from the requested offset.
+pub struct Download {
+    pub length: u64,
+    pub node: String,
+    /// Ends early with an error when the node fails or reports the data
+    /// invalid; a front-end then makes sure the client sees invalid data.
+    pub body: futures::stream::BoxStream<'static, std::result::Result<Bytes, std::io::Error>>,
+}
+
+/// A content lock held on one node. Dropping it releases the lock.
+pub struct HeldLock {
+    pub node: String,
+    tx: mpsc::Sender<rpc::LockRequest>,
+}
+
+impl HeldLock {
+    pub async fn unlock(self) {
+        let _ = self.tx.send(rpc::LockRequest { msg: Some(lock_request::Msg::Unlock(true)) }).await;
+    }
+}
+
+#[derive(Clone)]
+pub struct Core {
+    pub mesh: Arc<Mesh>,
+}
+
+impl Core {
+    pub fn new(mesh: Arc<Mesh>) -> Core {
+        Core { mesh }
+    }
+
+    fn plus(repo: &Repo, nodes: Vec<String>) -> Vec<String> {
+        // Only a cluster reports nodes: a node addressed alone is the repo.
+        if repo.is_cluster() { nodes } else { Vec::new() }
+    }
+
+    async fn record(&self, changes: Vec<(String, String, bool)>) {
+        if changes.is_empty() {
+            return;
+        }
+        let req = rpc::RecordLocationsRequest {
+            changes: changes
+                .into_iter()
+                .map(|(key, node_uuid, present)| rpc::LocationChange { key, node_uuid, present })
+                .collect(),
+        };
+        if let Err(e) = self.mesh.coordinator().record_locations(req).await {
+            warn!("cannot record locations: {}", e.message());
+        }
+    }
+
+    /// Healthy nodes of `repo` holding `key`, best first. The location log is
+    /// trusted; when it names no node, the healthy nodes are asked and the log
+    /// repaired.
+    async fn holders(&self, repo: &Repo, key: &Key) -> Result<Vec<rpc::NodeInfo>> {
+        let healthy: Vec<_> = repo.nodes().into_iter().filter(|n| n.healthy).collect();
+        if !repo.is_cluster() {
+            return Ok(healthy);
+        }
+        let located = self
+            .mesh
+            .coordinator()
+            .locate(rpc::LocateRequest { key: key.to_string() })
+            .await
+            .map_err(|s| unavailable("coordinator", s))?
+            .into_inner()
+            .node_uuids;
+        let mut holders: Vec<_> = healthy.iter().filter(|n| located.contains(&n.uuid)).cloned().collect();
+        if holders.is_empty() {
+            holders = self.probe(&healthy, key).await;
+        }
+        holders.sort_by_key(|n| n.active_transfers);
+        Ok(holders)
+    }
+
+    /// Asks every node in parallel; records what it finds.
+    async fn probe(&self, nodes: &[rpc::NodeInfo], key: &Key) -> Vec<rpc::NodeInfo> {
+        let asks = nodes.iter().map(|n| async move {
+            let mut c = self.mesh.agent(n).ok()?;
+            let present = c.check_present(rpc::KeyRequest { key: key.to_string() }).await.ok()?.into_inner().present;
+            present.then(|| n.clone())
+        });
+        let found: Vec<_> = join_all(asks).await.into_iter().flatten().collect();
+        self.record(found.iter().map(|n| (key.to_string(), n.uuid.clone(), true)).collect()).await;
+        found
+    }
+
+    pub async fn checkpresent(&self, repo: &Repo, key: &Key) -> Result<bool> {
+        if let Repo::Node(n) = repo {
+            let mut c = self.mesh.agent(n).map_err(|s| unavailable(&n.name, s))?;
+            let present = c
+                .check_present(rpc::KeyRequest { key: key.to_string() })
+                .await
+                .map_err(|s| unavailable(&n.name, s))?
+                .into_inner()
+                .present;
+            return Ok(present);
+        }
+        let located = self
+            .mesh
+            .coordinator()
+            .locate(rpc::LocateRequest { key: key.to_string() })
+            .await
+            .map_err(|s| unavailable("coordinator", s))?
+            .into_inner()
+            .node_uuids;
+        if repo.nodes().iter().any(|n| located.contains(&n.uuid)) {
+            return Ok(true);
+        }
+        let healthy: Vec<_> = repo.nodes().into_iter().filter(|n| n.healthy).collect();
+        Ok(!self.probe(&healthy, key).await.is_empty())
+    }
+
+    pub async fn lock(&self, repo: &Repo, key: &Key) -> Result<Option<HeldLock>> {
+        for node in self.holders(repo, key).await? {
+            let Ok(mut c) = self.mesh.agent(&node) else { continue };
+            let (tx, rx) = mpsc::channel(2);
+            let _ = tx.send(rpc::LockRequest { msg: Some(lock_request::Msg::Key(key.to_string())) }).await;
+            let mut replies = match c.lock_content(ReceiverStream::new(rx)).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    debug!(node = %node.name, "lock failed: {}", s.message());
+                    continue;
+                }
+            };
+            if let Ok(Some(r)) = replies.message().await {
+                if r.locked {
+                    // The reply stream ends when the agent lets go; keep it
+                    // drained so the lock stream stays healthy.
+                    tokio::spawn(async move { while let Ok(Some(_)) = replies.message().await {} });
+                    return Ok(Some(HeldLock { node: node.uuid, tx }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The repository's clock (GETTIMESTAMP): the cluster's one clock, kept
+    /// by the coordinator, whichever gateway or node is asked.
+    pub async fn timestamp(&self, repo: &Repo) -> Result<u64> {
+        Ok(self.cluster_clock_ms(repo).await?.0 / 1000)
+    }
+
+    /// The cluster clock in ms and the gateway instant when it was at most
+    /// that value plus the round trip.
+    async fn cluster_clock_ms(&self, repo: &Repo) -> Result<(u64, Instant, u64)> {
+        let sent = Instant::now();
+        let r = self
+            .mesh
+            .coordinator()
+            .cluster_timestamp(rpc::ClusterTimestampRequest { cluster_uuid: repo.cluster_uuid().to_string() })
+            .await
+            .map_err(|s| unavailable("coordinator", s))?
+            .into_inner();
+        let received = Instant::now();
+        Ok((r.timestamp_ms, received, (received - sent).as_millis() as u64))
+    }
+
+    /// REMOVE and REMOVE-BEFORE: every node of the repository, in parallel,
+    /// including nodes the location log does not list.
+    pub async fn remove(&self, repo: &Repo, key: &Key, before: Option<u64>) -> Result<Outcome> {
+        // Milliseconds left before the deadline, a lower bound as seen at
+        // `at`: the clock may have been up to a round trip (plus the
+        // second's fraction the client did not see) further along.
+        let deadline = match before {
+            None => None,
+            Some(secs) => {
+                let (now_ms, at, rtt) = self.cluster_clock_ms(repo).await?;
+                let left = (secs * 1000) as i64 - now_ms as i64 - rtt as i64;
+                if left <= 0 {
+                    return Ok(Outcome {
+                        ok: false,
+                        plus: Vec::new(),
+                        error: Some("not removed: the deadline has passed".into()),
+                    });
+                }
+                Some((left as u64, at))
+            }
+        };
+        let nodes = repo.nodes();
+        let removes = nodes.iter().map(|n| async move {
+            let result: std::result::Result<(), String> = async {
+                let mut c = self.mesh.agent(n).map_err(|s| s.message().to_string())?;
+                let before_ms = match deadline {
+                    None => None,
+                    Some((left, at)) => {
+                        // Translate into the agent's clock: its reading is at
+                        // least `agent_ms` when the reply arrives, so stopping
+                        // at agent_ms + time left then is never late.
+                        let ts = c
+                            .get_timestamp(rpc::TimestampRequest {})
+                            .await
+                            .map_err(|s| format!("{}: {}", n.name, s.message()))?
+                            .into_inner();
+                        let spent = at.elapsed().as_millis() as u64;
+                        if spent >= left {
+                            return Err("not removed: the deadline has passed".into());
+                        }
+                        Some(ts.timestamp_ms + (left - spent))
+                    }
+                };
+                let r = c
+                    .remove(rpc::RemoveRequest { key: key.to_string(), before_ms })
+                    .await
+                    .map_err(|s| format!("{}: {}", n.name, s.message()))?
+                    .into_inner();
+                if r.removed { Ok(()) } else { Err(r.error) }
+            }
+            .await;
+            (n.uuid.clone(), result)
+        });
+        let results = join_all(removes).await;
+        let removed: Vec<String> = results.iter().filter(|(_, r)| r.is_ok()).map(|(u, _)| u.clone()).collect();
+        let error = results.iter().find_map(|(_, r)| r.as_ref().err().cloned());
+        self.record(removed.iter().map(|u| (key.to_string(), u.clone(), false)).collect()).await;
+        if let Some(e) = &error {
+            info!(%key, error = %e, "remove failed on some node");
+        }
+        Ok(Outcome { ok: error.is_none(), plus: Self::plus(repo, removed), error })
+    }
+
+    /// The nodes a PUT goes to.
+    async fn put_targets(&self, repo: &Repo, key: &Key, file: Option<&str>) -> Result<Vec<rpc::NodeInfo>> {
+        match repo {
+            Repo::Node(n) => Ok(vec![n.clone()]),
+            Repo::Cluster { uuid, nodes, .. } => {
+                let planned = self
+                    .mesh
+                    .coordinator()
+                    .plan_put(rpc::PlanPutRequest {
+                        cluster_uuid: uuid.clone(),
+                        key: key.to_string(),
+                        associated_file: file.unwrap_or_default().to_string(),
+                    })
+                    .await
+                    .map_err(|s| unavailable("placement", s))?
+                    .into_inner()
+                    .node_uuids;
+                Ok(nodes.iter().filter(|n| planned.contains(&n.uuid)).cloned().collect())
+            }
+        }
+    }
+
+    /// Each target's resume offset, or None when it has the content already.
+    async fn target_offsets(&self, targets: &[rpc::NodeInfo], key: &Key) -> Vec<(rpc::NodeInfo, Option<Option<u64>>)> {
+        let asks = targets.iter().map(|n| async move {
+            let r = async {
+                let mut c = self.mesh.agent(n).ok()?;
+                let r = c.put_offset(rpc::KeyRequest { key: key.to_string() }).await.ok()?.into_inner();
+                Some(if r.already_have { None } else { Some(r.offset) })
+            }
+            .await;
+            (n.clone(), r)
+        });
+        join_all(asks).await
+    }
+
+    pub async fn put_offset(&self, repo: &Repo, key: &Key, file: Option<&str>) -> Result<PutOffset> {
+        let targets = self.put_targets(repo, key, file).await?;
+        let offsets = self.target_offsets(&targets, key).await;
+        let have: Vec<String> = offsets.iter().filter(|(_, o)| matches!(o, Some(None))).map(|(n, _)| n.uuid.clone()).collect();
+        let wanting: Vec<u64> = offsets.iter().filter_map(|(_, o)| o.flatten()).collect();
+        if wanting.is_empty() {
+            if have.is_empty() {
+                return Err(CoreError::Unavailable("no node can take the content now".into()));
+            }
+            return Ok(PutOffset::AlreadyHave(Self::plus(repo, have)));
+        }
+        Ok(PutOffset::Offset(wanting.into_iter().min().unwrap_or(0)))
+    }
+
+    /// PUT: streams the client's data (`length` bytes from `offset`) to every
+    /// target at once, each from its own resume offset, through bounded
+    /// channels so the slowest target sets the pace. A body that fails
+    /// (client gone) closes every agent stream without an end marker, so each
+    /// agent keeps its partial file for resume.
+    pub async fn put<S, E>(
+        &self,
+        repo: &Repo,
+        key: &Key,
+        file: Option<&str>,
+        offset: u64,
+        length: u64,
+        data_present: bool,
+        mut body: S,
+    ) -> Result<Outcome>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if let Some(size) = key.size {
+            if offset.checked_add(length) != Some(size) && !data_present {
+                return Err(CoreError::BadRequest(format!(
+                    "offset {offset} + length {length} does not match the size {size} of {key}"
+                )));
+            }
+        }
+        let targets = self.put_targets(repo, key, file).await?;
+        let offsets = self.target_offsets(&targets, key).await;
+        let mut have = Vec::new();
+        let mut feeds = Vec::new();
+        let mut failed: Vec<String> = Vec::new();
+        for (node, o) in offsets {
+            match o {
+                Some(None) => have.push(node.uuid.clone()),
+                None => failed.push(format!("{}: unreachable", node.name)),
+                Some(Some(_)) if data_present => {
+                    failed.push(format!("{}: content not present", node.name));
+                }
+                Some(Some(own)) => {
+                    // A node holding less than the client skipped cannot be fed.
+                    let own = if own < offset || own > offset + length { offset } else { own };
+                    let (tx, rx) = mpsc::channel::<rpc::PutRequest>(4);
+                    let header = rpc::PutHeader {
+                        key: key.to_string(),
+                        offset: own,
+                        associated_file: file.unwrap_or_default().to_string(),
+                        length: length - (own - offset),
+                        data_present: false,
+                    };
+                    let mut client = self.mesh.agent(&node).map_err(|s| unavailable(&node.name, s))?;
+                    let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::Header(header)) }).await;
+                    let call = tokio::spawn(async move { client.put(ReceiverStream::new(rx)).await });
+                    feeds.push(Feed { node, skip: own - offset, tx: Some(tx), call });
+                }
+            }
+        }
+
+        let mut received: u64 = 0;
+        let mut broken = None;
+        if !feeds.is_empty() && !data_present {
+            let mut pending = BytesMut::new();
+            loop {
+                let chunk = match body.next().await {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => {
+                        broken = Some(e.to_string());
+                        break;
+                    }
+                    None => break,
+                };
+                if received + chunk.len() as u64 > length {
+                    broken = Some(format!("more than the {length} bytes promised"));
+                    break;
+                }
+                // Coalesce small reads into chunk-sized messages.
+                pending.extend_from_slice(&chunk);
+                received += chunk.len() as u64;
+                if pending.len() >= rpc::CHUNK_SIZE || received == length {
+                    let data = pending.split().freeze();
+                    let start = received - data.len() as u64;
+                    fan_out(&mut feeds, start, data).await;
+                }
+            }
+            if !pending.is_empty() && broken.is_none() {
+                let data = pending.split().freeze();
+                fan_out(&mut feeds, received - data.len() as u64, data).await;
+            }
+        }
+
+        let valid = broken.is_none() && (received == length || data_present);
+        for f in feeds.iter_mut() {
+            if let Some(tx) = f.tx.take() {
+                if broken.is_none() {
+                    let end = rpc::PutEnd { valid };
+                    let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::End(end)) }).await;
+                }
+                // Dropping the sender ends the agent's stream.
+            }
+        }
+        let mut stored = have.clone();
+        for f in feeds {
+            match f.call.await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    if r.stored {
+                        stored.push(f.node.uuid.clone());
+                    } else {
+                        failed.push(format!("{}: {}", f.node.name, r.error));
+                    }
+                }
+                Ok(Err(s)) => failed.push(format!("{}: {}", f.node.name, s.message())),
+                Err(e) => failed.push(format!("{}: {e}", f.node.name)),
+            }
+        }
+        if let Some(why) = &broken {
+            info!(%key, received, "upload from client ended early ({why}); partial data kept for resume");
+        }
+        self.record(stored.iter().map(|u| (key.to_string(), u.clone(), true)).collect()).await;
+        let error = if stored.is_empty() { Some(failed.join("; ")) } else { None };
+        if !failed.is_empty() {
+            warn!(%key, "put failed on: {}", failed.join("; "));
+        }
+        Ok(Outcome { ok: !stored.is_empty(), plus: Self::plus(repo, stored), error })
+    }
+
+    /// GET: from the best node holding the key.
+    pub async fn get(&self, repo: &Repo, key: &Key, offset: u64) -> Result<Option<Download>> {
+        for node in self.holders(repo, key).await? {
+            let Ok(mut c) = self.mesh.agent(&node) else { continue };
+            let req = rpc::GetRequest { key: key.to_string(), offset, associated_file: String::new() };
+            let mut replies = match c.get(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    return Err(CoreError::BadRequest(s.message().to_string()));
+                }
+                Err(s) => {
+                    debug!(node = %node.name, "get failed: {}", s.message());
+                    continue;
+                }
+            };
+            let length = match replies.message().await {
+                Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::Header(h)) })) => h.length,
+                _ => continue,
+            };
+            let body = futures::stream::unfold(Some(replies), |state| async move {
+                let mut replies = state?;
+                let item = match replies.message().await {
+                    Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::Data(d)) })) => Ok(d),
+                    Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::End(e)) })) if e.valid => return None,
+                    Ok(Some(_)) | Ok(None) => Err(std::io::Error::other("the node sent invalid data")),
+                    Err(s) => Err(std::io::Error::other(format!("the node failed: {}", s.message()))),
+                };
+                let next = if item.is_ok() { Some(replies) } else { None };
+                Some((item, next))
+            });
+            return Ok(Some(Download { length, node: node.uuid, body: body.boxed() }));
+        }
+        Ok(None)
+    }
+}
+
+struct Feed {
+    node: rpc::NodeInfo,
+    /// Bytes of the client's stream this node already holds.
+    skip: u64,
+    tx: Option<mpsc::Sender<rpc::PutRequest>>,
+    call: tokio::task::JoinHandle<std::result::Result<tonic::Response<rpc::PutReply>, Status>>,
+}
+
+/// Sends `data`, which starts at `start` in the client's stream, to every
+/// live feed, minus what each one already holds.
+async fn fan_out(feeds: &mut [Feed], start: u64, data: Bytes) {
+    let end = start + data.len() as u64;
+    let sends = feeds.iter_mut().filter(|f| f.tx.is_some() && f.skip < end).map(|f| {
+        let from = f.skip.saturating_sub(start) as usize;
+        let part = data.slice(from..);
+        async move {
+            let tx = f.tx.as_ref().expect("filtered on live feeds");
+            if tx.send(rpc::PutRequest { msg: Some(put_request::Msg::Data(part)) }).await.is_err() {
+                // The agent ended its side; its reply says why.
+                f.tx = None;
+            }
+        }
+    });
+    join_all(sends).await;
+}

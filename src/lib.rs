@@ -1,0 +1,12 @@
+//! annexmesh: a distributed proxy mesh serving git-annex clusters.
+//!
+//! `p2p` is the pure protocol layer; the role modules build on it and on the
+//! gRPC API in `rpc`.
+
+pub mod admin;
+pub mod agent;
+pub mod coordinator;
+pub mod gateway;
+pub mod p2p;
+pub mod rpc;
+pub mod up;

@@ -1,0 +1,11 @@
+//! The generated gRPC API (see `proto/annexmesh/v1`).
+
+#![allow(clippy::all)]
+tonic::include_proto!("annexmesh.v1");
+
+/// Largest gRPC message we send or accept: data chunks are at most
+/// `CHUNK_SIZE`, so this leaves generous room for headers.
+pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// Size of the data chunks streamed between gateways and agents.
+pub const CHUNK_SIZE: usize = 256 * 1024;

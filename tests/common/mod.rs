@@ -1,0 +1,366 @@
+//! Test harness: runs the real annexmesh binary's roles as separate processes
+//! on loopback ports chosen at run time, and drives the real git-annex.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const GIT_ANNEX_VERSION: &str = "10.20261026";
+
+/// The directory holding the pinned git-annex, or a panic that says how to
+/// get it: these tests never skip silently.
+pub fn git_annex_bin_dir() -> PathBuf {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin");
+    let mut dirs = vec![local];
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    for d in dirs {
+        let bin = d.join("git-annex");
+        if bin.is_file() {
+            let out = Command::new(&bin).arg("version").arg("--raw").output();
+            if let Ok(o) = out {
+                if String::from_utf8_lossy(&o.stdout).starts_with(GIT_ANNEX_VERSION) {
+                    return d;
+                }
+            }
+        }
+    }
+    panic!(
+        "git-annex {GIT_ANNEX_VERSION} was not found. Run the tests with `scripts/test`, which installs it, \
+         or install it yourself with `pip install git-annex=={GIT_ANNEX_VERSION}` and put it on PATH."
+    );
+}
+
+pub fn annexmesh() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_annexmesh"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A process this test started; stopped by its PID when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> Proc {
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
+        let child = cmd
+            .env("ANNEXMESH_LOG", "info,annexmesh=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.to_string(), child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut r = agent.get(url).call().ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.body_mut().read_to_string().unwrap_or_default()))
+}
+
+pub fn http_post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut req = agent.post(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut r = req.send(body).unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// A running mesh: its processes, addresses and state directory.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub coordinator: String,
+    pub procs: Vec<Proc>,
+}
+
+impl Mesh {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// `annexmesh up`: everything in one process.
+    pub fn up() -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let cport = free_port();
+        let p = Proc::spawn(
+            "up",
+            annexmesh()
+                .arg("up")
+                .arg("--data")
+                .arg(dir.path().join("data"))
+                .arg("--http")
+                .arg(http.to_string())
+                .arg("--coordinator-listen")
+                .arg(format!("127.0.0.1:{cport}")),
+            dir.path(),
+        );
+        let mesh = Mesh { dir, http, coordinator: format!("http://127.0.0.1:{cport}"), procs: vec![p] };
+        mesh.wait_ready(3);
+        mesh
+    }
+
+    /// A coordinator, `agents` agents and one gateway, each its own process.
+    pub fn separate(agents: usize) -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let cport = free_port();
+        let coordinator = format!("http://127.0.0.1:{cport}");
+        let mut mesh = Mesh {
+            http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            coordinator,
+            procs: Vec::new(),
+            dir,
+        };
+        mesh.start_coordinator();
+        wait_until("the coordinator", Duration::from_secs(20), || {
+            mesh.admin(&["cluster", "create", "mesh"]).status.success()
+        });
+        for i in 1..=agents {
+            mesh.start_agent(&format!("node{i}"));
+        }
+        mesh.start_gateway();
+        mesh.wait_ready(agents);
+        mesh
+    }
+
+    pub fn start_coordinator(&mut self) {
+        let listen = self.coordinator.trim_start_matches("http://").to_string();
+        let data = self.dir.path().join("coordinator");
+        let p = Proc::spawn(
+            "coordinator",
+            annexmesh().args(["coordinator", "--listen", &listen]).arg("--data").arg(data),
+            self.dir.path(),
+        );
+        self.procs.push(p);
+    }
+
+    pub fn start_agent(&mut self, name: &str) {
+        let store = self.dir.path().join("nodes").join(name);
+        let p = Proc::spawn(
+            name,
+            annexmesh()
+                .args(["agent", "--coordinator", &self.coordinator, "--cluster", "mesh", "--name", name])
+                .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+                .arg("--store")
+                .arg(store),
+            self.dir.path(),
+        );
+        self.procs.push(p);
+    }
+
+    pub fn start_gateway(&mut self) {
+        let p = Proc::spawn(
+            "gateway",
+            annexmesh().args(["gateway", "--coordinator", &self.coordinator, "--http", &self.http.to_string()]),
+            self.dir.path(),
+        );
+        self.procs.push(p);
+    }
+
+    pub fn proc(&mut self, name: &str) -> &mut Proc {
+        self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    pub fn admin(&self, args: &[&str]) -> Output {
+        annexmesh().args(["admin", "--coordinator", &self.coordinator]).args(args).output().unwrap()
+    }
+
+    pub fn healthy_nodes(&self) -> usize {
+        let out = self.admin(&["node", "list"]);
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.split('\t').nth(2) == Some("up")).count()
+    }
+
+    pub fn wait_ready(&self, agents: usize) {
+        wait_until("the mesh to come up", Duration::from_secs(60), || {
+            matches!(http_get(&format!("{}/mesh/config", self.url())), Some((200, _)))
+                && self.healthy_nodes() == agents
+        });
+    }
+
+    /// Where the nodes keep their stores (the same layout for `up`).
+    pub fn node_stores(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        for base in [self.dir.path().join("nodes"), self.dir.path().join("data/nodes")] {
+            if let Ok(rd) = std::fs::read_dir(base) {
+                dirs.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        dirs.sort();
+        dirs
+    }
+
+    /// The UUID of a cluster or node, from its config.
+    pub fn uuid_of(&self, name: &str) -> String {
+        let (status, body) = http_get(&format!("{}/{name}/config", self.url())).unwrap();
+        assert_eq!(status, 200, "config of {name}: {body}");
+        body.lines()
+            .find_map(|l| l.trim().strip_prefix("uuid = "))
+            .unwrap_or_else(|| panic!("no uuid in {body}"))
+            .to_string()
+    }
+}
+
+/// Every file under `store/annex/objects` named `key`.
+pub fn objects_named(store: &Path, key: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![store.join("annex/objects")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().and_then(|n| n.to_str()) == Some(key) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// A git-annex client repository.
+pub struct Client {
+    pub dir: tempfile::TempDir,
+    path: String,
+}
+
+impl Client {
+    pub fn new() -> Client {
+        let bin = git_annex_bin_dir();
+        let path = std::env::join_paths(
+            std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+        )
+        .unwrap()
+        .into_string()
+        .unwrap();
+        let c = Client { dir: tempfile::tempdir().unwrap(), path };
+        c.ok(&["git", "init", "-q", "-b", "main"]);
+        c.ok(&["git", "annex", "init", "client"]);
+        c.ok(&["git", "config", "annex.security.allowed-ip-addresses", "all"]);
+        c
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(self.dir.path())
+            .env("PATH", &self.path)
+            .env("GIT_AUTHOR_NAME", "annexmesh test")
+            .env("GIT_AUTHOR_EMAIL", "test@annexmesh.invalid")
+            .env("GIT_COMMITTER_NAME", "annexmesh test")
+            .env("GIT_COMMITTER_EMAIL", "test@annexmesh.invalid")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn add_remote(&self, name: &str, url: &str) {
+        self.ok(&["git", "remote", "add", name, url]);
+    }
+
+    /// Writes `len` bytes of deterministic pseudo-random data.
+    pub fn write_file(&self, name: &str, len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut data = Vec::with_capacity(len);
+        while data.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.extend_from_slice(&x.to_le_bytes());
+        }
+        data.truncate(len);
+        std::fs::write(self.dir.path().join(name), &data).unwrap();
+        data
+    }
+
+    pub fn key_of(&self, file: &str) -> String {
+        self.ok(&["git", "annex", "lookupkey", file]).trim().to_string()
+    }
+}
