@@ -283,7 +283,14 @@ impl Core {
                     .map_err(|s| unavailable("placement", s))?
                     .into_inner()
                     .node_uuids;
-                Ok(nodes.iter().filter(|n| planned.contains(&n.uuid)).cloned().collect())
+                // A node that joined since our last topology refresh is in
+                // the plan but not in our snapshot: refresh once to find it.
+                let known = |nodes: &[rpc::NodeInfo]| planned.iter().all(|u| nodes.iter().any(|n| &n.uuid == u));
+                let mut nodes = nodes.clone();
+                if !known(&nodes) && self.mesh.refresh().await.is_ok() {
+                    nodes = self.mesh.snapshot().nodes.iter().filter(|n| &n.cluster_uuid == uuid).cloned().collect();
+                }
+                Ok(nodes.into_iter().filter(|n| planned.contains(&n.uuid)).collect())
             }
         }
     }

@@ -4,3 +4,5 @@
 pub mod key;
 pub mod layout;
 pub mod verify;
+pub mod line;
+pub mod message;

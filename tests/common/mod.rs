@@ -294,6 +294,14 @@ pub struct Client {
 
 impl Client {
     pub fn new() -> Client {
+        let c = Client::new_uninit();
+        c.ok(&["git", "init", "-q", "-b", "main"]);
+        c.ok(&["git", "annex", "init", "client"]);
+        c.ok(&["git", "config", "annex.security.allowed-ip-addresses", "all"]);
+        c
+    }
+
+    fn new_uninit() -> Client {
         let bin = git_annex_bin_dir();
         let path = std::env::join_paths(
             std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
@@ -301,10 +309,14 @@ impl Client {
         .unwrap()
         .into_string()
         .unwrap();
-        let c = Client { dir: tempfile::tempdir().unwrap(), path };
-        c.ok(&["git", "init", "-q", "-b", "main"]);
-        c.ok(&["git", "annex", "init", "client"]);
-        c.ok(&["git", "config", "annex.security.allowed-ip-addresses", "all"]);
+        Client { dir: tempfile::tempdir().unwrap(), path }
+    }
+
+    /// A bare git-annex repository, as a server keeps one.
+    pub fn new_bare() -> Client {
+        let c = Client::new_uninit();
+        c.ok(&["git", "init", "-q", "--bare"]);
+        c.ok(&["git", "annex", "init", "server"]);
         c
     }
 
@@ -313,8 +325,13 @@ impl Client {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(args[0])
-            .args(&args[1..])
+        self.command(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+    }
+
+    /// A command run in this repository with the test's git-annex on PATH.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(args[0]);
+        cmd.args(&args[1..])
             .current_dir(self.dir.path())
             .env("PATH", &self.path)
             .env("GIT_AUTHOR_NAME", "annexmesh test")
@@ -322,10 +339,8 @@ impl Client {
             .env("GIT_COMMITTER_NAME", "annexmesh test")
             .env("GIT_COMMITTER_EMAIL", "test@annexmesh.invalid")
             .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+            .env("HOME", self.dir.path());
+        cmd
     }
 
     /// Runs and asserts success; returns stdout.
