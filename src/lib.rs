@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod clock;
 pub mod coordinator;
 pub mod gateway;
 pub mod p2p;

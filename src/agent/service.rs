@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -13,6 +12,8 @@ use tracing::{debug, info, warn};
 
 use super::locks::{ContentLocks, Uploads};
 use super::store::{Store, StoreError};
+use crate::clock::Stopwatch;
+use crate::p2p::LOCK_SAFETY_WINDOW;
 use crate::p2p::key::Key;
 use crate::p2p::verify::Verifier;
 use crate::rpc::{self, agent_server, get_reply, lock_request, put_request};
@@ -23,7 +24,7 @@ pub struct AgentService {
     pub(crate) name: String,
     pub(crate) cluster: String,
     pub(crate) boot_id: String,
-    started: Instant,
+    started: Stopwatch,
     locks: ContentLocks,
     uploads: Uploads,
     pub(crate) active: Arc<AtomicU32>,
@@ -67,7 +68,7 @@ impl AgentService {
             name,
             cluster,
             boot_id: uuid::Uuid::new_v4().to_string(),
-            started: Instant::now(),
+            started: Stopwatch::start(),
             locks: ContentLocks::default(),
             uploads: Uploads::default(),
             active: Arc::new(AtomicU32::new(0)),
@@ -78,7 +79,7 @@ impl AgentService {
     /// process starts, and `boot_id` tells clock readings of different runs
     /// apart.
     fn clock_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.started.elapsed_ms()
     }
 
     async fn receive_put(
@@ -257,18 +258,25 @@ impl agent_server::Agent for AgentService {
         }
         let _ = tx.send(reply(true)).await;
         debug!(%key, "locked");
+        let locked_at = tokio::time::Instant::now();
         tokio::spawn(async move {
-            // Held until unlock, the stream's end or its failure.
-            loop {
+            // Held until an explicit unlock. A stream that ends without one
+            // means the gateway or its client went away, and the client may
+            // still count on the lock: it is kept for the protocol's safety
+            // window, counted from when it was granted.
+            let unlocked = loop {
                 match inbound.message().await {
-                    Ok(Some(rpc::LockRequest { msg: Some(lock_request::Msg::Unlock(true)) }))
-                    | Ok(None)
-                    | Err(_) => break,
+                    Ok(Some(rpc::LockRequest { msg: Some(lock_request::Msg::Unlock(true)) })) => break true,
+                    Ok(None) | Err(_) => break false,
                     Ok(Some(_)) => continue,
                 }
+            };
+            drop(tx);
+            if !unlocked {
+                debug!(%key, "lock stream ended without unlock; keeping the lock for the safety window");
+                tokio::time::sleep_until(locked_at + LOCK_SAFETY_WINDOW).await;
             }
             drop(guard);
-            drop(tx);
             debug!(%key, "unlocked");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -277,6 +285,12 @@ impl agent_server::Agent for AgentService {
     async fn remove(&self, req: Request<rpc::RemoveRequest>) -> Result<Response<rpc::RemoveReply>, Status> {
         let req = req.into_inner();
         let key = parse_key(&req.key)?;
+        if req.before_ms.is_some() && !req.boot_id.is_empty() && req.boot_id != self.boot_id {
+            return Err(Status::failed_precondition(format!(
+                "the deadline refers to clock {} but this agent's clock is {}",
+                req.boot_id, self.boot_id
+            )));
+        }
         let outcome = self
             .locks
             .remove_unless_locked(&key, || {

@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Stopwatch;
 
 use super::state::{Result, State};
 
@@ -17,7 +19,7 @@ const META_LEASE: &str = "clock_lease_ms";
 
 pub struct ClusterClock {
     base_ms: u64,
-    started: Instant,
+    started: Stopwatch,
     lease_ms: AtomicU64,
 }
 
@@ -26,19 +28,19 @@ impl ClusterClock {
         let base_ms = state.meta(META_LEASE)?.unwrap_or(1000);
         let lease = base_ms + LEASE_MS;
         state.set_meta(META_LEASE, lease)?;
-        Ok(ClusterClock { base_ms, started: Instant::now(), lease_ms: AtomicU64::new(lease) })
+        Ok(ClusterClock { base_ms, started: Stopwatch::start(), lease_ms: AtomicU64::new(lease) })
     }
 
     pub fn now_ms(&self) -> u64 {
         // Never hand out a value at or past the persisted lease: should the
         // renewal fall behind, the clock waits at the lease instead.
-        let t = self.base_ms + self.started.elapsed().as_millis() as u64;
+        let t = self.base_ms + self.started.elapsed_ms();
         t.min(self.lease_ms.load(Ordering::Acquire) - 1)
     }
 
     /// Extends the lease when less than half of it remains.
     pub fn renew(&self, state: &State) -> Result<()> {
-        let now = self.base_ms + self.started.elapsed().as_millis() as u64;
+        let now = self.base_ms + self.started.elapsed_ms();
         if now + LEASE_MS / 2 > self.lease_ms.load(Ordering::Acquire) {
             let lease = now + LEASE_MS;
             state.set_meta(META_LEASE, lease)?;

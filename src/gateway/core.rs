@@ -2,7 +2,6 @@
 //! each P2P request, expressed as calls to agents and the coordinator.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::join_all;
@@ -12,7 +11,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use super::clocks::AgentClocks;
 use super::mesh::{Mesh, Repo};
+use super::metrics::Metrics;
+use crate::clock::boottime_ms;
 use crate::p2p::key::Key;
 use crate::rpc::{self, get_reply, lock_request, put_request};
 
@@ -66,14 +68,18 @@ impl HeldLock {
     }
 }
 
+const DEADLINE_PASSED: &str = "not removed: the deadline has passed";
+
 #[derive(Clone)]
 pub struct Core {
     pub mesh: Arc<Mesh>,
+    pub metrics: Arc<Metrics>,
+    clocks: Arc<AgentClocks>,
 }
 
 impl Core {
     pub fn new(mesh: Arc<Mesh>) -> Core {
-        Core { mesh }
+        Core { mesh, metrics: Arc::default(), clocks: Arc::default() }
     }
 
     fn plus(repo: &Repo, nodes: Vec<String>) -> Vec<String> {
@@ -188,10 +194,11 @@ impl Core {
         Ok(self.cluster_clock_ms(repo).await?.0 / 1000)
     }
 
-    /// The cluster clock in ms and the gateway instant when it was at most
-    /// that value plus the round trip.
-    async fn cluster_clock_ms(&self, repo: &Repo) -> Result<(u64, Instant, u64)> {
-        let sent = Instant::now();
+    /// The cluster clock in ms, the moment of our clock when the reply came,
+    /// and the round trip: at that moment the cluster clock was at most the
+    /// reading plus the round trip.
+    async fn cluster_clock_ms(&self, repo: &Repo) -> Result<(u64, u64, u64)> {
+        let sent = boottime_ms();
         let r = self
             .mesh
             .coordinator()
@@ -199,71 +206,70 @@ impl Core {
             .await
             .map_err(|s| unavailable("coordinator", s))?
             .into_inner();
-        let received = Instant::now();
-        Ok((r.timestamp_ms, received, (received - sent).as_millis() as u64))
+        let received = boottime_ms();
+        Ok((r.timestamp_ms, received, received - sent))
     }
 
     /// REMOVE and REMOVE-BEFORE: every node of the repository, in parallel,
     /// including nodes the location log does not list.
     pub async fn remove(&self, repo: &Repo, key: &Key, before: Option<u64>) -> Result<Outcome> {
-        // Milliseconds left before the deadline, a lower bound as seen at
-        // `at`: the clock may have been up to a round trip (plus the
-        // second's fraction the client did not see) further along.
+        // The deadline in our own clock, never later than the true one: the
+        // client's deadline counts from the start of its second, and the
+        // cluster clock may have moved on by a whole round trip.
         let deadline = match before {
             None => None,
             Some(secs) => {
-                let (now_ms, at, rtt) = self.cluster_clock_ms(repo).await?;
-                let left = (secs * 1000) as i64 - now_ms as i64 - rtt as i64;
-                if left <= 0 {
-                    return Ok(Outcome {
-                        ok: false,
-                        plus: Vec::new(),
-                        error: Some("not removed: the deadline has passed".into()),
-                    });
+                let (now_ms, received, rtt) = self.cluster_clock_ms(repo).await?;
+                let left = secs.saturating_mul(1000).saturating_sub(now_ms + rtt);
+                if left == 0 {
+                    return Ok(Outcome { ok: false, plus: Vec::new(), error: Some(DEADLINE_PASSED.into()) });
                 }
-                Some((left as u64, at))
+                Some(received + left)
             }
         };
         let nodes = repo.nodes();
-        let removes = nodes.iter().map(|n| async move {
-            let result: std::result::Result<(), String> = async {
-                let mut c = self.mesh.agent(n).map_err(|s| s.message().to_string())?;
-                let before_ms = match deadline {
-                    None => None,
-                    Some((left, at)) => {
-                        // Translate into the agent's clock: its reading is at
-                        // least `agent_ms` when the reply arrives, so stopping
-                        // at agent_ms + time left then is never late.
-                        let ts = c
-                            .get_timestamp(rpc::TimestampRequest {})
-                            .await
-                            .map_err(|s| format!("{}: {}", n.name, s.message()))?
-                            .into_inner();
-                        let spent = at.elapsed().as_millis() as u64;
-                        if spent >= left {
-                            return Err("not removed: the deadline has passed".into());
-                        }
-                        Some(ts.timestamp_ms + (left - spent))
-                    }
-                };
-                let r = c
-                    .remove(rpc::RemoveRequest { key: key.to_string(), before_ms })
-                    .await
-                    .map_err(|s| format!("{}: {}", n.name, s.message()))?
-                    .into_inner();
-                if r.removed { Ok(()) } else { Err(r.error) }
-            }
-            .await;
-            (n.uuid.clone(), result)
-        });
+        let removes = nodes.iter().map(|n| async move { (n.uuid.clone(), self.remove_on(n, key, deadline).await) });
         let results = join_all(removes).await;
+        Metrics::add(&self.metrics.removes, 1);
         let removed: Vec<String> = results.iter().filter(|(_, r)| r.is_ok()).map(|(u, _)| u.clone()).collect();
         let error = results.iter().find_map(|(_, r)| r.as_ref().err().cloned());
         self.record(removed.iter().map(|u| (key.to_string(), u.clone(), false)).collect()).await;
         if let Some(e) = &error {
+            Metrics::add(&self.metrics.removes_failed, 1);
             info!(%key, error = %e, "remove failed on some node");
         }
         Ok(Outcome { ok: error.is_none(), plus: Self::plus(repo, removed), error })
+    }
+
+    /// Removes from one node; `deadline` is in our clock.
+    async fn remove_on(&self, n: &rpc::NodeInfo, key: &Key, deadline: Option<u64>) -> std::result::Result<(), String> {
+        let failed = |s: Status| format!("{}: {}", n.name, s.message());
+        let mut c = self.mesh.agent(n).map_err(failed)?;
+        // One retry: the agent refuses a deadline tied to a clock run that
+        // has since restarted, and then it is measured again.
+        for attempt in 0..2 {
+            let (before_ms, boot_id) = match deadline {
+                None => (None, String::new()),
+                Some(d) => {
+                    match self.clocks.translate(&n.uuid, &mut c, d).await.map_err(failed)? {
+                        Some(t) => (Some(t.before_ms), t.boot_id),
+                        None => return Err(DEADLINE_PASSED.into()),
+                    }
+                }
+            };
+            match c.remove(rpc::RemoveRequest { key: key.to_string(), before_ms, boot_id }).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    return if r.removed { Ok(()) } else { Err(format!("{}: {}", n.name, r.error)) };
+                }
+                Err(s) if s.code() == tonic::Code::FailedPrecondition && attempt == 0 => {
+                    debug!(node = %n.name, "agent clock restarted: {}", s.message());
+                    self.clocks.forget(&n.uuid);
+                }
+                Err(s) => return Err(failed(s)),
+            }
+        }
+        Err(format!("{}: its clock keeps restarting", n.name))
     }
 
     /// The nodes a PUT goes to.
@@ -400,15 +406,18 @@ impl Core {
                 // Coalesce small reads into chunk-sized messages.
                 pending.extend_from_slice(&chunk);
                 received += chunk.len() as u64;
+                Metrics::add(&self.metrics.put_client_bytes, chunk.len() as u64);
                 if pending.len() >= rpc::CHUNK_SIZE || received == length {
                     let data = pending.split().freeze();
                     let start = received - data.len() as u64;
-                    fan_out(&mut feeds, start, data).await;
+                    let sent = fan_out(&mut feeds, start, data).await;
+                    Metrics::add(&self.metrics.put_agent_bytes, sent);
                 }
             }
             if !pending.is_empty() && broken.is_none() {
                 let data = pending.split().freeze();
-                fan_out(&mut feeds, received - data.len() as u64, data).await;
+                let sent = fan_out(&mut feeds, received - data.len() as u64, data).await;
+                Metrics::add(&self.metrics.put_agent_bytes, sent);
             }
         }
 
@@ -437,11 +446,16 @@ impl Core {
                 Err(e) => failed.push(format!("{}: {e}", f.node.name)),
             }
         }
+        Metrics::add(&self.metrics.puts, 1);
         if let Some(why) = &broken {
+            Metrics::add(&self.metrics.puts_interrupted, 1);
             info!(%key, received, "upload from client ended early ({why}); partial data kept for resume");
         }
         self.record(stored.iter().map(|u| (key.to_string(), u.clone(), true)).collect()).await;
         let error = if stored.is_empty() { Some(failed.join("; ")) } else { None };
+        if stored.is_empty() {
+            Metrics::add(&self.metrics.puts_failed, 1);
+        }
         if !failed.is_empty() {
             warn!(%key, "put failed on: {}", failed.join("; "));
         }
@@ -494,18 +508,21 @@ struct Feed {
 
 /// Sends `data`, which starts at `start` in the client's stream, to every
 /// live feed, minus what each one already holds.
-async fn fan_out(feeds: &mut [Feed], start: u64, data: Bytes) {
+async fn fan_out(feeds: &mut [Feed], start: u64, data: Bytes) -> u64 {
     let end = start + data.len() as u64;
     let sends = feeds.iter_mut().filter(|f| f.tx.is_some() && f.skip < end).map(|f| {
         let from = f.skip.saturating_sub(start) as usize;
         let part = data.slice(from..);
         async move {
             let tx = f.tx.as_ref().expect("filtered on live feeds");
+            let len = part.len() as u64;
             if tx.send(rpc::PutRequest { msg: Some(put_request::Msg::Data(part)) }).await.is_err() {
                 // The agent ended its side; its reply says why.
                 f.tx = None;
+                return 0;
             }
+            len
         }
     });
-    join_all(sends).await;
+    join_all(sends).await.into_iter().sum()
 }

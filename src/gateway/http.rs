@@ -21,8 +21,8 @@ use super::mesh::Repo;
 use crate::p2p::key::Key;
 
 /// How long a lock taken with `lockcontent` lasts without `keeplocked`, and
-/// after a `keeplocked` connection breaks (the protocol's safety window).
-pub const LOCK_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// after a `keeplocked` connection breaks.
+pub const LOCK_WINDOW: Duration = crate::p2p::LOCK_SAFETY_WINDOW;
 
 pub const DATA_LENGTH: &str = "x-git-annex-data-length";
 
@@ -40,6 +40,7 @@ struct LockEntry {
 pub fn router(core: Core) -> Router {
     let state = HttpState { core, locks: Arc::new(Mutex::new(HashMap::new())) };
     Router::new()
+        .route("/metrics", get(metrics))
         .route("/{name}/config", get(config))
         .route("/git-annex/{uuid}/key/{key}", get(plain_get))
         .route("/git-annex/{uuid}/{version}/key/{key}", get(versioned_get))
@@ -171,6 +172,10 @@ fn with_plus(mut v: Value, version: u32, plus: &[String]) -> Value {
 }
 
 /// Git config that makes git-annex use this API for the named repository.
+async fn metrics(State(state): State<HttpState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.core.metrics.render()).into_response()
+}
+
 async fn config(State(state): State<HttpState>, Path(name): Path<String>, headers: HeaderMap) -> HttpResult {
     let repo = state
         .core

@@ -1,9 +1,11 @@
 //! The gateway role: stateless front-ends that clients talk to, over one
 //! request core that streams to agents.
 
+pub mod clocks;
 pub mod core;
 pub mod http;
 pub mod mesh;
+pub mod metrics;
 
 use std::net::SocketAddr;
 

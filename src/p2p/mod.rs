@@ -6,3 +6,8 @@ pub mod layout;
 pub mod verify;
 pub mod line;
 pub mod message;
+
+/// How long a content lock must outlast a connection that broke without
+/// UNLOCKCONTENT: the client may still count on it for this long after the
+/// lock was granted.
+pub const LOCK_SAFETY_WINDOW: std::time::Duration = std::time::Duration::from_secs(10 * 60);
