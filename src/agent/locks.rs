@@ -1,6 +1,6 @@
 //! Content locks and the one-upload-per-key rule.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::p2p::key::Key;
@@ -68,30 +68,64 @@ impl Drop for LockGuard {
     }
 }
 
-/// Keys with an upload in progress on this node.
+/// Uploads in progress on this node, one at a time per key.
+///
+/// A second upload of a key waits for the first instead of failing: the
+/// first is usually the remains of an interrupted transfer whose stream is
+/// about to end, and its retry must not fail with "already in progress".
 #[derive(Default, Clone)]
 pub struct Uploads {
-    keys: Arc<Mutex<HashSet<String>>>,
+    keys: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 pub struct UploadGuard {
-    keys: Arc<Mutex<HashSet<String>>>,
+    keys: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     key: String,
+    slot: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Uploads {
-    /// None when another upload of the key is under way.
-    pub fn begin(&self, key: &Key) -> Option<UploadGuard> {
+    /// Waits up to `wait` for other uploads of the key to finish; None if
+    /// one is still under way then.
+    pub async fn begin(&self, key: &Key, wait: std::time::Duration) -> Option<UploadGuard> {
         let key = key.to_string();
-        if !self.keys.lock().unwrap().insert(key.clone()) {
-            return None;
-        }
-        Some(UploadGuard { keys: self.keys.clone(), key })
+        let slot = self.keys.lock().unwrap().entry(key.clone()).or_default().clone();
+        let mut guard = UploadGuard { keys: self.keys.clone(), key, slot: slot.clone(), held: None };
+        // On timeout the guard is dropped and cleans its slot up.
+        guard.held = Some(tokio::time::timeout(wait, slot.lock_owned()).await.ok()?);
+        Some(guard)
     }
 }
 
 impl Drop for UploadGuard {
     fn drop(&mut self) {
-        self.keys.lock().unwrap().remove(&self.key);
+        self.held.take();
+        let mut keys = self.keys.lock().unwrap();
+        // The map and this guard hold the last references: nobody waits.
+        if Arc::strong_count(&self.slot) == 2 {
+            keys.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_second_upload_waits_for_the_first() {
+        let uploads = Uploads::default();
+        let key: Key = "WORM-s1--k".parse().unwrap();
+        let first = uploads.begin(&key, Duration::ZERO).await.unwrap();
+        assert!(uploads.begin(&key, Duration::from_millis(10)).await.is_none());
+        let u = uploads.clone();
+        let k = key.clone();
+        let second = tokio::spawn(async move { u.begin(&k, Duration::from_secs(10)).await.is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(first);
+        assert!(second.await.unwrap());
+        assert!(uploads.keys.lock().unwrap().is_empty(), "slots are cleaned up");
     }
 }

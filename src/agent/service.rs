@@ -55,6 +55,9 @@ impl From<StoreError> for Status {
     }
 }
 
+/// How long an upload waits for an earlier upload of the same key.
+const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(crate) fn parse_key(s: &str) -> Result<Key, Status> {
     s.parse::<Key>()
         .map_err(|e| Status::invalid_argument(format!("bad key {s:?}: {e}")))
@@ -349,8 +352,8 @@ impl agent_server::Agent for AgentService {
         if header.data_present {
             return Ok(Response::new(put_failed(format!("{key} is not present here"))));
         }
-        let _upload = self.uploads.begin(&key).ok_or_else(|| {
-            Status::aborted(format!("an upload of {key} to this node is already in progress"))
+        let _upload = self.uploads.begin(&key, UPLOAD_WAIT).await.ok_or_else(|| {
+            Status::aborted(format!("another upload of {key} to this node is still under way"))
         })?;
         let reply = self.receive_put(&key, &header, &mut stream).await?;
         Ok(Response::new(reply))

@@ -227,7 +227,8 @@ impl Core {
                 Some(received + left)
             }
         };
-        let nodes = repo.nodes();
+        // Every node, also one that joined or moved a moment ago.
+        let nodes = self.mesh.fresh(repo).await.nodes();
         let removes = nodes.iter().map(|n| async move { (n.uuid.clone(), self.remove_on(n, key, deadline).await) });
         let results = join_all(removes).await;
         Metrics::add(&self.metrics.removes, 1);

@@ -136,6 +136,16 @@ impl Mesh {
         None
     }
 
+    /// `repo` as the coordinator knows it now, for requests that must reach
+    /// every node (a node may have joined or moved since the last refresh);
+    /// the snapshot's view when the coordinator cannot be asked.
+    pub async fn fresh(&self, repo: &Repo) -> Repo {
+        if let Err(e) = self.refresh().await {
+            warn!("using the last known topology: {}", e.message());
+        }
+        self.snapshot().repo(&|u: &str, _: &str| u == repo.uuid()).unwrap_or_else(|| repo.clone())
+    }
+
     pub async fn repo_by_uuid(&self, uuid: &str) -> Option<Repo> {
         self.lookup(|u, _| u == uuid).await
     }

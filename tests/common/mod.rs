@@ -226,6 +226,39 @@ impl Mesh {
         self.procs.push(p);
     }
 
+    /// Starts another gateway on the same coordinator; returns its URL.
+    pub fn add_gateway(&mut self, name: &str) -> String {
+        let http = format!("127.0.0.1:{}", free_port());
+        let p = Proc::spawn(
+            name,
+            annexmesh().args(["gateway", "--coordinator", &self.coordinator, "--http", &http]),
+            self.dir.path(),
+        );
+        self.procs.push(p);
+        let url = format!("http://{http}");
+        wait_until("the new gateway", Duration::from_secs(30), || {
+            matches!(http_get(&format!("{url}/mesh/config")), Some((200, _)))
+        });
+        url
+    }
+
+    /// A counter from a gateway's /metrics.
+    pub fn metric(gateway_url: &str, name: &str) -> u64 {
+        let (status, body) = http_get(&format!("{gateway_url}/metrics")).expect("gateway answers /metrics");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+    }
+
+    /// The store directory of the named node.
+    pub fn store_of(&self, name: &str) -> PathBuf {
+        self.node_stores()
+            .into_iter()
+            .find(|p| p.file_name().and_then(|n| n.to_str()) == Some(name))
+            .unwrap_or_else(|| panic!("no store for {name}"))
+    }
+
     pub fn proc(&mut self, name: &str) -> &mut Proc {
         self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
     }
@@ -297,6 +330,16 @@ impl Client {
         let c = Client::new_uninit();
         c.ok(&["git", "init", "-q", "-b", "main"]);
         c.ok(&["git", "annex", "init", "client"]);
+        c.ok(&["git", "config", "annex.security.allowed-ip-addresses", "all"]);
+        c
+    }
+
+    /// A clone of another client's repository, with git-annex initialised.
+    pub fn clone_of(other: &Client) -> Client {
+        let c = Client::new_uninit();
+        let src = other.path().to_str().unwrap();
+        c.ok(&["git", "clone", "-q", src, "."]);
+        c.ok(&["git", "annex", "init", "reader"]);
         c.ok(&["git", "config", "annex.security.allowed-ip-addresses", "all"]);
         c
     }
