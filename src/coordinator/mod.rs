@@ -2,6 +2,7 @@
 //! the admin API, shared by every gateway.
 
 pub mod clock;
+pub mod preferred;
 pub mod service;
 pub mod state;
 
