@@ -2,6 +2,8 @@
 //! the admin API, shared by every gateway.
 
 pub mod clock;
+pub mod placement;
+pub mod preferred;
 pub mod service;
 pub mod state;
 
@@ -28,6 +30,14 @@ pub struct CoordinatorConfig {
     /// Directory for the coordinator's database.
     #[arg(long, env = "ANNEXMESH_DATA")]
     pub data: PathBuf,
+    /// Free space a PUT must leave on a node, for clusters that set none
+    /// (`annexmesh admin cluster reserve`): bytes or a size such as 500MB, 2GiB.
+    #[arg(long, env = "ANNEXMESH_RESERVE", default_value = "100MB", value_parser = parse_reserve)]
+    pub reserve: u64,
+}
+
+fn parse_reserve(s: &str) -> Result<u64, String> {
+    preferred::parse_size(s)
 }
 
 pub struct Coordinator {
@@ -37,12 +47,18 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn open(data: &std::path::Path) -> anyhow::Result<Coordinator> {
+        Coordinator::open_with_reserve(data, service::DEFAULT_RESERVE)
+    }
+
+    /// `reserve`: the free space a PUT must leave on a node, for clusters
+    /// that set none.
+    pub fn open_with_reserve(data: &std::path::Path, reserve: u64) -> anyhow::Result<Coordinator> {
         let state = Arc::new(
             State::open(data).with_context(|| format!("cannot open the coordinator database in {}", data.display()))?,
         );
         let clock = Arc::new(ClusterClock::open(&state)?);
         clock.spawn_renewal(state.clone());
-        let service = Arc::new(CoordinatorService::new(state.clone(), clock));
+        let service = Arc::new(CoordinatorService::new(state.clone(), clock, reserve));
         Ok(Coordinator { state, service })
     }
 
@@ -62,7 +78,7 @@ impl Coordinator {
 }
 
 pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let coordinator = Coordinator::open(&cfg.data)?;
+    let coordinator = Coordinator::open_with_reserve(&cfg.data, cfg.reserve)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

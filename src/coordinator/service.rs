@@ -6,21 +6,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use super::clock::ClusterClock;
-use super::state::{Node, State, StateError};
+use super::placement::{self, Candidate};
+use super::preferred::{self, Expr};
+use super::state::{Cluster, ClusterSettings, Node, NodeSettings, State, StateError};
 use crate::p2p::key::Key;
 use crate::rpc::{self, admin_server, coordinator_server};
 
 /// A node that missed this long of heartbeats is unhealthy.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(7);
 
+/// Free space a PUT must leave on a node unless the cluster sets its own:
+/// git-annex's default `annex.diskreserve`, 100 megabytes.
+pub const DEFAULT_RESERVE: u64 = 100_000_000;
+
 #[derive(Debug, Clone)]
 struct Health {
     last_seen: Instant,
     last_seen_unix_ms: u64,
-    free_bytes: u64,
+    /// None until the first heartbeat reports it.
+    free_bytes: Option<u64>,
     active_transfers: u32,
 }
 
@@ -28,6 +35,9 @@ pub struct CoordinatorService {
     state: Arc<State>,
     clock: Arc<ClusterClock>,
     health: Mutex<HashMap<String, Health>>,
+    reserve_default: u64,
+    /// Parsed preferred content expressions by their text.
+    exprs: Mutex<HashMap<String, Arc<Expr>>>,
 }
 
 impl From<StateError> for Status {
@@ -65,13 +75,24 @@ pub fn valid_name(s: &str) -> Result<(), Status> {
 }
 
 impl CoordinatorService {
-    pub fn new(state: Arc<State>, clock: Arc<ClusterClock>) -> CoordinatorService {
-        CoordinatorService { state, clock, health: Mutex::new(HashMap::new()) }
+    pub fn new(state: Arc<State>, clock: Arc<ClusterClock>, reserve_default: u64) -> CoordinatorService {
+        CoordinatorService {
+            state,
+            clock,
+            health: Mutex::new(HashMap::new()),
+            reserve_default,
+            exprs: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn node_info(&self, n: &Node) -> rpc::NodeInfo {
-        let health = self.health.lock().unwrap().get(&n.uuid).cloned();
+    fn health(&self, uuid: &str) -> (bool, Option<Health>) {
+        let health = self.health.lock().unwrap().get(uuid).cloned();
         let healthy = health.as_ref().is_some_and(|h| h.last_seen.elapsed() < HEALTH_TIMEOUT);
+        (healthy, health)
+    }
+
+    fn node_info(&self, n: &Node, settings: Option<&NodeSettings>) -> rpc::NodeInfo {
+        let (healthy, health) = self.health(&n.uuid);
         rpc::NodeInfo {
             uuid: n.uuid.clone(),
             name: n.name.clone(),
@@ -79,25 +100,75 @@ impl CoordinatorService {
             address: n.address.clone(),
             healthy,
             last_seen_unix_ms: health.as_ref().map_or(0, |h| h.last_seen_unix_ms),
-            free_bytes: health.as_ref().map_or(0, |h| h.free_bytes),
+            free_bytes: health.as_ref().and_then(|h| h.free_bytes).unwrap_or(0),
             active_transfers: health.as_ref().map_or(0, |h| h.active_transfers),
+            draining: settings.is_some_and(|s| s.draining),
+            wanted: settings.and_then(|s| s.wanted.clone()).unwrap_or_default(),
         }
     }
 
     fn all_nodes(&self) -> Result<Vec<rpc::NodeInfo>, Status> {
-        Ok(self.state.nodes()?.iter().map(|n| self.node_info(n)).collect())
+        let settings = self.state.node_settings()?;
+        Ok(self.state.nodes()?.iter().map(|n| self.node_info(n, settings.get(&n.uuid))).collect())
     }
 
-    fn touch(&self, uuid: &str, free_bytes: u64, active_transfers: u32) {
+    fn cluster_info(&self, c: &Cluster, settings: Option<&ClusterSettings>) -> rpc::ClusterInfo {
+        let reserve = settings.and_then(|s| s.reserve_bytes);
+        rpc::ClusterInfo {
+            uuid: c.uuid.clone(),
+            name: c.name.clone(),
+            min_copies: settings.and_then(|s| s.min_copies).unwrap_or(1),
+            reserve_bytes: reserve.unwrap_or(self.reserve_default),
+            reserve_default: reserve.is_none(),
+        }
+    }
+
+    fn all_clusters(&self) -> Result<Vec<rpc::ClusterInfo>, Status> {
+        let settings = self.state.cluster_settings()?;
+        Ok(self.state.clusters()?.iter().map(|c| self.cluster_info(c, settings.get(&c.uuid))).collect())
+    }
+
+    fn touch(&self, uuid: &str, free_bytes: Option<u64>, active_transfers: u32) {
         self.health.lock().unwrap().insert(
             uuid.to_string(),
             Health { last_seen: Instant::now(), last_seen_unix_ms: unix_ms(), free_bytes, active_transfers },
         );
     }
-}
 
-fn cluster_info(c: &super::state::Cluster) -> rpc::ClusterInfo {
-    rpc::ClusterInfo { uuid: c.uuid.clone(), name: c.name.clone() }
+    /// A node by name or UUID.
+    fn find_node(&self, node: &str) -> Result<Node, Status> {
+        self.state
+            .nodes()?
+            .into_iter()
+            .find(|n| n.name == node || n.uuid == node)
+            .ok_or_else(|| Status::not_found(format!("unknown node {node:?} (`annexmesh admin node list` lists them)")))
+    }
+
+    /// A cluster by name or UUID.
+    fn find_cluster(&self, cluster: &str) -> Result<Cluster, Status> {
+        self.state
+            .clusters()?
+            .into_iter()
+            .find(|c| c.name == cluster || c.uuid == cluster)
+            .ok_or_else(|| Status::not_found(format!("unknown cluster {cluster:?}")))
+    }
+
+    fn expr(&self, text: &str) -> Result<Arc<Expr>, preferred::ParseError> {
+        if let Some(e) = self.exprs.lock().unwrap().get(text) {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(Expr::parse(text)?);
+        self.exprs.lock().unwrap().insert(text.to_string(), e.clone());
+        Ok(e)
+    }
+
+    fn wanted_reply(n: &Node, settings: &NodeSettings) -> rpc::WantedReply {
+        rpc::WantedReply {
+            node_uuid: n.uuid.clone(),
+            node_name: n.name.clone(),
+            expression: settings.wanted.clone().unwrap_or_default(),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -123,7 +194,8 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
             self.state.upsert_node(&node)?;
             info!(node = %node.uuid, name = %node.name, cluster = %cluster.name, address = %node.address, "node registered");
         }
-        self.touch(&node.uuid, 0, 0);
+        let free = self.health(&node.uuid).1.and_then(|h| h.free_bytes);
+        self.touch(&node.uuid, free, 0);
         Ok(Response::new(rpc::RegisterReply { cluster_uuid: cluster.uuid }))
     }
 
@@ -131,14 +203,13 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
         let r = req.into_inner();
         let known = self.state.node(&r.uuid)?.is_some();
         if known {
-            self.touch(&r.uuid, r.free_bytes, r.active_transfers);
+            self.touch(&r.uuid, Some(r.free_bytes), r.active_transfers);
         }
         Ok(Response::new(rpc::HeartbeatReply { known }))
     }
 
     async fn topology(&self, _: Request<rpc::TopologyRequest>) -> Result<Response<rpc::TopologyReply>, Status> {
-        let clusters = self.state.clusters()?.iter().map(cluster_info).collect();
-        Ok(Response::new(rpc::TopologyReply { clusters, nodes: self.all_nodes()? }))
+        Ok(Response::new(rpc::TopologyReply { clusters: self.all_clusters()?, nodes: self.all_nodes()? }))
     }
 
     async fn locate(&self, req: Request<rpc::LocateRequest>) -> Result<Response<rpc::LocateReply>, Status> {
@@ -150,20 +221,47 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
 
     async fn plan_put(&self, req: Request<rpc::PlanPutRequest>) -> Result<Response<rpc::PlanPutReply>, Status> {
         let r = req.into_inner();
-        valid_key(&r.key)?;
-        if self.state.cluster_by_uuid(&r.cluster_uuid)?.is_none() {
-            return Err(Status::not_found(format!("unknown cluster {}", r.cluster_uuid)));
+        let key: Key = r.key.parse().map_err(|e| Status::invalid_argument(format!("bad key {:?}: {e}", r.key)))?;
+        let cluster = self
+            .state
+            .cluster_by_uuid(&r.cluster_uuid)?
+            .ok_or_else(|| Status::not_found(format!("unknown cluster {}", r.cluster_uuid)))?;
+        let cs = self.state.cluster_settings()?.remove(&cluster.uuid).unwrap_or_default();
+        let settings = self.state.node_settings()?;
+        let nodes: Vec<Node> = self.state.nodes()?.into_iter().filter(|n| n.cluster_uuid == cluster.uuid).collect();
+        let mut candidates = Vec::with_capacity(nodes.len());
+        for n in &nodes {
+            let (healthy, health) = self.health(&n.uuid);
+            let s = settings.get(&n.uuid);
+            // Expressions are checked when set; one that no longer parses
+            // wants nothing rather than everything.
+            let wanted = s.and_then(|s| s.wanted.as_deref()).map(|text| {
+                self.expr(text).unwrap_or_else(|e| {
+                    warn!(node = %n.name, "ignoring bad preferred content expression {text:?}: {e}");
+                    Arc::new(Expr::parse("nothing").expect("a valid expression"))
+                })
+            });
+            candidates.push(Candidate {
+                uuid: n.uuid.clone(),
+                name: n.name.clone(),
+                healthy,
+                draining: s.is_some_and(|s| s.draining),
+                free_bytes: health.and_then(|h| h.free_bytes),
+                wanted,
+            });
         }
-        let node_uuids: Vec<String> = self
-            .all_nodes()?
-            .into_iter()
-            .filter(|n| n.cluster_uuid == r.cluster_uuid && n.healthy)
-            .map(|n| n.uuid)
-            .collect();
-        if node_uuids.is_empty() {
-            return Err(Status::unavailable("no healthy node in the cluster can take the content"));
-        }
-        Ok(Response::new(rpc::PlanPutReply { node_uuids }))
+        let copies = self
+            .state
+            .locations(&r.key)?
+            .iter()
+            .filter(|e| e.present && nodes.iter().any(|n| n.uuid == e.node_uuid))
+            .count() as u64;
+        let file = Some(r.associated_file.as_str()).filter(|f| !f.is_empty());
+        let reserve = cs.reserve_bytes.unwrap_or(self.reserve_default);
+        let plan = placement::plan(&candidates, &key, file, copies, reserve)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        debug!(key = %r.key, file = ?file, targets = ?plan.targets, unwanted = plan.unwanted, "planned put");
+        Ok(Response::new(rpc::PlanPutReply { node_uuids: plan.targets, min_copies: cs.min_copies.unwrap_or(1) }))
     }
 
     async fn record_locations(
@@ -203,11 +301,12 @@ impl admin_server::Admin for Arc<CoordinatorService> {
             return Err(Status::already_exists(format!("cluster {name:?} exists already ({})", c.uuid)));
         }
         info!(cluster = %c.name, uuid = %c.uuid, "cluster created");
-        Ok(Response::new(cluster_info(&c)))
+        Ok(Response::new(self.cluster_info(&c, None)))
     }
 
     async fn list_clusters(&self, _: Request<rpc::ListClustersRequest>) -> Result<Response<rpc::ListClustersReply>, Status> {
-        let clusters = self.state.clusters()?.iter().map(cluster_info).collect();
+        let mut clusters = self.all_clusters()?;
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(rpc::ListClustersReply { clusters }))
     }
 
@@ -241,5 +340,67 @@ impl admin_server::Admin for Arc<CoordinatorService> {
             })
             .collect();
         Ok(Response::new(rpc::WhereisReply { entries }))
+    }
+
+    async fn get_wanted(&self, req: Request<rpc::GetWantedRequest>) -> Result<Response<rpc::WantedReply>, Status> {
+        let n = self.find_node(&req.get_ref().node)?;
+        let settings = self.state.node_settings()?.remove(&n.uuid).unwrap_or_default();
+        Ok(Response::new(CoordinatorService::wanted_reply(&n, &settings)))
+    }
+
+    async fn set_wanted(&self, req: Request<rpc::SetWantedRequest>) -> Result<Response<rpc::WantedReply>, Status> {
+        let r = req.into_inner();
+        let n = self.find_node(&r.node)?;
+        let wanted = if r.expression.trim().is_empty() {
+            None
+        } else {
+            let e = self.expr(&r.expression).map_err(|e| {
+                Status::invalid_argument(format!("bad preferred content expression {:?}: {e}", r.expression))
+            })?;
+            Some(e.as_str().to_string())
+        };
+        let settings = self.state.update_node_settings(&n.uuid, |s| s.wanted = wanted.clone())?;
+        info!(node = %n.name, wanted = ?wanted, "preferred content set");
+        Ok(Response::new(CoordinatorService::wanted_reply(&n, &settings)))
+    }
+
+    async fn set_draining(&self, req: Request<rpc::SetDrainingRequest>) -> Result<Response<rpc::NodeInfo>, Status> {
+        let r = req.into_inner();
+        let n = self.find_node(&r.node)?;
+        let settings = self.state.update_node_settings(&n.uuid, |s| s.draining = r.draining)?;
+        info!(node = %n.name, draining = r.draining, "node drain state set");
+        Ok(Response::new(self.node_info(&n, Some(&settings))))
+    }
+
+    async fn set_cluster_min_copies(
+        &self,
+        req: Request<rpc::SetClusterMinCopiesRequest>,
+    ) -> Result<Response<rpc::ClusterInfo>, Status> {
+        let r = req.into_inner();
+        let c = self.find_cluster(&r.cluster)?;
+        if r.min_copies == 0 {
+            return Err(Status::invalid_argument("the minimum number of copies must be at least 1"));
+        }
+        let settings = self.state.update_cluster_settings(&c.uuid, |s| s.min_copies = Some(r.min_copies))?;
+        info!(cluster = %c.name, min_copies = r.min_copies, "minimum copies set");
+        Ok(Response::new(self.cluster_info(&c, Some(&settings))))
+    }
+
+    async fn set_cluster_reserve(
+        &self,
+        req: Request<rpc::SetClusterReserveRequest>,
+    ) -> Result<Response<rpc::ClusterInfo>, Status> {
+        let r = req.into_inner();
+        let c = self.find_cluster(&r.cluster)?;
+        let reserve = match r.reserve.trim() {
+            "" | "default" => None,
+            size => Some(
+                preferred::parse_size(size)
+                    .map_err(|e| Status::invalid_argument(format!("bad reserve: {e}")))?,
+            ),
+        };
+        let settings = self.state.update_cluster_settings(&c.uuid, |s| s.reserve_bytes = reserve)?;
+        info!(cluster = %c.name, reserve = ?reserve, "space reserve set");
+        Ok(Response::new(self.cluster_info(&c, Some(&settings))))
     }
 }

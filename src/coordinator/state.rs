@@ -1,6 +1,8 @@
 //! The coordinator's durable state in an embedded redb database: clusters,
-//! nodes, the location log and the clock's persisted floor.
+//! nodes, what operators set on them (preferred content, draining, minimum
+//! copies, space reserve), the location log and the clock's persisted floor.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,6 +15,11 @@ const NODES: TableDefinition<&str, &str> = TableDefinition::new("nodes");
 /// valid key, so all entries of one key form one contiguous range.
 const LOCATIONS: TableDefinition<&str, (u64, bool)> = TableDefinition::new("locations");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Node UUID -> NodeSettings, apart from `nodes` so that an agent's
+/// registration never overwrites what an operator set.
+const NODE_SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("node_settings");
+/// Cluster UUID -> ClusterSettings.
+const CLUSTER_SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("cluster_settings");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -53,6 +60,27 @@ pub struct Node {
     pub address: String,
 }
 
+/// What operators set on a node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct NodeSettings {
+    /// Preferred content expression; None wants everything.
+    pub wanted: Option<String>,
+    /// A draining node gets no new content but still serves what it has.
+    pub draining: bool,
+}
+
+/// What operators set on a cluster.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ClusterSettings {
+    /// Nodes that must store a PUT for it to succeed; None means 1.
+    pub min_copies: Option<u32>,
+    /// Free space a PUT must leave on a node; None means the coordinator's
+    /// default.
+    pub reserve_bytes: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocationEntry {
     pub node_uuid: String,
@@ -90,6 +118,8 @@ impl State {
         txn.open_table(NODES)?;
         txn.open_table(LOCATIONS)?;
         txn.open_table(META)?;
+        txn.open_table(NODE_SETTINGS)?;
+        txn.open_table(CLUSTER_SETTINGS)?;
         txn.commit()?;
         Ok(State { db, last_stamp: AtomicU64::new(0) })
     }
@@ -149,6 +179,62 @@ impl State {
         txn.open_table(NODES)?.insert(node.uuid.as_str(), encode(node).as_str())?;
         txn.commit()?;
         Ok(())
+    }
+
+    pub fn node_settings(&self) -> Result<HashMap<String, NodeSettings>> {
+        self.all_settings(NODE_SETTINGS)
+    }
+
+    pub fn cluster_settings(&self) -> Result<HashMap<String, ClusterSettings>> {
+        self.all_settings(CLUSTER_SETTINGS)
+    }
+
+    /// Changes a node's settings in one transaction; returns the result.
+    pub fn update_node_settings(&self, uuid: &str, f: impl FnOnce(&mut NodeSettings)) -> Result<NodeSettings> {
+        self.update_settings(NODE_SETTINGS, uuid, f)
+    }
+
+    pub fn update_cluster_settings(
+        &self,
+        uuid: &str,
+        f: impl FnOnce(&mut ClusterSettings),
+    ) -> Result<ClusterSettings> {
+        self.update_settings(CLUSTER_SETTINGS, uuid, f)
+    }
+
+    fn all_settings<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &str>,
+    ) -> Result<HashMap<String, T>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(table)?;
+        let mut out = HashMap::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.insert(k.value().to_string(), decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn update_settings<T: Default + Serialize + for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &str>,
+        uuid: &str,
+        f: impl FnOnce(&mut T),
+    ) -> Result<T> {
+        let txn = self.db.begin_write()?;
+        let value = {
+            let mut t = txn.open_table(table)?;
+            let mut value: T = match t.get(uuid)? {
+                Some(v) => decode(v.value())?,
+                None => T::default(),
+            };
+            f(&mut value);
+            t.insert(uuid, encode(&value).as_str())?;
+            value
+        };
+        txn.commit()?;
+        Ok(value)
     }
 
     fn next_stamp(&self) -> u64 {
@@ -241,6 +327,39 @@ mod tests {
         let mut got: Vec<_> = s.locations(key).unwrap().into_iter().map(|e| (e.node_uuid, e.present)).collect();
         got.sort();
         assert_eq!(got, vec![("n1".to_string(), true), ("n2".to_string(), false)]);
+    }
+
+    #[test]
+    fn settings_survive_reopen_and_registration() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node { uuid: "n1".into(), name: "node1".into(), cluster_uuid: "c".into(), address: "a".into() };
+        {
+            let s = State::open(dir.path()).unwrap();
+            s.upsert_node(&node).unwrap();
+            let set = s
+                .update_node_settings("n1", |n| {
+                    n.wanted = Some("largerthan=1MB".into());
+                    n.draining = true;
+                })
+                .unwrap();
+            assert_eq!(set, NodeSettings { wanted: Some("largerthan=1MB".into()), draining: true });
+            s.update_cluster_settings("c", |c| c.min_copies = Some(3)).unwrap();
+            s.update_cluster_settings("c", |c| c.reserve_bytes = Some(5)).unwrap();
+            // An agent registering again does not reset what operators set.
+            s.upsert_node(&Node { address: "b".into(), ..node.clone() }).unwrap();
+        }
+        let s = State::open(dir.path()).unwrap();
+        assert_eq!(
+            s.node_settings().unwrap().get("n1"),
+            Some(&NodeSettings { wanted: Some("largerthan=1MB".into()), draining: true })
+        );
+        assert_eq!(
+            s.cluster_settings().unwrap().get("c"),
+            Some(&ClusterSettings { min_copies: Some(3), reserve_bytes: Some(5) })
+        );
+        let set = s.update_node_settings("n1", |n| n.draining = false).unwrap();
+        assert_eq!(set.wanted.as_deref(), Some("largerthan=1MB"));
+        assert!(!s.node_settings().unwrap()["n1"].draining);
     }
 
     #[test]

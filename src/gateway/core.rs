@@ -273,12 +273,13 @@ impl Core {
         Err(format!("{}: its clock keeps restarting", n.name))
     }
 
-    /// The nodes a PUT goes to.
-    async fn put_targets(&self, repo: &Repo, key: &Key, file: Option<&str>) -> Result<Vec<rpc::NodeInfo>> {
+    /// The nodes a PUT goes to, and how many of them must store it for the
+    /// PUT to succeed.
+    async fn put_targets(&self, repo: &Repo, key: &Key, file: Option<&str>) -> Result<(Vec<rpc::NodeInfo>, usize)> {
         match repo {
-            Repo::Node(n) => Ok(vec![n.clone()]),
+            Repo::Node(n) => Ok((vec![n.clone()], 1)),
             Repo::Cluster { uuid, nodes, .. } => {
-                let planned = self
+                let plan = self
                     .mesh
                     .coordinator()
                     .plan_put(rpc::PlanPutRequest {
@@ -288,16 +289,14 @@ impl Core {
                     })
                     .await
                     .map_err(|s| unavailable("placement", s))?
-                    .into_inner()
-                    .node_uuids;
+                    .into_inner();
+                let planned = plan.node_uuids;
                 // A node that joined since our last topology refresh is in
                 // the plan but not in our snapshot: refresh once to find it.
                 let known = |nodes: &[rpc::NodeInfo]| planned.iter().all(|u| nodes.iter().any(|n| &n.uuid == u));
-                let mut nodes = nodes.clone();
-                if !known(&nodes) && self.mesh.refresh().await.is_ok() {
-                    nodes = self.mesh.snapshot().nodes.iter().filter(|n| &n.cluster_uuid == uuid).cloned().collect();
-                }
-                Ok(nodes.into_iter().filter(|n| planned.contains(&n.uuid)).collect())
+                let nodes = if known(nodes) { nodes.clone() } else { self.mesh.fresh(repo).await.nodes() };
+                let targets = nodes.into_iter().filter(|n| planned.contains(&n.uuid)).collect();
+                Ok((targets, (plan.min_copies as usize).max(1)))
             }
         }
     }
@@ -317,13 +316,19 @@ impl Core {
     }
 
     pub async fn put_offset(&self, repo: &Repo, key: &Key, file: Option<&str>) -> Result<PutOffset> {
-        let targets = self.put_targets(repo, key, file).await?;
+        let (targets, min_copies) = self.put_targets(repo, key, file).await?;
         let offsets = self.target_offsets(&targets, key).await;
         let have: Vec<String> = offsets.iter().filter(|(_, o)| matches!(o, Some(None))).map(|(n, _)| n.uuid.clone()).collect();
         let wanting: Vec<u64> = offsets.iter().filter_map(|(_, o)| o.flatten()).collect();
         if wanting.is_empty() {
             if have.is_empty() {
                 return Err(CoreError::Unavailable("no node can take the content now".into()));
+            }
+            if have.len() < min_copies {
+                // Fewer copies than the cluster requires is no ALREADY-HAVE:
+                // nothing is left to send, and the PUT then fails listing
+                // the nodes that have it.
+                return Ok(PutOffset::Offset(key.size.unwrap_or(0)));
             }
             return Ok(PutOffset::AlreadyHave(Self::plus(repo, have)));
         }
@@ -356,7 +361,7 @@ impl Core {
                 )));
             }
         }
-        let targets = self.put_targets(repo, key, file).await?;
+        let (targets, min_copies) = self.put_targets(repo, key, file).await?;
         let offsets = self.target_offsets(&targets, key).await;
         let mut have = Vec::new();
         let mut feeds = Vec::new();
@@ -453,14 +458,30 @@ impl Core {
             info!(%key, received, "upload from client ended early ({why}); partial data kept for resume");
         }
         self.record(stored.iter().map(|u| (key.to_string(), u.clone(), true)).collect()).await;
-        let error = if stored.is_empty() { Some(failed.join("; ")) } else { None };
-        if stored.is_empty() {
+        // Success takes the cluster's minimum number of copies; the nodes
+        // that did store are reported either way.
+        let ok = !stored.is_empty() && stored.len() >= min_copies;
+        let error = if stored.is_empty() {
+            Some(failed.join("; "))
+        } else if !ok {
+            Some(format!(
+                "stored on {} node(s), but the cluster requires {min_copies}{}",
+                stored.len(),
+                if failed.is_empty() { String::new() } else { format!(" ({})", failed.join("; ")) }
+            ))
+        } else {
+            None
+        };
+        if !ok {
             Metrics::add(&self.metrics.puts_failed, 1);
         }
         if !failed.is_empty() {
             warn!(%key, "put failed on: {}", failed.join("; "));
         }
-        Ok(Outcome { ok: !stored.is_empty(), plus: Self::plus(repo, stored), error })
+        if !ok && !stored.is_empty() {
+            warn!(%key, "put fell short of the cluster's minimum copies: stored on {} of {min_copies}", stored.len());
+        }
+        Ok(Outcome { ok, plus: Self::plus(repo, stored), error })
     }
 
     /// GET: from the best node holding the key.

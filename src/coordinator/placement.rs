@@ -1,0 +1,202 @@
+//! Which nodes of a cluster a PUT goes to.
+//!
+//! A node is eligible when it is up, not draining, and would keep at least
+//! the cluster's reserve of free space after storing the key. The targets are
+//! the eligible nodes whose preferred content expression wants the key (a
+//! node without one wants everything, as in git-annex); when no eligible node
+//! wants it, every eligible node gets it, as git-annex's clusters do.
+
+use std::sync::Arc;
+
+use super::preferred::{Expr, Subject};
+use crate::p2p::key::Key;
+
+/// What placement knows of one node.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub uuid: String,
+    pub name: String,
+    pub healthy: bool,
+    pub draining: bool,
+    /// Free space from the last heartbeat; None until the first one.
+    pub free_bytes: Option<u64>,
+    pub wanted: Option<Arc<Expr>>,
+}
+
+/// Why a node was passed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    Down,
+    Draining,
+    ShortOfSpace { free: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub targets: Vec<String>,
+    /// True when no eligible node wanted the key and it goes to all of them.
+    pub unwanted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no node of the cluster can take the content now ({})", describe(.0))]
+pub struct NoTarget(pub Vec<(String, Skip)>);
+
+fn describe(skipped: &[(String, Skip)]) -> String {
+    if skipped.is_empty() {
+        return "the cluster has no nodes".into();
+    }
+    skipped
+        .iter()
+        .map(|(name, why)| match why {
+            Skip::Down => format!("{name} is down"),
+            Skip::Draining => format!("{name} is draining"),
+            Skip::ShortOfSpace { free } => format!("{name} is short of space ({free} bytes free)"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why `c` cannot take a key of `size` bytes, if it cannot.
+pub fn skip(c: &Candidate, size: u64, reserve: u64) -> Option<Skip> {
+    if !c.healthy {
+        return Some(Skip::Down);
+    }
+    if c.draining {
+        return Some(Skip::Draining);
+    }
+    match c.free_bytes {
+        Some(free) if free.checked_sub(size).is_none_or(|left| left < reserve) => Some(Skip::ShortOfSpace { free }),
+        _ => None,
+    }
+}
+
+/// Chooses the targets among `candidates` (the nodes of one cluster) for a
+/// key with `copies` known copies in the cluster.
+pub fn plan(
+    candidates: &[Candidate],
+    key: &Key,
+    file: Option<&str>,
+    copies: u64,
+    reserve: u64,
+) -> Result<Plan, NoTarget> {
+    let size = key.size.unwrap_or(0);
+    let mut skipped = Vec::new();
+    let mut eligible = Vec::new();
+    for c in candidates {
+        match skip(c, size, reserve) {
+            Some(why) => skipped.push((c.name.clone(), why)),
+            None => eligible.push(c),
+        }
+    }
+    if eligible.is_empty() {
+        return Err(NoTarget(skipped));
+    }
+    let subject = Subject { key, file, copies };
+    let wanting: Vec<String> = eligible
+        .iter()
+        .filter(|c| c.wanted.as_ref().is_none_or(|e| e.matches(&subject)))
+        .map(|c| c.uuid.clone())
+        .collect();
+    if wanting.is_empty() {
+        return Ok(Plan { targets: eligible.iter().map(|c| c.uuid.clone()).collect(), unwanted: true });
+    }
+    Ok(Plan { targets: wanting, unwanted: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, wanted: Option<&str>) -> Candidate {
+        Candidate {
+            uuid: format!("uuid-{name}"),
+            name: name.into(),
+            healthy: true,
+            draining: false,
+            free_bytes: Some(10_000_000_000),
+            wanted: wanted.map(|w| Arc::new(Expr::parse(w).unwrap())),
+        }
+    }
+
+    fn key(size: u64) -> Key {
+        format!("SHA256E-s{size}--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03.bin")
+            .parse()
+            .unwrap()
+    }
+
+    fn targets(nodes: &[Candidate], size: u64) -> Vec<String> {
+        plan(nodes, &key(size), Some("dir/file.bin"), 0, 100).unwrap().targets
+    }
+
+    #[test]
+    fn preferred_content_steers() {
+        let nodes = [
+            node("n1", Some("largerthan=1MB")),
+            node("n2", Some("nothing")),
+            node("n3", Some("smallerthan=1MB")),
+        ];
+        assert_eq!(targets(&nodes, 2_000_000), ["uuid-n1"]);
+        assert_eq!(targets(&nodes, 10), ["uuid-n3"]);
+    }
+
+    #[test]
+    fn a_node_without_an_expression_wants_everything() {
+        let nodes = [node("n1", None), node("n2", Some("nothing"))];
+        assert_eq!(targets(&nodes, 10), ["uuid-n1"]);
+    }
+
+    #[test]
+    fn unwanted_content_goes_to_every_eligible_node() {
+        let mut nodes = [node("n1", Some("nothing")), node("n2", Some("nothing")), node("n3", Some("nothing"))];
+        let p = plan(&nodes, &key(10), None, 0, 100).unwrap();
+        assert!(p.unwanted);
+        assert_eq!(p.targets, ["uuid-n1", "uuid-n2", "uuid-n3"]);
+        nodes[1].draining = true;
+        assert_eq!(targets(&nodes, 10), ["uuid-n1", "uuid-n3"]);
+    }
+
+    #[test]
+    fn down_draining_and_full_nodes_are_skipped() {
+        let mut nodes = [node("n1", None), node("n2", None), node("n3", None), node("n4", None)];
+        nodes[0].healthy = false;
+        nodes[1].draining = true;
+        nodes[2].free_bytes = Some(50);
+        // Free space not reported yet: not held against the node.
+        nodes[3].free_bytes = None;
+        assert_eq!(targets(&nodes, 10), ["uuid-n4"]);
+        // The key's size counts: 1000 free - 900 leaves exactly the reserve.
+        nodes[3].healthy = false;
+        nodes[2].free_bytes = Some(1_000);
+        assert_eq!(targets(&nodes, 900), ["uuid-n3"]);
+        let err = plan(&nodes, &key(901), None, 0, 100).unwrap_err();
+        assert_eq!(err.0.len(), 4);
+        let msg = err.to_string();
+        for part in ["n1 is down", "n2 is draining", "n3 is short of space (1000 bytes free)", "n4 is down"] {
+            assert!(msg.contains(part), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_wanting_node_that_is_skipped_does_not_count() {
+        let mut nodes = [node("n1", Some("anything")), node("n2", Some("nothing")), node("n3", Some("nothing"))];
+        nodes[0].draining = true;
+        // n1 would want it but is draining: nobody eligible wants it.
+        assert_eq!(targets(&nodes, 10), ["uuid-n2", "uuid-n3"]);
+    }
+
+    #[test]
+    fn copies_and_files_reach_the_expressions() {
+        let nodes = [node("n1", Some("not copies=2")), node("n2", Some("include=dir/*")), node("n3", Some("exclude=*.bin"))];
+        let p = |copies, file| plan(&nodes, &key(10), file, copies, 0).unwrap().targets;
+        assert_eq!(p(0, Some("dir/x.bin")), ["uuid-n1", "uuid-n2"]);
+        assert_eq!(p(2, Some("dir/x.bin")), ["uuid-n2"]);
+        assert_eq!(p(2, Some("x.txt")), ["uuid-n3"]);
+        assert_eq!(p(2, None), ["uuid-n3"]);
+    }
+
+    #[test]
+    fn an_empty_cluster_says_so() {
+        assert_eq!(plan(&[], &key(1), None, 0, 0).unwrap_err().to_string(), "no node of the cluster can take the content now (the cluster has no nodes)");
+    }
+}
