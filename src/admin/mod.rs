@@ -19,7 +19,7 @@ pub enum AdminCommand {
     /// Clusters: create, list, minimum copies, space reserve.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Nodes: list with health, drain and undrain.
+    /// Nodes: list with health, drain and undrain, cost.
     #[command(subcommand)]
     Node(NodeCommand),
     /// Which nodes hold a key, from the location log.
@@ -72,6 +72,14 @@ pub enum NodeCommand {
     Undrain {
         /// Node name or UUID.
         node: String,
+    },
+    /// Show or set a node's cost (default 100): GET and CHECKPRESENT use the
+    /// node with the lowest cost among those holding the content, then the
+    /// least busy one.
+    Cost {
+        /// Node name or UUID.
+        node: String,
+        n: Option<u32>,
     },
 }
 
@@ -134,14 +142,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Node(NodeCommand::List { cluster }) => {
             let req = rpc::ListNodesRequest { cluster: cluster.unwrap_or_default() };
-            println!("NAME\tUUID\tHEALTH\tADDRESS\tFREE\tTRANSFERS\tSTATE\tWANTED");
+            println!("NAME\tUUID\tHEALTH\tADDRESS\tFREE\tTRANSFERS\tSTATE\tWANTED\tCOST");
             for n in c.list_nodes(req).await.map_err(status)?.into_inner().nodes {
                 let health = if n.healthy { "up" } else { "down" };
                 let state = if n.draining { "draining" } else { "active" };
                 let wanted = if n.wanted.is_empty() { "-" } else { n.wanted.as_str() };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    n.name, n.uuid, health, n.address, n.free_bytes, n.active_transfers, state, wanted
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    n.name, n.uuid, health, n.address, n.free_bytes, n.active_transfers, state, wanted, n.cost
                 );
             }
         }
@@ -152,6 +160,21 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Node(NodeCommand::Undrain { node }) => {
             let n = c.set_draining(rpc::SetDrainingRequest { node, draining: false }).await.map_err(status)?.into_inner();
             println!("{} takes new content again", n.name);
+        }
+        AdminCommand::Node(NodeCommand::Cost { node, n }) => {
+            let info = match n {
+                Some(cost) => c.set_node_cost(rpc::SetNodeCostRequest { node, cost }).await.map_err(status)?.into_inner(),
+                None => c
+                    .list_nodes(rpc::ListNodesRequest::default())
+                    .await
+                    .map_err(status)?
+                    .into_inner()
+                    .nodes
+                    .into_iter()
+                    .find(|n| n.name == node || n.uuid == node)
+                    .ok_or_else(|| anyhow::anyhow!("unknown node {node:?}"))?,
+            };
+            println!("{}", info.cost);
         }
         AdminCommand::Wanted { node, expr } => {
             let r = if expr.is_empty() {

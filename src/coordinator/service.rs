@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::clock::ClusterClock;
 use super::placement::{self, Candidate};
 use super::preferred::{self, Expr};
-use super::state::{Cluster, ClusterSettings, Node, NodeSettings, State, StateError};
+use super::state::{Cluster, ClusterSettings, DEFAULT_NODE_COST, Node, NodeSettings, State, StateError};
 use crate::p2p::key::Key;
 use crate::rpc::{self, admin_server, coordinator_server};
 
@@ -104,6 +104,7 @@ impl CoordinatorService {
             active_transfers: health.as_ref().map_or(0, |h| h.active_transfers),
             draining: settings.is_some_and(|s| s.draining),
             wanted: settings.and_then(|s| s.wanted.clone()).unwrap_or_default(),
+            cost: settings.and_then(|s| s.cost).unwrap_or(DEFAULT_NODE_COST),
         }
     }
 
@@ -402,5 +403,13 @@ impl admin_server::Admin for Arc<CoordinatorService> {
         let settings = self.state.update_cluster_settings(&c.uuid, |s| s.reserve_bytes = reserve)?;
         info!(cluster = %c.name, reserve = ?reserve, "space reserve set");
         Ok(Response::new(self.cluster_info(&c, Some(&settings))))
+    }
+
+    async fn set_node_cost(&self, req: Request<rpc::SetNodeCostRequest>) -> Result<Response<rpc::NodeInfo>, Status> {
+        let r = req.into_inner();
+        let n = self.find_node(&r.node)?;
+        let settings = self.state.update_node_settings(&n.uuid, |s| s.cost = Some(r.cost))?;
+        info!(node = %n.name, cost = r.cost, "node cost set");
+        Ok(Response::new(self.node_info(&n, Some(&settings))))
     }
 }

@@ -68,7 +68,14 @@ pub struct NodeSettings {
     pub wanted: Option<String>,
     /// A draining node gets no new content but still serves what it has.
     pub draining: bool,
+    /// Preference among holders for GET and CHECKPRESENT, lower first; None
+    /// means DEFAULT_NODE_COST.
+    pub cost: Option<u32>,
 }
+
+/// A node's cost when operators set none (git-annex's cost of a remote
+/// reached over the network is 200 and a local one 100; nodes start equal).
+pub const DEFAULT_NODE_COST: u32 = 100;
 
 /// What operators set on a cluster.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -342,7 +349,9 @@ mod tests {
                     n.draining = true;
                 })
                 .unwrap();
-            assert_eq!(set, NodeSettings { wanted: Some("largerthan=1MB".into()), draining: true });
+            assert_eq!(set, NodeSettings { wanted: Some("largerthan=1MB".into()), draining: true, cost: None });
+            let set = s.update_node_settings("n1", |n| n.cost = Some(10)).unwrap();
+            assert_eq!(set.cost, Some(10));
             s.update_cluster_settings("c", |c| c.min_copies = Some(3)).unwrap();
             s.update_cluster_settings("c", |c| c.reserve_bytes = Some(5)).unwrap();
             // An agent registering again does not reset what operators set.
@@ -351,7 +360,7 @@ mod tests {
         let s = State::open(dir.path()).unwrap();
         assert_eq!(
             s.node_settings().unwrap().get("n1"),
-            Some(&NodeSettings { wanted: Some("largerthan=1MB".into()), draining: true })
+            Some(&NodeSettings { wanted: Some("largerthan=1MB".into()), draining: true, cost: Some(10) })
         );
         assert_eq!(
             s.cluster_settings().unwrap().get("c"),
