@@ -64,6 +64,18 @@ impl Key {
     pub fn without_chunk(&self) -> Key {
         Key { chunk_size: None, chunk_num: None, ..self.clone() }
     }
+
+    /// Whether the key names its content by a checksum, so that every copy
+    /// of it holds the same bytes. WORM, URL and VURL keys, git-annex's
+    /// internal GIT* keys and external backends' X* keys promise no such
+    /// thing: two nodes may hold different content under one of them.
+    pub fn is_checksum(&self) -> bool {
+        let b = self.backend.strip_suffix('E').unwrap_or(&self.backend);
+        matches!(b, "MD5" | "SHA1" | "SHA224" | "SHA256" | "SHA384" | "SHA512")
+            || ["SHA3_", "SKEIN", "BLAKE"].iter().any(|family| {
+                b.strip_prefix(family).is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric()))
+            })
+    }
 }
 
 impl fmt::Display for Key {
@@ -182,6 +194,16 @@ mod tests {
         assert_eq!(k.hash_part(), "abc");
         let k: Key = "SHA256-s6--abc.tar.gz".parse().unwrap();
         assert_eq!(k.hash_part(), "abc.tar.gz");
+    }
+
+    #[test]
+    fn checksum_keys_are_told_from_others() {
+        for k in [HELLO, "SHA1-s0--da39a3ee5e6b4b0d3255bfef95601890afd80709", "MD5E-s3--abc.txt", "SHA3_256-s1--ab", "BLAKE2B256E-s1--ab", "SKEIN512-s1--ab"] {
+            assert!(k.parse::<Key>().unwrap().is_checksum(), "{k}");
+        }
+        for k in ["WORM-s100-m1700000000--foo", "URL--http&c%%example.com%x", "VURL-s5--http&c%%example.com%x", "GITBUNDLE--x", "XFOO-s1--ab", "MD5X-s1--ab"] {
+            assert!(!k.parse::<Key>().unwrap().is_checksum(), "{k}");
+        }
     }
 
     #[test]
