@@ -3,12 +3,21 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
-use tracing::warn;
+use tracing::{info, warn};
 
+use super::select::{Busy, Loads};
 use crate::rpc::{self, agent_client::AgentClient, coordinator_client::CoordinatorClient};
+
+/// After failing to reach an agent, the gateway ranks it last for this long,
+/// doubling with each further failure up to BACKOFF_MAX. Connecting is left
+/// to the channel, which reconnects on the next request after a failure; the
+/// backoff keeps requests from waiting on a node that just failed while
+/// others can serve.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// How often the snapshot is refreshed in the background. Lookups that miss
 /// refresh at once, so a newly created cluster is served immediately.
@@ -66,10 +75,21 @@ impl Snapshot {
     }
 }
 
+/// The gateway's connection to one agent, by node UUID.
+struct Link {
+    address: String,
+    client: AgentClient<Channel>,
+    /// Failures since the last success.
+    failures: u32,
+    /// Until when the node is ranked last.
+    backoff_until: Option<Instant>,
+}
+
 pub struct Mesh {
     coordinator: CoordinatorClient<Channel>,
     snapshot: RwLock<Arc<Snapshot>>,
-    agents: Mutex<HashMap<String, AgentClient<Channel>>>,
+    agents: Mutex<HashMap<String, Link>>,
+    loads: Loads,
 }
 
 fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
@@ -90,6 +110,7 @@ impl Mesh {
             coordinator,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             agents: Mutex::new(HashMap::new()),
+            loads: Loads::default(),
         }))
     }
 
@@ -103,8 +124,29 @@ impl Mesh {
 
     pub async fn refresh(&self) -> Result<(), tonic::Status> {
         let t = self.coordinator().topology(rpc::TopologyRequest {}).await?.into_inner();
-        *self.snapshot.write().unwrap() = Arc::new(Snapshot { clusters: t.clusters, nodes: t.nodes });
+        let new = Arc::new(Snapshot { clusters: t.clusters, nodes: t.nodes });
+        let old = std::mem::replace(&mut *self.snapshot.write().unwrap(), new.clone());
+        self.follow_health(&old, &new);
         Ok(())
+    }
+
+    /// Keeps the agent links in step with the coordinator's view: a node that
+    /// is gone loses its channel, and one that came back up (its agent
+    /// heartbeats again, typically after a restart) is tried again at once
+    /// instead of waiting out a backoff.
+    fn follow_health(&self, old: &Snapshot, new: &Snapshot) {
+        let mut agents = self.agents.lock().unwrap();
+        agents.retain(|uuid, _| new.nodes.iter().any(|n| &n.uuid == uuid));
+        for n in &new.nodes {
+            let was_down = old.nodes.iter().any(|o| o.uuid == n.uuid && !o.healthy);
+            if n.healthy && was_down {
+                if let Some(link) = agents.get_mut(&n.uuid) {
+                    link.failures = 0;
+                    link.backoff_until = None;
+                }
+                info!(node = %n.name, "node is up again");
+            }
+        }
     }
 
     pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
@@ -155,18 +197,65 @@ impl Mesh {
     }
 
     /// The agent's client over its one shared HTTP/2 connection, made on
-    /// first use; tonic reconnects it when it breaks.
+    /// first use and made anew when the agent moves to another address;
+    /// tonic reconnects it when it breaks.
     pub fn agent(&self, node: &rpc::NodeInfo) -> Result<AgentClient<Channel>, tonic::Status> {
         let mut agents = self.agents.lock().unwrap();
-        if let Some(c) = agents.get(&node.address) {
-            return Ok(c.clone());
+        if let Some(link) = agents.get(&node.uuid).filter(|l| l.address == node.address) {
+            return Ok(link.client.clone());
         }
         let ep = endpoint(&node.address)
             .map_err(|e| tonic::Status::internal(format!("bad agent address {:?}: {e}", node.address)))?;
-        let c = AgentClient::new(ep.connect_lazy())
+        let client = AgentClient::new(ep.connect_lazy())
             .max_decoding_message_size(rpc::MAX_MESSAGE)
             .max_encoding_message_size(rpc::MAX_MESSAGE);
-        agents.insert(node.address.clone(), c.clone());
-        Ok(c)
+        let link = Link { address: node.address.clone(), client: client.clone(), failures: 0, backoff_until: None };
+        agents.insert(node.uuid.clone(), link);
+        Ok(client)
+    }
+
+    /// Notes that `node` could not be reached or failed mid-request.
+    pub fn agent_failed(&self, node: &rpc::NodeInfo, why: &str) {
+        let mut agents = self.agents.lock().unwrap();
+        let Some(link) = agents.get_mut(&node.uuid) else { return };
+        link.failures = link.failures.saturating_add(1);
+        let backoff = BACKOFF_MIN.saturating_mul(1 << (link.failures - 1).min(16)).min(BACKOFF_MAX);
+        link.backoff_until = Some(Instant::now() + backoff);
+        if link.failures == 1 {
+            warn!(node = %node.name, "agent failed: {why}; preferring other nodes for {backoff:?}");
+        } else {
+            tracing::debug!(node = %node.name, failures = link.failures, "agent failed again: {why}");
+        }
+    }
+
+    /// Notes that `node` answered.
+    pub fn agent_ok(&self, node: &rpc::NodeInfo) {
+        let mut agents = self.agents.lock().unwrap();
+        if let Some(link) = agents.get_mut(&node.uuid) {
+            if link.failures > 0 {
+                info!(node = %node.name, "agent answers again");
+            }
+            link.failures = 0;
+            link.backoff_until = None;
+        }
+    }
+
+    /// Nodes the gateway failed to reach a moment ago.
+    fn backing_off_set(&self) -> Vec<String> {
+        let now = Instant::now();
+        let agents = self.agents.lock().unwrap();
+        agents.iter().filter(|(_, l)| l.backoff_until.is_some_and(|t| now < t)).map(|(u, _)| u.clone()).collect()
+    }
+
+    /// `nodes` best first for a GET or CHECKPRESENT (see `select`).
+    pub fn rank(&self, nodes: Vec<rpc::NodeInfo>) -> Vec<rpc::NodeInfo> {
+        let off = self.backing_off_set();
+        self.loads.rank(nodes, |n| off.contains(&n.uuid))
+    }
+
+    /// The best of `nodes` to GET from, counted busy until the guard drops.
+    pub fn pick(&self, nodes: &[rpc::NodeInfo]) -> Option<(rpc::NodeInfo, Busy)> {
+        let off = self.backing_off_set();
+        self.loads.pick(nodes, |n| off.contains(&n.uuid))
     }
 }

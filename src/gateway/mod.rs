@@ -6,6 +6,7 @@ pub mod core;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
+pub mod select;
 
 use std::net::SocketAddr;
 
