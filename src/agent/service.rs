@@ -378,6 +378,7 @@ impl agent_server::Agent for AgentService {
         }
         file.seek(std::io::SeekFrom::Start(req.offset)).await.map_err(|e| Status::internal(e.to_string()))?;
         let length = size - req.offset;
+        info!(%key, offset = req.offset, length, "serving get");
         let (tx, rx) = mpsc::channel(4);
         let active = Active::enter(&self.active);
         tokio::spawn(async move {
@@ -394,7 +395,8 @@ impl agent_server::Agent for AgentService {
                     Ok(n) => {
                         sent += n as u64;
                         if tx.send(msg(get_reply::Msg::Data(buf.freeze()))).await.is_err() {
-                            return; // the receiver went away
+                            debug!(%key, sent, "get ended by the receiver");
+                            return;
                         }
                     }
                     Err(e) => {

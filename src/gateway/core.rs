@@ -12,11 +12,12 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use super::clocks::AgentClocks;
+use super::fetch;
 use super::mesh::{Mesh, Repo};
 use super::metrics::Metrics;
 use crate::clock::boottime_ms;
 use crate::p2p::key::Key;
-use crate::rpc::{self, get_reply, lock_request, put_request};
+use crate::rpc::{self, lock_request, put_request};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
@@ -87,7 +88,7 @@ impl Core {
         if repo.is_cluster() { nodes } else { Vec::new() }
     }
 
-    async fn record(&self, changes: Vec<(String, String, bool)>) {
+    pub(super) async fn record(&self, changes: Vec<(String, String, bool)>) {
         if changes.is_empty() {
             return;
         }
@@ -102,66 +103,96 @@ impl Core {
         }
     }
 
-    /// Healthy nodes of `repo` holding `key`, best first. The location log is
-    /// trusted; when it names no node, the healthy nodes are asked and the log
-    /// repaired.
+    /// The nodes of `repo` the location log lists for `key`: those up, and
+    /// those the coordinator reports down.
+    async fn listed(&self, repo: &Repo, key: &Key) -> Result<(Vec<rpc::NodeInfo>, Vec<rpc::NodeInfo>)> {
+        let located = self
+            .mesh
+            .coordinator()
+            .locate(rpc::LocateRequest { key: key.to_string() })
+            .await
+            .map_err(|s| unavailable("coordinator", s))?
+            .into_inner()
+            .node_uuids;
+        Ok(repo.nodes().into_iter().filter(|n| located.contains(&n.uuid)).partition(|n| n.healthy))
+    }
+
+    /// Healthy nodes of `repo` holding `key`, best first (lowest cost, then
+    /// least busy). The location log is trusted; when it names no healthy
+    /// node, the healthy nodes are asked and the log repaired.
     async fn holders(&self, repo: &Repo, key: &Key) -> Result<Vec<rpc::NodeInfo>> {
         let healthy: Vec<_> = repo.nodes().into_iter().filter(|n| n.healthy).collect();
         if !repo.is_cluster() {
             return Ok(healthy);
         }
-        let located = self
-            .mesh
-            .coordinator()
-            .locate(rpc::LocateRequest { key: key.to_string() })
-            .await
-            .map_err(|s| unavailable("coordinator", s))?
-            .into_inner()
-            .node_uuids;
-        let mut holders: Vec<_> = healthy.iter().filter(|n| located.contains(&n.uuid)).cloned().collect();
+        let (mut holders, _) = self.listed(repo, key).await?;
         if holders.is_empty() {
             holders = self.probe(&healthy, key).await;
         }
-        holders.sort_by_key(|n| n.active_transfers);
-        Ok(holders)
+        Ok(self.mesh.rank(holders))
     }
 
     /// Asks every node in parallel; records what it finds.
-    async fn probe(&self, nodes: &[rpc::NodeInfo], key: &Key) -> Vec<rpc::NodeInfo> {
-        let asks = nodes.iter().map(|n| async move {
-            let mut c = self.mesh.agent(n).ok()?;
-            let present = c.check_present(rpc::KeyRequest { key: key.to_string() }).await.ok()?.into_inner().present;
-            present.then(|| n.clone())
-        });
+    pub(super) async fn probe(&self, nodes: &[rpc::NodeInfo], key: &Key) -> Vec<rpc::NodeInfo> {
+        let asks = nodes.iter().map(|n| async move { self.present_on(n, key).await.ok()?.then(|| n.clone()) });
         let found: Vec<_> = join_all(asks).await.into_iter().flatten().collect();
         self.record(found.iter().map(|n| (key.to_string(), n.uuid.clone(), true)).collect()).await;
         found
     }
 
+    /// Whether `node` has the content; an error names the node and says why
+    /// it could not tell.
+    async fn present_on(&self, node: &rpc::NodeInfo, key: &Key) -> std::result::Result<bool, String> {
+        let ask = async {
+            let mut c = self.mesh.agent(node).map_err(|s| s.message().to_string())?;
+            let r = c.check_present(rpc::KeyRequest { key: key.to_string() }).await;
+            r.map(|r| r.into_inner().present).map_err(|s| s.message().to_string())
+        };
+        let r = tokio::time::timeout(fetch::STALL, ask)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer in {:?}", fetch::STALL)));
+        match &r {
+            Ok(_) => self.mesh.agent_ok(node),
+            Err(e) => self.mesh.agent_failed(node, e),
+        }
+        r.map_err(|e| format!("{}: {e}", node.name))
+    }
+
+    /// CHECKPRESENT. A cluster asks the best node the location log lists;
+    /// a listed node that turns out not to have the content is struck from
+    /// the log and the next one asked. When no listed node has it, the other
+    /// healthy nodes are asked in parallel and the log repaired with what
+    /// they hold. When the answer could only come from nodes that cannot be
+    /// reached, it is an error, not "not present".
     pub async fn checkpresent(&self, repo: &Repo, key: &Key) -> Result<bool> {
         if let Repo::Node(n) = repo {
-            let mut c = self.mesh.agent(n).map_err(|s| unavailable(&n.name, s))?;
-            let present = c
-                .check_present(rpc::KeyRequest { key: key.to_string() })
-                .await
-                .map_err(|s| unavailable(&n.name, s))?
-                .into_inner()
-                .present;
-            return Ok(present);
+            return self.present_on(n, key).await.map_err(CoreError::Unavailable);
         }
-        let located = self
-            .mesh
-            .coordinator()
-            .locate(rpc::LocateRequest { key: key.to_string() })
-            .await
-            .map_err(|s| unavailable("coordinator", s))?
-            .into_inner()
-            .node_uuids;
-        if repo.nodes().iter().any(|n| located.contains(&n.uuid)) {
+        let (listed, down) = self.listed(repo, key).await?;
+        let mut asked = Vec::new();
+        let mut unreachable: Vec<String> = down.iter().map(|n| format!("{} is down", n.name)).collect();
+        for node in self.mesh.rank(listed) {
+            asked.push(node.uuid.clone());
+            match self.present_on(&node, key).await {
+                Ok(true) => return Ok(true),
+                Ok(false) => {
+                    debug!(%key, node = %node.name, "listed in the location log but not present");
+                    self.record(vec![(key.to_string(), node.uuid.clone(), false)]).await;
+                }
+                Err(e) => unreachable.push(e),
+            }
+        }
+        let others: Vec<_> = repo.nodes().into_iter().filter(|n| n.healthy && !asked.contains(&n.uuid)).collect();
+        if !self.probe(&others, key).await.is_empty() {
             return Ok(true);
         }
-        let healthy: Vec<_> = repo.nodes().into_iter().filter(|n| n.healthy).collect();
-        Ok(!self.probe(&healthy, key).await.is_empty())
+        if unreachable.is_empty() {
+            return Ok(false);
+        }
+        Err(CoreError::Unavailable(format!(
+            "cannot tell whether {key} is present: the nodes the location log lists for it cannot be reached ({})",
+            unreachable.join("; ")
+        )))
     }
 
     pub async fn lock(&self, repo: &Repo, key: &Key) -> Result<Option<HeldLock>> {
@@ -484,39 +515,19 @@ impl Core {
         Ok(Outcome { ok, plus: Self::plus(repo, stored), error })
     }
 
-    /// GET: from the best node holding the key.
+    /// GET: from the best node holding the key (lowest cost, then least
+    /// busy), continuing on another holder should that node fail (see
+    /// `fetch`). A node addressed alone is asked whatever its health.
     pub async fn get(&self, repo: &Repo, key: &Key, offset: u64) -> Result<Option<Download>> {
-        for node in self.holders(repo, key).await? {
-            let Ok(mut c) = self.mesh.agent(&node) else { continue };
-            let req = rpc::GetRequest { key: key.to_string(), offset, associated_file: String::new() };
-            let mut replies = match c.get(req).await {
-                Ok(r) => r.into_inner(),
-                Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                    return Err(CoreError::BadRequest(s.message().to_string()));
-                }
-                Err(s) => {
-                    debug!(node = %node.name, "get failed: {}", s.message());
-                    continue;
-                }
-            };
-            let length = match replies.message().await {
-                Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::Header(h)) })) => h.length,
-                _ => continue,
-            };
-            let body = futures::stream::unfold(Some(replies), |state| async move {
-                let mut replies = state?;
-                let item = match replies.message().await {
-                    Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::Data(d)) })) => Ok(d),
-                    Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::End(e)) })) if e.valid => return None,
-                    Ok(Some(_)) | Ok(None) => Err(std::io::Error::other("the node sent invalid data")),
-                    Err(s) => Err(std::io::Error::other(format!("the node failed: {}", s.message()))),
-                };
-                let next = if item.is_ok() { Some(replies) } else { None };
-                Some((item, next))
-            });
-            return Ok(Some(Download { length, node: node.uuid, body: body.boxed() }));
-        }
-        Ok(None)
+        let sources = match repo {
+            Repo::Node(n) => fetch::Sources::new(self.clone(), repo.clone(), key.clone(), vec![n.clone()], Vec::new()),
+            Repo::Cluster { .. } => {
+                let (listed, down) = self.listed(repo, key).await?;
+                let down = down.iter().map(|n| format!("{} is down", n.name)).collect();
+                fetch::Sources::new(self.clone(), repo.clone(), key.clone(), listed, down)
+            }
+        };
+        fetch::download(sources, offset).await
     }
 }
 

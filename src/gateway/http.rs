@@ -26,6 +26,10 @@ pub const LOCK_WINDOW: Duration = crate::p2p::LOCK_SAFETY_WINDOW;
 
 pub const DATA_LENGTH: &str = "x-git-annex-data-length";
 
+/// The UUID of the node a key download comes from (the first one, should
+/// another node have to continue it).
+pub const SERVING_NODE: &str = "x-annexmesh-node";
+
 #[derive(Clone)]
 pub struct HttpState {
     core: Core,
@@ -223,6 +227,10 @@ async fn download(state: &HttpState, uuid: &str, key: &str, params: &Params, ver
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if version >= 1 {
         h.insert(DATA_LENGTH, HeaderValue::from(dl.length));
+    }
+    // For operators: which node started serving the content.
+    if let Ok(v) = HeaderValue::from_str(&dl.node) {
+        h.insert(SERVING_NODE, v);
     }
     Ok(resp)
 }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub gets: AtomicU64,
     pub removes: AtomicU64,
     pub removes_failed: AtomicU64,
+    /// GETs continued on another node after the serving node failed.
+    pub get_failovers: AtomicU64,
 }
 
 impl Metrics {
@@ -37,6 +39,7 @@ impl Metrics {
             ("annexmesh_gets_total", "GET requests served.", &self.gets),
             ("annexmesh_removes_total", "REMOVE and REMOVE-BEFORE requests.", &self.removes),
             ("annexmesh_removes_failed_total", "Removes that failed on some node.", &self.removes_failed),
+            ("annexmesh_get_failovers_total", "GETs continued on another node after the serving node failed.", &self.get_failovers),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Ordering::Relaxed));
         }

@@ -3,6 +3,7 @@
 
 pub mod clocks;
 pub mod core;
+pub mod fetch;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
