@@ -177,7 +177,8 @@ fn with_plus(mut v: Value, version: u32, plus: &[String]) -> Value {
 
 /// Git config that makes git-annex use this API for the named repository.
 async fn metrics(State(state): State<HttpState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.core.metrics.render()).into_response()
+    let body = state.core.metrics.render() + &state.core.mesh.render_metrics();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn config(State(state): State<HttpState>, Path(name): Path<String>, headers: HeaderMap) -> HttpResult {

@@ -247,6 +247,37 @@ impl Mesh {
         agents.iter().filter(|(_, l)| l.backoff_until.is_some_and(|t| now < t)).map(|(u, _)| u.clone()).collect()
     }
 
+    /// The gateway's view of each node, as Prometheus gauges: what it
+    /// chooses holders by.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let snapshot = self.snapshot();
+        let off = self.backing_off_set();
+        let mut out = String::new();
+        type Gauge<'a> = (&'static str, &'static str, Box<dyn Fn(&rpc::NodeInfo) -> u64 + 'a>);
+        let gauges: [Gauge; 4] = [
+            ("annexmesh_node_up", "1 when the coordinator reports the node healthy.", Box::new(|n| u64::from(n.healthy))),
+            ("annexmesh_node_cost", "The node's cost; GETs prefer holders with a lower one.", Box::new(|n| u64::from(n.cost))),
+            (
+                "annexmesh_node_gets_in_flight",
+                "GETs this gateway is serving from the node.",
+                Box::new(|n| u64::from(self.loads.in_flight(&n.uuid))),
+            ),
+            (
+                "annexmesh_node_backoff",
+                "1 while the gateway avoids the node after failing to reach it.",
+                Box::new(|n| u64::from(off.contains(&n.uuid))),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for n in &snapshot.nodes {
+                let _ = writeln!(out, "{name}{{node=\"{}\",uuid=\"{}\"}} {}", n.name, n.uuid, value(n));
+            }
+        }
+        out
+    }
+
     /// `nodes` best first for a GET or CHECKPRESENT (see `select`).
     pub fn rank(&self, nodes: Vec<rpc::NodeInfo>) -> Vec<rpc::NodeInfo> {
         let off = self.backing_off_set();
