@@ -78,8 +78,8 @@ fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true)
-        .initial_stream_window_size(Some(4 * 1024 * 1024))
-        .initial_connection_window_size(Some(16 * 1024 * 1024)))
+        .initial_stream_window_size(Some(rpc::STREAM_WINDOW))
+        .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW)))
 }
 
 impl Mesh {
