@@ -9,3 +9,8 @@ pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// Size of the data chunks streamed between gateways and agents.
 pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// HTTP/2 flow-control windows for content streams, on both ends: large
+/// enough to keep a loopback or LAN link busy between window updates.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;

@@ -296,3 +296,18 @@ fn what_is_copied_through_one_gateway_is_found_through_another_at_once() {
     reader.ok(&["git", "annex", "get", "--from", "meshb", "f.bin"]);
     assert_eq!(sha256(&std::fs::read(reader.path().join("f.bin")).unwrap()), sha256(&data));
 }
+
+#[test]
+fn bypassed_nodes_are_left_alone() {
+    let mesh = Mesh::separate(3);
+    let (key, _) = key_on_node1_and_unlisted_on_node2(&mesh);
+    let node2 = mesh.uuid_of("node2");
+    let r = post(&mesh.url(), &mesh.uuid_of("mesh"), "remove", &format!("&key={key}&bypass={node2}"), b"");
+    assert_eq!(r["removed"], true, "{r}");
+    assert_eq!(sorted_plus(&r), uuids(&mesh, &["node1", "node3"]));
+    assert!(objects_named(&mesh.store_of("node1"), &key).is_empty());
+    assert_eq!(objects_named(&mesh.store_of("node2"), &key).len(), 1, "a bypassed node was used");
+    // A malformed bypass UUID is refused, not ignored.
+    let url = format!("{}/git-annex/{}/v4/remove?clientuuid={CLIENT}&key={key}&bypass=", mesh.url(), mesh.uuid_of("mesh"));
+    assert_eq!(http_post(&url, &[], b"").0, 400);
+}

@@ -76,7 +76,12 @@ pub async fn serve(cfg: AgentConfig, listener: TcpListener, shutdown: Cancellati
     let svc = AgentServer::from_arc(service)
         .max_decoding_message_size(rpc::MAX_MESSAGE)
         .max_encoding_message_size(rpc::MAX_MESSAGE);
+    // The agent receives whole objects over one HTTP/2 stream: the default
+    // 64 KiB flow-control window would stall every upload on window updates.
     let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(rpc::STREAM_WINDOW))
+        .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW))
         .add_service(svc)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
         .await;

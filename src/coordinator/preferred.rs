@@ -33,9 +33,9 @@
 //! after a size's unit, and git-annex terms annexmesh does not implement
 //! (groups, trust levels, metadata, ...) are errors.
 //!
-//! One deliberate difference: a key without a size (`-s` field) matches
-//! neither `largerthan` nor `smallerthan`; git-annex compares an unknown size
-//! as smaller than every size.
+//! A key without a size (`-s` field) is smaller than every size, as in
+//! git-annex (which compares a missing size as less than any): it matches
+//! `smallerthan` and never `largerthan`.
 //!
 //! Globs are compiled to regular expressions with the `regex` crate, the way
 //! git-annex itself compiles them (`Utility/Glob.hs`); glob crates such as
@@ -197,7 +197,7 @@ impl Term {
             Term::Include(g) => s.file.is_some_and(|f| g.matches(f)),
             Term::Exclude(g) => !s.file.is_some_and(|f| g.matches(f)),
             Term::LargerThan(n) => s.key.size.is_some_and(|size| size > *n),
-            Term::SmallerThan(n) => s.key.size.is_some_and(|size| size < *n),
+            Term::SmallerThan(n) => s.key.size.is_none_or(|size| size < *n),
             Term::Copies(n) => s.copies >= *n,
         }
     }
@@ -590,9 +590,9 @@ mod tests {
         assert!(!eval("largerthan=1MB", Some(1_000_000), None, 0));
         assert!(eval("smallerthan=1MB", Some(999_999), None, 0));
         assert!(!eval("smallerthan=1MB", Some(1_000_000), None, 0));
-        // Unknown size: neither larger nor smaller.
+        // Unknown size: smaller than anything, as in git-annex.
         assert!(!eval("largerthan=0", None, None, 0));
-        assert!(!eval("smallerthan=1EB", None, None, 0));
+        assert!(eval("smallerthan=1", None, None, 0));
         assert!(eval("copies=2", None, None, 2));
         assert!(eval("copies=2", None, None, 3));
         assert!(!eval("copies=2", None, None, 1));

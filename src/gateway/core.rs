@@ -309,7 +309,8 @@ impl Core {
     async fn put_targets(&self, repo: &Repo, key: &Key, file: Option<&str>) -> Result<(Vec<rpc::NodeInfo>, usize)> {
         match repo {
             Repo::Node(n) => Ok((vec![n.clone()], 1)),
-            Repo::Cluster { uuid, nodes, .. } => {
+            Repo::Cluster { uuid, .. } => {
+                let nodes = &repo.nodes();
                 let plan = self
                     .mesh
                     .coordinator()

@@ -132,6 +132,19 @@ impl Params {
         self.one("associatedfile").map(unwrap_b64).transpose()
     }
 
+    /// BYPASS (v2+): UUIDs the request must not go through.
+    fn bypass(&self) -> std::result::Result<std::collections::BTreeSet<String>, Failure> {
+        let mut set = std::collections::BTreeSet::new();
+        for (_, v) in self.0.iter().filter(|(k, _)| k == "bypass") {
+            let u = unwrap_b64(v)?;
+            if u.is_empty() || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(bad(format!("bad bypass UUID {u:?}")));
+            }
+            set.insert(u);
+        }
+        Ok(set)
+    }
+
     /// clientuuid is required on every versioned request but the key download.
     fn client_uuid(&self) -> std::result::Result<String, Failure> {
         let u = unwrap_b64(self.required("clientuuid")?)?;
@@ -257,7 +270,9 @@ async fn operation(
     if op != "keeplocked" {
         params.client_uuid()?;
     }
-    let repo = repo(&state, &uuid).await?;
+    // BYPASS exists from v2; older clients cannot send it.
+    let bypass = if version >= 2 { params.bypass()? } else { Default::default() };
+    let repo = repo(&state, &uuid).await?.bypassing(bypass);
     let core = &state.core;
     match op.as_str() {
         "checkpresent" => {

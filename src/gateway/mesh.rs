@@ -1,7 +1,7 @@
 //! What a gateway knows of the mesh: a topology snapshot refreshed from the
 //! coordinator, and one multiplexed gRPC channel per agent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,9 @@ pub struct Snapshot {
 /// A repository the gateway serves: a whole cluster or one node of it.
 #[derive(Debug, Clone)]
 pub enum Repo {
-    Cluster { uuid: String, name: String, nodes: Vec<rpc::NodeInfo> },
+    /// `bypass`: nodes the client asked to avoid (P2P BYPASS), which the
+    /// request then does not use.
+    Cluster { uuid: String, name: String, nodes: Vec<rpc::NodeInfo>, bypass: BTreeSet<String> },
     Node(rpc::NodeInfo),
 }
 
@@ -52,6 +54,14 @@ impl Repo {
         }
     }
 
+    /// The repository without the nodes the client asked to bypass.
+    pub fn bypassing(self, uuids: BTreeSet<String>) -> Repo {
+        match self {
+            Repo::Cluster { uuid, name, nodes, .. } => Repo::Cluster { uuid, name, nodes, bypass: uuids },
+            node => node,
+        }
+    }
+
     pub fn is_cluster(&self) -> bool {
         matches!(self, Repo::Cluster { .. })
     }
@@ -59,7 +69,7 @@ impl Repo {
     /// Every node behind the repository, healthy or not.
     pub fn nodes(&self) -> Vec<rpc::NodeInfo> {
         match self {
-            Repo::Cluster { nodes, .. } => nodes.clone(),
+            Repo::Cluster { nodes, bypass, .. } => nodes.iter().filter(|n| !bypass.contains(&n.uuid)).cloned().collect(),
             Repo::Node(n) => vec![n.clone()],
         }
     }
@@ -69,7 +79,7 @@ impl Snapshot {
     fn repo(&self, pred: impl Fn(&str, &str) -> bool) -> Option<Repo> {
         if let Some(c) = self.clusters.iter().find(|c| pred(&c.uuid, &c.name)) {
             let nodes = self.nodes.iter().filter(|n| n.cluster_uuid == c.uuid).cloned().collect();
-            return Some(Repo::Cluster { uuid: c.uuid.clone(), name: c.name.clone(), nodes });
+            return Some(Repo::Cluster { uuid: c.uuid.clone(), name: c.name.clone(), nodes, bypass: BTreeSet::new() });
         }
         self.nodes.iter().find(|n| pred(&n.uuid, &n.name)).cloned().map(Repo::Node)
     }
@@ -98,8 +108,8 @@ fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true)
-        .initial_stream_window_size(Some(4 * 1024 * 1024))
-        .initial_connection_window_size(Some(16 * 1024 * 1024)))
+        .initial_stream_window_size(Some(rpc::STREAM_WINDOW))
+        .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW)))
 }
 
 impl Mesh {
@@ -185,7 +195,11 @@ impl Mesh {
         if let Err(e) = self.refresh().await {
             warn!("using the last known topology: {}", e.message());
         }
-        self.snapshot().repo(&|u: &str, _: &str| u == repo.uuid()).unwrap_or_else(|| repo.clone())
+        match (self.snapshot().repo(&|u: &str, _: &str| u == repo.uuid()), repo) {
+            (Some(now), Repo::Cluster { bypass, .. }) => now.bypassing(bypass.clone()),
+            (Some(now), _) => now,
+            (None, _) => repo.clone(),
+        }
     }
 
     pub async fn repo_by_uuid(&self, uuid: &str) -> Option<Repo> {
