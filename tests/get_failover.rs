@@ -34,7 +34,12 @@ fn agent() -> ureq::Agent {
 /// Starts a key download through the gateway; returns the serving node's
 /// UUID (X-annexmesh-node), the announced length and the unread body.
 fn start_get(mesh: &Mesh, repo: &str, key: &str) -> (String, u64, ureq::BodyReader<'static>) {
-    let url = format!("{}/git-annex/{repo}/v4/key/{key}?clientuuid={CLIENT}&associatedfile=f", mesh.url());
+    start_get_with(mesh, repo, key, "")
+}
+
+/// `start_get` with more query parameters (`&name=value...`).
+fn start_get_with(mesh: &Mesh, repo: &str, key: &str, query: &str) -> (String, u64, ureq::BodyReader<'static>) {
+    let url = format!("{}/git-annex/{repo}/v4/key/{key}?clientuuid={CLIENT}&associatedfile=f{query}", mesh.url());
     let r = agent().get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
     assert_eq!(r.status().as_u16(), 200, "GET {url}");
     let header = |name: &str| {
@@ -130,6 +135,10 @@ fn get_works_with_the_first_choice_node_stopped() {
     set_cost(&mesh, "node1", 10);
     let (node, _, body) = start_get(&mesh, &cluster, &key);
     assert_eq!(node, node1);
+    assert_eq!(sha256(&read_all(body)), sha256(&data));
+    // Unless the client asks to bypass it.
+    let (node, _, body) = start_get_with(&mesh, &cluster, &key, &format!("&bypass={node1}"));
+    assert_ne!(node, node1);
     assert_eq!(sha256(&read_all(body)), sha256(&data));
 
     // Stopped, and the coordinator has not noticed yet: the gateway finds

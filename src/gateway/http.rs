@@ -228,7 +228,9 @@ async fn versioned_get(
 }
 
 async fn download(state: &HttpState, uuid: &str, key: &str, params: &Params, version: u32) -> HttpResult {
-    let repo = repo(state, uuid).await?;
+    // BYPASS applies to downloads as to every other request from v2 on.
+    let bypass = if version >= 2 { params.bypass()? } else { Default::default() };
+    let repo = repo(state, uuid).await?.bypassing(bypass);
     let key = parse_key(key)?;
     let offset = params.number("offset")?.unwrap_or(0);
     let dl = state
