@@ -242,11 +242,14 @@ fn a_get_goes_to_an_idle_holder_while_another_is_busy() {
     for store in &stores {
         assert_eq!(objects_named(store, &key).len(), 1, "{} should hold {key}", store.display());
     }
-    // Heartbeats no longer count the upload as a transfer in progress.
-    wait_until("the nodes to report no transfers", Duration::from_secs(30), || {
-        let out = mesh.admin(&["node", "list"]);
-        let list = String::from_utf8_lossy(&out.stdout).into_owned();
-        list.lines().skip(1).count() == 3 && list.lines().skip(1).all(|l| l.split('\t').nth(5) == Some("0"))
+    // The gateway no longer counts the upload as a transfer in progress on
+    // any node (it learns that from heartbeats, through the coordinator).
+    let names = ["node1", "node2", "node3"].map(|n| (n, mesh.uuid_of(n)));
+    wait_until("the gateway to see the nodes idle", Duration::from_secs(30), || {
+        names.iter().all(|(name, uuid)| {
+            let gauge = format!("annexmesh_node_active_transfers{{node=\"{name}\",uuid=\"{uuid}\"}}");
+            Mesh::metric(&mesh.url(), &gauge) == 0
+        })
     });
 
     // Three GETs in quick succession, the first two left unread: each goes
@@ -256,9 +259,15 @@ fn a_get_goes_to_an_idle_holder_while_another_is_busy() {
     slow1.read_exact(&mut head).unwrap();
     let (second, _, slow2) = start_get(&mesh, &cluster, &key);
     let (third, length, body3) = start_get(&mesh, &cluster, &key);
-    assert_ne!(second, first, "the second GET went to the busy node");
-    assert_ne!(third, first, "the third GET went to a busy node");
-    assert_ne!(third, second, "the third GET went to a busy node");
+    let view = || {
+        let (_, metrics) = common::http_get(&format!("{}/metrics", mesh.url())).unwrap();
+        let nodes = String::from_utf8_lossy(&mesh.admin(&["node", "list"]).stdout).into_owned();
+        let whereis = whereis(&mesh, &key);
+        format!("first {first}, second {second}, third {third}\n{whereis}\n{nodes}\n{metrics}\n{}", log_of(&mesh, "gateway"))
+    };
+    assert_ne!(second, first, "the second GET went to the busy node: {}", view());
+    assert_ne!(third, first, "the third GET went to a busy node: {}", view());
+    assert_ne!(third, second, "the third GET went to a busy node: {}", view());
     assert_eq!(length, data.len() as u64);
 
     // Every reader, slow or not, gets the whole content.

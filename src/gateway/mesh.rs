@@ -269,9 +269,14 @@ impl Mesh {
         let off = self.backing_off_set();
         let mut out = String::new();
         type Gauge<'a> = (&'static str, &'static str, Box<dyn Fn(&rpc::NodeInfo) -> u64 + 'a>);
-        let gauges: [Gauge; 4] = [
+        let gauges: [Gauge; 5] = [
             ("annexmesh_node_up", "1 when the coordinator reports the node healthy.", Box::new(|n| u64::from(n.healthy))),
             ("annexmesh_node_cost", "The node's cost; GETs prefer holders with a lower one.", Box::new(|n| u64::from(n.cost))),
+            (
+                "annexmesh_node_active_transfers",
+                "Transfers in progress on the node, as of its last heartbeat.",
+                Box::new(|n| u64::from(n.active_transfers)),
+            ),
             (
                 "annexmesh_node_gets_in_flight",
                 "GETs this gateway is serving from the node.",
