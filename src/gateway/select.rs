@@ -59,7 +59,7 @@ impl Loads {
     pub fn rank(&self, nodes: Vec<rpc::NodeInfo>, unreachable: impl Fn(&rpc::NodeInfo) -> bool) -> Vec<rpc::NodeInfo> {
         let in_flight = self.in_flight.lock().unwrap();
         let mut ranked: Vec<_> = nodes.into_iter().map(|n| (rank_of(&n, &in_flight, &unreachable), n)).collect();
-        ranked.sort_by(|a, b| a.0.cmp(&b.0));
+        ranked.sort_by_key(|(rank, _)| *rank);
         ranked.into_iter().map(|(_, n)| n).collect()
     }
 
