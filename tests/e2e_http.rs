@@ -109,7 +109,9 @@ fn reference_report(client: &Client) -> TestRemoteReport {
     let port = free_port().to_string();
     let _p2phttp = Proc::spawn(
         "p2phttp",
-        &mut server.command(&["git", "annex", "p2phttp", "--bind", "127.0.0.1", "--port", &port, "--wideopen", "-J2"]),
+        // git-annex itself, not the `git` wrapper: the process stopped at the
+        // end must be the server, or it would outlive the test.
+        &mut server.command(&["git-annex", "p2phttp", "--bind", "127.0.0.1", "--port", &port, "--wideopen", "-J2"]),
         server.path(),
     );
     let base = format!("http://127.0.0.1:{port}");
