@@ -59,10 +59,7 @@ fn one_put_completes_different_partials_on_every_node_sending_the_data_once() {
     let mesh = Mesh::separate(3);
     let client = Client::new();
     client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
-    let data = client.write_file("f.bin", 8 * MB, 3);
-    client.ok(&["git", "annex", "add", "f.bin"]);
-    client.ok(&["git", "commit", "-q", "-m", "f"]);
-    let key = client.key_of("f.bin");
+    let (data, key) = client.annex_file("f.bin", 8 * MB, 3);
 
     // Each node already holds a different prefix of the content.
     for (name, held) in [("node1", MB), ("node2", 3 * MB), ("node3", 5 * MB)] {
@@ -96,10 +93,7 @@ fn an_interrupted_copy_resumes_without_sending_everything_again() {
     let mesh = Mesh::separate(3);
     let client = Client::new();
     client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
-    let data = client.write_file("big.bin", 256 * MB, 5);
-    client.ok(&["git", "annex", "add", "big.bin"]);
-    client.ok(&["git", "commit", "-q", "-m", "big"]);
-    let key = client.key_of("big.bin");
+    let (data, key) = client.annex_file("big.bin", 256 * MB, 5);
     let url = mesh.url();
 
     // Start the copy, and interrupt it like a user pressing ^C once data is
@@ -174,10 +168,7 @@ fn a_drop_with_one_node_down_fails_naming_the_nodes_it_removed_from() {
     let mut mesh = Mesh::separate(3);
     let client = Client::new();
     client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
-    client.write_file("f.txt", 4096, 8);
-    client.ok(&["git", "annex", "add", "f.txt"]);
-    client.ok(&["git", "commit", "-q", "-m", "f"]);
-    let key = client.key_of("f.txt");
+    let (_, key) = client.annex_file("f.txt", 4096, 8);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "f.txt"]);
 
     mesh.proc("node3").stop();
@@ -246,10 +237,7 @@ fn a_lock_taken_through_one_gateway_blocks_a_drop_through_another() {
     let b = mesh.add_gateway("gateway-b");
     let client = Client::new();
     client.add_remote("mesh", &format!("{a}/mesh"));
-    client.write_file("f.txt", 4096, 11);
-    client.ok(&["git", "annex", "add", "f.txt"]);
-    client.ok(&["git", "commit", "-q", "-m", "f"]);
-    let key = client.key_of("f.txt");
+    let (_, key) = client.annex_file("f.txt", 4096, 11);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "f.txt"]);
     let cluster = mesh.uuid_of("mesh");
 

@@ -418,6 +418,15 @@ impl Client {
         data
     }
 
+    /// Writes a file of `len` deterministic bytes, annexes and commits it;
+    /// returns its content and key.
+    pub fn annex_file(&self, name: &str, len: usize, seed: u64) -> (Vec<u8>, String) {
+        let data = self.write_file(name, len, seed);
+        self.ok(&["git", "annex", "add", name]);
+        self.ok(&["git", "commit", "-q", "-m", name]);
+        (data, self.key_of(name))
+    }
+
     pub fn key_of(&self, file: &str) -> String {
         self.ok(&["git", "annex", "lookupkey", file]).trim().to_string()
     }
