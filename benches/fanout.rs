@@ -13,7 +13,6 @@
 //! `TMPDIR=/dev/shm` the numbers are the proxy's own.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::io::Read;

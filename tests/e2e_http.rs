@@ -73,8 +73,8 @@ fn testremote(client: &Client, remote: &str) -> TestRemoteReport {
         let text = line.trim();
         if indent == 2 && !text.is_empty() {
             group = text.to_string();
-        } else if indent == 4 {
-            if let Some((name, result)) = text.split_once(':') {
+        } else if indent == 4
+            && let Some((name, result)) = text.split_once(':') {
                 let result = result.trim_start();
                 let test = format!("{group} / {name}");
                 if result.starts_with("OK") {
@@ -84,7 +84,6 @@ fn testremote(client: &Client, remote: &str) -> TestRemoteReport {
                     failed.insert(test);
                 }
             }
-        }
     }
     let report = TestRemoteReport { tests, failed, output };
     eprintln!(

@@ -160,6 +160,6 @@ async fn keep_registered(
 
 fn free_bytes(path: &std::path::Path) -> u64 {
     nix::sys::statvfs::statvfs(path)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks_available() * s.fragment_size())
         .unwrap_or(0)
 }

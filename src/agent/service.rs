@@ -107,14 +107,13 @@ impl AgentService {
                 header.offset
             )));
         }
-        if let Some(size) = key.size {
-            if header.offset.checked_add(header.length) != Some(size) {
+        if let Some(size) = key.size
+            && header.offset.checked_add(header.length) != Some(size) {
                 return Err(Status::invalid_argument(format!(
                     "offset {} + length {} does not match the size {size} of {key}",
                     header.offset, header.length
                 )));
             }
-        }
         file.set_len(header.offset).await.map_err(|e| Status::internal(e.to_string()))?;
 
         // The checksum covers the whole object, so a resumed upload first
@@ -197,15 +196,14 @@ impl AgentService {
                 )))
             }
             Some(true) => {
-                if let Some(v) = verifier {
-                    if !v.finish() {
+                if let Some(v) = verifier
+                    && !v.finish() {
                         self.store.discard_partial(key).await?;
                         warn!(%key, "refused content that does not match its checksum");
                         return Ok(put_failed(format!(
                             "content does not match the checksum in key {key}; nothing stored"
                         )));
                     }
-                }
                 self.store.commit_partial(key).await?;
                 info!(%key, "stored");
                 Ok(rpc::PutReply { stored: true, error: String::new() })

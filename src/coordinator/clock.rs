@@ -72,7 +72,7 @@ mod tests {
         let state = State::open(dir.path()).unwrap();
         let c1 = ClusterClock::open(&state).unwrap();
         let t1 = c1.now_ms();
-        drop(c1);
+        let _ = c1;
         let c2 = ClusterClock::open(&state).unwrap();
         assert!(c2.now_ms() > t1);
         let t2 = c2.now_ms();

@@ -207,14 +207,13 @@ impl Core {
                     continue;
                 }
             };
-            if let Ok(Some(r)) = replies.message().await {
-                if r.locked {
+            if let Ok(Some(r)) = replies.message().await
+                && r.locked {
                     // The reply stream ends when the agent lets go; keep it
                     // drained so the lock stream stays healthy.
                     tokio::spawn(async move { while let Ok(Some(_)) = replies.message().await {} });
                     return Ok(Some(HeldLock { node: node.uuid, tx }));
                 }
-            }
         }
         Ok(None)
     }
@@ -386,13 +385,12 @@ impl Core {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        if let Some(size) = key.size {
-            if offset.checked_add(length) != Some(size) && !data_present {
+        if let Some(size) = key.size
+            && offset.checked_add(length) != Some(size) && !data_present {
                 return Err(CoreError::BadRequest(format!(
                     "offset {offset} + length {length} does not match the size {size} of {key}"
                 )));
             }
-        }
         let (targets, min_copies) = self.put_targets(repo, key, file).await?;
         let offsets = self.target_offsets(&targets, key).await;
         let mut have = Vec::new();
@@ -461,13 +459,12 @@ impl Core {
 
         let valid = broken.is_none() && (received == length || data_present);
         for f in feeds.iter_mut() {
-            if let Some(tx) = f.tx.take() {
-                if broken.is_none() {
+            if let Some(tx) = f.tx.take()
+                && broken.is_none() {
                     let end = rpc::PutEnd { valid };
                     let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::End(end)) }).await;
                 }
                 // Dropping the sender ends the agent's stream.
-            }
         }
         let mut stored = have.clone();
         for f in feeds {

@@ -195,7 +195,7 @@ impl Mesh {
         if let Err(e) = self.refresh().await {
             warn!("using the last known topology: {}", e.message());
         }
-        match (self.snapshot().repo(&|u: &str, _: &str| u == repo.uuid()), repo) {
+        match (self.snapshot().repo(|u: &str, _: &str| u == repo.uuid()), repo) {
             (Some(now), Repo::Cluster { bypass, .. }) => now.bypassing(bypass.clone()),
             (Some(now), _) => now,
             (None, _) => repo.clone(),

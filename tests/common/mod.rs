@@ -21,11 +21,10 @@ pub fn git_annex_bin_dir() -> PathBuf {
         let bin = d.join("git-annex");
         if bin.is_file() {
             let out = Command::new(&bin).arg("version").arg("--raw").output();
-            if let Ok(o) = out {
-                if String::from_utf8_lossy(&o.stdout).starts_with(GIT_ANNEX_VERSION) {
+            if let Ok(o) = out
+                && String::from_utf8_lossy(&o.stdout).starts_with(GIT_ANNEX_VERSION) {
                     return d;
                 }
-            }
         }
     }
     panic!(
