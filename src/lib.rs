@@ -4,6 +4,7 @@
 //! gRPC API in `rpc`.
 
 pub mod admin;
+pub mod auth;
 pub mod agent;
 pub mod clock;
 pub mod coordinator;
