@@ -27,6 +27,9 @@ pub struct UpConfig {
     /// Address for the coordinator's gRPC and admin API.
     #[arg(long, default_value = "127.0.0.1:7400")]
     pub coordinator_listen: SocketAddr,
+    /// Address for the gateway's line-based P2P protocol (AUTH with tokens).
+    #[arg(long, default_value = "127.0.0.1:9418")]
+    pub p2p: SocketAddr,
 }
 
 pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -39,6 +42,8 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     let coordinator_url = format!("http://{}", listener.local_addr()?);
     let http = TcpListener::bind(cfg.http).await.with_context(|| format!("cannot listen on {}", cfg.http))?;
     let http_addr = http.local_addr()?;
+    let p2p = TcpListener::bind(cfg.p2p).await.with_context(|| format!("cannot listen on {}", cfg.p2p))?;
+    let p2p_addr = p2p.local_addr()?;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(coordinator.serve(listener, shutdown.clone()));
@@ -58,15 +63,18 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     {
         let url = coordinator_url.clone();
         let shutdown = shutdown.clone();
-        tasks.spawn(async move { gateway::serve(&url, http, shutdown).await });
+        let opts = gateway::p2p::P2pOptions { default_repo: Some(CLUSTER.to_string()), ..Default::default() };
+        tasks.spawn(async move { gateway::serve(&url, http, Some((p2p, opts)), shutdown).await });
     }
-    let info = serde_json::json!({ "http": http_addr.to_string(), "coordinator": coordinator_url });
+    let info = serde_json::json!({ "http": http_addr.to_string(), "p2p": p2p_addr.to_string(), "coordinator": coordinator_url });
     std::fs::write(cfg.data.join("up.json"), info.to_string())?;
     println!("annexmesh is up: cluster '{CLUSTER}' with {NODES} nodes, state in {}", cfg.data.display());
     println!("coordinator (admin API): {coordinator_url}");
     println!("In a git-annex repository, add the mesh with:");
     println!("  git remote add {CLUSTER} http://{http_addr}/{CLUSTER}");
     println!("  git config annex.security.allowed-ip-addresses {}", http_addr.ip());
+    println!("Or, over git-annex's P2P protocol, with a token from `annexmesh admin token create`:");
+    println!("  git annex p2p --link --name {CLUSTER}   # address: p2p-annex::annexmesh:{p2p_addr}/{CLUSTER}:TOKEN");
     println!("Stop with Ctrl-C.");
 
     // One role failing takes the whole mesh down rather than limping on.

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -49,52 +48,6 @@ fn copy_drop_get_and_drop_from_mesh_with_annexmesh_up() {
     assert!(!whereis.contains("[mesh]"), "whereis still lists the mesh:\n{whereis}");
 }
 
-/// What `git annex testremote` reported: every test by "group / name", and
-/// the ones that failed.
-#[derive(Debug)]
-struct TestRemoteReport {
-    tests: Vec<String>,
-    failed: BTreeSet<String>,
-    output: String,
-}
-
-fn testremote(client: &Client, remote: &str) -> TestRemoteReport {
-    if !client.path().join("seed.txt").exists() {
-        client.write_file("seed.txt", 10, 9);
-        client.ok(&["git", "annex", "add", "seed.txt"]);
-        client.ok(&["git", "commit", "-q", "-m", "seed"]);
-    }
-    let out = client.run(&["git", "annex", "testremote", remote]);
-    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    // tasty prints groups at indent 2 and tests at indent 4 as "name: OK|FAIL".
-    let (mut group, mut tests, mut failed) = (String::new(), Vec::new(), BTreeSet::new());
-    for line in output.lines() {
-        let indent = line.len() - line.trim_start().len();
-        let text = line.trim();
-        if indent == 2 && !text.is_empty() {
-            group = text.to_string();
-        } else if indent == 4
-            && let Some((name, result)) = text.split_once(':') {
-                let result = result.trim_start();
-                let test = format!("{group} / {name}");
-                if result.starts_with("OK") {
-                    tests.push(test);
-                } else if result.starts_with("FAIL") {
-                    tests.push(test.clone());
-                    failed.insert(test);
-                }
-            }
-    }
-    let report = TestRemoteReport { tests, failed, output };
-    eprintln!(
-        "testremote {remote}: {} of {} tests passed",
-        report.tests.len() - report.failed.len(),
-        report.tests.len()
-    );
-    assert!(report.tests.len() >= 100, "testremote {remote} ran too few tests:\n{}", report.output);
-    report
-}
-
 /// The same testremote run against git-annex's own `git annex p2phttp`
 /// serving a bare repository, with the remote set up the same way.
 ///
@@ -103,7 +56,7 @@ fn testremote(client: &Client, remote: &str) -> TestRemoteReport {
 /// unreachable still reaches the server. Comparing with git-annex's own server
 /// keeps this test honest: a failure that git-annex's server does not have
 /// fails the test, and once the client is fixed every test must pass.
-fn reference_report(client: &Client) -> TestRemoteReport {
+fn reference_report(client: &Client) -> common::TestRemoteReport {
     let server = Client::new_bare();
     let port = free_port().to_string();
     let _p2phttp = Proc::spawn(
@@ -119,12 +72,12 @@ fn reference_report(client: &Client) -> TestRemoteReport {
     client.add_remote("reference", &format!("{base}/reference"));
     client.ok(&["git", "config", "remote.reference.annexurl", &format!("annex+{base}/git-annex/")]);
     client.ok(&["git", "config", "remote.reference.annex-uuid", uuid.trim()]);
-    testremote(client, "reference")
+    common::testremote(client, "reference")
 }
 
 /// Asserts the mesh passes every test git-annex's own server passes, and that
 /// anything else is only the client's known "unavailable remote" fault.
-fn assert_passes(mesh_report: &TestRemoteReport, reference: &TestRemoteReport) {
+fn assert_passes(mesh_report: &common::TestRemoteReport, reference: &common::TestRemoteReport) {
     assert_eq!(
         mesh_report.tests.len(),
         reference.tests.len(),
@@ -146,7 +99,7 @@ fn testremote_passes_against_a_three_agent_cluster() {
     let mesh = Mesh::separate(3);
     let client = Client::new();
     client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
-    let report = testremote(&client, "mesh");
+    let report = common::testremote(&client, "mesh");
     assert_passes(&report, &reference_report(&client));
 }
 
@@ -155,7 +108,7 @@ fn testremote_passes_against_one_node_through_the_gateway() {
     let mesh = Mesh::separate(3);
     let client = Client::new();
     client.add_remote("node2", &format!("{}/node2", mesh.url()));
-    let report = testremote(&client, "node2");
+    let report = common::testremote(&client, "node2");
     assert_passes(&report, &reference_report(&client));
     // The node was addressed by its own UUID, not the cluster's.
     let uuid = client.ok(&["git", "config", "remote.node2.annex-uuid"]);

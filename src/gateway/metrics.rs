@@ -20,6 +20,8 @@ pub struct Metrics {
     pub removes_failed: AtomicU64,
     /// GETs continued on another node after the serving node failed.
     pub get_failovers: AtomicU64,
+    /// The line-protocol front-end's connections.
+    pub p2p: super::p2p::P2pMetrics,
 }
 
 impl Metrics {
@@ -43,6 +45,6 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Ordering::Relaxed));
         }
-        out
+        out + &self.p2p.render()
     }
 }

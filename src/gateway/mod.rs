@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
+pub mod p2p;
 pub mod select;
 
 use std::net::SocketAddr;
@@ -24,24 +25,73 @@ pub struct GatewayConfig {
     /// Address to serve P2P over HTTP on (git-annex's default port is 9417).
     #[arg(long, env = "ANNEXMESH_HTTP", default_value = "127.0.0.1:9417")]
     pub http: SocketAddr,
+    /// Address to serve git-annex's line-based P2P protocol on (TCP, AUTH
+    /// with tokens from `annexmesh admin token create`), for `p2p-annex::`
+    /// remotes and `annexmesh shell`. Off unless given.
+    #[arg(long, env = "ANNEXMESH_P2P")]
+    pub p2p: Option<SocketAddr>,
+    /// The cluster or node served to line-protocol connections that do not
+    /// name one; by default the only cluster, when there is exactly one.
+    #[arg(long, env = "ANNEXMESH_P2P_REPO")]
+    pub p2p_repo: Option<String>,
+    /// Most line-protocol connections open at once; more are refused.
+    #[arg(long, default_value_t = 512)]
+    pub p2p_max_connections: usize,
+    /// PEM certificate chain: serve the line protocol over TLS (clients use
+    /// addresses `tls:HOST:PORT/NAME`). Needs --p2p-tls-key.
+    #[arg(long, requires = "p2p_tls_key")]
+    pub p2p_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --p2p-tls-cert.
+    #[arg(long, requires = "p2p_tls_cert")]
+    pub p2p_tls_key: Option<std::path::PathBuf>,
 }
 
 pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.http))?;
-    serve(&cfg.coordinator, listener, shutdown).await
+    let p2p = match cfg.p2p {
+        None => None,
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            let tls = match (&cfg.p2p_tls_cert, &cfg.p2p_tls_key) {
+                (Some(c), Some(k)) => Some(p2p::tls_acceptor(c, k)?),
+                _ => None,
+            };
+            let opts = p2p::P2pOptions {
+                default_repo: cfg.p2p_repo.clone(),
+                max_connections: cfg.p2p_max_connections,
+                tls,
+            };
+            Some((l, opts))
+        }
+    };
+    serve(&cfg.coordinator, listener, p2p, shutdown).await
 }
 
-pub async fn serve(coordinator: &str, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Serves P2P over HTTP on `listener` and, when given, the line protocol.
+pub async fn serve(
+    coordinator: &str,
+    listener: TcpListener,
+    p2p: Option<(TcpListener, p2p::P2pOptions)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mesh = mesh::Mesh::new(coordinator)?;
     let refresher = mesh.spawn_refresh();
-    let app = http::router(core::Core::new(mesh)).layer(tower_http::trace::TraceLayer::new_for_http());
+    let core = core::Core::new(mesh.clone());
+    let line = p2p.map(|(l, opts)| {
+        let tokens: std::sync::Arc<dyn p2p::TokenCheck> = std::sync::Arc::new(p2p::CoordinatorTokens(mesh.clone()));
+        tokio::spawn(p2p::serve(core.clone(), tokens, l, opts, shutdown.clone()))
+    });
+    let app = http::router(core).layer(tower_http::trace::TraceLayer::new_for_http());
     info!(addr = %listener.local_addr()?, "gateway serving P2P over HTTP");
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("gateway HTTP server failed");
+    if let Some(line) = line {
+        let _ = line.await;
+    }
     refresher.abort();
     result
 }

@@ -49,6 +49,18 @@ pub enum ParseError {
     NotUtf8,
 }
 
+impl ParseError {
+    /// The command word of the line that failed, when it was recognised.
+    pub fn command(&self) -> Option<&str> {
+        use ParseError::*;
+        match self {
+            ArgCount { cmd, .. } | BadNumber { cmd, .. } | BadKey { cmd, .. } | BadUuid { cmd, .. } => Some(cmd),
+            BadAuthToken { cmd } | BadService { cmd, .. } | AbsoluteFile { cmd, .. } => Some(cmd),
+            UnknownCommand(_) | NotUtf8 => None,
+        }
+    }
+}
+
 /// Haskell's `isSpace` on a `Char`: Latin-1 spaces plus Unicode category Zs.
 /// Unlike `char::is_whitespace` it excludes U+0085, U+2028 and U+2029.
 pub(crate) fn is_space(c: char) -> bool {

@@ -137,6 +137,8 @@ pub fn http_post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Stri
 pub struct Mesh {
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
+    /// The gateway's line-protocol listener.
+    pub p2p: SocketAddr,
     pub coordinator: String,
     pub procs: Vec<Proc>,
 }
@@ -150,6 +152,7 @@ impl Mesh {
     pub fn up() -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let p2p: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let cport = free_port();
         let p = Proc::spawn(
             "up",
@@ -160,10 +163,12 @@ impl Mesh {
                 .arg("--http")
                 .arg(http.to_string())
                 .arg("--coordinator-listen")
-                .arg(format!("127.0.0.1:{cport}")),
+                .arg(format!("127.0.0.1:{cport}"))
+                .arg("--p2p")
+                .arg(p2p.to_string()),
             dir.path(),
         );
-        let mesh = Mesh { dir, http, coordinator: format!("http://127.0.0.1:{cport}"), procs: vec![p] };
+        let mesh = Mesh { dir, http, p2p, coordinator: format!("http://127.0.0.1:{cport}"), procs: vec![p] };
         mesh.wait_ready(3);
         mesh
     }
@@ -175,6 +180,7 @@ impl Mesh {
         let coordinator = format!("http://127.0.0.1:{cport}");
         let mut mesh = Mesh {
             http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            p2p: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             coordinator,
             procs: Vec::new(),
             dir,
@@ -219,7 +225,9 @@ impl Mesh {
     pub fn start_gateway(&mut self) {
         let p = Proc::spawn(
             "gateway",
-            annexmesh().args(["gateway", "--coordinator", &self.coordinator, "--http", &self.http.to_string()]),
+            annexmesh()
+                .args(["gateway", "--coordinator", &self.coordinator, "--http", &self.http.to_string()])
+                .args(["--p2p", &self.p2p.to_string()]),
             self.dir.path(),
         );
         self.procs.push(p);
@@ -260,6 +268,16 @@ impl Mesh {
 
     pub fn proc(&mut self, name: &str) -> &mut Proc {
         self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    /// A new access token for the line protocol (`extra`: `--readonly`,
+    /// `--appendonly`).
+    pub fn token(&self, extra: &[&str]) -> String {
+        let out = self.admin(&[&["token", "create"], extra].concat());
+        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(!token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric()), "{token:?}");
+        token
     }
 
     pub fn admin(&self, args: &[&str]) -> Output {
@@ -322,6 +340,9 @@ pub fn objects_named(store: &Path, key: &str) -> Vec<PathBuf> {
 pub struct Client {
     pub dir: tempfile::TempDir,
     path: String,
+    _links: tempfile::TempDir,
+    /// Extra environment for every command (e.g. GIT_SSH_COMMAND).
+    pub env: Vec<(String, String)>,
 }
 
 impl Client {
@@ -344,14 +365,21 @@ impl Client {
     }
 
     fn new_uninit() -> Client {
+        // The generic P2P transport program, as a user installs it on PATH.
+        let links = tempfile::tempdir().unwrap();
+        for name in ["git-annex-p2p-annexmesh"] {
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_annexmesh"), links.path().join(name)).unwrap();
+        }
         let bin = git_annex_bin_dir();
         let path = std::env::join_paths(
-            std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+            [links.path().to_path_buf(), bin]
+                .into_iter()
+                .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
         )
         .unwrap()
         .into_string()
         .unwrap();
-        Client { dir: tempfile::tempdir().unwrap(), path }
+        Client { dir: tempfile::tempdir().unwrap(), path, _links: links, env: Vec::new() }
     }
 
     /// A bare git-annex repository, as a server keeps one.
@@ -381,7 +409,8 @@ impl Client {
             .env("GIT_COMMITTER_NAME", "annexmesh test")
             .env("GIT_COMMITTER_EMAIL", "test@annexmesh.invalid")
             .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", self.dir.path());
+            .env("HOME", self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -430,3 +459,50 @@ impl Client {
         self.ok(&["git", "annex", "lookupkey", file]).trim().to_string()
     }
 }
+
+/// What `git annex testremote` reported: every test by "group / name", and
+/// the ones that failed.
+#[derive(Debug)]
+pub struct TestRemoteReport {
+    pub tests: Vec<String>,
+    pub failed: std::collections::BTreeSet<String>,
+    pub output: String,
+}
+
+pub fn testremote(client: &Client, remote: &str) -> TestRemoteReport {
+    if !client.path().join("seed.txt").exists() {
+        client.write_file("seed.txt", 10, 9);
+        client.ok(&["git", "annex", "add", "seed.txt"]);
+        client.ok(&["git", "commit", "-q", "-m", "seed"]);
+    }
+    let out = client.run(&["git", "annex", "testremote", remote]);
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // tasty prints groups at indent 2 and tests at indent 4 as "name: OK|FAIL".
+    let (mut group, mut tests, mut failed) = (String::new(), Vec::new(), std::collections::BTreeSet::new());
+    for line in output.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let text = line.trim();
+        if indent == 2 && !text.is_empty() {
+            group = text.to_string();
+        } else if indent == 4
+            && let Some((name, result)) = text.split_once(':') {
+                let result = result.trim_start();
+                let test = format!("{group} / {name}");
+                if result.starts_with("OK") {
+                    tests.push(test);
+                } else if result.starts_with("FAIL") {
+                    tests.push(test.clone());
+                    failed.insert(test);
+                }
+            }
+    }
+    let report = TestRemoteReport { tests, failed, output };
+    eprintln!(
+        "testremote {remote}: {} of {} tests passed",
+        report.tests.len() - report.failed.len(),
+        report.tests.len()
+    );
+    assert!(report.tests.len() >= 100, "testremote {remote} ran too few tests:\n{}", report.output);
+    report
+}
+

@@ -1,0 +1,166 @@
+//! The real git-annex against a real mesh over the line-based P2P protocol:
+//! a `p2p-annex::annexmesh:` remote (git-annex runs `git-annex-p2p-annexmesh`)
+//! and an ssh remote whose server side is `annexmesh shell`.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+
+use common::{Client, Mesh, objects_named};
+use sha2::{Digest, Sha256};
+
+fn sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// `git annex p2p --link`, answering its address prompt on stdin.
+fn link(client: &Client, name: &str, address: &str) -> String {
+    let mut child = client
+        .command(&["git", "annex", "p2p", "--link", "--name", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{address}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "p2p --link failed:\n{text}");
+    text
+}
+
+/// copy --to, drop (the mesh must lock its copy), get --from, drop --from.
+fn round_trip(mesh: &Mesh, client: &Client, remote: &str) {
+    let (data, key) = client.annex_file("big.bin", 12 * 1024 * 1024, 4);
+    client.ok(&["git", "annex", "copy", "--to", remote, "big.bin"]);
+    let stores = mesh.node_stores();
+    assert_eq!(stores.len(), 3);
+    for s in &stores {
+        let objs = objects_named(s, &key);
+        assert_eq!(objs.len(), 1, "{} should hold {key}", s.display());
+        assert_eq!(sha256(&std::fs::read(&objs[0]).unwrap()), sha256(&data));
+    }
+    let whereis = client.ok(&["git", "annex", "whereis", "big.bin"]);
+    for i in 1..=3 {
+        assert!(whereis.contains(&mesh.uuid_of(&format!("node{i}"))), "whereis lists node{i}:\n{whereis}");
+    }
+
+    client.ok(&["git", "annex", "drop", "big.bin"]);
+    assert!(std::fs::read(client.path().join("big.bin")).is_err(), "content should be gone locally");
+
+    client.ok(&["git", "annex", "get", "--from", remote, "big.bin"]);
+    let back = std::fs::read(client.path().join("big.bin")).unwrap();
+    assert_eq!(sha256(&back), sha256(&data));
+
+    client.ok(&["git", "annex", "drop", "--from", remote, "big.bin"]);
+    for s in &stores {
+        assert!(objects_named(s, &key).is_empty(), "{} still holds {key}", s.display());
+    }
+    let whereis = client.ok(&["git", "annex", "whereis", "big.bin"]);
+    assert!(!whereis.contains(&format!("[{remote}]")), "whereis still lists {remote}:\n{whereis}");
+}
+
+fn assert_all_pass(report: &common::TestRemoteReport) {
+    assert!(report.failed.is_empty(), "testremote failures: {:?}\n{}", report.failed, report.output);
+}
+
+#[test]
+fn p2p_annex_remote_copy_get_drop_and_testremote() {
+    let mesh = Mesh::separate(3);
+    let token = mesh.token(&[]);
+    let client = Client::new();
+
+    // A wrong token is refused, and no remote is added.
+    let mut child = client
+        .command(&["git", "annex", "p2p", "--link", "--name", "bad"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "p2p-annex::annexmesh:{}/mesh:wrongtoken", mesh.p2p).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "a wrong token must not link");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("authenticate"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!client.run(&["git", "config", "remote.bad.url"]).status.success());
+
+    link(&client, "mesh", &format!("p2p-annex::annexmesh:{}/mesh:{token}", mesh.p2p));
+    let url = client.ok(&["git", "config", "remote.mesh.url"]);
+    assert_eq!(url.trim(), format!("p2p-annex::annexmesh:{}/mesh", mesh.p2p));
+    let uuid = client.ok(&["git", "config", "remote.mesh.annex-uuid"]);
+    assert_eq!(uuid.trim(), mesh.uuid_of("mesh"), "the remote is the cluster");
+
+    round_trip(&mesh, &client, "mesh");
+    assert_all_pass(&common::testremote(&client, "mesh"));
+}
+
+/// A stand-in for ssh that runs the remote command here, as sshd would run
+/// it for a user whose commands go to `annexmesh shell`: it drops ssh's
+/// options and the host, and runs the command line with `git-annex-shell`
+/// being annexmesh.
+fn fake_ssh(dir: &Path, mesh: &Mesh, token: &str) -> String {
+    let bin = dir.join("sshd-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_annexmesh"), bin.join("git-annex-shell")).unwrap();
+    let log = dir.join("ssh.log");
+    let script = dir.join("fake-ssh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+# ssh [options] host command...
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -p|-o|-S|-l|-i|-F|-J|-c|-m|-b|-e|-E|-L|-R|-D|-W|-w|-Q|-O|-I|-B) shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+host="$1"
+shift
+# Like ssh, reach only a host that exists (testremote makes an unreachable
+# copy of the remote by changing the host).
+if [ "$host" != gateway.invalid ]; then
+  echo "ssh: Could not resolve hostname $host: Name or service not known" >&2
+  exit 255
+fi
+echo "$*" >> '{log}'
+export PATH='{bin}':"$PATH"
+export ANNEXMESH_P2P='{p2p}'
+export ANNEXMESH_TOKEN='{token}'
+exec sh -c "$*"
+"#,
+            log = log.display(),
+            bin = bin.display(),
+            p2p = mesh.p2p,
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script.display().to_string()
+}
+
+#[test]
+fn ssh_remote_through_annexmesh_shell_copy_get_drop_and_testremote() {
+    let mesh = Mesh::separate(3);
+    let token = mesh.token(&[]);
+    let mut client = Client::new();
+    let ssh_dir = tempfile::tempdir().unwrap();
+    let ssh = fake_ssh(ssh_dir.path(), &mesh, &token);
+    client.env.push(("GIT_SSH_COMMAND".into(), ssh));
+    client.add_remote("mesh", "ssh://gateway.invalid/mesh");
+
+    round_trip(&mesh, &client, "mesh");
+    // git-annex learnt the cluster's UUID from `configlist`, and spoke the
+    // P2P protocol through `p2pstdio`.
+    let uuid = client.ok(&["git", "config", "remote.mesh.annex-uuid"]);
+    assert_eq!(uuid.trim(), mesh.uuid_of("mesh"));
+    let log = std::fs::read_to_string(ssh_dir.path().join("ssh.log")).unwrap();
+    assert!(log.contains("configlist"), "{log}");
+    assert!(log.contains("p2pstdio"), "{log}");
+
+    assert_all_pass(&common::testremote(&client, "mesh"));
+}
