@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Subcommand;
 
+use crate::auth::{self, Mode};
 use crate::rpc::{self, admin_client::AdminClient};
 
 #[derive(Debug, clap::Args)]
@@ -22,6 +23,11 @@ pub enum AdminCommand {
     /// Nodes: list with health, drain and undrain, cost.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Access tokens for the line-protocol front-end (`annexmesh gateway
+    /// --p2p`, AUTH): create, list, revoke. The coordinator keeps only their
+    /// SHA-256.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Which nodes hold a key, from the location log.
     Whereis { key: String },
     /// Show or set a node's preferred content: which content PUTs to its
@@ -83,12 +89,51 @@ pub enum NodeCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a new token and print it on stdout. It is generated here and
+    /// only its hash is sent, so it cannot be shown again. Default access:
+    /// readwrite.
+    Create {
+        /// GET, CHECKPRESENT and locking only.
+        #[arg(long, conflicts_with = "appendonly")]
+        readonly: bool,
+        /// Also PUT, but no REMOVE.
+        #[arg(long)]
+        appendonly: bool,
+        /// A note for operators (who or what uses the token).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Ids, access modes, creation times and labels (never the tokens).
+    List,
+    /// Revoke a token by its id (or a unique prefix of at least 6 digits).
+    Revoke { id: String },
+}
+
 fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", e.message())
 }
 
 fn reserve(c: &rpc::ClusterInfo) -> String {
     if c.reserve_default { format!("{} (default)", c.reserve_bytes) } else { c.reserve_bytes.to_string() }
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time, to the second.
+fn utc_time(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 async fn find_cluster(
@@ -189,6 +234,36 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 println!("{}", r.expression);
             }
         }
+        AdminCommand::Token(TokenCommand::Create { readonly, appendonly, label }) => {
+            let mode = if readonly {
+                Mode::ReadOnly
+            } else if appendonly {
+                Mode::AppendOnly
+            } else {
+                Mode::ReadWrite
+            };
+            let token = auth::generate_token();
+            let req =
+                rpc::CreateTokenRequest { token_sha256: auth::hash_token(&token), mode: mode.as_str().to_string(), label };
+            let info = c.create_token(req).await.map_err(status)?.into_inner();
+            // stdout carries only the token, so that scripts can capture it.
+            println!("{token}");
+            eprintln!(
+                "created {} token {}; it cannot be shown again (the coordinator keeps only its hash), so store it now",
+                info.mode, info.id
+            );
+        }
+        AdminCommand::Token(TokenCommand::List) => {
+            println!("ID\tMODE\tCREATED\tLABEL");
+            for t in c.list_tokens(rpc::ListTokensRequest {}).await.map_err(status)?.into_inner().tokens {
+                let label = if t.label.is_empty() { "-" } else { t.label.as_str() };
+                println!("{}\t{}\t{}\t{}", t.id, t.mode, utc_time(t.created_unix_ms), label);
+            }
+        }
+        AdminCommand::Token(TokenCommand::Revoke { id }) => {
+            let t = c.revoke_token(rpc::RevokeTokenRequest { id }).await.map_err(status)?.into_inner();
+            println!("revoked {} token {}", t.mode, t.id);
+        }
         AdminCommand::Whereis { key } => {
             let entries = c.whereis(rpc::WhereisRequest { key: key.clone() }).await.map_err(status)?.into_inner().entries;
             let present: Vec<_> = entries.iter().filter(|e| e.present).collect();
@@ -199,4 +274,35 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_time_formats_civil_dates() {
+        assert_eq!(utc_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_time(1_764_049_641_999), "2025-11-25T05:47:21Z");
+    }
+
+    #[test]
+    fn token_modes_conflict() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            admin: AdminArgs,
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from(["admin", "token", "create"].iter().chain(args));
+        assert!(parse(&["--readonly", "--appendonly"]).is_err());
+        match parse(&["--appendonly", "--label", "ci"]).unwrap().admin.command {
+            AdminCommand::Token(TokenCommand::Create { readonly, appendonly, label }) => {
+                assert!(!readonly && appendonly);
+                assert_eq!(label, "ci");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -11,7 +11,10 @@ use tracing::{debug, info, warn};
 use super::clock::ClusterClock;
 use super::placement::{self, Candidate};
 use super::preferred::{self, Expr};
-use super::state::{Cluster, ClusterSettings, DEFAULT_NODE_COST, Node, NodeSettings, State, StateError};
+use super::state::{
+    Cluster, ClusterSettings, DEFAULT_NODE_COST, Node, NodeSettings, Revoked, State, StateError, Token,
+};
+use crate::auth::Mode;
 use crate::p2p::key::Key;
 use crate::rpc::{self, admin_server, coordinator_server};
 
@@ -56,6 +59,50 @@ fn valid_key(s: &str) -> Result<(), Status> {
 
 fn valid_uuid(s: &str) -> Result<(), Status> {
     uuid::Uuid::parse_str(s).map(|_| ()).map_err(|_| Status::invalid_argument(format!("not a UUID: {s:?}")))
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A token's hash as `auth::hash_token` writes it.
+fn valid_token_sha256(s: &str) -> Result<(), Status> {
+    if s.len() == 64 && is_lower_hex(s) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "bad token hash {s:?}: expected a SHA-256 as 64 lowercase hex digits (send the hash, not the token)"
+        )))
+    }
+}
+
+/// Longest label a token may carry.
+pub const MAX_TOKEN_LABEL: usize = 200;
+
+/// Labels are printed in tab-separated listings, so no control characters.
+fn valid_token_label(s: &str) -> Result<(), Status> {
+    if s.chars().count() > MAX_TOKEN_LABEL {
+        return Err(Status::invalid_argument(format!("token label too long: at most {MAX_TOKEN_LABEL} characters")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "bad token label {s:?}: no control characters (tabs, newlines, ...)"
+        )));
+    }
+    Ok(())
+}
+
+/// Shortest id prefix accepted for revoking, so that a typo is unlikely to
+/// match another token.
+pub const MIN_TOKEN_ID_PREFIX: usize = 6;
+
+fn token_info(t: &Token) -> rpc::TokenInfo {
+    rpc::TokenInfo {
+        id: t.id().to_string(),
+        mode: t.mode.as_str().to_string(),
+        label: t.label.clone(),
+        created_unix_ms: t.created_unix_ms,
+    }
 }
 
 /// Cluster and node names appear in URLs and git remote names.
@@ -290,6 +337,16 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
         let ms = self.clock.now_ms();
         Ok(Response::new(rpc::TimestampReply { timestamp: ms / 1000, timestamp_ms: ms, boot_id: String::new() }))
     }
+
+    async fn check_token(&self, req: Request<rpc::CheckTokenRequest>) -> Result<Response<rpc::CheckTokenReply>, Status> {
+        let hash = &req.get_ref().token_sha256;
+        valid_token_sha256(hash)?;
+        let reply = match self.state.token(hash)? {
+            Some(t) => rpc::CheckTokenReply { valid: true, mode: t.mode.as_str().to_string(), id: t.id().to_string() },
+            None => rpc::CheckTokenReply::default(),
+        };
+        Ok(Response::new(reply))
+    }
 }
 
 #[tonic::async_trait]
@@ -411,5 +468,51 @@ impl admin_server::Admin for Arc<CoordinatorService> {
         let settings = self.state.update_node_settings(&n.uuid, |s| s.cost = Some(r.cost))?;
         info!(node = %n.name, cost = r.cost, "node cost set");
         Ok(Response::new(self.node_info(&n, Some(&settings))))
+    }
+
+    async fn create_token(&self, req: Request<rpc::CreateTokenRequest>) -> Result<Response<rpc::TokenInfo>, Status> {
+        let r = req.into_inner();
+        valid_token_sha256(&r.token_sha256)?;
+        let mode: Mode = r.mode.parse().map_err(Status::invalid_argument)?;
+        valid_token_label(&r.label)?;
+        let token = Token { sha256: r.token_sha256, mode, label: r.label, created_unix_ms: unix_ms() };
+        if !self.state.create_token(&token)? {
+            return Err(Status::already_exists(format!("a token with this hash exists already ({})", token.id())));
+        }
+        info!(token = %token.id(), mode = %token.mode, label = %token.label, "access token created");
+        Ok(Response::new(token_info(&token)))
+    }
+
+    async fn list_tokens(&self, _: Request<rpc::ListTokensRequest>) -> Result<Response<rpc::ListTokensReply>, Status> {
+        let mut tokens = self.state.tokens()?;
+        tokens.sort_by(|a, b| a.created_unix_ms.cmp(&b.created_unix_ms).then_with(|| a.sha256.cmp(&b.sha256)));
+        Ok(Response::new(rpc::ListTokensReply { tokens: tokens.iter().map(token_info).collect() }))
+    }
+
+    async fn revoke_token(&self, req: Request<rpc::RevokeTokenRequest>) -> Result<Response<rpc::TokenInfo>, Status> {
+        let id = req.get_ref().id.trim().to_ascii_lowercase();
+        if id.len() < MIN_TOKEN_ID_PREFIX || id.len() > 64 || !is_lower_hex(&id) {
+            return Err(Status::invalid_argument(format!(
+                "bad token id {:?}: give the id `annexmesh admin token list` shows, or at least its first \
+                 {MIN_TOKEN_ID_PREFIX} hex digits",
+                req.get_ref().id
+            )));
+        }
+        match self.state.revoke_token(&id)? {
+            Revoked::Done(t) => {
+                info!(token = %t.id(), mode = %t.mode, label = %t.label, "access token revoked");
+                Ok(Response::new(token_info(&t)))
+            }
+            Revoked::NotFound => Err(Status::not_found(format!(
+                "no token with id {id} (`annexmesh admin token list` lists them)"
+            ))),
+            Revoked::Ambiguous(ts) => {
+                let ids: Vec<&str> = ts.iter().map(|t| t.id()).collect();
+                Err(Status::invalid_argument(format!(
+                    "token id {id} is ambiguous: it matches {}; give more digits",
+                    ids.join(", ")
+                )))
+            }
+        }
     }
 }
