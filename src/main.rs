@@ -45,7 +45,10 @@ fn main() -> anyhow::Result<()> {
     // Called by the names git-annex runs: no subcommand, git-annex's arguments.
     let mut argv = std::env::args_os();
     let argv0 = argv.next().unwrap_or_default();
-    let called_as = std::path::Path::new(&argv0).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let called_as = std::path::Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     if called_as == relay::P2P_PROGRAM || called_as == relay::SHELL_PROGRAM {
         let args: Vec<String> = match argv.map(|a| a.into_string()).collect() {
             Ok(args) => args,
@@ -100,7 +103,10 @@ fn main() -> anyhow::Result<()> {
             Role::Gateway(c) => gateway::run(c, shutdown).await,
             Role::Admin(a) => admin::run(a).await,
             Role::Up(c) => up::run(c, shutdown).await,
-            Role::P2pRelay { .. } | Role::Shell { .. } | Role::InstallLinks { .. } => unreachable!(),
+            // Served above, without this runtime.
+            Role::P2pRelay { .. } | Role::Shell { .. } | Role::InstallLinks { .. } => {
+                unreachable!()
+            }
         }
     })
 }

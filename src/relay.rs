@@ -60,7 +60,9 @@ impl FromStr for GatewayAddress {
     type Err = String;
 
     fn from_str(s: &str) -> Result<GatewayAddress, String> {
-        let bad = |why: &str| format!("bad gateway address {s:?}: {why} (expected HOST:PORT or HOST:PORT/NAME)");
+        let bad = |why: &str| {
+            format!("bad gateway address {s:?}: {why} (expected HOST:PORT or HOST:PORT/NAME)")
+        };
         let (hostport, repo) = match s.split_once('/') {
             Some((hp, name)) => {
                 let name = valid_repo_name(name).map_err(|e| bad(&e))?;
@@ -73,7 +75,9 @@ impl FromStr for GatewayAddress {
             let port = after.strip_prefix(':').ok_or_else(|| bad("missing port"))?;
             (host, port)
         } else {
-            let (host, port) = hostport.rsplit_once(':').ok_or_else(|| bad("missing port"))?;
+            let (host, port) = hostport
+                .rsplit_once(':')
+                .ok_or_else(|| bad("missing port"))?;
             if host.contains(':') {
                 return Err(bad("an IPv6 address must be in brackets"));
             }
@@ -145,7 +149,12 @@ async fn connect(host: &str, port: u16) -> anyhow::Result<TcpStream> {
 /// down so the gateway sees the client go, and its remaining output is still
 /// delivered; when the gateway closes first, we are done even though
 /// `input` may still be open (git-annex waits for us to exit).
-pub async fn relay<I, O, R, W>(input: I, mut output: O, from_gateway: R, mut to_gateway: W) -> anyhow::Result<()>
+pub async fn relay<I, O, R, W>(
+    input: I,
+    mut output: O,
+    from_gateway: R,
+    mut to_gateway: W,
+) -> anyhow::Result<()>
 where
     I: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
@@ -182,19 +191,25 @@ fn ignore_broken_pipe(e: std::io::Error) -> std::io::Result<()> {
     }
 }
 
-/// A runtime for one relayed connection: a single thread is plenty.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
+/// Run one relayed connection on a single-threaded runtime.
+fn block_on<T>(f: impl Future<Output = T>) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime")
+        .expect("tokio runtime");
+    let out = rt.block_on(f);
+    // A read of stdin may still be pending on a blocking thread, which a
+    // plain drop would wait for: after the gateway closed, stdin may never
+    // see EOF.
+    rt.shutdown_background();
+    out
 }
 
 /// `git-annex-p2p-annexmesh ARGS...` (or `annexmesh p2p-relay`). Returns the
-/// exit code. The caller should exit promptly: a read of stdin may still be
-/// pending on a blocking thread.
+/// exit code; the caller should exit promptly, as the blocking thread
+/// reading stdin may still be there.
 pub fn p2p_program_main(args: &[String]) -> i32 {
-    match runtime().block_on(p2p_program(args)) {
+    match block_on(p2p_program(args)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("{P2P_PROGRAM}: {e:#}");
@@ -258,7 +273,10 @@ pub enum ShellCommand {
 /// [-- field=value ... --] [options]`, or a single shell-quoted
 /// `git-annex-shell ...` string (when we are the login shell), or, with no
 /// arguments, sshd's `SSH_ORIGINAL_COMMAND` (under ForceCommand).
-pub fn parse_shell_args(args: &[String], ssh_original_command: Option<&str>) -> Result<ShellRequest, String> {
+pub fn parse_shell_args(
+    args: &[String],
+    ssh_original_command: Option<&str>,
+) -> Result<ShellRequest, String> {
     let mut args = args;
     while let [first, rest @ ..] = args
         && first == "-c"
@@ -273,7 +291,10 @@ pub fn parse_shell_args(args: &[String], ssh_original_command: Option<&str>) -> 
                 ));
             };
             let mut words = split_command_line(cmdline)?;
-            if words.first().is_some_and(|w| Path::new(w).file_name() == Some(SHELL_PROGRAM.as_ref())) {
+            if words
+                .first()
+                .is_some_and(|w| Path::new(w).file_name() == Some(SHELL_PROGRAM.as_ref()))
+            {
                 words.remove(0);
             }
             words
@@ -321,7 +342,9 @@ pub fn parse_shell_args(args: &[String], ssh_original_command: Option<&str>) -> 
             }
             // Output options that make no difference to a relay.
             "--debug" | "--no-debug" | "--quiet" | "-q" | "--verbose" | "-v" => {}
-            _ if p.starts_with('-') && p.len() > 1 => return Err(format!("{cmd}: unsupported option {p}")),
+            _ if p.starts_with('-') && p.len() > 1 => {
+                return Err(format!("{cmd}: unsupported option {p}"));
+            }
             _ => positional.push(p.clone()),
         }
     }
@@ -329,7 +352,8 @@ pub fn parse_shell_args(args: &[String], ssh_original_command: Option<&str>) -> 
     let command = match (cmd.as_str(), positional.as_slice()) {
         ("configlist", []) => ShellCommand::ConfigList,
         ("p2pstdio", [client]) => ShellCommand::P2pStdio {
-            client: Uuid::new(client.clone()).ok_or_else(|| format!("p2pstdio: bad UUID {client:?}"))?,
+            client: Uuid::new(client.clone())
+                .ok_or_else(|| format!("p2pstdio: bad UUID {client:?}"))?,
         },
         ("p2pstdio", []) => return Err("p2pstdio: missing UUID parameter".into()),
         _ => return Err(format!("{cmd}: unexpected parameters {positional:?}")),
@@ -371,8 +395,14 @@ pub fn repo_name_from_dir(dir: &str) -> Result<String, String> {
 /// Honour `GIT_ANNEX_SHELL_DIRECTORY` as git-annex-shell does: the login may
 /// only reach that one repository, named by the directory's last component.
 pub fn check_directory(repo: &str, allowed: Option<&str>) -> Result<(), String> {
-    let Some(allowed) = allowed else { return Ok(()) };
-    let base = allowed.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    let Some(allowed) = allowed else {
+        return Ok(());
+    };
+    let base = allowed
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
     let base = base.strip_suffix(".git").unwrap_or(base);
     if base == repo && valid_repo_name(base).is_ok() {
         Ok(())
@@ -422,7 +452,11 @@ impl ShellEnv {
     }
 
     pub fn gateway(&self) -> Result<GatewayAddress, String> {
-        let s = self.gateway.as_deref().filter(|s| !s.is_empty()).unwrap_or(DEFAULT_GATEWAY);
+        let s = self
+            .gateway
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(DEFAULT_GATEWAY);
         let addr: GatewayAddress = s.parse().map_err(|e| format!("ANNEXMESH_P2P: {e}"))?;
         if addr.repo.is_some() {
             return Err(format!(
@@ -438,8 +472,12 @@ impl ShellEnv {
         let (text, from) = if let Some(t) = self.token.as_deref().filter(|t| !t.is_empty()) {
             (t.to_owned(), "ANNEXMESH_TOKEN".to_owned())
         } else if let Some(f) = &self.token_file {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| format!("cannot read token file {} (ANNEXMESH_TOKEN_FILE): {e}", f.display()))?;
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                format!(
+                    "cannot read token file {} (ANNEXMESH_TOKEN_FILE): {e}",
+                    f.display()
+                )
+            })?;
             (text, f.display().to_string())
         } else if let Ok(text) = std::fs::read_to_string(DEFAULT_TOKEN_FILE) {
             (text, DEFAULT_TOKEN_FILE.to_owned())
@@ -452,7 +490,8 @@ impl ShellEnv {
         if line.is_empty() {
             return Err(format!("no gateway token in {from}"));
         }
-        AuthToken::new(line).ok_or_else(|| format!("the token in {from} may only contain letters and digits"))
+        AuthToken::new(line)
+            .ok_or_else(|| format!("the token in {from} may only contain letters and digits"))
     }
 }
 
@@ -460,7 +499,7 @@ impl ShellEnv {
 /// code; as with [`p2p_program_main`], the caller should exit promptly.
 pub fn shell_main(args: &[String]) -> i32 {
     let env = ShellEnv::from_process();
-    match runtime().block_on(shell(args, &env)) {
+    match block_on(shell(args, &env)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("annexmesh shell: {e:#}");
@@ -472,7 +511,11 @@ pub fn shell_main(args: &[String]) -> i32 {
 async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<()> {
     // The original command only counts when we were given no arguments: that
     // is how sshd runs a ForceCommand.
-    let original = if args.is_empty() { env.ssh_original_command.as_deref() } else { None };
+    let original = if args.is_empty() {
+        env.ssh_original_command.as_deref()
+    } else {
+        None
+    };
     let req = parse_shell_args(args, original).map_err(anyhow::Error::msg)?;
     check_directory(&req.repo, env.shell_directory.as_deref()).map_err(anyhow::Error::msg)?;
     let gateway = env.gateway().map_err(anyhow::Error::msg)?;
@@ -486,13 +529,18 @@ async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<()> {
     if let Some(expected) = &req.expected_uuid
         && expected != session.repo_uuid.as_str()
     {
-        bail!("expected repository UUID {expected} but found {}", session.repo_uuid);
+        bail!(
+            "expected repository UUID {expected} but found {}",
+            session.repo_uuid
+        );
     }
     match req.command {
         ShellCommand::ConfigList => {
             let mut out = tokio::io::stdout();
-            out.write_all(format!("annex.uuid={}\ncore.gcrypt-id=\n", session.repo_uuid).as_bytes())
-                .await?;
+            out.write_all(
+                format!("annex.uuid={}\ncore.gcrypt-id=\n", session.repo_uuid).as_bytes(),
+            )
+            .await?;
             out.flush().await?;
             Ok(())
         }
@@ -500,8 +548,12 @@ async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<()> {
             let mut out = tokio::io::stdout();
             // What git-annex-shell p2pstdio says first; the client's AUTH
             // was ours to send, with the token it does not have.
-            out.write_all(Message::AuthSuccess(session.repo_uuid.clone()).serialize().as_bytes())
-                .await?;
+            out.write_all(
+                Message::AuthSuccess(session.repo_uuid.clone())
+                    .serialize()
+                    .as_bytes(),
+            )
+            .await?;
             out.write_all(b"\n").await?;
             out.flush().await?;
             relay(tokio::io::stdin(), out, session.reader, session.writer).await
@@ -531,13 +583,24 @@ impl Session {
             .with_context(|| format!("cannot connect to the annexmesh gateway at {gateway}"))?;
         let (rd, mut writer) = stream.into_split();
         let mut hello = preamble(repo, mode);
-        hello.push_str(&Message::Auth { uuid: client, token }.serialize());
+        hello.push_str(
+            &Message::Auth {
+                uuid: client,
+                token,
+            }
+            .serialize(),
+        );
         hello.push('\n');
         writer.write_all(hello.as_bytes()).await?;
         let mut reader = BufReader::with_capacity(COPY_BUF, rd);
         let line = tokio::time::timeout(AUTH_TIMEOUT, read_line(&mut reader))
             .await
-            .map_err(|_| anyhow::anyhow!("the gateway did not answer AUTH within {}s", AUTH_TIMEOUT.as_secs()))?
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the gateway did not answer AUTH within {}s",
+                    AUTH_TIMEOUT.as_secs()
+                )
+            })?
             .context("reading the gateway's answer to AUTH")?;
         let Some(line) = line else {
             bail!("the gateway closed the connection: no repository {repo:?}, or access refused");
@@ -548,7 +611,9 @@ impl Session {
                 reader,
                 writer,
             }),
-            Ok(Message::AuthFailure) => bail!("the gateway refused the token for repository {repo:?} (AUTH-FAILURE)"),
+            Ok(Message::AuthFailure) => {
+                bail!("the gateway refused the token for repository {repo:?} (AUTH-FAILURE)")
+            }
             Ok(Message::Error(text)) => bail!("the gateway refused repository {repo:?}: {text}"),
             _ => bail!(
                 "unexpected answer from the gateway: {:?}",
@@ -568,7 +633,10 @@ async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option
             return if line.is_empty() {
                 Ok(None)
             } else {
-                Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "line cut short"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "line cut short",
+                ))
             };
         }
         let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
@@ -586,7 +654,10 @@ async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option
             return Ok(Some(line));
         }
         if line.len() > MAX_ANSWER_LINE {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "line too long"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "line too long",
+            ));
         }
     }
 }
@@ -602,7 +673,10 @@ pub fn install_links(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let link = dir.join(name);
         match std::fs::symlink_metadata(&link) {
             Ok(m) if !m.file_type().is_symlink() => {
-                bail!("{} exists and is not a symlink; not replacing it", link.display())
+                bail!(
+                    "{} exists and is not a symlink; not replacing it",
+                    link.display()
+                )
             }
             _ => {}
         }
@@ -612,8 +686,10 @@ pub fn install_links(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         tmp.push(format!(".{}.tmp", std::process::id()));
         let tmp = dir.join(tmp);
         let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&exe, &tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        std::fs::rename(&tmp, &link).with_context(|| format!("cannot create {}", link.display()))?;
+        std::os::unix::fs::symlink(&exe, &tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        std::fs::rename(&tmp, &link)
+            .with_context(|| format!("cannot create {}", link.display()))?;
         made.push(link);
     }
     Ok(made)
@@ -641,17 +717,36 @@ mod tests {
     #[test]
     fn addresses() {
         let a: GatewayAddress = "gw.example:9418/mesh".parse().unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.repo.as_deref()), ("gw.example", 9418, Some("mesh")));
+        assert_eq!(
+            (a.host.as_str(), a.port, a.repo.as_deref()),
+            ("gw.example", 9418, Some("mesh"))
+        );
         let a: GatewayAddress = "10.0.0.1:1".parse().unwrap();
         assert_eq!((a.host.as_str(), a.port, a.repo), ("10.0.0.1", 1, None));
         let a: GatewayAddress = "[::1]:9418/node-a".parse().unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.repo.as_deref()), ("::1", 9418, Some("node-a")));
+        assert_eq!(
+            (a.host.as_str(), a.port, a.repo.as_deref()),
+            ("::1", 9418, Some("node-a"))
+        );
         assert_eq!(a.to_string(), "[::1]:9418/node-a");
         let a: GatewayAddress = "[fe80::1]:7".parse().unwrap();
         assert_eq!(a.host, "fe80::1");
         for bad in [
-            "", "host", "host:", ":9418", "host:0", "host:65536", "host:+1", "host:x", "::1:9418",
-            "[::1]9418", "[::1", "host:9418/", "host:9418/a/b", "host:9418/a b", "ho st:1",
+            "",
+            "host",
+            "host:",
+            ":9418",
+            "host:0",
+            "host:65536",
+            "host:+1",
+            "host:x",
+            "::1:9418",
+            "[::1]9418",
+            "[::1",
+            "host:9418/",
+            "host:9418/a/b",
+            "host:9418/a b",
+            "ho st:1",
         ] {
             assert!(bad.parse::<GatewayAddress>().is_err(), "{bad:?} accepted");
         }
@@ -660,8 +755,14 @@ mod tests {
     #[test]
     fn preambles() {
         assert_eq!(preamble("mesh", None), "ANNEXMESH repo=mesh\n");
-        assert_eq!(preamble("n1", Some(Mode::ReadOnly)), "ANNEXMESH repo=n1 mode=readonly\n");
-        assert_eq!(preamble("n1", Some(Mode::AppendOnly)), "ANNEXMESH repo=n1 mode=appendonly\n");
+        assert_eq!(
+            preamble("n1", Some(Mode::ReadOnly)),
+            "ANNEXMESH repo=n1 mode=readonly\n"
+        );
+        assert_eq!(
+            preamble("n1", Some(Mode::AppendOnly)),
+            "ANNEXMESH repo=n1 mode=appendonly\n"
+        );
     }
 
     #[test]
@@ -672,15 +773,39 @@ mod tests {
         assert_eq!(r.expected_uuid, None);
         // As git-annex sends them: command, dir, params, --uuid, fields.
         let r = parse_shell_args(
-            &s(&["p2pstdio", "/mesh", "--debug", C, "--uuid", U, "--", "remoteuuid=x", "--"]),
+            &s(&[
+                "p2pstdio",
+                "/mesh",
+                "--debug",
+                C,
+                "--uuid",
+                U,
+                "--",
+                "remoteuuid=x",
+                "--",
+            ]),
             None,
         )
         .unwrap();
         assert_eq!(r.command, p2p(C));
         assert_eq!(r.expected_uuid.as_deref(), Some(U));
         assert_eq!(r.fields, vec![("remoteuuid".to_owned(), "x".to_owned())]);
-        let r = parse_shell_args(&s(&["-c", "-c", "p2pstdio", "mesh.git", &format!("--uuid={U}"), C]), None).unwrap();
-        assert_eq!((r.repo.as_str(), r.expected_uuid.as_deref()), ("mesh", Some(U)));
+        let r = parse_shell_args(
+            &s(&[
+                "-c",
+                "-c",
+                "p2pstdio",
+                "mesh.git",
+                &format!("--uuid={U}"),
+                C,
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.repo.as_str(), r.expected_uuid.as_deref()),
+            ("mesh", Some(U))
+        );
     }
 
     #[test]
@@ -688,9 +813,18 @@ mod tests {
         let line = format!("git-annex-shell 'p2pstdio' '/mesh' '--uuid' '{U}' '{C}'");
         let r = parse_shell_args(&s(&["-c", &line]), None).unwrap();
         assert_eq!(r.command, p2p(C));
-        assert_eq!((r.repo.as_str(), r.expected_uuid.as_deref()), ("mesh", Some(U)));
-        let r = parse_shell_args(&s(&["-c", "git-annex-shell 'configlist' '/~/mesh.git/' -- autoinit=1 --"]), None)
-            .unwrap();
+        assert_eq!(
+            (r.repo.as_str(), r.expected_uuid.as_deref()),
+            ("mesh", Some(U))
+        );
+        let r = parse_shell_args(
+            &s(&[
+                "-c",
+                "git-annex-shell 'configlist' '/~/mesh.git/' -- autoinit=1 --",
+            ]),
+            None,
+        )
+        .unwrap();
         assert_eq!(r.command, ShellCommand::ConfigList);
         assert_eq!(r.repo, "mesh");
         assert_eq!(r.fields, vec![("autoinit".to_owned(), "1".to_owned())]);
@@ -714,7 +848,15 @@ mod tests {
 
     #[test]
     fn other_commands_and_bad_parameters() {
-        for cmd in ["inannex", "sendkey", "recvkey", "dropkey", "notifychanges", "gcryptsetup", "git-receive-pack"] {
+        for cmd in [
+            "inannex",
+            "sendkey",
+            "recvkey",
+            "dropkey",
+            "notifychanges",
+            "gcryptsetup",
+            "git-receive-pack",
+        ] {
             let e = parse_shell_args(&s(&[cmd, "/mesh", "k"]), None).unwrap_err();
             assert!(e.contains("only configlist and p2pstdio"), "{e}");
         }
@@ -725,8 +867,15 @@ mod tests {
         assert!(parse_shell_args(&s(&["p2pstdio", "/mesh", "--uuid"]), None).is_err());
         assert!(parse_shell_args(&s(&["p2pstdio", "/mesh", "--force", C]), None).is_err());
         // Fields and rsync options after "--" are not positional.
-        let r = parse_shell_args(&s(&["p2pstdio", "/mesh", C, "--", "a=1", "b", "--", "--inplace"]), None).unwrap();
-        assert_eq!(r.fields, vec![("a".into(), "1".into()), ("b".into(), String::new())]);
+        let r = parse_shell_args(
+            &s(&["p2pstdio", "/mesh", C, "--", "a=1", "b", "--", "--inplace"]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            r.fields,
+            vec![("a".into(), "1".into()), ("b".into(), String::new())]
+        );
     }
 
     #[test]
@@ -742,7 +891,17 @@ mod tests {
         ] {
             assert_eq!(repo_name_from_dir(dir).unwrap(), name, "{dir}");
         }
-        for bad in ["", "/", "/~/", ".git", "/srv/mesh", "/a b", "/a\tb", "/a\u{1}b", "~/x/y.git"] {
+        for bad in [
+            "",
+            "/",
+            "/~/",
+            ".git",
+            "/srv/mesh",
+            "/a b",
+            "/a\tb",
+            "/a\u{1}b",
+            "~/x/y.git",
+        ] {
             assert!(repo_name_from_dir(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_shell_args(&s(&["configlist", "/srv/annex/mesh"]), None).is_err());
@@ -786,7 +945,10 @@ mod tests {
 
     /// A gateway that expects `hello` (preamble and AUTH lines), answers
     /// `answer`, then echoes until the client shuts down its side.
-    async fn fake_gateway(hello: String, answer: &'static str) -> (GatewayAddress, tokio::task::JoinHandle<()>) {
+    async fn fake_gateway(
+        hello: String,
+        answer: &'static str,
+    ) -> (GatewayAddress, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
@@ -810,10 +972,20 @@ mod tests {
     async fn session_then_relay() {
         let token = AuthToken::new("tok").unwrap();
         let hello = format!("ANNEXMESH repo=mesh mode=readonly\nAUTH {C} tok\n");
-        let (addr, gw) = fake_gateway(hello, "AUTH-SUCCESS 5c2f9a34-1111-4222-8333-944445555666\nVERSION 1\n").await;
-        let s = Session::open(&addr, "mesh", Some(Mode::ReadOnly), Uuid::new(C).unwrap(), token)
-            .await
-            .unwrap();
+        let (addr, gw) = fake_gateway(
+            hello,
+            "AUTH-SUCCESS 5c2f9a34-1111-4222-8333-944445555666\nVERSION 1\n",
+        )
+        .await;
+        let s = Session::open(
+            &addr,
+            "mesh",
+            Some(Mode::ReadOnly),
+            Uuid::new(C).unwrap(),
+            token,
+        )
+        .await
+        .unwrap();
         assert_eq!(s.repo_uuid.as_str(), U);
 
         // Bytes the gateway sent right after AUTH-SUCCESS are not lost, and
@@ -842,12 +1014,21 @@ mod tests {
         let nil = || Uuid::new(NIL_UUID).unwrap();
         let hello = format!("ANNEXMESH repo=mesh\nAUTH {NIL_UUID} tok\n");
         let (addr, gw) = fake_gateway(hello.clone(), "AUTH-FAILURE\n").await;
-        let e = Session::open(&addr, "mesh", None, nil(), token()).await.err().unwrap();
+        let e = Session::open(&addr, "mesh", None, nil(), token())
+            .await
+            .err()
+            .unwrap();
         assert!(format!("{e:#}").contains("AUTH-FAILURE"), "{e:#}");
         gw.abort();
         let (addr, gw) = fake_gateway(hello, "ERROR no such repository mesh\n").await;
-        let e = Session::open(&addr, "mesh", None, nil(), token()).await.err().unwrap();
-        assert!(format!("{e:#}").contains("no such repository mesh"), "{e:#}");
+        let e = Session::open(&addr, "mesh", None, nil(), token())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            format!("{e:#}").contains("no such repository mesh"),
+            "{e:#}"
+        );
         gw.abort();
     }
 
@@ -862,10 +1043,13 @@ mod tests {
         let (rd, wr) = connect("127.0.0.1", port).await.unwrap().into_split();
         let (_keep_open, relay_in) = tokio::io::duplex(64);
         let (relay_out, mut client_out) = tokio::io::duplex(64);
-        tokio::time::timeout(Duration::from_secs(10), relay(relay_in, relay_out, BufReader::new(rd), wr))
-            .await
-            .expect("relay did not end")
-            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            relay(relay_in, relay_out, BufReader::new(rd), wr),
+        )
+        .await
+        .expect("relay did not end")
+        .unwrap();
         let mut got = Vec::new();
         client_out.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"bye\n");
