@@ -372,9 +372,9 @@ fn split_command_line(s: &str) -> Result<Vec<String>, String> {
 
 fn unsupported(cmd: &str) -> String {
     format!(
-        "annexmesh shell serves only configlist and p2pstdio, not {cmd:?}: git-annex uses \
-         p2pstdio to reach annexed content when the server supports it, and git push/pull to \
-         an annexmesh cluster is not served"
+        "only configlist and p2pstdio are served here, not {cmd:?}: git-annex uses p2pstdio \
+         for annexed content when the server supports it, and git push/pull to an annexmesh \
+         cluster is not served"
     )
 }
 

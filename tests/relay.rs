@@ -2,6 +2,8 @@
 //! git-annex-shell (annexmesh p2p-relay / shell), against a fake gateway
 //! that accepts one connection on 127.0.0.1.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -478,5 +480,134 @@ fn shell_refuses_what_it_does_not_serve() {
         stderr(&out).contains("cannot read token file"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// A gateway that serves any number of connections, one at a time: it
+/// records each preamble and AUTH, accepts them, agrees to protocol version
+/// 1 and says every key is present.
+fn protocol_gateway() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    thread::spawn(move || {
+        for sock in listener.incoming() {
+            let mut w = sock.unwrap();
+            let mut r = BufReader::new(w.try_clone().unwrap());
+            let hello = line(&mut r) + &line(&mut r);
+            record.lock().unwrap().push(hello);
+            let _ = w.write_all(format!("AUTH-SUCCESS {REPO_UUID}\n").as_bytes());
+            loop {
+                let l = line(&mut r);
+                let answer = match l.split(' ').next().unwrap_or_default().trim_end() {
+                    "" => break,
+                    "VERSION" => "VERSION 1\n",
+                    "CHECKPRESENT" => "SUCCESS\n",
+                    _ => "ERROR not in this fake gateway\n",
+                };
+                if w.write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (port, seen)
+}
+
+/// The real git-annex links to a gateway with `git annex p2p --link`, and
+/// reaches one through an ssh remote whose server runs `annexmesh shell`
+/// (ssh itself is faked by a script that runs the remote command locally,
+/// as sshd's ForceCommand would).
+#[test]
+fn git_annex_reaches_the_gateway_by_p2p_link_and_by_ssh() {
+    let (port, seen) = protocol_gateway();
+    let client = common::Client::new();
+    let bin = client.path().join("bin");
+    let out = Command::new(BIN)
+        .arg("install-links")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(
+        bin.join("ssh"),
+        "#!/bin/sh\nfor a; do last=$a; done\nSSH_ORIGINAL_COMMAND=$last exec \"$(dirname \"$0\")/git-annex-shell\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = std::env::join_paths([bin, common::git_annex_bin_dir()].into_iter().chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let run = |args: &[&str], input: &str| {
+        let mut c = client.command(args);
+        c.env("PATH", &path)
+            .env("ANNEXMESH_P2P", format!("127.0.0.1:{port}"))
+            .env("ANNEXMESH_TOKEN", "tok")
+            .env_remove("ANNEXMESH_TOKEN_FILE")
+            .env_remove("SSH_ORIGINAL_COMMAND")
+            .env_remove("GIT_ANNEX_SHELL_READONLY")
+            .env_remove("GIT_ANNEX_SHELL_APPENDONLY")
+            .env_remove("GIT_ANNEX_SHELL_DIRECTORY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = run(c, input.as_bytes());
+        assert!(
+            out.status.success(),
+            "{args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let address = format!("p2p-annex::annexmesh:127.0.0.1:{port}/mesh:Tok\n");
+    run(
+        &["git", "annex", "p2p", "--link", "--name", "mesh"],
+        &address,
+    );
+    assert_eq!(
+        run(&["git", "config", "remote.mesh.annex-uuid"], "").trim(),
+        REPO_UUID
+    );
+    std::fs::write(client.path().join("f"), "hello\n").unwrap();
+    run(&["git", "annex", "add", "f"], "");
+    let key = run(&["git", "annex", "lookupkey", "f"], "");
+    run(&["git", "annex", "checkpresentkey", key.trim(), "mesh"], "");
+
+    run(
+        &[
+            "git",
+            "remote",
+            "add",
+            "sshmesh",
+            "ssh://annex@gateway.invalid/~/mesh",
+        ],
+        "",
+    );
+    run(&["git", "config", "annex.sshcaching", "false"], "");
+    run(
+        &["git", "annex", "checkpresentkey", key.trim(), "sshmesh"],
+        "",
+    );
+    assert_eq!(
+        run(&["git", "config", "remote.sshmesh.annex-uuid"], "").trim(),
+        REPO_UUID
+    );
+
+    let seen = seen.lock().unwrap().clone();
+    let preamble = "ANNEXMESH repo=mesh\n";
+    assert!(seen.iter().all(|h| h.starts_with(preamble)), "{seen:?}");
+    // configlist asks on behalf of no repository; the others are the client.
+    assert!(
+        seen.contains(&format!("{preamble}AUTH {NIL} tok\n")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().filter(|h| !h.contains(NIL)).count() >= 3,
+        "{seen:?}"
     );
 }
