@@ -10,5 +10,6 @@ pub mod clock;
 pub mod coordinator;
 pub mod gateway;
 pub mod p2p;
+pub mod relay;
 pub mod rpc;
 pub mod up;

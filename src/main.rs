@@ -1,7 +1,7 @@
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use annexmesh::{admin, agent, coordinator, gateway, up};
+use annexmesh::{admin, agent, coordinator, gateway, relay, up};
 
 /// A distributed proxy mesh serving git-annex clusters.
 #[derive(Debug, Parser)]
@@ -23,9 +23,48 @@ enum Role {
     Admin(admin::AdminArgs),
     /// Run a whole mesh (coordinator, gateway, three agents) in one process.
     Up(up::UpConfig),
+    /// Relay stdin/stdout to a gateway's line-protocol listener, as
+    /// git-annex-p2p-annexmesh does for `p2p-annex::annexmesh:ADDRESS` remotes.
+    P2pRelay {
+        /// HOST:PORT or HOST:PORT/NAME (NAME: a cluster or node).
+        #[arg(required = true, num_args = 1..=2)]
+        args: Vec<String>,
+    },
+    /// Serve an ssh login as git-annex-shell does, through the gateway
+    /// (configlist and p2pstdio only).
+    Shell {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+    /// Create the symlinks git-annex-p2p-annexmesh and git-annex-shell to this
+    /// executable in DIR.
+    InstallLinks { dir: std::path::PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
+    // Called by the names git-annex runs: no subcommand, git-annex's arguments.
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    let called_as = std::path::Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if called_as == relay::P2P_PROGRAM || called_as == relay::SHELL_PROGRAM {
+        let args: Vec<String> = match argv.map(|a| a.into_string()).collect() {
+            Ok(args) => args,
+            Err(a) => {
+                eprintln!("{called_as}: argument {a:?} is not UTF-8");
+                std::process::exit(1);
+            }
+        };
+        // Exit at once: a read of stdin may still be pending on a thread.
+        std::process::exit(if called_as == relay::P2P_PROGRAM {
+            relay::p2p_program_main(&args)
+        } else {
+            relay::shell_main(&args)
+        });
+    }
+
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ANNEXMESH_LOG")
@@ -34,6 +73,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    match &cli.role {
+        Role::P2pRelay { args } => std::process::exit(relay::p2p_program_main(args)),
+        Role::Shell { args } => std::process::exit(relay::shell_main(args)),
+        Role::InstallLinks { dir } => {
+            for link in relay::install_links(dir)? {
+                println!("{}", link.display());
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -53,6 +103,10 @@ fn main() -> anyhow::Result<()> {
             Role::Gateway(c) => gateway::run(c, shutdown).await,
             Role::Admin(a) => admin::run(a).await,
             Role::Up(c) => up::run(c, shutdown).await,
+            // Served above, without this runtime.
+            Role::P2pRelay { .. } | Role::Shell { .. } | Role::InstallLinks { .. } => {
+                unreachable!()
+            }
         }
     })
 }
