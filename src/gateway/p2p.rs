@@ -63,12 +63,6 @@ pub trait TokenCheck: Send + Sync {
 pub struct CoordinatorTokens(pub Arc<super::mesh::Mesh>);
 
 impl TokenCheck for CoordinatorTokens {
-    fn check<'a>(&'a self, _token: &'a str) -> BoxFuture<'a, Result<Option<Mode>, String>> {
-        Box::pin(async move { Err("TEMPORARY".to_string()) })
-    }
-}
-/* TOKENS
-impl TokenCheck for CoordinatorTokens {
     fn check<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Mode>, String>> {
         Box::pin(async move {
             let req = rpc::CheckTokenRequest { token_sha256: crate::auth::hash_token(token) };
@@ -80,7 +74,6 @@ impl TokenCheck for CoordinatorTokens {
         })
     }
 }
-TOKENS */
 
 #[derive(Clone)]
 pub struct P2pOptions {
@@ -743,7 +736,9 @@ impl Session<'_> {
             conn.send(&Message::Error(e.clone())).await?;
             return Err(Close::Protocol(e));
         }
-        let mut body = PutBody { conn, remaining: length, version: self.version, end: None };
+        // DATA-PRESENT is followed by no payload and no VALID.
+        let end = data_present.then_some(End::Valid);
+        let mut body = PutBody { conn, remaining: length, version: self.version, end };
         let result = if data_present {
             core.put(&self.repo, &key, file.as_deref(), offset, 0, true, futures::stream::empty::<Result<Bytes, String>>()).await
         } else {
