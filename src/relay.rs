@@ -50,6 +50,8 @@ const COPY_BUF: usize = 256 * 1024;
 /// repository (cluster or node name) to ask for: `HOST:PORT/NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayAddress {
+    /// `tls:` before the address: the listener speaks TLS.
+    pub tls: bool,
     /// Without brackets, ready for name resolution.
     pub host: String,
     pub port: u16,
@@ -61,7 +63,11 @@ impl FromStr for GatewayAddress {
 
     fn from_str(s: &str) -> Result<GatewayAddress, String> {
         let bad = |why: &str| {
-            format!("bad gateway address {s:?}: {why} (expected HOST:PORT or HOST:PORT/NAME)")
+            format!("bad gateway address {s:?}: {why} (expected [tls:]HOST:PORT or [tls:]HOST:PORT/NAME)")
+        };
+        let (tls, s) = match s.strip_prefix("tls:") {
+            Some(rest) => (true, rest),
+            None => (false, s),
         };
         let (hostport, repo) = match s.split_once('/') {
             Some((hp, name)) => {
@@ -91,6 +97,7 @@ impl FromStr for GatewayAddress {
             _ => return Err(bad("bad port")),
         };
         Ok(GatewayAddress {
+            tls,
             host: host.to_owned(),
             port,
             repo,
@@ -100,6 +107,9 @@ impl FromStr for GatewayAddress {
 
 impl fmt::Display for GatewayAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            f.write_str("tls:")?;
+        }
         if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)?;
         } else {
@@ -135,13 +145,54 @@ pub fn preamble(repo: &str, mode: Option<Mode>) -> String {
     }
 }
 
-async fn connect(host: &str, port: u16) -> anyhow::Result<TcpStream> {
+/// A connection to a gateway, plain or TLS.
+pub trait GatewayStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> GatewayStream for T {}
+
+/// Extra certificate authorities to trust for `tls:` gateways (a PEM file),
+/// besides the usual public ones.
+pub const TLS_CA_ENV: &str = "ANNEXMESH_TLS_CA";
+
+async fn connect(addr: &GatewayAddress) -> anyhow::Result<Box<dyn GatewayStream>> {
+    let (host, port) = (addr.host.as_str(), addr.port);
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
         .await
         .map_err(|_| anyhow::anyhow!("timed out after {}s", CONNECT_TIMEOUT.as_secs()))??;
     // Protocol lines are small and each waits for an answer.
     stream.set_nodelay(true)?;
-    Ok(stream)
+    if !addr.tls {
+        return Ok(Box::new(stream));
+    }
+    let connector = tls_connector()?;
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| anyhow::anyhow!("{host:?} cannot be checked against a certificate: {e}"))?;
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+        .await
+        .map_err(|_| anyhow::anyhow!("TLS handshake timed out after {}s", CONNECT_TIMEOUT.as_secs()))?
+        .context("TLS handshake failed")?;
+    Ok(Box::new(tls))
+}
+
+/// Trusts the public web roots plus the CAs in `$ANNEXMESH_TLS_CA`.
+fn tls_connector() -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(file) = std::env::var_os(TLS_CA_ENV).filter(|f| !f.is_empty()) {
+        let path = PathBuf::from(file);
+        let certs = CertificateDer::pem_file_iter(&path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("cannot read certificates from {} (${TLS_CA_ENV})", path.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "no certificate in {} (${TLS_CA_ENV})", path.display());
+        for c in certs {
+            roots.add(c).with_context(|| format!("bad certificate in {}", path.display()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 
 /// Relay between a local byte stream pair and a gateway connection until the
@@ -227,10 +278,10 @@ async fn p2p_program(args: &[String]) -> anyhow::Result<()> {
         ),
         [address] => {
             let addr: GatewayAddress = address.parse().map_err(anyhow::Error::msg)?;
-            let stream = connect(&addr.host, addr.port)
+            let stream = connect(&addr)
                 .await
                 .with_context(|| format!("cannot connect to the annexmesh gateway at {addr}"))?;
-            let (rd, mut wr) = stream.into_split();
+            let (rd, mut wr) = tokio::io::split(stream);
             if let Some(repo) = &addr.repo {
                 wr.write_all(preamble(repo, None).as_bytes()).await?;
             }
@@ -565,8 +616,8 @@ async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<()> {
 pub struct Session {
     pub repo_uuid: Uuid,
     /// Buffered: whatever the gateway sent after AUTH-SUCCESS is kept.
-    pub reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    pub writer: tokio::net::tcp::OwnedWriteHalf,
+    pub reader: BufReader<tokio::io::ReadHalf<Box<dyn GatewayStream>>>,
+    pub writer: tokio::io::WriteHalf<Box<dyn GatewayStream>>,
 }
 
 impl Session {
@@ -578,10 +629,10 @@ impl Session {
         client: Uuid,
         token: AuthToken,
     ) -> anyhow::Result<Session> {
-        let stream = connect(&gateway.host, gateway.port)
+        let stream = connect(gateway)
             .await
             .with_context(|| format!("cannot connect to the annexmesh gateway at {gateway}"))?;
-        let (rd, mut writer) = stream.into_split();
+        let (rd, mut writer) = tokio::io::split(stream);
         let mut hello = preamble(repo, mode);
         hello.push_str(
             &Message::Auth {
@@ -731,7 +782,14 @@ mod tests {
         assert_eq!(a.to_string(), "[::1]:9418/node-a");
         let a: GatewayAddress = "[fe80::1]:7".parse().unwrap();
         assert_eq!(a.host, "fe80::1");
+        assert!(!a.tls);
+        let a: GatewayAddress = "tls:gw.example:9418/mesh".parse().unwrap();
+        assert!(a.tls);
+        assert_eq!((a.host.as_str(), a.port), ("gw.example", 9418));
+        assert_eq!(a.to_string(), "tls:gw.example:9418/mesh");
         for bad in [
+            "tls:",
+            "tls:host",
             "",
             "host",
             "host:",
@@ -961,6 +1019,7 @@ mod tests {
             tokio::io::copy(&mut rd, &mut wr).await.unwrap();
         });
         let addr = GatewayAddress {
+            tls: false,
             host: "127.0.0.1".into(),
             port,
             repo: None,
@@ -1040,7 +1099,8 @@ mod tests {
             let (mut sock, _) = listener.accept().await.unwrap();
             sock.write_all(b"bye\n").await.unwrap();
         });
-        let (rd, wr) = connect("127.0.0.1", port).await.unwrap().into_split();
+        let addr: GatewayAddress = format!("127.0.0.1:{port}").parse().unwrap();
+        let (rd, wr) = tokio::io::split(connect(&addr).await.unwrap());
         let (_keep_open, relay_in) = tokio::io::duplex(64);
         let (relay_out, mut client_out) = tokio::io::duplex(64);
         tokio::time::timeout(

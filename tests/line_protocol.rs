@@ -646,6 +646,36 @@ fn the_line_protocol_over_tls() {
     assert_eq!(lines[1], "VERSION 4");
     assert!(lines[2].starts_with("TIMESTAMP "), "{lines:?}");
 
+    // The relay git-annex runs, given a `tls:` address, trusting the
+    // gateway's CA through ANNEXMESH_TLS_CA.
+    let relay = |ca: Option<&std::path::Path>| {
+        let mut cmd = common::annexmesh();
+        cmd.args(["p2p-relay", &format!("tls:localhost:{}/mesh", addr.port())]);
+        match ca {
+            Some(f) => cmd.env("ANNEXMESH_TLS_CA", f),
+            None => cmd.env_remove("ANNEXMESH_TLS_CA"),
+        };
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = write!(stdin, "AUTH 11111111-2222-3333-4444-555555555555 {token}\nVERSION 2\n");
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let out = relay(Some(&cert_pem));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text, format!("AUTH-SUCCESS {}\nVERSION 2\n", mesh.uuid_of("mesh")));
+    // Without the CA the certificate is refused.
+    let out = relay(None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TLS"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+
     // Plain text to the TLS port: no AUTH-SUCCESS comes back.
     let mut p = Peer::connect(addr);
     p.w.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
