@@ -569,6 +569,28 @@ fn malformed_and_oversized_input() {
     p.send(&format!("CHECKPRESENT {key}"));
     assert_eq!(p.line(), "FAILURE", "still in step after the refused PUT");
 
+    // DATA where UNLOCKCONTENT or the client's answer to GET belongs: the
+    // payload cannot be told from requests, so ERROR and closed.
+    let (mut q, _) = Peer::open(&mesh, &token, Some("mesh"), 4);
+    let other = content(3000, 6);
+    let other_key = key_for(&other);
+    assert!(q.put(&other_key, &other, 4).starts_with("SUCCESS"));
+    q.send(&format!("LOCKCONTENT {other_key}"));
+    assert_eq!(q.line(), "SUCCESS");
+    q.send("DATA 3");
+    q.send_bytes(b"abc");
+    assert!(q.line().starts_with("ERROR "));
+    assert!(q.closed());
+    let (mut q, _) = Peer::open(&mesh, &token, Some("mesh"), 4);
+    q.send(&format!("GET 0 file.bin {other_key}"));
+    assert_eq!(q.line(), format!("DATA {}", other.len()));
+    assert_eq!(q.bytes(other.len()), other);
+    assert_eq!(q.line(), "VALID");
+    q.send("DATA 3");
+    q.send_bytes(b"abc");
+    assert!(q.line().starts_with("ERROR "));
+    assert!(q.closed());
+
     // A DATA outside a transfer, and an unreadable DATA line: ERROR, closed.
     p.send("DATA 10");
     assert!(p.line().starts_with("ERROR "));
@@ -683,4 +705,27 @@ fn the_line_protocol_over_tls() {
     let mut buf = Vec::new();
     let _ = p.r.read_to_end(&mut buf);
     assert!(!String::from_utf8_lossy(&buf).contains("AUTH-SUCCESS"));
+}
+
+/// git-annex keeps connections open for reuse: a node that joins while one
+/// is open takes part in the next request on it.
+#[test]
+fn an_open_connection_sees_the_topology_change() {
+    let mut mesh = Mesh::separate(2);
+    let token = mesh.token(&[]);
+    let (mut p, _) = Peer::open(&mesh, &token, Some("mesh"), 4);
+    mesh.start_agent("node3");
+    mesh.wait_ready(3);
+    // The gateway learns of the new node within its refresh period.
+    std::thread::sleep(Duration::from_secs(2));
+    let data = content(7000, 11);
+    let key = key_for(&data);
+    // Stored on the new node alone, through a connection to it.
+    let (mut n3, _) = Peer::open(&mesh, &token, Some("node3"), 4);
+    assert_eq!(n3.put(&key, &data, 4), "SUCCESS");
+    // The old connection to the cluster finds it there and serves it.
+    p.send(&format!("CHECKPRESENT {key}"));
+    assert_eq!(p.line(), "SUCCESS");
+    let (got, validity) = p.get(&key, 0, 4);
+    assert!(got == data && validity.as_deref() == Some("VALID"));
 }

@@ -293,7 +293,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Conn<R, W> {
     async fn message(&mut self) -> Res<Next> {
         match self.frame().await? {
             Ok(Some(Frame::Message(m))) => Ok(Next::Msg(m)),
-            Ok(Some(Frame::Data(_))) => unreachable!("data frames follow a DATA message, which is handled"),
+            // Payload of a DATA the caller did not expect: out of step.
+            Ok(Some(Frame::Data(_))) => Err(Close::Protocol("unexpected DATA payload".into())),
             Ok(None) => Ok(Next::Eof),
             Err(e) => self.unparsable(e).await.map(|_| Next::Unparsable),
         }
@@ -479,13 +480,17 @@ pub async fn session<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(
     };
     let Some((repo, mode, client)) = authed else { return Ok(()) };
     debug!(client = %client, repo = %repo.uuid(), %mode, "authenticated");
-    Session { core, repo, mode, version: 0 }.serve(conn).await
+    Session { core, repo, bypass: BTreeSet::new(), mode, version: 0 }.serve(conn).await
 }
 
 /// An authenticated session with one repository.
 pub struct Session<'a> {
     pub core: &'a Core,
+    /// As of the current request: a connection may live for hours (git-annex
+    /// pools them), and nodes come, go and change health meanwhile.
     pub repo: Repo,
+    /// Nodes the client asked to avoid (BYPASS).
+    pub bypass: BTreeSet<String>,
     pub mode: Mode,
     pub version: u64,
 }
@@ -500,7 +505,7 @@ impl Session<'_> {
         loop {
             let msg = match conn.frame().await? {
                 Ok(Some(Frame::Message(m))) => m,
-                Ok(Some(Frame::Data(_))) => unreachable!("DATA is refused before its payload"),
+                Ok(Some(Frame::Data(_))) => return Err(Close::Protocol("unexpected DATA payload".into())),
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     conn.unparsable(e).await?;
@@ -527,6 +532,9 @@ impl Session<'_> {
 
     async fn request<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(&mut self, conn: &mut Conn<R, W>, msg: Message) -> Res<()> {
         let core = self.core;
+        if let Some(now) = core.mesh.repo_by_uuid(self.repo.uuid()).await {
+            self.repo = now.bypassing(self.bypass.clone());
+        }
         match msg {
             Message::Version(v) => {
                 self.version = v.min(MAX_PROTOCOL_VERSION);
@@ -534,6 +542,7 @@ impl Session<'_> {
             }
             Message::Bypass(set) => {
                 let set: BTreeSet<String> = set.into_iter().map(|u| u.as_str().to_string()).collect();
+                self.bypass = set.clone();
                 self.repo = self.repo.clone().bypassing(set);
             }
             Message::CheckPresent(key) => {
@@ -599,6 +608,11 @@ impl Session<'_> {
             Ok(Next::Eof) => {
                 drop(lock);
                 Ok(())
+            }
+            Ok(Next::Msg(Message::Data(_))) => {
+                drop(lock);
+                conn.send(&Message::Error("expected UNLOCKCONTENT".into())).await?;
+                Err(Close::Protocol("DATA instead of UNLOCKCONTENT".into()))
             }
             Ok(_) => {
                 drop(lock);
@@ -690,6 +704,10 @@ impl Session<'_> {
         match conn.message().await? {
             Next::Msg(Message::Success | Message::Failure | Message::SuccessPlus(_) | Message::FailurePlus(_)) => Ok(()),
             Next::Msg(Message::Error(e)) => Err(Close::Protocol(format!("client error after GET: {e}"))),
+            Next::Msg(Message::Data(_)) => {
+                conn.send(&Message::Error("expected SUCCESS or FAILURE".into())).await?;
+                Err(Close::Protocol("DATA after GET".into()))
+            }
             Next::Eof => Ok(()),
             Next::Unparsable => Ok(()),
             Next::Msg(_) => Ok(conn.send(&Message::Error("expected SUCCESS or FAILURE".into())).await?),
@@ -807,7 +825,12 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> PutBody<'_, R, W
                     self.remaining -= b.len() as u64;
                     Some(Ok(b))
                 }
-                Ok(Ok(_)) => unreachable!("the decoder yields data until the DATA length is reached"),
+                // The decoder yields data until the DATA length is reached;
+                // anything else means the stream is out of step.
+                Ok(Ok(_)) => {
+                    self.end = Some(End::Lost(Close::Protocol("DATA payload out of step".into())));
+                    Some(Err("DATA payload out of step".into()))
+                }
                 Ok(Err(e)) => {
                     let why = match &e {
                         Close::Io(io) => format!("client connection lost mid-DATA: {io}"),
@@ -842,6 +865,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> PutBody<'_, R, W
             Ok(r) => match r? {
                 Ok(Some(Frame::Message(Message::Valid))) => End::Valid,
                 Ok(Some(Frame::Message(Message::Invalid))) => End::Invalid,
+                // Another payload would follow: no way to stay in step.
+                Ok(Some(Frame::Message(Message::Data(_)))) => {
+                    End::Lost(Close::Protocol("DATA where VALID or INVALID belongs".into()))
+                }
                 Ok(None) => End::Lost(Close::Io(std::io::ErrorKind::UnexpectedEof.into())),
                 _ => End::Unexpected,
             },
