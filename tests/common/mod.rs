@@ -367,9 +367,7 @@ impl Client {
     fn new_uninit() -> Client {
         // The generic P2P transport program, as a user installs it on PATH.
         let links = tempfile::tempdir().unwrap();
-        for name in ["git-annex-p2p-annexmesh"] {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_annexmesh"), links.path().join(name)).unwrap();
-        }
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_annexmesh"), links.path().join("git-annex-p2p-annexmesh")).unwrap();
         let bin = git_annex_bin_dir();
         let path = std::env::join_paths(
             [links.path().to_path_buf(), bin]
