@@ -41,6 +41,7 @@ pub struct CoordinatorService {
     reserve_default: u64,
     /// Parsed preferred content expressions by their text.
     exprs: Mutex<HashMap<String, Arc<Expr>>>,
+    recorder: super::state::GroupRecorder,
 }
 
 impl From<StateError> for Status {
@@ -124,6 +125,7 @@ pub fn valid_name(s: &str) -> Result<(), Status> {
 impl CoordinatorService {
     pub fn new(state: Arc<State>, clock: Arc<ClusterClock>, reserve_default: u64) -> CoordinatorService {
         CoordinatorService {
+            recorder: state.group_recorder(),
             state,
             clock,
             health: Mutex::new(HashMap::new()),
@@ -322,7 +324,7 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
             valid_uuid(&c.node_uuid)?;
         }
         let changes: Vec<_> = changes.into_iter().map(|c| (c.key, c.node_uuid, c.present)).collect();
-        self.state.record(&changes)?;
+        self.recorder.record(changes).await.map_err(Status::internal)?;
         Ok(Response::new(rpc::RecordLocationsReply {}))
     }
 

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -330,6 +331,32 @@ impl State {
         Ok(())
     }
 
+    /// A writer thread that commits location changes in groups: concurrent
+    /// requests share one transaction (and one fsync), and no async worker
+    /// blocks on the disk.
+    pub fn group_recorder(self: &Arc<Self>) -> GroupRecorder {
+        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
+        let state = self.clone();
+        std::thread::Builder::new()
+            .name("location-log".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                    }
+                    // Order is kept: a later request's entry gets a later stamp.
+                    let all: Vec<_> = batch.iter().flat_map(|(c, _)| c.iter().cloned()).collect();
+                    let result = state.record(&all).map_err(|e| e.to_string());
+                    for (_, done) in batch {
+                        let _ = done.send(result.clone());
+                    }
+                }
+            })
+            .expect("spawn the location-log writer");
+        GroupRecorder { tx }
+    }
+
     /// Every node's newest entry for `key`.
     pub fn locations(&self, key: &str) -> Result<Vec<LocationEntry>> {
         let txn = self.db.begin_read()?;
@@ -453,6 +480,33 @@ mod tests {
         assert_eq!(got, vec![("n1".to_string(), true), ("n2".to_string(), false)]);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn grouped_records_commit_every_change_in_request_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(State::open(dir.path()).unwrap());
+        let rec = s.group_recorder();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let key = format!("SHA256E-s{i}--{i:064x}");
+                    rec.record(vec![(key.clone(), "n1".into(), true), (key.clone(), "n2".into(), true)]).await.unwrap();
+                    // A later request for the same key and node wins.
+                    rec.record(vec![(key, "n2".into(), false)]).await.unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for i in 0..64 {
+            let key = format!("SHA256E-s{i}--{i:064x}");
+            let present: Vec<_> = s.locations(&key).unwrap().into_iter().filter(|e| e.present).map(|e| e.node_uuid).collect();
+            assert_eq!(present, vec!["n1".to_string()], "{key}");
+        }
+        assert!(rec.record(Vec::new()).await.is_ok());
+    }
+
     #[test]
     fn settings_survive_reopen_and_registration() {
         let dir = tempfile::tempdir().unwrap();
@@ -564,5 +618,26 @@ mod tests {
         assert!(!created);
         assert_eq!(a, b);
         assert_eq!(s.cluster_by_uuid(&a.uuid).unwrap(), Some(a));
+    }
+}
+
+type Pending = (Vec<(String, String, bool)>, tokio::sync::oneshot::Sender<std::result::Result<(), String>>);
+
+/// Hands location changes to the writer thread of `State::group_recorder`.
+#[derive(Clone)]
+pub struct GroupRecorder {
+    tx: std::sync::mpsc::Sender<Pending>,
+}
+
+impl GroupRecorder {
+    /// Returns once the changes are committed (with whatever else was
+    /// waiting); the error is the commit's.
+    pub async fn record(&self, changes: Vec<(String, String, bool)>) -> std::result::Result<(), String> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx.send((changes, done)).map_err(|_| "the location-log writer has stopped".to_string())?;
+        wait.await.map_err(|_| "the location-log writer has stopped".to_string())?
     }
 }
