@@ -58,6 +58,10 @@ impl From<StoreError> for Status {
 /// How long an upload waits for an earlier upload of the same key.
 const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How much of an upload is written before the disk is asked to start
+/// writing it back (see `Store::start_writeback`).
+const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
+
 pub(crate) fn parse_key(s: &str) -> Result<Key, Status> {
     s.parse::<Key>()
         .map_err(|e| Status::invalid_argument(format!("bad key {s:?}: {e}")))
@@ -139,6 +143,8 @@ impl AgentService {
 
         let mut received: u64 = 0;
         let mut end: Option<bool> = None;
+        // Up to where the disk has been asked to write the upload.
+        let mut writeback_from = header.offset;
         loop {
             let msg = match stream.message().await {
                 Ok(Some(m)) => m.msg,
@@ -162,6 +168,15 @@ impl AgentService {
                         v.update(&chunk);
                     }
                     received += chunk.len() as u64;
+                    let written = header.offset + received;
+                    if written - writeback_from >= WRITEBACK_STEP {
+                        file.flush().await.map_err(|e| Status::internal(e.to_string()))?;
+                        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+                        let (from, len) = (writeback_from, written - writeback_from);
+                        // The file stays open across this await.
+                        let _ = tokio::task::spawn_blocking(move || Store::start_writeback(fd, from, len)).await;
+                        writeback_from = written;
+                    }
                 }
                 Some(put_request::Msg::End(e)) => {
                     end = Some(e.valid);

@@ -93,6 +93,20 @@ impl Store {
         }
     }
 
+    /// Asks the kernel to start writing `len` bytes at `offset` of an upload
+    /// to disk, without waiting. Uploads call this as data arrives, so the
+    /// fsync before the rename finds little left to write: the disk works
+    /// while the data is still streaming rather than after it.
+    pub fn start_writeback(fd: std::os::fd::RawFd, offset: u64, len: u64) {
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+        // SAFETY: sync_file_range reads only its integer arguments; the
+        // caller keeps the file open for the duration of the call. Failure
+        // is harmless (the later fsync does the work), so it is ignored.
+        unsafe {
+            libc::sync_file_range(fd, offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+
     /// Moves a verified partial file into place: fsync the data, rename, then
     /// fsync the directory so that the rename itself survives a crash.
     pub async fn commit_partial(&self, key: &Key) -> Result<()> {
