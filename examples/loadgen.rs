@@ -34,14 +34,19 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
         match flag.as_str() {
             "--base" => a.base = val().trim_end_matches('/').to_string(),
             "--uuid" => a.uuid = val(),
             "--keys" => a.keys = val(),
             "--clients" => a.clients = val().parse().unwrap_or_else(|_| usage("bad --clients")),
             "--count" => a.count = val().parse().unwrap_or_else(|_| usage("bad --count")),
-            "--max-seconds" => a.max_seconds = val().parse().unwrap_or_else(|_| usage("bad --max-seconds")),
+            "--max-seconds" => {
+                a.max_seconds = val().parse().unwrap_or_else(|_| usage("bad --max-seconds"))
+            }
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -53,7 +58,9 @@ fn parse_args() -> Args {
 
 fn usage(msg: &str) -> ! {
     eprintln!("loadgen: {msg}");
-    eprintln!("usage: loadgen --base URL --uuid UUID --keys FILE [--clients N] [--count N] [--max-seconds S]");
+    eprintln!(
+        "usage: loadgen --base URL --uuid UUID --keys FILE [--clients N] [--count N] [--max-seconds S]"
+    );
     std::process::exit(2);
 }
 
@@ -79,7 +86,12 @@ fn main() {
     }
     let urls: Vec<String> = keys
         .iter()
-        .map(|k| format!("{}/git-annex/{}/v4/checkpresent?key={k}&clientuuid={CLIENT_UUID}", args.base, args.uuid))
+        .map(|k| {
+            format!(
+                "{}/git-annex/{}/v4/checkpresent?key={k}&clientuuid={CLIENT_UUID}",
+                args.base, args.uuid
+            )
+        })
         .collect();
     let deadline = Instant::now() + Duration::from_secs_f64(args.max_seconds);
     let started = Instant::now();
@@ -119,10 +131,16 @@ fn main() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
     });
     let seconds = started.elapsed().as_secs_f64();
-    let mut all: Vec<f64> = results.iter().flat_map(|(l, _)| l.iter().copied()).collect();
+    let mut all: Vec<f64> = results
+        .iter()
+        .flat_map(|(l, _)| l.iter().copied())
+        .collect();
     let errors: usize = results.iter().map(|(_, e)| e).sum();
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let requests = all.len();
