@@ -834,7 +834,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> PutBody<'_, R, W
                 Ok(Err(e)) => {
                     let why = match &e {
                         Close::Io(io) => format!("client connection lost mid-DATA: {io}"),
-                        other => format!("{other:?}"),
+                        Close::Protocol(why) => why.clone(),
+                        Close::Auth => "authentication lost".to_string(),
                     };
                     self.end = Some(End::Lost(e));
                     Some(Err(why))
