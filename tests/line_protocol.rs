@@ -75,14 +75,20 @@ impl Peer {
 
     /// A whole PUT of `data` under `key` from the offset the gateway asks.
     fn put(&mut self, key: &str, data: &[u8], version: u64) -> String {
+        self.put_ending(key, data, (version >= 1).then_some("VALID"))
+    }
+
+    /// A PUT whose payload is followed by `after` (VALID, INVALID or
+    /// something else); returns the gateway's next line.
+    fn put_ending(&mut self, key: &str, data: &[u8], after: Option<&str>) -> String {
         self.send(&format!("PUT file.bin {key}"));
         let reply = self.line();
         let Some(off) = reply.strip_prefix("PUT-FROM ") else { return reply };
         let off: usize = off.parse().unwrap();
         self.send(&format!("DATA {}", data.len() - off));
         self.send_bytes(&data[off..]);
-        if version >= 1 {
-            self.send("VALID");
+        if let Some(line) = after {
+            self.send(line);
         }
         self.line()
     }
@@ -535,31 +541,14 @@ fn malformed_and_oversized_input() {
     let (mut p, _) = Peer::open(&mesh, &token, Some("mesh"), 4);
     let mut wrong = data.clone();
     wrong[10] ^= 1;
-    p.send(&format!("PUT file.bin {key}"));
-    assert_eq!(p.line(), "PUT-FROM 0");
-    p.send(&format!("DATA {}", wrong.len()));
-    p.send_bytes(&wrong);
-    p.send("VALID");
-    let reply = p.line();
+    let reply = p.put_ending(&key, &wrong, Some("VALID"));
     assert!(reply.starts_with("FAILURE"), "{reply}");
     assert_eq!(stored_on(&mesh, &key), 0);
     // INVALID from the client: not stored either.
-    p.send(&format!("PUT file.bin {key}"));
-    let reply = p.line();
-    let off: usize = reply.strip_prefix("PUT-FROM ").unwrap().parse().unwrap();
-    p.send(&format!("DATA {}", data.len() - off));
-    p.send_bytes(&data[off..]);
-    p.send("INVALID");
-    assert!(p.line().starts_with("FAILURE"));
+    assert!(p.put_ending(&key, &data, Some("INVALID")).starts_with("FAILURE"));
     assert_eq!(stored_on(&mesh, &key), 0);
     // Something else where VALID belongs.
-    p.send(&format!("PUT file.bin {key}"));
-    let reply = p.line();
-    let off: usize = reply.strip_prefix("PUT-FROM ").unwrap().parse().unwrap();
-    p.send(&format!("DATA {}", data.len() - off));
-    p.send_bytes(&data[off..]);
-    p.send("SUCCESS");
-    assert!(p.line().starts_with("ERROR "));
+    assert!(p.put_ending(&key, &data, Some("SUCCESS")).starts_with("ERROR "));
     assert!(p.line().starts_with("FAILURE"));
     // Something else where DATA belongs.
     p.send(&format!("PUT file.bin {key}"));
