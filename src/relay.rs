@@ -23,6 +23,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWrite
 use tokio::net::TcpStream;
 
 use crate::auth::Mode;
+use crate::gateway::p2p::PREAMBLE;
 use crate::p2p::message::{AuthToken, Message, Uuid};
 
 /// The program name git-annex runs for `p2p-annex::annexmesh:` remotes.
@@ -140,8 +141,8 @@ fn valid_repo_name(name: &str) -> Result<&str, String> {
 /// the gateway's default, and optionally restrict its own access.
 pub fn preamble(repo: &str, mode: Option<Mode>) -> String {
     match mode {
-        Some(m) => format!("ANNEXMESH repo={repo} mode={m}\n"),
-        None => format!("ANNEXMESH repo={repo}\n"),
+        Some(m) => format!("{PREAMBLE} repo={repo} mode={m}\n"),
+        None => format!("{PREAMBLE} repo={repo}\n"),
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Mesh, objects_named, wait_until};
 use sha2::{Digest, Sha256};
@@ -419,14 +419,13 @@ fn a_client_gone_mid_data_leaves_partials_and_the_retry_resumes() {
     let kept = partial();
     assert!(kept >= 8 << 20, "every node kept its partial ({kept} bytes)");
 
-    // The retry is answered at once (the nodes' streams were closed, so no
-    // upload of the key is still in progress) and resumes.
-    let started = Instant::now();
+    // The retry resumes: the nodes' streams were closed, so no upload of the
+    // key is still in progress to hold it up (one would make the agents
+    // wait for it, past this connection's read timeout).
     let (mut p, _) = Peer::open(&mesh, &token, Some("mesh"), 4);
     p.send(&format!("PUT file.bin {key}"));
     let reply = p.line();
     let off: usize = reply.strip_prefix("PUT-FROM ").unwrap_or_else(|| panic!("{reply}")).parse().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(30), "the retry waited for a stale upload");
     assert!(off as u64 >= 8 << 20, "resumed from {off}, not from the partials");
     let before = Mesh::metric(&gw, "annexmesh_put_client_bytes_total");
     p.send(&format!("DATA {}", data.len() - off));
