@@ -23,13 +23,7 @@ fn copy_drop_get_and_drop_from_mesh_with_annexmesh_up() {
     let key = client.key_of("big.bin");
 
     client.ok(&["git", "annex", "copy", "--to", "mesh", "big.bin"]);
-    let stores = mesh.node_stores();
-    assert_eq!(stores.len(), 3);
-    for s in &stores {
-        let objs = objects_named(s, &key);
-        assert_eq!(objs.len(), 1, "{} should hold {key}", s.display());
-        assert_eq!(sha256(&std::fs::read(&objs[0]).unwrap()), sha256(&data));
-    }
+    let stores = mesh.assert_held_everywhere(&key, &data);
 
     // Dropping the only local copy needs the mesh to lock its copy.
     client.ok(&["git", "annex", "drop", "big.bin"]);

@@ -35,13 +35,7 @@ fn link(client: &Client, name: &str, address: &str) -> String {
 fn round_trip(mesh: &Mesh, client: &Client, remote: &str) {
     let (data, key) = client.annex_file("big.bin", 12 * 1024 * 1024, 4);
     client.ok(&["git", "annex", "copy", "--to", remote, "big.bin"]);
-    let stores = mesh.node_stores();
-    assert_eq!(stores.len(), 3);
-    for s in &stores {
-        let objs = objects_named(s, &key);
-        assert_eq!(objs.len(), 1, "{} should hold {key}", s.display());
-        assert_eq!(sha256(&std::fs::read(&objs[0]).unwrap()), sha256(&data));
-    }
+    let stores = mesh.assert_held_everywhere(&key, &data);
     let whereis = client.ok(&["git", "annex", "whereis", "big.bin"]);
     for i in 1..=3 {
         assert!(whereis.contains(&mesh.uuid_of(&format!("node{i}"))), "whereis lists node{i}:\n{whereis}");

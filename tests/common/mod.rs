@@ -308,6 +308,21 @@ impl Mesh {
         dirs
     }
 
+    /// Asserts that each of the 3 nodes holds exactly `data` under `key`;
+    /// returns their stores.
+    pub fn assert_held_everywhere(&self, key: &str, data: &[u8]) -> Vec<PathBuf> {
+        use sha2::{Digest, Sha256};
+        let stores = self.node_stores();
+        assert_eq!(stores.len(), 3);
+        let want = Sha256::digest(data);
+        for s in &stores {
+            let objs = objects_named(s, key);
+            assert_eq!(objs.len(), 1, "{} should hold {key}", s.display());
+            assert!(Sha256::digest(std::fs::read(&objs[0]).unwrap()) == want, "{} holds other bytes", s.display());
+        }
+        stores
+    }
+
     /// The UUID of a cluster or node, from its config.
     pub fn uuid_of(&self, name: &str) -> String {
         let (status, body) = http_get(&format!("{}/{name}/config", self.url())).unwrap();
