@@ -84,7 +84,10 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let rt = tokio::runtime::Runtime::new()?;
+    // An agent holds one blocking thread per upload in progress (its disk
+    // writer), so the pool is larger than tokio's default of 512; idle
+    // threads cost only address space and exit after ten seconds.
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(4096).build()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();

@@ -14,3 +14,8 @@ pub const CHUNK_SIZE: usize = 256 * 1024;
 /// enough to keep a loopback or LAN link busy between window updates.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Largest HTTP/2 frame each end accepts: a data chunk fits in one frame
+/// rather than sixteen of the protocol's default 16 KiB, which cuts the
+/// per-frame work on both ends of every content stream.
+pub const MAX_FRAME: u32 = CHUNK_SIZE as u32 + 1024;

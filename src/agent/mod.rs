@@ -82,6 +82,7 @@ pub async fn serve(cfg: AgentConfig, listener: TcpListener, shutdown: Cancellati
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(rpc::STREAM_WINDOW))
         .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW))
+        .max_frame_size(Some(rpc::MAX_FRAME))
         .add_service(svc)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
         .await;

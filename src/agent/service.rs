@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncSeekExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -62,6 +62,10 @@ const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// writing it back (see `Store::start_writeback`).
 const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
+/// Chunks received but not yet written: a few MiB, so the network side can
+/// run ahead of the disk without buffering a whole object.
+const WRITER_QUEUE: usize = 16;
+
 pub(crate) fn parse_key(s: &str) -> Result<Key, Status> {
     s.parse::<Key>()
         .map_err(|e| Status::invalid_argument(format!("bad key {s:?}: {e}")))
@@ -96,7 +100,7 @@ impl AgentService {
         stream: &mut Streaming<rpc::PutRequest>,
     ) -> Result<rpc::PutReply, Status> {
         let tmp = self.store.partial_path(key);
-        let mut file = tokio::fs::OpenOptions::new()
+        let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -120,31 +124,13 @@ impl AgentService {
             }
         file.set_len(header.offset).await.map_err(|e| Status::internal(e.to_string()))?;
 
-        // The checksum covers the whole object, so a resumed upload first
-        // hashes the part that is already here.
-        let mut verifier = Verifier::for_key(key);
-        if let Some(v) = verifier.as_mut() {
-            let mut remaining = header.offset;
-            let mut buf = vec![0u8; rpc::CHUNK_SIZE];
-            file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| Status::internal(e.to_string()))?;
-            while remaining > 0 {
-                let want = remaining.min(buf.len() as u64) as usize;
-                let n = file.read(&mut buf[..want]).await.map_err(|e| Status::internal(e.to_string()))?;
-                if n == 0 {
-                    return Err(Status::internal("partial file shrank while resuming"));
-                }
-                v.update(&buf[..n]);
-                remaining -= n as u64;
-            }
-        }
-        file.seek(std::io::SeekFrom::Start(header.offset))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-
+        // Disk writes and hashing run on a thread of their own, fed the
+        // received chunks as they are (no copy into a tokio file buffer, no
+        // hand-off per write), while this task keeps receiving.
+        let (chunks, writer) = spawn_writer(file.into_std().await, Verifier::for_key(key), header.offset);
         let mut received: u64 = 0;
         let mut end: Option<bool> = None;
-        // Up to where the disk has been asked to write the upload.
-        let mut writeback_from = header.offset;
+        let mut refused = None;
         loop {
             let msg = match stream.message().await {
                 Ok(Some(m)) => m.msg,
@@ -157,25 +143,16 @@ impl AgentService {
             match msg {
                 Some(put_request::Msg::Data(chunk)) => {
                     if received + chunk.len() as u64 > header.length {
-                        file.flush().await.ok();
-                        return Err(Status::invalid_argument(format!(
+                        refused = Some(Status::invalid_argument(format!(
                             "more data than the {} bytes promised for {key}",
                             header.length
                         )));
-                    }
-                    file.write_all(&chunk).await.map_err(|e| Status::internal(e.to_string()))?;
-                    if let Some(v) = verifier.as_mut() {
-                        v.update(&chunk);
+                        break;
                     }
                     received += chunk.len() as u64;
-                    let written = header.offset + received;
-                    if written - writeback_from >= WRITEBACK_STEP {
-                        file.flush().await.map_err(|e| Status::internal(e.to_string()))?;
-                        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-                        let (from, len) = (writeback_from, written - writeback_from);
-                        // The file stays open across this await.
-                        let _ = tokio::task::spawn_blocking(move || Store::start_writeback(fd, from, len)).await;
-                        writeback_from = written;
+                    if chunks.send(chunk).await.is_err() {
+                        // The writer stopped on an error; it is reported below.
+                        break;
                     }
                 }
                 Some(put_request::Msg::End(e)) => {
@@ -183,13 +160,18 @@ impl AgentService {
                     break;
                 }
                 Some(put_request::Msg::Header(_)) | None => {
-                    file.flush().await.ok();
-                    return Err(Status::invalid_argument("unexpected message in put stream"));
+                    refused = Some(Status::invalid_argument("unexpected message in put stream"));
+                    break;
                 }
             }
         }
-        file.flush().await.map_err(|e| Status::internal(e.to_string()))?;
-        drop(file);
+        drop(chunks);
+        // Whatever happened, everything received so far is written (and kept
+        // for a resume) before the answer goes out.
+        let verifier = writer.await.map_err(|e| Status::internal(format!("writer failed: {e}")))??;
+        if let Some(status) = refused {
+            return Err(status);
+        }
 
         match end {
             None => {
@@ -223,6 +205,63 @@ impl AgentService {
                 info!(%key, "stored");
                 Ok(rpc::PutReply { stored: true, error: String::new() })
             }
+        }
+    }
+}
+
+/// Starts the thread that writes an upload to its partial file from
+/// `offset` on, hashing it as it goes. A resumed upload first hashes what is
+/// already there, since the checksum covers the whole object. The thread
+/// ends when the sender is dropped and hands back the verifier.
+fn spawn_writer(
+    mut file: std::fs::File,
+    mut verifier: Option<Verifier>,
+    offset: u64,
+) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<Result<Option<Verifier>, Status>>) {
+    use std::io::{Read, Seek, Write};
+    let (tx, mut rx) = mpsc::channel::<Bytes>(WRITER_QUEUE);
+    let internal = |e: std::io::Error| Status::internal(e.to_string());
+    let handle = tokio::task::spawn_blocking(move || {
+        if let Some(v) = verifier.as_mut() {
+            file.seek(std::io::SeekFrom::Start(0)).map_err(internal)?;
+            let mut buf = vec![0u8; rpc::CHUNK_SIZE];
+            let mut remaining = offset;
+            while remaining > 0 {
+                let want = remaining.min(buf.len() as u64) as usize;
+                let n = file.read(&mut buf[..want]).map_err(internal)?;
+                if n == 0 {
+                    return Err(Status::internal("partial file shrank while resuming"));
+                }
+                v.update(&buf[..n]);
+                remaining -= n as u64;
+            }
+        }
+        file.seek(std::io::SeekFrom::Start(offset)).map_err(internal)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let (mut written, mut writeback_from) = (offset, offset);
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk).map_err(internal)?;
+            if let Some(v) = verifier.as_mut() {
+                v.update(&chunk);
+            }
+            written += chunk.len() as u64;
+            if written - writeback_from >= WRITEBACK_STEP {
+                Store::start_writeback(fd, writeback_from, written - writeback_from);
+                writeback_from = written;
+            }
+        }
+        Ok(verifier)
+    });
+    (tx, handle)
+}
+
+/// One read, retried when interrupted by a signal.
+fn read_some(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    loop {
+        match f.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
         }
     }
 }
@@ -394,6 +433,7 @@ impl agent_server::Agent for AgentService {
         info!(%key, offset = req.offset, length, "serving get");
         let (tx, rx) = mpsc::channel(4);
         let active = Active::enter(&self.active);
+        let file = file.into_std().await;
         tokio::spawn(async move {
             let _active = active;
             let msg = |m| Ok(rpc::GetReply { msg: Some(m) });
@@ -401,13 +441,28 @@ impl agent_server::Agent for AgentService {
                 return;
             }
             let mut sent = 0u64;
+            let mut file = Some(file);
             loop {
-                let mut buf = BytesMut::with_capacity(rpc::CHUNK_SIZE);
-                match file.read_buf(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        sent += n as u64;
-                        if tx.send(msg(get_reply::Msg::Data(buf.freeze()))).await.is_err() {
+                // Each chunk is read straight into the buffer it is sent in,
+                // on a blocking thread held only for the read (a slow client
+                // must not pin a thread); the channel lets reads run ahead.
+                let mut f = file.take().expect("the file is put back after every read");
+                let (f, read) = tokio::task::spawn_blocking(move || {
+                    let mut buf = BytesMut::zeroed(rpc::CHUNK_SIZE);
+                    let read = read_some(&mut f, &mut buf).map(|n| {
+                        buf.truncate(n);
+                        buf.freeze()
+                    });
+                    (f, read)
+                })
+                .await
+                .expect("read task panicked");
+                file = Some(f);
+                match read {
+                    Ok(buf) if buf.is_empty() => break,
+                    Ok(buf) => {
+                        sent += buf.len() as u64;
+                        if tx.send(msg(get_reply::Msg::Data(buf))).await.is_err() {
                             debug!(%key, sent, "get ended by the receiver");
                             return;
                         }

@@ -109,7 +109,8 @@ fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .initial_stream_window_size(Some(rpc::STREAM_WINDOW))
-        .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW)))
+        .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW))
+        .max_frame_size(Some(rpc::MAX_FRAME)))
 }
 
 impl Mesh {
