@@ -64,7 +64,7 @@ const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
 /// Chunks received but not yet written: a few MiB, so the network side can
 /// run ahead of the disk without buffering a whole object.
-const WRITER_QUEUE: usize = 16;
+const WRITER_QUEUE: usize = 8;
 
 pub(crate) fn parse_key(s: &str) -> Result<Key, Status> {
     s.parse::<Key>()
@@ -99,22 +99,6 @@ impl AgentService {
         header: &rpc::PutHeader,
         stream: &mut Streaming<rpc::PutRequest>,
     ) -> Result<rpc::PutReply, Status> {
-        let tmp = self.store.partial_path(key);
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&tmp)
-            .await
-            .map_err(|e| Status::internal(format!("cannot open {}: {e}", tmp.display())))?;
-        let held = file.metadata().await.map_err(|e| Status::internal(e.to_string()))?.len();
-        if header.offset > held {
-            return Err(Status::failed_precondition(format!(
-                "cannot resume at offset {}: only {held} bytes of {key} are held",
-                header.offset
-            )));
-        }
         if let Some(size) = key.size
             && header.offset.checked_add(header.length) != Some(size) {
                 return Err(Status::invalid_argument(format!(
@@ -122,14 +106,14 @@ impl AgentService {
                     header.offset, header.length
                 )));
             }
-        file.set_len(header.offset).await.map_err(|e| Status::internal(e.to_string()))?;
-
-        // Disk writes and hashing run on a thread of their own, fed the
-        // received chunks as they are (no copy into a tokio file buffer, no
-        // hand-off per write), while this task keeps receiving.
-        let (chunks, writer) = spawn_writer(file.into_std().await, Verifier::for_key(key), header.offset);
+        // The whole upload on disk (open, resume, writes, hashing, then
+        // commit or discard) runs as one job on a blocking thread, fed the
+        // received chunks as they are, while this task keeps receiving: no
+        // copy into a tokio file buffer and no hand-off per file operation.
+        let (chunks, rx) = mpsc::channel::<Upload>(WRITER_QUEUE);
+        let (store, k, offset, length) = (self.store.clone(), key.clone(), header.offset, header.length);
+        let writer = tokio::task::spawn_blocking(move || write_upload(&store, &k, offset, length, rx));
         let mut received: u64 = 0;
-        let mut end: Option<bool> = None;
         let mut refused = None;
         loop {
             let msg = match stream.message().await {
@@ -140,7 +124,7 @@ impl AgentService {
                     break;
                 }
             };
-            match msg {
+            let next = match msg {
                 Some(put_request::Msg::Data(chunk)) => {
                     if received + chunk.len() as u64 > header.length {
                         refused = Some(Status::invalid_argument(format!(
@@ -150,109 +134,129 @@ impl AgentService {
                         break;
                     }
                     received += chunk.len() as u64;
-                    if chunks.send(chunk).await.is_err() {
-                        // The writer stopped on an error; it is reported below.
-                        break;
-                    }
+                    Upload::Data(chunk)
                 }
-                Some(put_request::Msg::End(e)) => {
-                    end = Some(e.valid);
-                    break;
-                }
+                Some(put_request::Msg::End(e)) => Upload::End { valid: e.valid },
                 Some(put_request::Msg::Header(_)) | None => {
                     refused = Some(Status::invalid_argument("unexpected message in put stream"));
                     break;
                 }
+            };
+            let last = matches!(next, Upload::End { .. });
+            // A send fails only when the writer stopped on an error, which
+            // its result reports below.
+            if chunks.send(next).await.is_err() || last {
+                break;
             }
         }
+        // Without an end marker the writer keeps what it has for a resume.
         drop(chunks);
-        // Whatever happened, everything received so far is written (and kept
-        // for a resume) before the answer goes out.
-        let verifier = writer.await.map_err(|e| Status::internal(format!("writer failed: {e}")))??;
-        if let Some(status) = refused {
-            return Err(status);
-        }
-
-        match end {
-            None => {
-                info!(%key, kept = header.offset + received, "upload interrupted; partial kept for resume");
-                Ok(put_failed(format!(
-                    "upload of {key} interrupted after {} bytes; kept for resume",
-                    header.offset + received
-                )))
-            }
-            Some(false) => {
-                self.store.discard_partial(key).await?;
-                Ok(put_failed("the sender marked the data invalid".into()))
-            }
-            Some(true) if received != header.length => {
-                self.store.discard_partial(key).await?;
-                Ok(put_failed(format!(
-                    "received {received} bytes of the {} promised for {key}",
-                    header.length
-                )))
-            }
-            Some(true) => {
-                if let Some(v) = verifier
-                    && !v.finish() {
-                        self.store.discard_partial(key).await?;
-                        warn!(%key, "refused content that does not match its checksum");
-                        return Ok(put_failed(format!(
-                            "content does not match the checksum in key {key}; nothing stored"
-                        )));
-                    }
-                self.store.commit_partial(key).await?;
-                info!(%key, "stored");
-                Ok(rpc::PutReply { stored: true, error: String::new() })
-            }
+        let reply = writer.await.map_err(|e| Status::internal(format!("writer failed: {e}")))??;
+        match refused {
+            Some(status) => Err(status),
+            None => Ok(reply),
         }
     }
 }
 
-/// Starts the thread that writes an upload to its partial file from
-/// `offset` on, hashing it as it goes. A resumed upload first hashes what is
-/// already there, since the checksum covers the whole object. The thread
-/// ends when the sender is dropped and hands back the verifier.
-fn spawn_writer(
-    mut file: std::fs::File,
-    mut verifier: Option<Verifier>,
+/// What the receiving task hands the upload's writer.
+enum Upload {
+    Data(Bytes),
+    /// The sender's end marker: whether it vouches for the data.
+    End { valid: bool },
+}
+
+/// Writes an upload to its partial file from `offset` on, hashing it as it
+/// goes (a resumed upload first hashes what is already there, since the
+/// checksum covers the whole object), then, on a valid end marker and a
+/// matching checksum, commits it as the object. When the chunks stop without
+/// an end marker the partial file stays for a resume.
+fn write_upload(
+    store: &Store,
+    key: &Key,
     offset: u64,
-) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<Result<Option<Verifier>, Status>>) {
-    use std::io::{Read, Seek, Write};
-    let (tx, mut rx) = mpsc::channel::<Bytes>(WRITER_QUEUE);
-    let internal = |e: std::io::Error| Status::internal(e.to_string());
-    let handle = tokio::task::spawn_blocking(move || {
-        if let Some(v) = verifier.as_mut() {
-            file.seek(std::io::SeekFrom::Start(0)).map_err(internal)?;
-            let mut buf = vec![0u8; rpc::CHUNK_SIZE];
-            let mut remaining = offset;
-            while remaining > 0 {
-                let want = remaining.min(buf.len() as u64) as usize;
-                let n = file.read(&mut buf[..want]).map_err(internal)?;
-                if n == 0 {
-                    return Err(Status::internal("partial file shrank while resuming"));
+    length: u64,
+    mut chunks: mpsc::Receiver<Upload>,
+) -> Result<rpc::PutReply, Status> {
+    use std::io::{Seek, Write};
+    let tmp = store.partial_path(key);
+    let internal = |e: std::io::Error| Status::internal(format!("{}: {e}", tmp.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&tmp)
+        .map_err(|e| Status::internal(format!("cannot open {}: {e}", tmp.display())))?;
+    let held = file.metadata().map_err(internal)?.len();
+    if offset > held {
+        return Err(Status::failed_precondition(format!(
+            "cannot resume at offset {offset}: only {held} bytes of {key} are held"
+        )));
+    }
+    file.set_len(offset).map_err(internal)?;
+    let mut verifier = Verifier::for_key(key);
+    if let Some(v) = verifier.as_mut() {
+        let mut buf = vec![0u8; rpc::CHUNK_SIZE];
+        let mut remaining = offset;
+        while remaining > 0 {
+            let want = remaining.min(buf.len() as u64) as usize;
+            let n = read_some(&mut file, &mut buf[..want]).map_err(internal)?;
+            if n == 0 {
+                return Err(Status::internal("partial file shrank while resuming"));
+            }
+            v.update(&buf[..n]);
+            remaining -= n as u64;
+        }
+    }
+    file.seek(std::io::SeekFrom::Start(offset)).map_err(internal)?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let (mut received, mut writeback_from) = (0u64, offset);
+    let mut end = None;
+    while let Some(msg) = chunks.blocking_recv() {
+        match msg {
+            Upload::Data(chunk) => {
+                file.write_all(&chunk).map_err(internal)?;
+                if let Some(v) = verifier.as_mut() {
+                    v.update(&chunk);
                 }
-                v.update(&buf[..n]);
-                remaining -= n as u64;
+                received += chunk.len() as u64;
+                let written = offset + received;
+                if written - writeback_from >= WRITEBACK_STEP {
+                    Store::start_writeback(fd, writeback_from, written - writeback_from);
+                    writeback_from = written;
+                }
+            }
+            Upload::End { valid } => {
+                end = Some(valid);
+                break;
             }
         }
-        file.seek(std::io::SeekFrom::Start(offset)).map_err(internal)?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        let (mut written, mut writeback_from) = (offset, offset);
-        while let Some(chunk) = rx.blocking_recv() {
-            file.write_all(&chunk).map_err(internal)?;
-            if let Some(v) = verifier.as_mut() {
-                v.update(&chunk);
-            }
-            written += chunk.len() as u64;
-            if written - writeback_from >= WRITEBACK_STEP {
-                Store::start_writeback(fd, writeback_from, written - writeback_from);
-                writeback_from = written;
-            }
+    }
+    let why = match end {
+        None => {
+            info!(%key, kept = offset + received, "upload interrupted; partial kept for resume");
+            return Ok(put_failed(format!(
+                "upload of {key} interrupted after {} bytes; kept for resume",
+                offset + received
+            )));
         }
-        Ok(verifier)
-    });
-    (tx, handle)
+        Some(false) => "the sender marked the data invalid".to_string(),
+        Some(true) if received != length => format!("received {received} bytes of the {length} promised for {key}"),
+        Some(true) if !verifier.is_none_or(Verifier::finish) => {
+            warn!(%key, "refused content that does not match its checksum");
+            format!("content does not match the checksum in key {key}; nothing stored")
+        }
+        Some(true) => {
+            let t = std::time::Instant::now();
+            store.commit_partial_file(key, &file)?;
+            info!(%key, commit = ?t.elapsed(), "stored");
+            return Ok(rpc::PutReply { stored: true, error: String::new() });
+        }
+    };
+    drop(file);
+    store.discard_partial_now(key)?;
+    Ok(put_failed(why))
 }
 
 /// One read, retried when interrupted by a signal.

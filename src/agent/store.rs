@@ -107,32 +107,27 @@ impl Store {
         }
     }
 
-    /// Moves a verified partial file into place: fsync the data, rename, then
-    /// fsync the directory so that the rename itself survives a crash.
-    pub async fn commit_partial(&self, key: &Key) -> Result<()> {
+    /// Moves a verified partial file, open as `file`, into place: fsync the
+    /// data, rename, then fsync the directory so that the rename itself
+    /// survives a crash. Blocking: uploads call it from their writer thread.
+    pub fn commit_partial_file(&self, key: &Key, file: &std::fs::File) -> Result<()> {
         let tmp = self.partial_path(key);
         let dest = self.object_path(key);
-        let dir = dest.parent().expect("object path has a parent").to_path_buf();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let f = std::fs::File::open(&tmp).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
-            drop(f);
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            // Objects are immutable, as in git-annex.
-            let mut perm = std::fs::metadata(&tmp).map_err(io_err(&tmp))?.permissions();
-            perm.set_readonly(true);
-            std::fs::set_permissions(&tmp, perm).map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-            sync_dir(&dir)?;
-            Ok(())
-        })
-        .await
-        .expect("commit task panicked")
+        let dir = dest.parent().expect("object path has a parent");
+        file.sync_all().map_err(io_err(&tmp))?;
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // Objects are immutable, as in git-annex.
+        let mut perm = file.metadata().map_err(io_err(&tmp))?.permissions();
+        perm.set_readonly(true);
+        file.set_permissions(perm).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        sync_dir(dir)
     }
 
-    pub async fn discard_partial(&self, key: &Key) -> Result<()> {
+    /// Deletes a partial upload (absent is fine). Blocking.
+    pub fn discard_partial_now(&self, key: &Key) -> Result<()> {
         let p = self.partial_path(key);
-        match tokio::fs::remove_file(&p).await {
+        match std::fs::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(&p)(e)),

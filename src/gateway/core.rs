@@ -391,8 +391,10 @@ impl Core {
                     "offset {offset} + length {length} does not match the size {size} of {key}"
                 )));
             }
+        let started = std::time::Instant::now();
         let (targets, min_copies) = self.put_targets(repo, key, file).await?;
         let offsets = self.target_offsets(&targets, key).await;
+        let placed = started.elapsed();
         let mut have = Vec::new();
         let mut feeds = Vec::new();
         let mut failed: Vec<String> = Vec::new();
@@ -486,7 +488,9 @@ impl Core {
             Metrics::add(&self.metrics.puts_interrupted, 1);
             info!(%key, received, "upload from client ended early ({why}); partial data kept for resume");
         }
+        let nodes_done = started.elapsed();
         self.record(stored.iter().map(|u| (key.to_string(), u.clone(), true)).collect()).await;
+        debug!(%key, ?placed, ?nodes_done, recorded = ?started.elapsed(), "put timings");
         // Success takes the cluster's minimum number of copies; the nodes
         // that did store are reported either way.
         let ok = !stored.is_empty() && stored.len() >= min_copies;
