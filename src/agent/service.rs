@@ -249,13 +249,13 @@ fn write_upload(
         }
         Some(true) => {
             let t = std::time::Instant::now();
-            store.commit_partial_file(key, &file)?;
+            store.commit_partial(key, &file)?;
             info!(%key, commit = ?t.elapsed(), "stored");
             return Ok(rpc::PutReply { stored: true, error: String::new() });
         }
     };
     drop(file);
-    store.discard_partial_now(key)?;
+    store.discard_partial(key)?;
     Ok(put_failed(why))
 }
 

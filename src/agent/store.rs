@@ -110,7 +110,7 @@ impl Store {
     /// Moves a verified partial file, open as `file`, into place: fsync the
     /// data, rename, then fsync the directory so that the rename itself
     /// survives a crash. Blocking: uploads call it from their writer thread.
-    pub fn commit_partial_file(&self, key: &Key, file: &std::fs::File) -> Result<()> {
+    pub fn commit_partial(&self, key: &Key, file: &std::fs::File) -> Result<()> {
         let tmp = self.partial_path(key);
         let dest = self.object_path(key);
         let dir = dest.parent().expect("object path has a parent");
@@ -125,7 +125,7 @@ impl Store {
     }
 
     /// Deletes a partial upload (absent is fine). Blocking.
-    pub fn discard_partial_now(&self, key: &Key) -> Result<()> {
+    pub fn discard_partial(&self, key: &Key) -> Result<()> {
         let p = self.partial_path(key);
         match std::fs::remove_file(&p) {
             Ok(()) => Ok(()),
