@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::AsyncSeekExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -197,16 +197,14 @@ fn write_upload(
     file.set_len(offset).map_err(internal)?;
     let mut verifier = Verifier::for_key(key);
     if let Some(v) = verifier.as_mut() {
-        let mut buf = vec![0u8; rpc::CHUNK_SIZE];
         let mut remaining = offset;
         while remaining > 0 {
-            let want = remaining.min(buf.len() as u64) as usize;
-            let n = read_some(&mut file, &mut buf[..want]).map_err(internal)?;
-            if n == 0 {
+            let part = read_chunk(&mut file, remaining.min(rpc::CHUNK_SIZE as u64) as usize).map_err(internal)?;
+            if part.is_empty() {
                 return Err(Status::internal("partial file shrank while resuming"));
             }
-            v.update(&buf[..n]);
-            remaining -= n as u64;
+            v.update(&part);
+            remaining -= part.len() as u64;
         }
     }
     file.seek(std::io::SeekFrom::Start(offset)).map_err(internal)?;
@@ -259,15 +257,13 @@ fn write_upload(
     Ok(put_failed(why))
 }
 
-/// One read, retried when interrupted by a signal.
-fn read_some(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads up to `max` bytes (fewer only at the end of the file) into a buffer
+/// of their own, filled without being zeroed first; empty at the end.
+fn read_chunk(f: &mut std::fs::File, max: usize) -> std::io::Result<Bytes> {
     use std::io::Read;
-    loop {
-        match f.read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
+    let mut buf = Vec::with_capacity(max);
+    f.take(max as u64).read_to_end(&mut buf)?;
+    Ok(Bytes::from(buf))
 }
 
 fn put_failed(error: String) -> rpc::PutReply {
@@ -452,11 +448,7 @@ impl agent_server::Agent for AgentService {
                 // must not pin a thread); the channel lets reads run ahead.
                 let mut f = file.take().expect("the file is put back after every read");
                 let (f, read) = tokio::task::spawn_blocking(move || {
-                    let mut buf = BytesMut::zeroed(rpc::CHUNK_SIZE);
-                    let read = read_some(&mut f, &mut buf).map(|n| {
-                        buf.truncate(n);
-                        buf.freeze()
-                    });
+                    let read = read_chunk(&mut f, rpc::CHUNK_SIZE);
                     (f, read)
                 })
                 .await
@@ -480,5 +472,79 @@ impl agent_server::Agent for AgentService {
             let _ = tx.send(msg(get_reply::Msg::End(rpc::GetEnd { valid: sent == length }))).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    fn key_for(data: &[u8]) -> Key {
+        format!("SHA256E-s{}--{}", data.len(), hex::encode(Sha256::digest(data))).parse().unwrap()
+    }
+
+    /// Runs one upload through the writer as the receiving task would feed it.
+    fn upload(store: &Store, key: &Key, offset: u64, length: u64, msgs: Vec<Upload>) -> Result<rpc::PutReply, Status> {
+        let (tx, rx) = mpsc::channel(msgs.len().max(1));
+        for m in msgs {
+            tx.try_send(m).unwrap_or_else(|_| panic!("queue full"));
+        }
+        drop(tx);
+        write_upload(store, key, offset, length, rx)
+    }
+
+    fn data(d: &[u8]) -> Upload {
+        Upload::Data(Bytes::copy_from_slice(d))
+    }
+
+    #[test]
+    fn an_interrupted_upload_is_kept_and_resumed_then_verified_and_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let content: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        let key = key_for(&content);
+        let len = content.len() as u64;
+
+        // The stream stops after 300000 bytes without an end marker.
+        let r = upload(&store, &key, 0, len, vec![data(&content[..100_000]), data(&content[100_000..300_000])]).unwrap();
+        assert!(!r.stored && r.error.contains("kept for resume"), "{r:?}");
+        assert_eq!(std::fs::read(store.partial_path(&key)).unwrap(), &content[..300_000]);
+
+        // Resuming beyond what is held is refused, and the partial stays.
+        let e = upload(&store, &key, 400_000, len - 400_000, vec![]).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert_eq!(std::fs::metadata(store.partial_path(&key)).unwrap().len(), 300_000);
+
+        // Resuming at 250000 hashes what is there and overwrites the rest.
+        let r = upload(&store, &key, 250_000, len - 250_000, vec![data(&content[250_000..]), Upload::End { valid: true }])
+            .unwrap();
+        assert!(r.stored, "{r:?}");
+        assert_eq!(std::fs::read(store.object_path(&key)).unwrap(), content);
+        assert!(!store.partial_path(&key).exists());
+        assert!(std::fs::metadata(store.object_path(&key)).unwrap().permissions().readonly());
+    }
+
+    #[test]
+    fn bad_content_is_refused_and_nothing_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let content = b"the content the key names".to_vec();
+        let key = key_for(&content);
+        let len = content.len() as u64;
+        let mut wrong = content.clone();
+        wrong[0] ^= 1;
+        let cases = [
+            (vec![data(&wrong), Upload::End { valid: true }], "does not match the checksum"),
+            (vec![data(&content), Upload::End { valid: false }], "marked the data invalid"),
+            (vec![data(&content[..10]), Upload::End { valid: true }], "received 10 bytes"),
+        ];
+        for (msgs, why) in cases {
+            let r = upload(&store, &key, 0, len, msgs).unwrap();
+            assert!(!r.stored && r.error.contains(why), "{why}: {r:?}");
+            assert!(!store.partial_path(&key).exists(), "{why}: partial kept");
+            assert!(!store.object_path(&key).exists(), "{why}: object stored");
+        }
     }
 }
