@@ -459,6 +459,7 @@ impl Core {
             }
         }
 
+        let body_done = started.elapsed();
         let valid = broken.is_none() && (received == length || data_present);
         for f in feeds.iter_mut() {
             if let Some(tx) = f.tx.take()
@@ -490,7 +491,8 @@ impl Core {
         }
         let nodes_done = started.elapsed();
         self.record(stored.iter().map(|u| (key.to_string(), u.clone(), true)).collect()).await;
-        debug!(%key, ?placed, ?nodes_done, recorded = ?started.elapsed(), "put timings");
+        // Where a PUT's time went, for operators chasing latency.
+        debug!(%key, ?placed, ?body_done, ?nodes_done, recorded = ?started.elapsed(), "put timings");
         // Success takes the cluster's minimum number of copies; the nodes
         // that did store are reported either way.
         let ok = !stored.is_empty() && stored.len() >= min_copies;
