@@ -10,9 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/annexmesh/v1/coordinator.proto",
         "proto/annexmesh/v1/admin.proto",
     ];
-    tonic_prost_build::configure()
-        .bytes(".annexmesh.v1")
-        .compile_protos(&protos, &["proto"])?;
+    tonic_prost_build::configure().bytes(".annexmesh.v1").compile_protos(&protos, &["proto"])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -122,10 +122,18 @@ fn main() {
         let cluster = mesh.uuid_of("mesh");
         let secs = put(&mesh.url(), &cluster, &key, len);
         for s in mesh.node_stores() {
-            assert_eq!(common::objects_named(&s, &key).len(), 1, "{} lacks the object", s.display());
+            assert_eq!(
+                common::objects_named(&s, &key).len(),
+                1,
+                "{} lacks the object",
+                s.display()
+            );
         }
         let rss = peak_rss_mib(mesh.proc("gateway").pid());
-        println!("  annexmesh 3-way round {round}: {secs:.2} s, {:.0} MiB/s, gateway peak RSS {rss:.1} MiB", mib / secs);
+        println!(
+            "  annexmesh 3-way round {round}: {secs:.2} s, {:.0} MiB/s, gateway peak RSS {rss:.1} MiB",
+            mib / secs
+        );
         mesh_secs.push(secs);
         mesh_rss.push(rss);
     }
@@ -137,7 +145,16 @@ fn main() {
         let port = free_port();
         let p2phttp = Proc::spawn(
             "p2phttp",
-            &mut server.command(&["git-annex", "p2phttp", "--bind", "127.0.0.1", "--port", &port.to_string(), "--wideopen", "-J2"]),
+            &mut server.command(&[
+                "git-annex",
+                "p2phttp",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--wideopen",
+                "-J2",
+            ]),
             server.path(),
         );
         common::wait_until("git annex p2phttp", Duration::from_secs(30), || {
@@ -146,7 +163,10 @@ fn main() {
         let uuid = server.ok(&["git", "config", "annex.uuid"]);
         let secs = put(&format!("http://127.0.0.1:{port}"), uuid.trim(), &key, len);
         let rss = peak_rss_mib(p2phttp.pid());
-        println!("  git-annex p2phttp (1 repo) round {round}: {secs:.2} s, {:.0} MiB/s, peak RSS {rss:.1} MiB", mib / secs);
+        println!(
+            "  git-annex p2phttp (1 repo) round {round}: {secs:.2} s, {:.0} MiB/s, peak RSS {rss:.1} MiB",
+            mib / secs
+        );
         ref_secs.push(secs);
         ref_rss.push(rss);
     }

@@ -34,10 +34,7 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut val = || {
-            it.next()
-                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
-        };
+        let mut val = || it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         match flag.as_str() {
             "--base" => a.base = val().trim_end_matches('/').to_string(),
             "--uuid" => a.uuid = val(),
@@ -131,16 +128,10 @@ fn main() {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("client thread"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
     });
     let seconds = started.elapsed().as_secs_f64();
-    let mut all: Vec<f64> = results
-        .iter()
-        .flat_map(|(l, _)| l.iter().copied())
-        .collect();
+    let mut all: Vec<f64> = results.iter().flat_map(|(l, _)| l.iter().copied()).collect();
     let errors: usize = results.iter().map(|(_, e)| e).sum();
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let requests = all.len();

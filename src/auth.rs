@@ -52,9 +52,7 @@ pub const TOKEN_LEN: usize = 40;
 /// can be part of a `p2p-annex::` address.
 pub fn generate_token() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    (0..TOKEN_LEN)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect()
+    (0..TOKEN_LEN).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
 }
 
 /// The hex SHA-256 the coordinator stores. git-annex lower-cases tokens

@@ -4,8 +4,8 @@
 //! gRPC API in `rpc`.
 
 pub mod admin;
-pub mod auth;
 pub mod agent;
+pub mod auth;
 pub mod clock;
 pub mod coordinator;
 pub mod gateway;

@@ -45,10 +45,8 @@ fn main() -> anyhow::Result<()> {
     // Called by the names git-annex runs: no subcommand, git-annex's arguments.
     let mut argv = std::env::args_os();
     let argv0 = argv.next().unwrap_or_default();
-    let called_as = std::path::Path::new(&argv0)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
+    let called_as =
+        std::path::Path::new(&argv0).file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if called_as == relay::P2P_PROGRAM || called_as == relay::SHELL_PROGRAM {
         let args: Vec<String> = match argv.map(|a| a.into_string()).collect() {
             Ok(args) => args,
@@ -87,13 +85,17 @@ fn main() -> anyhow::Result<()> {
     // An agent holds one blocking thread per upload in progress (its disk
     // writer), so the pool is larger than tokio's default of 512; idle
     // threads cost only address space and exit after ten seconds.
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(4096).build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(4096)
+        .build()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

@@ -64,7 +64,9 @@ impl FromStr for GatewayAddress {
 
     fn from_str(s: &str) -> Result<GatewayAddress, String> {
         let bad = |why: &str| {
-            format!("bad gateway address {s:?}: {why} (expected [tls:]HOST:PORT or [tls:]HOST:PORT/NAME)")
+            format!(
+                "bad gateway address {s:?}: {why} (expected [tls:]HOST:PORT or [tls:]HOST:PORT/NAME)"
+            )
         };
         let (tls, s) = match s.strip_prefix("tls:") {
             Some(rest) => (true, rest),
@@ -82,9 +84,7 @@ impl FromStr for GatewayAddress {
             let port = after.strip_prefix(':').ok_or_else(|| bad("missing port"))?;
             (host, port)
         } else {
-            let (host, port) = hostport
-                .rsplit_once(':')
-                .ok_or_else(|| bad("missing port"))?;
+            let (host, port) = hostport.rsplit_once(':').ok_or_else(|| bad("missing port"))?;
             if host.contains(':') {
                 return Err(bad("an IPv6 address must be in brackets"));
             }
@@ -97,12 +97,7 @@ impl FromStr for GatewayAddress {
             Ok(p) if p != 0 && port.bytes().all(|b| b.is_ascii_digit()) => p,
             _ => return Err(bad("bad port")),
         };
-        Ok(GatewayAddress {
-            tls,
-            host: host.to_owned(),
-            port,
-            repo,
-        })
+        Ok(GatewayAddress { tls, host: host.to_owned(), port, repo })
     }
 }
 
@@ -156,9 +151,10 @@ pub const TLS_CA_ENV: &str = "ANNEXMESH_TLS_CA";
 
 async fn connect(addr: &GatewayAddress) -> anyhow::Result<Box<dyn GatewayStream>> {
     let (host, port) = (addr.host.as_str(), addr.port);
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out after {}s", CONNECT_TIMEOUT.as_secs()))??;
+    let stream =
+        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out after {}s", CONNECT_TIMEOUT.as_secs()))??;
     // Protocol lines are small and each waits for an answer.
     stream.set_nodelay(true)?;
     if !addr.tls {
@@ -169,7 +165,9 @@ async fn connect(addr: &GatewayAddress) -> anyhow::Result<Box<dyn GatewayStream>
         .map_err(|e| anyhow::anyhow!("{host:?} cannot be checked against a certificate: {e}"))?;
     let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
         .await
-        .map_err(|_| anyhow::anyhow!("TLS handshake timed out after {}s", CONNECT_TIMEOUT.as_secs()))?
+        .map_err(|_| {
+            anyhow::anyhow!("TLS handshake timed out after {}s", CONNECT_TIMEOUT.as_secs())
+        })?
         .context("TLS handshake failed")?;
     Ok(Box::new(tls))
 }
@@ -183,16 +181,20 @@ fn tls_connector() -> anyhow::Result<tokio_rustls::TlsConnector> {
         let path = PathBuf::from(file);
         let certs = CertificateDer::pem_file_iter(&path)
             .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .with_context(|| format!("cannot read certificates from {} (${TLS_CA_ENV})", path.display()))?;
+            .with_context(|| {
+                format!("cannot read certificates from {} (${TLS_CA_ENV})", path.display())
+            })?;
         anyhow::ensure!(!certs.is_empty(), "no certificate in {} (${TLS_CA_ENV})", path.display());
         for c in certs {
             roots.add(c).with_context(|| format!("bad certificate in {}", path.display()))?;
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 
@@ -236,19 +238,13 @@ where
 }
 
 fn ignore_broken_pipe(e: std::io::Error) -> std::io::Result<()> {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        Ok(())
-    } else {
-        Err(e)
-    }
+    if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) }
 }
 
 /// Run one relayed connection on a single-threaded runtime.
 fn block_on<T>(f: impl Future<Output = T>) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let out = rt.block_on(f);
     // A read of stdin may still be pending on a blocking thread, which a
     // plain drop would wait for: after the gateway closed, stdin may never
@@ -410,12 +406,7 @@ pub fn parse_shell_args(
         ("p2pstdio", []) => return Err("p2pstdio: missing UUID parameter".into()),
         _ => return Err(format!("{cmd}: unexpected parameters {positional:?}")),
     };
-    Ok(ShellRequest {
-        command,
-        repo,
-        expected_uuid,
-        fields,
-    })
+    Ok(ShellRequest { command, repo, expected_uuid, fields })
 }
 
 fn split_command_line(s: &str) -> Result<Vec<String>, String> {
@@ -450,11 +441,7 @@ pub fn check_directory(repo: &str, allowed: Option<&str>) -> Result<(), String> 
     let Some(allowed) = allowed else {
         return Ok(());
     };
-    let base = allowed
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or_default();
+    let base = allowed.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
     let base = base.strip_suffix(".git").unwrap_or(base);
     if base == repo && valid_repo_name(base).is_ok() {
         Ok(())
@@ -504,11 +491,7 @@ impl ShellEnv {
     }
 
     pub fn gateway(&self) -> Result<GatewayAddress, String> {
-        let s = self
-            .gateway
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .unwrap_or(DEFAULT_GATEWAY);
+        let s = self.gateway.as_deref().filter(|s| !s.is_empty()).unwrap_or(DEFAULT_GATEWAY);
         let addr: GatewayAddress = s.parse().map_err(|e| format!("ANNEXMESH_P2P: {e}"))?;
         if addr.repo.is_some() {
             return Err(format!(
@@ -525,10 +508,7 @@ impl ShellEnv {
             (t.to_owned(), "ANNEXMESH_TOKEN".to_owned())
         } else if let Some(f) = &self.token_file {
             let text = std::fs::read_to_string(f).map_err(|e| {
-                format!(
-                    "cannot read token file {} (ANNEXMESH_TOKEN_FILE): {e}",
-                    f.display()
-                )
+                format!("cannot read token file {} (ANNEXMESH_TOKEN_FILE): {e}", f.display())
             })?;
             (text, f.display().to_string())
         } else if let Ok(text) = std::fs::read_to_string(DEFAULT_TOKEN_FILE) {
@@ -563,11 +543,7 @@ pub fn shell_main(args: &[String]) -> i32 {
 async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<()> {
     // The original command only counts when we were given no arguments: that
     // is how sshd runs a ForceCommand.
-    let original = if args.is_empty() {
-        env.ssh_original_command.as_deref()
-    } else {
-        None
-    };
+    let original = if args.is_empty() { env.ssh_original_command.as_deref() } else { None };
     let req = parse_shell_args(args, original).map_err(anyhow::Error::msg)?;
     check_directory(&req.repo, env.shell_directory.as_deref()).map_err(anyhow::Error::msg)?;
     let gateway = env.gateway().map_err(anyhow::Error::msg)?;
@@ -581,10 +557,7 @@ async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<()> {
     if let Some(expected) = &req.expected_uuid
         && expected != session.repo_uuid.as_str()
     {
-        bail!(
-            "expected repository UUID {expected} but found {}",
-            session.repo_uuid
-        );
+        bail!("expected repository UUID {expected} but found {}", session.repo_uuid);
     }
     match req.command {
         ShellCommand::ConfigList => {
@@ -600,12 +573,8 @@ async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<()> {
             let mut out = tokio::io::stdout();
             // What git-annex-shell p2pstdio says first; the client's AUTH
             // was ours to send, with the token it does not have.
-            out.write_all(
-                Message::AuthSuccess(session.repo_uuid.clone())
-                    .serialize()
-                    .as_bytes(),
-            )
-            .await?;
+            out.write_all(Message::AuthSuccess(session.repo_uuid.clone()).serialize().as_bytes())
+                .await?;
             out.write_all(b"\n").await?;
             out.flush().await?;
             relay(tokio::io::stdin(), out, session.reader, session.writer).await
@@ -635,13 +604,7 @@ impl Session {
             .with_context(|| format!("cannot connect to the annexmesh gateway at {gateway}"))?;
         let (rd, mut writer) = tokio::io::split(stream);
         let mut hello = preamble(repo, mode);
-        hello.push_str(
-            &Message::Auth {
-                uuid: client,
-                token,
-            }
-            .serialize(),
-        );
+        hello.push_str(&Message::Auth { uuid: client, token }.serialize());
         hello.push('\n');
         writer.write_all(hello.as_bytes()).await?;
         let mut reader = BufReader::with_capacity(COPY_BUF, rd);
@@ -658,11 +621,7 @@ impl Session {
             bail!("the gateway closed the connection: no repository {repo:?}, or access refused");
         };
         match Message::parse_bytes(&line) {
-            Ok(Message::AuthSuccess(u)) => Ok(Session {
-                repo_uuid: u,
-                reader,
-                writer,
-            }),
+            Ok(Message::AuthSuccess(u)) => Ok(Session { repo_uuid: u, reader, writer }),
             Ok(Message::AuthFailure) => {
                 bail!("the gateway refused the token for repository {repo:?} (AUTH-FAILURE)")
             }
@@ -685,10 +644,7 @@ async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option
             return if line.is_empty() {
                 Ok(None)
             } else {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "line cut short",
-                ))
+                Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "line cut short"))
             };
         }
         let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
@@ -706,10 +662,7 @@ async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option
             return Ok(Some(line));
         }
         if line.len() > MAX_ANSWER_LINE {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "line too long",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "line too long"));
         }
     }
 }
@@ -725,10 +678,7 @@ pub fn install_links(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let link = dir.join(name);
         match std::fs::symlink_metadata(&link) {
             Ok(m) if !m.file_type().is_symlink() => {
-                bail!(
-                    "{} exists and is not a symlink; not replacing it",
-                    link.display()
-                )
+                bail!("{} exists and is not a symlink; not replacing it", link.display())
             }
             _ => {}
         }
@@ -761,9 +711,7 @@ mod tests {
     }
 
     fn p2p(client: &str) -> ShellCommand {
-        ShellCommand::P2pStdio {
-            client: Uuid::new(client).unwrap(),
-        }
+        ShellCommand::P2pStdio { client: Uuid::new(client).unwrap() }
     }
 
     #[test]
@@ -776,10 +724,7 @@ mod tests {
         let a: GatewayAddress = "10.0.0.1:1".parse().unwrap();
         assert_eq!((a.host.as_str(), a.port, a.repo), ("10.0.0.1", 1, None));
         let a: GatewayAddress = "[::1]:9418/node-a".parse().unwrap();
-        assert_eq!(
-            (a.host.as_str(), a.port, a.repo.as_deref()),
-            ("::1", 9418, Some("node-a"))
-        );
+        assert_eq!((a.host.as_str(), a.port, a.repo.as_deref()), ("::1", 9418, Some("node-a")));
         assert_eq!(a.to_string(), "[::1]:9418/node-a");
         let a: GatewayAddress = "[fe80::1]:7".parse().unwrap();
         assert_eq!(a.host, "fe80::1");
@@ -814,14 +759,8 @@ mod tests {
     #[test]
     fn preambles() {
         assert_eq!(preamble("mesh", None), "ANNEXMESH repo=mesh\n");
-        assert_eq!(
-            preamble("n1", Some(Mode::ReadOnly)),
-            "ANNEXMESH repo=n1 mode=readonly\n"
-        );
-        assert_eq!(
-            preamble("n1", Some(Mode::AppendOnly)),
-            "ANNEXMESH repo=n1 mode=appendonly\n"
-        );
+        assert_eq!(preamble("n1", Some(Mode::ReadOnly)), "ANNEXMESH repo=n1 mode=readonly\n");
+        assert_eq!(preamble("n1", Some(Mode::AppendOnly)), "ANNEXMESH repo=n1 mode=appendonly\n");
     }
 
     #[test]
@@ -832,17 +771,7 @@ mod tests {
         assert_eq!(r.expected_uuid, None);
         // As git-annex sends them: command, dir, params, --uuid, fields.
         let r = parse_shell_args(
-            &s(&[
-                "p2pstdio",
-                "/mesh",
-                "--debug",
-                C,
-                "--uuid",
-                U,
-                "--",
-                "remoteuuid=x",
-                "--",
-            ]),
+            &s(&["p2pstdio", "/mesh", "--debug", C, "--uuid", U, "--", "remoteuuid=x", "--"]),
             None,
         )
         .unwrap();
@@ -850,21 +779,11 @@ mod tests {
         assert_eq!(r.expected_uuid.as_deref(), Some(U));
         assert_eq!(r.fields, vec![("remoteuuid".to_owned(), "x".to_owned())]);
         let r = parse_shell_args(
-            &s(&[
-                "-c",
-                "-c",
-                "p2pstdio",
-                "mesh.git",
-                &format!("--uuid={U}"),
-                C,
-            ]),
+            &s(&["-c", "-c", "p2pstdio", "mesh.git", &format!("--uuid={U}"), C]),
             None,
         )
         .unwrap();
-        assert_eq!(
-            (r.repo.as_str(), r.expected_uuid.as_deref()),
-            ("mesh", Some(U))
-        );
+        assert_eq!((r.repo.as_str(), r.expected_uuid.as_deref()), ("mesh", Some(U)));
     }
 
     #[test]
@@ -872,15 +791,9 @@ mod tests {
         let line = format!("git-annex-shell 'p2pstdio' '/mesh' '--uuid' '{U}' '{C}'");
         let r = parse_shell_args(&s(&["-c", &line]), None).unwrap();
         assert_eq!(r.command, p2p(C));
-        assert_eq!(
-            (r.repo.as_str(), r.expected_uuid.as_deref()),
-            ("mesh", Some(U))
-        );
+        assert_eq!((r.repo.as_str(), r.expected_uuid.as_deref()), ("mesh", Some(U)));
         let r = parse_shell_args(
-            &s(&[
-                "-c",
-                "git-annex-shell 'configlist' '/~/mesh.git/' -- autoinit=1 --",
-            ]),
+            &s(&["-c", "git-annex-shell 'configlist' '/~/mesh.git/' -- autoinit=1 --"]),
             None,
         )
         .unwrap();
@@ -931,10 +844,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(
-            r.fields,
-            vec![("a".into(), "1".into()), ("b".into(), String::new())]
-        );
+        assert_eq!(r.fields, vec![("a".into(), "1".into()), ("b".into(), String::new())]);
     }
 
     #[test]
@@ -950,17 +860,7 @@ mod tests {
         ] {
             assert_eq!(repo_name_from_dir(dir).unwrap(), name, "{dir}");
         }
-        for bad in [
-            "",
-            "/",
-            "/~/",
-            ".git",
-            "/srv/mesh",
-            "/a b",
-            "/a\tb",
-            "/a\u{1}b",
-            "~/x/y.git",
-        ] {
+        for bad in ["", "/", "/~/", ".git", "/srv/mesh", "/a b", "/a\tb", "/a\u{1}b", "~/x/y.git"] {
             assert!(repo_name_from_dir(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_shell_args(&s(&["configlist", "/srv/annex/mesh"]), None).is_err());
@@ -1019,12 +919,7 @@ mod tests {
             let (mut rd, mut wr) = sock.split();
             tokio::io::copy(&mut rd, &mut wr).await.unwrap();
         });
-        let addr = GatewayAddress {
-            tls: false,
-            host: "127.0.0.1".into(),
-            port,
-            repo: None,
-        };
+        let addr = GatewayAddress { tls: false, host: "127.0.0.1".into(), port, repo: None };
         (addr, task)
     }
 
@@ -1032,20 +927,12 @@ mod tests {
     async fn session_then_relay() {
         let token = AuthToken::new("tok").unwrap();
         let hello = format!("ANNEXMESH repo=mesh mode=readonly\nAUTH {C} tok\n");
-        let (addr, gw) = fake_gateway(
-            hello,
-            "AUTH-SUCCESS 5c2f9a34-1111-4222-8333-944445555666\nVERSION 1\n",
-        )
-        .await;
-        let s = Session::open(
-            &addr,
-            "mesh",
-            Some(Mode::ReadOnly),
-            Uuid::new(C).unwrap(),
-            token,
-        )
-        .await
-        .unwrap();
+        let (addr, gw) =
+            fake_gateway(hello, "AUTH-SUCCESS 5c2f9a34-1111-4222-8333-944445555666\nVERSION 1\n")
+                .await;
+        let s = Session::open(&addr, "mesh", Some(Mode::ReadOnly), Uuid::new(C).unwrap(), token)
+            .await
+            .unwrap();
         assert_eq!(s.repo_uuid.as_str(), U);
 
         // Bytes the gateway sent right after AUTH-SUCCESS are not lost, and
@@ -1074,21 +961,12 @@ mod tests {
         let nil = || Uuid::new(NIL_UUID).unwrap();
         let hello = format!("ANNEXMESH repo=mesh\nAUTH {NIL_UUID} tok\n");
         let (addr, gw) = fake_gateway(hello.clone(), "AUTH-FAILURE\n").await;
-        let e = Session::open(&addr, "mesh", None, nil(), token())
-            .await
-            .err()
-            .unwrap();
+        let e = Session::open(&addr, "mesh", None, nil(), token()).await.err().unwrap();
         assert!(format!("{e:#}").contains("AUTH-FAILURE"), "{e:#}");
         gw.abort();
         let (addr, gw) = fake_gateway(hello, "ERROR no such repository mesh\n").await;
-        let e = Session::open(&addr, "mesh", None, nil(), token())
-            .await
-            .err()
-            .unwrap();
-        assert!(
-            format!("{e:#}").contains("no such repository mesh"),
-            "{e:#}"
-        );
+        let e = Session::open(&addr, "mesh", None, nil(), token()).await.err().unwrap();
+        assert!(format!("{e:#}").contains("no such repository mesh"), "{e:#}");
         gw.abort();
     }
 

@@ -33,16 +33,21 @@ pub struct UpConfig {
 }
 
 pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data).with_context(|| format!("cannot create {}", cfg.data.display()))?;
+    std::fs::create_dir_all(&cfg.data)
+        .with_context(|| format!("cannot create {}", cfg.data.display()))?;
     let coordinator = Coordinator::open(&cfg.data.join("coordinator"))?;
     coordinator.state.create_cluster(CLUSTER)?;
     let listener = TcpListener::bind(cfg.coordinator_listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.coordinator_listen))?;
     let coordinator_url = format!("http://{}", listener.local_addr()?);
-    let http = TcpListener::bind(cfg.http).await.with_context(|| format!("cannot listen on {}", cfg.http))?;
+    let http = TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http))?;
     let http_addr = http.local_addr()?;
-    let p2p = TcpListener::bind(cfg.p2p).await.with_context(|| format!("cannot listen on {}", cfg.p2p))?;
+    let p2p = TcpListener::bind(cfg.p2p)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.p2p))?;
     let p2p_addr = p2p.local_addr()?;
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -63,18 +68,28 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     {
         let url = coordinator_url.clone();
         let shutdown = shutdown.clone();
-        let opts = gateway::p2p::P2pOptions { default_repo: Some(CLUSTER.to_string()), ..Default::default() };
+        let opts = gateway::p2p::P2pOptions {
+            default_repo: Some(CLUSTER.to_string()),
+            ..Default::default()
+        };
         tasks.spawn(async move { gateway::serve(&url, http, Some((p2p, opts)), shutdown).await });
     }
     let info = serde_json::json!({ "http": http_addr.to_string(), "p2p": p2p_addr.to_string(), "coordinator": coordinator_url });
     std::fs::write(cfg.data.join("up.json"), info.to_string())?;
-    println!("annexmesh is up: cluster '{CLUSTER}' with {NODES} nodes, state in {}", cfg.data.display());
+    println!(
+        "annexmesh is up: cluster '{CLUSTER}' with {NODES} nodes, state in {}",
+        cfg.data.display()
+    );
     println!("coordinator (admin API): {coordinator_url}");
     println!("In a git-annex repository, add the mesh with:");
     println!("  git remote add {CLUSTER} http://{http_addr}/{CLUSTER}");
     println!("  git config annex.security.allowed-ip-addresses {}", http_addr.ip());
-    println!("Or, over git-annex's P2P protocol, with a token from `annexmesh admin token create`:");
-    println!("  git annex p2p --link --name {CLUSTER}   # address: p2p-annex::annexmesh:{p2p_addr}/{CLUSTER}:TOKEN");
+    println!(
+        "Or, over git-annex's P2P protocol, with a token from `annexmesh admin token create`:"
+    );
+    println!(
+        "  git annex p2p --link --name {CLUSTER}   # address: p2p-annex::annexmesh:{p2p_addr}/{CLUSTER}:TOKEN"
+    );
     println!("Stop with Ctrl-C.");
 
     // One role failing takes the whole mesh down rather than limping on.

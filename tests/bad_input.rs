@@ -15,11 +15,16 @@ fn sha256e_key(data: &[u8], ext: &str) -> String {
 
 fn put(mesh: &Mesh, repo: &str, key: &str, body: &[u8], length: &str) -> (u16, String) {
     let url = format!("{}/git-annex/{repo}/v4/put?key={key}&clientuuid={CLIENT}", mesh.url());
-    http_post(&url, &[("Content-Type", "application/octet-stream"), ("X-git-annex-data-length", length)], body)
+    http_post(
+        &url,
+        &[("Content-Type", "application/octet-stream"), ("X-git-annex-data-length", length)],
+        body,
+    )
 }
 
 fn checkpresent(mesh: &Mesh, repo: &str, key: &str) -> (u16, String) {
-    let url = format!("{}/git-annex/{repo}/v4/checkpresent?key={key}&clientuuid={CLIENT}", mesh.url());
+    let url =
+        format!("{}/git-annex/{repo}/v4/checkpresent?key={key}&clientuuid={CLIENT}", mesh.url());
     http_post(&url, &[], b"")
 }
 
@@ -31,7 +36,11 @@ fn content_that_does_not_match_its_checksum_is_refused_and_nothing_is_stored() {
 
     let (status, body) = put(&mesh, &cluster, &key, b"HELLO\n", "6");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["stored"], false, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["stored"],
+        false,
+        "{body}"
+    );
     for store in mesh.node_stores() {
         assert!(objects_named(&store, &key).is_empty(), "{} kept bad content", store.display());
         let tmp = store.join("annex/tmp").join(&key);
@@ -55,7 +64,14 @@ fn content_that_does_not_match_its_checksum_is_refused_and_nothing_is_stored() {
 fn keys_that_would_escape_the_store_are_refused_with_a_clear_error() {
     let mesh = Mesh::separate(1);
     let cluster = mesh.uuid_of("mesh");
-    for key in ["..", "SHA256E-s1--..%2F..%2Fescaped", "SHA256E-s1--a%2Fb", "WORM--%00x", "", "SHA256E-s1--x%0Ay"] {
+    for key in [
+        "..",
+        "SHA256E-s1--..%2F..%2Fescaped",
+        "SHA256E-s1--a%2Fb",
+        "WORM--%00x",
+        "",
+        "SHA256E-s1--x%0Ay",
+    ] {
         let (status, body) = checkpresent(&mesh, &cluster, key);
         assert_eq!(status, 400, "checkpresent {key:?} answered {status}: {body}");
         assert!(body.contains("key"), "unclear error for {key:?}: {body}");
@@ -93,7 +109,8 @@ fn oversized_lengths_unknown_uuids_and_missing_parameters_are_refused() {
 
     // Versions and operations that do not exist answer 404, so that clients
     // fall back to an older version.
-    let url = format!("{}/git-annex/{cluster}/v9/checkpresent?key={key}&clientuuid={CLIENT}", mesh.url());
+    let url =
+        format!("{}/git-annex/{cluster}/v9/checkpresent?key={key}&clientuuid={CLIENT}", mesh.url());
     assert_eq!(http_post(&url, &[], b"").0, 404);
     let url = format!("{}/git-annex/{cluster}/v2/gettimestamp?clientuuid={CLIENT}", mesh.url());
     assert_eq!(http_post(&url, &[], b"").0, 404);
@@ -111,7 +128,9 @@ fn location_log_survives_a_coordinator_crash() {
     mesh.proc("coordinator").kill();
     mesh.procs.retain(|p| p.name != "coordinator");
     mesh.start_coordinator();
-    common::wait_until("the restarted coordinator", Duration::from_secs(30), || mesh.healthy_nodes() == 3);
+    common::wait_until("the restarted coordinator", Duration::from_secs(30), || {
+        mesh.healthy_nodes() == 3
+    });
 
     let out = mesh.admin(&["whereis", &key]);
     let text = String::from_utf8_lossy(&out.stdout);

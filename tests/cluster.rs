@@ -43,7 +43,12 @@ fn assert_stored_everywhere(mesh: &Mesh, key: &str, data: &[u8]) {
 }
 
 fn sorted_plus(v: &serde_json::Value) -> Vec<String> {
-    let mut u: Vec<String> = v["plusuuids"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+    let mut u: Vec<String> = v["plusuuids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
     u.sort();
     u
 }
@@ -79,7 +84,10 @@ fn one_put_completes_different_partials_on_every_node_sending_the_data_once() {
     let from_client = Mesh::metric(&url, "annexmesh_put_client_bytes_total") - client_before;
     let to_agents = Mesh::metric(&url, "annexmesh_put_agent_bytes_total") - agents_before;
     assert_eq!(from_client as usize, data.len() - MB);
-    assert_eq!(to_agents as usize, (data.len() - MB) + (data.len() - 3 * MB) + (data.len() - 5 * MB));
+    assert_eq!(
+        to_agents as usize,
+        (data.len() - MB) + (data.len() - 3 * MB) + (data.len() - 5 * MB)
+    );
 
     // SUCCESS-PLUS told the client which nodes hold it.
     let whereis = client.ok(&["git", "annex", "whereis", "f.bin"]);
@@ -98,22 +106,37 @@ fn an_interrupted_copy_resumes_without_sending_everything_again() {
 
     // Start the copy, and interrupt it like a user pressing ^C once data is
     // flowing and a second has passed.
-    let mut copy = client.command(&["git-annex", "copy", "--to", "mesh", "big.bin"]).spawn().unwrap();
+    let mut copy =
+        client.command(&["git-annex", "copy", "--to", "mesh", "big.bin"]).spawn().unwrap();
     let started = Instant::now();
     wait_until("the upload to start", Duration::from_secs(60), || {
-        mesh.node_stores().iter().any(|s| std::fs::metadata(partial(s, &key)).map(|m| m.len() > 0).unwrap_or(false))
+        mesh.node_stores()
+            .iter()
+            .any(|s| std::fs::metadata(partial(s, &key)).map(|m| m.len() > 0).unwrap_or(false))
     });
     std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(copy.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(copy.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let status = copy.wait().unwrap();
     assert!(!status.success(), "the copy finished before it could be interrupted");
     wait_until("the gateway to notice", Duration::from_secs(30), || {
         Mesh::metric(&url, "annexmesh_puts_interrupted_total") == 1
     });
     for s in mesh.node_stores() {
-        assert!(objects_named(&s, &key).is_empty(), "{} has an object from an interrupted upload", s.display());
+        assert!(
+            objects_named(&s, &key).is_empty(),
+            "{} has an object from an interrupted upload",
+            s.display()
+        );
     }
-    let kept: Vec<u64> = mesh.node_stores().iter().map(|s| std::fs::metadata(partial(s, &key)).map(|m| m.len()).unwrap_or(0)).collect();
+    let kept: Vec<u64> = mesh
+        .node_stores()
+        .iter()
+        .map(|s| std::fs::metadata(partial(s, &key)).map(|m| m.len()).unwrap_or(0))
+        .collect();
     assert!(kept.iter().all(|&k| k < data.len() as u64), "{kept:?}");
     assert!(kept.iter().any(|&k| k > 0), "no partial kept: {kept:?}");
 
@@ -122,7 +145,11 @@ fn an_interrupted_copy_resumes_without_sending_everything_again() {
     let before = Mesh::metric(&url, "annexmesh_put_client_bytes_total");
     client.ok(&["git", "annex", "copy", "--to", "mesh", "big.bin"]);
     let sent = Mesh::metric(&url, "annexmesh_put_client_bytes_total") - before;
-    eprintln!("interrupted after {:?}; partials kept {kept:?}; resumed with {sent} of {} bytes", started.elapsed(), data.len());
+    eprintln!(
+        "interrupted after {:?}; partials kept {kept:?}; resumed with {sent} of {} bytes",
+        started.elapsed(),
+        data.len()
+    );
     assert!(sent < data.len() as u64, "the retry sent all {sent} bytes again");
     assert_eq!(sent, data.len() as u64 - kept.iter().min().unwrap());
     assert_stored_everywhere(&mesh, &key, &data);
@@ -134,11 +161,9 @@ fn key_on_node1_and_unlisted_on_node2(mesh: &Mesh) -> (String, Vec<u8>) {
     let data = b"remove me everywhere\n".to_vec();
     let key = format!("SHA256E-s{}--{}.txt", data.len(), sha256(&data));
     let node1 = mesh.uuid_of("node1");
-    let url = format!(
-        "{}/git-annex/{node1}/v4/put?key={key}&clientuuid={CLIENT}",
-        mesh.url()
-    );
-    let (status, body) = http_post(&url, &[("X-git-annex-data-length", &data.len().to_string())], &data);
+    let url = format!("{}/git-annex/{node1}/v4/put?key={key}&clientuuid={CLIENT}", mesh.url());
+    let (status, body) =
+        http_post(&url, &[("X-git-annex-data-length", &data.len().to_string())], &data);
     assert_eq!(json(&body)["stored"], true, "{status} {body}");
     let obj = &objects_named(&mesh.store_of("node1"), &key)[0];
     let rel = obj.strip_prefix(mesh.store_of("node1")).unwrap();
@@ -173,7 +198,8 @@ fn a_drop_with_one_node_down_fails_naming_the_nodes_it_removed_from() {
 
     mesh.proc("node3").stop();
     let out = client.run(&["git", "annex", "drop", "--from", "mesh", "f.txt"]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "drop should fail with node3 down:\n{text}");
     assert!(text.contains("failed"), "the client does not report the failure:\n{text}");
 
@@ -202,7 +228,8 @@ fn remove_before_a_past_deadline_removes_nothing() {
     let now = post(&url, &cluster, "gettimestamp", "", b"")["timestamp"].as_u64().unwrap();
 
     for deadline in [now.saturating_sub(5), now] {
-        let r = post(&url, &cluster, "remove-before", &format!("&key={key}&timestamp={deadline}"), b"");
+        let r =
+            post(&url, &cluster, "remove-before", &format!("&key={key}&timestamp={deadline}"), b"");
         assert_eq!(r["removed"], false, "deadline {deadline} (now {now}): {r}");
         assert_eq!(objects_named(&mesh.store_of("node1"), &key).len(), 1);
         assert_eq!(objects_named(&mesh.store_of("node2"), &key).len(), 1);
@@ -210,20 +237,33 @@ fn remove_before_a_past_deadline_removes_nothing() {
 
     // A node whose clock restarted since the gateway last measured it is
     // measured again, not trusted blindly; a future deadline then works.
-    let r = post(&url, &cluster, "remove-before", &format!("&key=WORM--warm-up&timestamp={}", now + 60), b"");
+    let r = post(
+        &url,
+        &cluster,
+        "remove-before",
+        &format!("&key=WORM--warm-up&timestamp={}", now + 60),
+        b"",
+    );
     assert_eq!(r["removed"], true, "{r}");
     let address = |mesh: &Mesh| {
         let out = String::from_utf8_lossy(&mesh.admin(&["node", "list"]).stdout).into_owned();
-        out.lines().find(|l| l.starts_with("node2\t")).and_then(|l| l.split('\t').nth(3)).unwrap_or("").to_string()
+        out.lines()
+            .find(|l| l.starts_with("node2\t"))
+            .and_then(|l| l.split('\t').nth(3))
+            .unwrap_or("")
+            .to_string()
     };
     let old_address = address(&mesh);
     mesh.proc("node2").stop();
     mesh.procs.retain(|p| p.name != "node2");
     mesh.start_agent("node2");
     // The new run listens on another port: wait for it to register.
-    wait_until("node2 back", Duration::from_secs(30), || address(&mesh) != old_address && mesh.healthy_nodes() == 3);
+    wait_until("node2 back", Duration::from_secs(30), || {
+        address(&mesh) != old_address && mesh.healthy_nodes() == 3
+    });
     let now = post(&url, &cluster, "gettimestamp", "", b"")["timestamp"].as_u64().unwrap();
-    let r = post(&url, &cluster, "remove-before", &format!("&key={key}&timestamp={}", now + 60), b"");
+    let r =
+        post(&url, &cluster, "remove-before", &format!("&key={key}&timestamp={}", now + 60), b"");
     assert_eq!(r["removed"], true, "{r}");
     for s in mesh.node_stores() {
         assert!(objects_named(&s, &key).is_empty(), "{} still holds {key}", s.display());
@@ -255,8 +295,16 @@ fn a_lock_taken_through_one_gateway_blocks_a_drop_through_another() {
 
     // keeplocked ends with an unlock; then B can remove it.
     let url = format!("{a}/git-annex/{cluster}/v4/keeplocked?lockid={lockid}&clientuuid={CLIENT}");
-    let (status, body) = http_post(&url, &[("Content-Type", "application/json")], br#"{"unlock": false}{"unlock": true}"#);
-    assert_eq!((status, json(&body)["locked"].clone()), (200, serde_json::Value::Bool(false)), "{body}");
+    let (status, body) = http_post(
+        &url,
+        &[("Content-Type", "application/json")],
+        br#"{"unlock": false}{"unlock": true}"#,
+    );
+    assert_eq!(
+        (status, json(&body)["locked"].clone()),
+        (200, serde_json::Value::Bool(false)),
+        "{body}"
+    );
     let r = post(&b, &cluster, "remove", &format!("&key={key}"), b"");
     assert_eq!(r["removed"], true, "{r}");
     let left: usize = mesh.node_stores().iter().map(|s| objects_named(s, &key).len()).sum();
@@ -290,12 +338,22 @@ fn bypassed_nodes_are_left_alone() {
     let mesh = Mesh::separate(3);
     let (key, _) = key_on_node1_and_unlisted_on_node2(&mesh);
     let node2 = mesh.uuid_of("node2");
-    let r = post(&mesh.url(), &mesh.uuid_of("mesh"), "remove", &format!("&key={key}&bypass={node2}"), b"");
+    let r = post(
+        &mesh.url(),
+        &mesh.uuid_of("mesh"),
+        "remove",
+        &format!("&key={key}&bypass={node2}"),
+        b"",
+    );
     assert_eq!(r["removed"], true, "{r}");
     assert_eq!(sorted_plus(&r), uuids(&mesh, &["node1", "node3"]));
     assert!(objects_named(&mesh.store_of("node1"), &key).is_empty());
     assert_eq!(objects_named(&mesh.store_of("node2"), &key).len(), 1, "a bypassed node was used");
     // A malformed bypass UUID is refused, not ignored.
-    let url = format!("{}/git-annex/{}/v4/remove?clientuuid={CLIENT}&key={key}&bypass=", mesh.url(), mesh.uuid_of("mesh"));
+    let url = format!(
+        "{}/git-annex/{}/v4/remove?clientuuid={CLIENT}&key={key}&bypass=",
+        mesh.url(),
+        mesh.uuid_of("mesh")
+    );
     assert_eq!(http_post(&url, &[], b"").0, 400);
 }

@@ -27,7 +27,10 @@ fn copy_drop_get_and_drop_from_mesh_with_annexmesh_up() {
 
     // Dropping the only local copy needs the mesh to lock its copy.
     client.ok(&["git", "annex", "drop", "big.bin"]);
-    assert!(std::fs::read(client.path().join("big.bin")).is_err(), "content should be gone locally");
+    assert!(
+        std::fs::read(client.path().join("big.bin")).is_err(),
+        "content should be gone locally"
+    );
 
     client.ok(&["git", "annex", "get", "--from", "mesh", "big.bin"]);
     let back = std::fs::read(client.path().join("big.bin")).unwrap();
@@ -57,11 +60,22 @@ fn reference_report(client: &Client) -> common::TestRemoteReport {
         "p2phttp",
         // git-annex itself, not the `git` wrapper: the process stopped at the
         // end must be the server, or it would outlive the test.
-        &mut server.command(&["git-annex", "p2phttp", "--bind", "127.0.0.1", "--port", &port, "--wideopen", "-J2"]),
+        &mut server.command(&[
+            "git-annex",
+            "p2phttp",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--wideopen",
+            "-J2",
+        ]),
         server.path(),
     );
     let base = format!("http://127.0.0.1:{port}");
-    common::wait_until("git annex p2phttp", Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port.parse().unwrap())).is_ok());
+    common::wait_until("git annex p2phttp", Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", port.parse().unwrap())).is_ok()
+    });
     let uuid = server.ok(&["git", "config", "annex.uuid"]);
     client.add_remote("reference", &format!("{base}/reference"));
     client.ok(&["git", "config", "remote.reference.annexurl", &format!("annex+{base}/git-annex/")]);
@@ -79,7 +93,11 @@ fn assert_passes(mesh_report: &common::TestRemoteReport, reference: &common::Tes
         mesh_report.output
     );
     for f in &reference.failed {
-        assert!(f.starts_with("unavailable remote / "), "git-annex's own server failed {f}:\n{}", reference.output);
+        assert!(
+            f.starts_with("unavailable remote / "),
+            "git-annex's own server failed {f}:\n{}",
+            reference.output
+        );
     }
     assert_eq!(
         mesh_report.failed, reference.failed,

@@ -26,7 +26,8 @@ fn link(client: &Client, name: &str, address: &str) -> String {
         .unwrap();
     writeln!(child.stdin.take().unwrap(), "{address}").unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "p2p --link failed:\n{text}");
     text
 }
@@ -38,11 +39,17 @@ fn round_trip(mesh: &Mesh, client: &Client, remote: &str) {
     let stores = mesh.assert_held_everywhere(&key, &data);
     let whereis = client.ok(&["git", "annex", "whereis", "big.bin"]);
     for i in 1..=3 {
-        assert!(whereis.contains(&mesh.uuid_of(&format!("node{i}"))), "whereis lists node{i}:\n{whereis}");
+        assert!(
+            whereis.contains(&mesh.uuid_of(&format!("node{i}"))),
+            "whereis lists node{i}:\n{whereis}"
+        );
     }
 
     client.ok(&["git", "annex", "drop", "big.bin"]);
-    assert!(std::fs::read(client.path().join("big.bin")).is_err(), "content should be gone locally");
+    assert!(
+        std::fs::read(client.path().join("big.bin")).is_err(),
+        "content should be gone locally"
+    );
 
     client.ok(&["git", "annex", "get", "--from", remote, "big.bin"]);
     let back = std::fs::read(client.path().join("big.bin")).unwrap();
@@ -64,24 +71,42 @@ fn more_operations(mesh: &Mesh, client: &Client, remote: &str) {
     }
     client.ok(&["git", "annex", "copy", "-J4", "--to", remote, "."]);
     for (_, key) in &keys {
-        assert_eq!(mesh.node_stores().iter().filter(|s| !objects_named(s, key).is_empty()).count(), 3, "{key}");
+        assert_eq!(
+            mesh.node_stores().iter().filter(|s| !objects_named(s, key).is_empty()).count(),
+            3,
+            "{key}"
+        );
     }
     let fsck = client.ok(&["git", "annex", "fsck", "--fast", "--from", remote, "."]);
     assert!(fsck.matches(" ok").count() >= 6, "{fsck}");
     client.ok(&["git", "annex", "move", "-J4", "--from", remote, "small0.txt", "small1.txt"]);
     for (_, key) in &keys[..2] {
-        assert!(mesh.node_stores().iter().all(|s| objects_named(s, key).is_empty()), "move --from removed {key}");
+        assert!(
+            mesh.node_stores().iter().all(|s| objects_named(s, key).is_empty()),
+            "move --from removed {key}"
+        );
     }
     client.ok(&["git", "annex", "move", "--to", remote, "small0.txt"]);
-    assert!(std::fs::read(client.path().join("small0.txt")).is_err(), "move --to dropped the local copy");
+    assert!(
+        std::fs::read(client.path().join("small0.txt")).is_err(),
+        "move --to dropped the local copy"
+    );
     client.ok(&["git", "annex", "get", "-J4", "--from", remote, "."]);
     for (i, (data, _)) in keys.iter().enumerate() {
-        assert!(std::fs::read(client.path().join(format!("small{i}.txt"))).unwrap() == *data, "small{i}.txt");
+        assert!(
+            std::fs::read(client.path().join(format!("small{i}.txt"))).unwrap() == *data,
+            "small{i}.txt"
+        );
     }
 }
 
 fn assert_all_pass(report: &common::TestRemoteReport) {
-    assert!(report.failed.is_empty(), "testremote failures: {:?}\n{}", report.failed, report.output);
+    assert!(
+        report.failed.is_empty(),
+        "testremote failures: {:?}\n{}",
+        report.failed,
+        report.output
+    );
 }
 
 #[test]
@@ -98,10 +123,15 @@ fn p2p_annex_remote_copy_get_drop_and_testremote() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    writeln!(child.stdin.take().unwrap(), "p2p-annex::annexmesh:{}/mesh:wrongtoken", mesh.p2p).unwrap();
+    writeln!(child.stdin.take().unwrap(), "p2p-annex::annexmesh:{}/mesh:wrongtoken", mesh.p2p)
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "a wrong token must not link");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("authenticate"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("authenticate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!client.run(&["git", "config", "remote.bad.url"]).status.success());
 
     link(&client, "mesh", &format!("p2p-annex::annexmesh:{}/mesh:{token}", mesh.p2p));
@@ -120,7 +150,8 @@ fn p2p_annex_remote_copy_get_drop_and_testremote() {
     // later client lift this, every test must pass here too.
     let before = Mesh::metric(&mesh.url(), "annexmesh_p2p_connections_total");
     let out = client.run(&["git", "annex", "testremote", "mesh"]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if text.contains("failed disabling exportree") {
         assert!(!out.status.success());
         assert_eq!(
@@ -140,7 +171,8 @@ fn p2p_annex_remote_copy_get_drop_and_testremote() {
 fn fake_ssh(dir: &Path, mesh: &Mesh, token: &str) -> String {
     let bin = dir.join("sshd-bin");
     std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_annexmesh"), bin.join("git-annex-shell")).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_annexmesh"), bin.join("git-annex-shell"))
+        .unwrap();
     let log = dir.join("ssh.log");
     let script = dir.join("fake-ssh");
     std::fs::write(

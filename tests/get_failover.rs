@@ -38,8 +38,16 @@ fn start_get(mesh: &Mesh, repo: &str, key: &str) -> (String, u64, ureq::BodyRead
 }
 
 /// `start_get` with more query parameters (`&name=value...`).
-fn start_get_with(mesh: &Mesh, repo: &str, key: &str, query: &str) -> (String, u64, ureq::BodyReader<'static>) {
-    let url = format!("{}/git-annex/{repo}/v4/key/{key}?clientuuid={CLIENT}&associatedfile=f{query}", mesh.url());
+fn start_get_with(
+    mesh: &Mesh,
+    repo: &str,
+    key: &str,
+    query: &str,
+) -> (String, u64, ureq::BodyReader<'static>) {
+    let url = format!(
+        "{}/git-annex/{repo}/v4/key/{key}?clientuuid={CLIENT}&associatedfile=f{query}",
+        mesh.url()
+    );
     let r = agent().get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
     assert_eq!(r.status().as_u16(), 200, "GET {url}");
     let header = |name: &str| {
@@ -62,7 +70,8 @@ fn read_all(mut body: impl Read) -> Vec<u8> {
 }
 
 fn checkpresent(mesh: &Mesh, repo: &str, key: &str) -> bool {
-    let url = format!("{}/git-annex/{repo}/v4/checkpresent?key={key}&clientuuid={CLIENT}", mesh.url());
+    let url =
+        format!("{}/git-annex/{repo}/v4/checkpresent?key={key}&clientuuid={CLIENT}", mesh.url());
     let (status, body) = http_post(&url, &[], b"");
     assert_eq!(status, 200, "checkpresent: {body}");
     serde_json::from_str::<serde_json::Value>(&body).unwrap()["present"].as_bool().expect(&body)
@@ -207,7 +216,9 @@ fn get_returns_the_whole_file_when_the_serving_node_is_killed_mid_stream() {
     mesh.proc("node1").kill();
     signal(get.id(), nix::sys::signal::Signal::SIGCONT);
 
-    wait_until("git-annex get to finish", Duration::from_secs(300), || get.try_wait().unwrap().is_some());
+    wait_until("git-annex get to finish", Duration::from_secs(300), || {
+        get.try_wait().unwrap().is_some()
+    });
     let status = get.wait().unwrap();
     assert!(
         status.success(),
@@ -221,10 +232,14 @@ fn get_returns_the_whole_file_when_the_serving_node_is_killed_mid_stream() {
 
     // node1 was serving, and another node took over from where it stopped.
     assert!(log_of(&mesh, "node1").contains("serving get"), "node1 never served the GET");
-    let continued = ["node2", "node3"].iter().filter(|n| log_of(&mesh, n).contains("serving get")).count();
+    let continued =
+        ["node2", "node3"].iter().filter(|n| log_of(&mesh, n).contains("serving get")).count();
     assert_eq!(continued, 1, "one other node should have continued the GET");
     let gateway = log_of(&mesh, "gateway");
-    assert!(gateway.contains("continuing the GET on another node"), "no failover in the gateway log:\n{gateway}");
+    assert!(
+        gateway.contains("continuing the GET on another node"),
+        "no failover in the gateway log:\n{gateway}"
+    );
     assert!(Mesh::metric(&mesh.url(), "annexmesh_get_failovers_total") >= 1);
 }
 
@@ -234,7 +249,8 @@ fn a_get_goes_to_an_idle_holder_while_another_is_busy() {
     let cluster = mesh.uuid_of("mesh");
     // Larger than every buffer between an agent and a stalled reader, so
     // that a GET nobody reads stays in flight on its node.
-    let data: Vec<u8> = (0..64 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> =
+        (0..64 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let key = sha256e_key(&data, ".bin");
     put(&mesh, &cluster, &key, &data);
     let stores = mesh.node_stores();
@@ -247,7 +263,8 @@ fn a_get_goes_to_an_idle_holder_while_another_is_busy() {
     let names = ["node1", "node2", "node3"].map(|n| (n, mesh.uuid_of(n)));
     wait_until("the gateway to see the nodes idle", Duration::from_secs(30), || {
         names.iter().all(|(name, uuid)| {
-            let gauge = format!("annexmesh_node_active_transfers{{node=\"{name}\",uuid=\"{uuid}\"}}");
+            let gauge =
+                format!("annexmesh_node_active_transfers{{node=\"{name}\",uuid=\"{uuid}\"}}");
             Mesh::metric(&mesh.url(), &gauge) == 0
         })
     });
@@ -263,7 +280,10 @@ fn a_get_goes_to_an_idle_holder_while_another_is_busy() {
         let (_, metrics) = common::http_get(&format!("{}/metrics", mesh.url())).unwrap();
         let nodes = String::from_utf8_lossy(&mesh.admin(&["node", "list"]).stdout).into_owned();
         let whereis = whereis(&mesh, &key);
-        format!("first {first}, second {second}, third {third}\n{whereis}\n{nodes}\n{metrics}\n{}", log_of(&mesh, "gateway"))
+        format!(
+            "first {first}, second {second}, third {third}\n{whereis}\n{nodes}\n{metrics}\n{}",
+            log_of(&mesh, "gateway")
+        )
     };
     assert_ne!(second, first, "the second GET went to the busy node: {}", view());
     assert_ne!(third, first, "the third GET went to a busy node: {}", view());
@@ -299,7 +319,10 @@ fn checkpresent_finds_content_the_location_log_misses_and_repairs_the_log() {
 
     // Gone behind the mesh's back again: CHECKPRESENT asks node2, which the
     // log lists, and strikes it from the log.
-    std::fs::remove_file(mesh.store_of("node2").join(object_path_bare(&key.parse::<Key>().unwrap()))).unwrap();
+    std::fs::remove_file(
+        mesh.store_of("node2").join(object_path_bare(&key.parse::<Key>().unwrap())),
+    )
+    .unwrap();
     assert!(!checkpresent(&mesh, &cluster, &key));
     assert!(whereis(&mesh, &key).contains("0 copies"));
 }

@@ -31,7 +31,10 @@ impl Peer {
         }
         p.send(&format!("AUTH 11111111-2222-3333-4444-555555555555 {token}"));
         let line = p.line();
-        let uuid = line.strip_prefix("AUTH-SUCCESS ").unwrap_or_else(|| panic!("AUTH got {line:?}")).to_string();
+        let uuid = line
+            .strip_prefix("AUTH-SUCCESS ")
+            .unwrap_or_else(|| panic!("AUTH got {line:?}"))
+            .to_string();
         p.send(&format!("VERSION {version}"));
         assert_eq!(p.line(), format!("VERSION {version}"));
         (p, uuid)
@@ -55,7 +58,11 @@ impl Peer {
         let mut s = String::new();
         match self.r.read_line(&mut s) {
             Ok(0) => None,
-            Ok(_) => Some(s.strip_suffix('\n').unwrap_or_else(|| panic!("unterminated line {s:?}")).to_string()),
+            Ok(_) => Some(
+                s.strip_suffix('\n')
+                    .unwrap_or_else(|| panic!("unterminated line {s:?}"))
+                    .to_string(),
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
             Err(e) => panic!("reading from the gateway: {e}"),
         }
@@ -97,7 +104,11 @@ impl Peer {
     fn get(&mut self, key: &str, offset: u64, version: u64) -> (Vec<u8>, Option<String>) {
         self.send(&format!("GET {offset} file.bin {key}"));
         let reply = self.line();
-        let n: usize = reply.strip_prefix("DATA ").unwrap_or_else(|| panic!("GET got {reply:?}")).parse().unwrap();
+        let n: usize = reply
+            .strip_prefix("DATA ")
+            .unwrap_or_else(|| panic!("GET got {reply:?}"))
+            .parse()
+            .unwrap();
         let data = self.bytes(n);
         let validity = (version >= 1).then(|| self.line());
         self.send("SUCCESS");
@@ -182,7 +193,8 @@ fn every_request_in_every_version() {
         // The cluster clock.
         p.send("GETTIMESTAMP");
         let ts = p.line();
-        let now: u64 = ts.strip_prefix("TIMESTAMP ").unwrap_or_else(|| panic!("v{v}: {ts}")).parse().unwrap();
+        let now: u64 =
+            ts.strip_prefix("TIMESTAMP ").unwrap_or_else(|| panic!("v{v}: {ts}")).parse().unwrap();
 
         if v >= 3 {
             // A deadline already passed removes nothing.
@@ -342,7 +354,11 @@ fn authentication_and_access_modes() {
 
     // A revoked token stops working.
     let list = String::from_utf8(mesh.admin(&["token", "list"]).stdout).unwrap();
-    let ids: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.len() == 12).collect();
+    let ids: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.len() == 12)
+        .collect();
     assert!(ids.len() >= 3, "token list shows the tokens' ids:\n{list}");
     assert!(!list.contains(&rw), "token list never shows tokens");
     for id in ids {
@@ -403,7 +419,10 @@ fn a_client_gone_mid_data_leaves_partials_and_the_retry_resumes() {
         mesh.node_stores()
             .iter()
             .filter_map(|s| {
-                walk(&s.join("annex/tmp")).into_iter().map(|f| f.metadata().map(|m| m.len()).unwrap_or(0)).max()
+                walk(&s.join("annex/tmp"))
+                    .into_iter()
+                    .map(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
+                    .max()
             })
             .min()
             .unwrap_or(0)
@@ -425,7 +444,8 @@ fn a_client_gone_mid_data_leaves_partials_and_the_retry_resumes() {
     let (mut p, _) = Peer::open(&mesh, &token, Some("mesh"), 4);
     p.send(&format!("PUT file.bin {key}"));
     let reply = p.line();
-    let off: usize = reply.strip_prefix("PUT-FROM ").unwrap_or_else(|| panic!("{reply}")).parse().unwrap();
+    let off: usize =
+        reply.strip_prefix("PUT-FROM ").unwrap_or_else(|| panic!("{reply}")).parse().unwrap();
     assert!(off as u64 >= 8 << 20, "resumed from {off}, not from the partials");
     let before = Mesh::metric(&gw, "annexmesh_put_client_bytes_total");
     p.send(&format!("DATA {}", data.len() - off));
@@ -621,7 +641,12 @@ fn the_line_protocol_over_tls() {
         "tls-gateway",
         common::annexmesh()
             .args(["gateway", "--coordinator", &mesh.coordinator])
-            .args(["--http", &format!("127.0.0.1:{}", common::free_port()), "--p2p", &addr.to_string()])
+            .args([
+                "--http",
+                &format!("127.0.0.1:{}", common::free_port()),
+                "--p2p",
+                &addr.to_string(),
+            ])
             .arg("--p2p-tls-cert")
             .arg(&cert_pem)
             .arg("--p2p-tls-key")
@@ -633,17 +658,20 @@ fn the_line_protocol_over_tls() {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     let sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
-    write!(tls, "AUTH 11111111-2222-3333-4444-555555555555 {token}\nVERSION 4\nGETTIMESTAMP\n").unwrap();
+    write!(tls, "AUTH 11111111-2222-3333-4444-555555555555 {token}\nVERSION 4\nGETTIMESTAMP\n")
+        .unwrap();
     tls.flush().unwrap();
     let mut r = BufReader::new(tls);
     let mut lines = Vec::new();
@@ -683,7 +711,11 @@ fn the_line_protocol_over_tls() {
     // Without the CA the certificate is refused.
     let out = relay(None);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("TLS"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
 
     // Plain text to the TLS port: no AUTH-SUCCESS comes back.

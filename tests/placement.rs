@@ -26,7 +26,11 @@ fn admin(mesh: &Mesh, args: &[&str]) -> String {
 /// Runs `annexmesh admin ARGS`, asserts failure, returns stderr.
 fn admin_fails(mesh: &Mesh, args: &[&str]) -> String {
     let out = mesh.admin(args);
-    assert!(!out.status.success(), "admin {args:?} should fail:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "admin {args:?} should fail:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -40,7 +44,11 @@ fn holders(mesh: &Mesh, key: &str) -> BTreeSet<&'static str> {
 }
 
 /// The nodes whose UUIDs `git annex whereis FILE` lists.
-fn whereis(client: &Client, uuids: &[(&'static str, String)], file: &str) -> BTreeSet<&'static str> {
+fn whereis(
+    client: &Client,
+    uuids: &[(&'static str, String)],
+    file: &str,
+) -> BTreeSet<&'static str> {
     let out = client.ok(&["git", "annex", "whereis", file]);
     uuids.iter().filter(|(_, u)| out.contains(u.as_str())).map(|(n, _)| *n).collect()
 }
@@ -94,7 +102,10 @@ fn preferred_content_steers_placement() {
 
     // A bad expression is refused and the old one kept.
     let err = admin_fails(&mesh, &["wanted", "node1", "largerthan=1MB and"]);
-    assert!(err.contains("bad preferred content expression") && err.contains("after \"and\""), "{err}");
+    assert!(
+        err.contains("bad preferred content expression") && err.contains("after \"and\""),
+        "{err}"
+    );
     let err = admin_fails(&mesh, &["wanted", "node1", "largerthan=lots"]);
     assert!(err.contains("bad size"), "{err}");
     let err = admin_fails(&mesh, &["wanted", "nosuchnode", "anything"]);
@@ -104,7 +115,10 @@ fn preferred_content_steers_placement() {
     assert_eq!(node_row(&mesh, "node2")[7], "nothing");
 
     let uuids = node_uuids(&mesh);
-    let (client, keys) = client_with(&mesh, &[("big.bin", 2 * 1024 * 1024), ("small.txt", 1000), ("docs/manual.bin", 1_500_000)]);
+    let (client, keys) = client_with(
+        &mesh,
+        &[("big.bin", 2 * 1024 * 1024), ("small.txt", 1000), ("docs/manual.bin", 1_500_000)],
+    );
     client.ok(&["git", "annex", "copy", "--to", "mesh", "big.bin", "small.txt", "docs/manual.bin"]);
 
     assert_eq!(holders(&mesh, &keys[0]), set(&["node1"]));
@@ -145,7 +159,8 @@ fn a_drained_node_gets_nothing_new_but_still_serves_get() {
     admin(&mesh, &["wanted", "node2", "nothing"]);
     admin(&mesh, &["wanted", "node3", "nothing"]);
     let uuids = node_uuids(&mesh);
-    let (client, keys) = client_with(&mesh, &[("old.bin", 400_000), ("new.bin", 400_000), ("after.bin", 1000)]);
+    let (client, keys) =
+        client_with(&mesh, &[("old.bin", 400_000), ("new.bin", 400_000), ("after.bin", 1000)]);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "old.bin"]);
     assert_eq!(holders(&mesh, &keys[0]), set(&["node1"]));
 
@@ -191,7 +206,8 @@ fn a_put_short_of_the_minimum_copies_fails_and_reports_what_stored() {
     let err = admin_fails(&mesh, &["cluster", "mincopies", "mesh", "0"]);
     assert!(err.contains("at least 1"), "{err}");
     let list = admin(&mesh, &["cluster", "list"]);
-    let row: Vec<&str> = list.lines().find(|l| l.starts_with("mesh\t")).unwrap().split('\t').collect();
+    let row: Vec<&str> =
+        list.lines().find(|l| l.starts_with("mesh\t")).unwrap().split('\t').collect();
     assert_eq!(row[2], "3", "{list}");
 
     let uuids = node_uuids(&mesh);
@@ -236,7 +252,10 @@ fn nodes_short_of_space_are_skipped() {
     assert!(!out.status.success(), "copy should fail when no node has room");
     assert!(holders(&mesh, &keys[0]).is_empty());
 
-    assert_eq!(admin(&mesh, &["cluster", "reserve", "mesh", "default"]).trim(), "100000000 (default)");
+    assert_eq!(
+        admin(&mesh, &["cluster", "reserve", "mesh", "default"]).trim(),
+        "100000000 (default)"
+    );
     client.ok(&["git", "annex", "copy", "--to", "mesh", "a.bin"]);
     assert_eq!(holders(&mesh, &keys[0]), set(&NODES));
 }

@@ -32,16 +32,13 @@ fn command(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
     ] {
         c.env_remove(v);
     }
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     c
 }
 
 fn shell(port: u16, args: &[&str]) -> Command {
     let mut c = command(BIN, &[&["shell"], args].concat());
-    c.env("ANNEXMESH_P2P", format!("127.0.0.1:{port}"))
-        .env("ANNEXMESH_TOKEN", "tok");
+    c.env("ANNEXMESH_P2P", format!("127.0.0.1:{port}")).env("ANNEXMESH_TOKEN", "tok");
     c
 }
 
@@ -73,11 +70,7 @@ fn wait_output(mut child: Child, limit: Duration) -> Output {
         v
     });
     let status = wait(&mut child, limit);
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
 
 fn wait(child: &mut Child, limit: Duration) -> ExitStatus {
@@ -106,8 +99,7 @@ fn gateway<T: Send + 'static>(
     let port = listener.local_addr().unwrap().port();
     let handle = thread::spawn(move || {
         let (sock, _) = listener.accept().unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let reader = BufReader::new(sock.try_clone().unwrap());
         serve(reader, sock)
     });
@@ -138,20 +130,12 @@ fn authenticating_gateway(
         assert_eq!(line(&mut r), preamble);
         assert_eq!(line(&mut r), auth);
         w.write_all(answer.as_bytes()).unwrap();
-        if answer.starts_with("AUTH-SUCCESS") {
-            rest(&mut r)
-        } else {
-            Vec::new()
-        }
+        if answer.starts_with("AUTH-SUCCESS") { rest(&mut r) } else { Vec::new() }
     })
 }
 
 fn unused_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -168,16 +152,8 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 
 fn links() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .arg("install-links")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(BIN).arg("install-links").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let p2p = dir.path().join("git-annex-p2p-annexmesh");
     let sh = dir.path().join("git-annex-shell");
     (dir, p2p, sh)
@@ -204,11 +180,7 @@ fn relay_carries_8_mib_each_way_after_the_preamble() {
     let (_dir, p2p, _) = links();
     let out = run(command(&p2p, &[&format!("127.0.0.1:{port}/mesh")]), &up);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        out.stdout == down,
-        "gateway-to-client bytes differ ({} bytes)",
-        out.stdout.len()
-    );
+    assert!(out.stdout == down, "gateway-to-client bytes differ ({} bytes)", out.stdout.len());
     assert!(gw.join().unwrap() == up, "client-to-gateway bytes differ");
 }
 
@@ -216,21 +188,14 @@ fn relay_carries_8_mib_each_way_after_the_preamble() {
 fn relay_without_a_name_sends_no_preamble() {
     let (port, gw) = gateway(|mut r, mut w| {
         let first = line(&mut r);
-        w.write_all(format!("AUTH-SUCCESS {REPO_UUID}\n").as_bytes())
-            .unwrap();
+        w.write_all(format!("AUTH-SUCCESS {REPO_UUID}\n").as_bytes()).unwrap();
         rest(&mut r);
         first
     });
     let auth = format!("AUTH {CLIENT} tok\n");
-    let out = run(
-        command(BIN, &["p2p-relay", &format!("127.0.0.1:{port}")]),
-        auth.as_bytes(),
-    );
+    let out = run(command(BIN, &["p2p-relay", &format!("127.0.0.1:{port}")]), auth.as_bytes());
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        format!("AUTH-SUCCESS {REPO_UUID}\n")
-    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("AUTH-SUCCESS {REPO_UUID}\n"));
     assert_eq!(gw.join().unwrap(), auth);
 }
 
@@ -240,9 +205,8 @@ fn relay_exits_0_when_the_gateway_closes_while_stdin_is_open() {
         line(&mut r);
         w.write_all(b"AUTH-FAILURE\n").unwrap();
     });
-    let mut child = command(BIN, &["p2p-relay", &format!("127.0.0.1:{port}/mesh")])
-        .spawn()
-        .unwrap();
+    let mut child =
+        command(BIN, &["p2p-relay", &format!("127.0.0.1:{port}/mesh")]).spawn().unwrap();
     // Keep stdin open throughout.
     let _stdin = child.stdin.take().unwrap();
     let out = wait_output(child, Duration::from_secs(30));
@@ -254,23 +218,12 @@ fn relay_exits_0_when_the_gateway_closes_while_stdin_is_open() {
 #[test]
 fn relay_fails_when_the_gateway_is_unreachable() {
     let port = unused_port();
-    let out = run(
-        command(BIN, &["p2p-relay", &format!("127.0.0.1:{port}/mesh")]),
-        b"",
-    );
+    let out = run(command(BIN, &["p2p-relay", &format!("127.0.0.1:{port}/mesh")]), b"");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("cannot connect to the annexmesh gateway"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("cannot connect to the annexmesh gateway"), "{}", stderr(&out));
     let out = run(command(BIN, &["p2p-relay", "no-port/mesh"]), b"");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("bad gateway address"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("bad gateway address"), "{}", stderr(&out));
 }
 
 #[test]
@@ -279,11 +232,7 @@ fn relay_does_not_listen() {
     for args in [&["address"][..], &["127.0.0.1:9418/mesh", "/tmp/socket"]] {
         let out = run(command(&p2p, args), b"");
         assert_eq!(out.status.code(), Some(1));
-        assert!(
-            stderr(&out).contains("reached as clients only"),
-            "{}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains("reached as clients only"), "{}", stderr(&out));
         assert!(out.stdout.is_empty());
     }
 }
@@ -296,19 +245,11 @@ fn install_links_replaces_links_but_not_files() {
         assert_eq!(std::fs::canonicalize(l).unwrap(), exe);
     }
     // Again: the links are replaced.
-    let out = Command::new(BIN)
-        .arg("install-links")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).arg("install-links").arg(dir.path()).output().unwrap();
     assert!(out.status.success());
     std::fs::remove_file(&sh).unwrap();
     std::fs::write(&sh, "keep me").unwrap();
-    let out = Command::new(BIN)
-        .arg("install-links")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).arg("install-links").arg(dir.path()).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a symlink"));
     assert_eq!(std::fs::read(&sh).unwrap(), b"keep me");
@@ -322,13 +263,7 @@ fn configlist_reports_the_repository_uuid() {
         "AUTH-SUCCESS 5c2f9a34-1111-4222-8333-944445555666\n",
     );
     let out = run(
-        shell(
-            port,
-            &[
-                "-c",
-                "git-annex-shell 'configlist' '/~/mesh.git' -- 'autoinit=1' --",
-            ],
-        ),
+        shell(port, &["-c", "git-annex-shell 'configlist' '/~/mesh.git' -- 'autoinit=1' --"]),
         b"",
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -346,11 +281,8 @@ fn configlist_refusals_exit_1() {
         ("ERROR no such repository\n", "no such repository"),
         ("", "closed the connection"),
     ] {
-        let (port, gw) = authenticating_gateway(
-            "ANNEXMESH repo=mesh\n",
-            &format!("AUTH {NIL} tok\n"),
-            answer,
-        );
+        let (port, gw) =
+            authenticating_gateway("ANNEXMESH repo=mesh\n", &format!("AUTH {NIL} tok\n"), answer);
         let out = run(shell(port, &["configlist", "/mesh"]), b"");
         gw.join().unwrap();
         assert_eq!(out.status.code(), Some(1), "{answer:?}");
@@ -367,8 +299,7 @@ fn p2pstdio_under_forcecommand_relays_after_auth_success() {
     let (port, gw) = gateway(|mut r, mut w| {
         assert_eq!(line(&mut r), "ANNEXMESH repo=mesh mode=readonly\n");
         assert_eq!(line(&mut r), format!("AUTH {CLIENT} tok\n"));
-        w.write_all(format!("AUTH-SUCCESS {REPO_UUID}\n").as_bytes())
-            .unwrap();
+        w.write_all(format!("AUTH-SUCCESS {REPO_UUID}\n").as_bytes()).unwrap();
         assert_eq!(line(&mut r), "VERSION 1\n");
         w.write_all(b"VERSION 1\n").unwrap();
         rest(&mut r)
@@ -407,9 +338,7 @@ fn p2pstdio_refuses_an_unexpected_repository() {
     gw.join().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains(&format!(
-            "expected repository UUID {other} but found {REPO_UUID}"
-        )),
+        stderr(&out).contains(&format!("expected repository UUID {other} but found {REPO_UUID}")),
         "{}",
         stderr(&out)
     );
@@ -441,46 +370,27 @@ fn shell_errors_without_a_gateway() {
 #[test]
 fn shell_refuses_what_it_does_not_serve() {
     let port = unused_port();
-    for args in [
-        &["sendkey", "/mesh", "SHA256E-s1--00"][..],
-        &["-c", "git-upload-pack '/mesh'"],
-    ] {
+    for args in [&["sendkey", "/mesh", "SHA256E-s1--00"][..], &["-c", "git-upload-pack '/mesh'"]] {
         let out = run(shell(port, args), b"");
         assert_eq!(out.status.code(), Some(1));
-        assert!(
-            stderr(&out).contains("only configlist and p2pstdio"),
-            "{}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains("only configlist and p2pstdio"), "{}", stderr(&out));
     }
     let out = run(shell(port, &["configlist", "/srv/mesh"]), b"");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("does not name an annexmesh repository"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("does not name an annexmesh repository"), "{}", stderr(&out));
 
     let mut c = shell(port, &["configlist", "/other"]);
     c.env("GIT_ANNEX_SHELL_DIRECTORY", "/srv/mesh.git");
     let out = run(c, b"");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("Only allowed to access"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("Only allowed to access"), "{}", stderr(&out));
 
     let mut c = command(BIN, &["shell", "configlist", "/mesh"]);
     c.env("ANNEXMESH_P2P", format!("127.0.0.1:{port}"))
         .env("ANNEXMESH_TOKEN_FILE", Path::new("/nonexistent/token"));
     let out = run(c, b"");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("cannot read token file"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("cannot read token file"), "{}", stderr(&out));
 }
 
 /// A gateway that serves any number of connections, one at a time: it
@@ -524,11 +434,7 @@ fn git_annex_reaches_the_gateway_by_p2p_link_and_by_ssh() {
     let (port, seen) = protocol_gateway();
     let client = common::Client::new();
     let bin = client.path().join("bin");
-    let out = Command::new(BIN)
-        .arg("install-links")
-        .arg(&bin)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).arg("install-links").arg(&bin).output().unwrap();
     assert!(out.status.success());
     std::fs::write(
         bin.join("ssh"),
@@ -537,9 +443,11 @@ fn git_annex_reaches_the_gateway_by_p2p_link_and_by_ssh() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(bin.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = std::env::join_paths([bin, common::git_annex_bin_dir()].into_iter().chain(
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-    ))
+    let path = std::env::join_paths(
+        [bin, common::git_annex_bin_dir()]
+            .into_iter()
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
     .unwrap();
     let run = |args: &[&str], input: &str| {
         let mut c = client.command(args);
@@ -565,49 +473,22 @@ fn git_annex_reaches_the_gateway_by_p2p_link_and_by_ssh() {
     };
 
     let address = format!("p2p-annex::annexmesh:127.0.0.1:{port}/mesh:Tok\n");
-    run(
-        &["git", "annex", "p2p", "--link", "--name", "mesh"],
-        &address,
-    );
-    assert_eq!(
-        run(&["git", "config", "remote.mesh.annex-uuid"], "").trim(),
-        REPO_UUID
-    );
+    run(&["git", "annex", "p2p", "--link", "--name", "mesh"], &address);
+    assert_eq!(run(&["git", "config", "remote.mesh.annex-uuid"], "").trim(), REPO_UUID);
     std::fs::write(client.path().join("f"), "hello\n").unwrap();
     run(&["git", "annex", "add", "f"], "");
     let key = run(&["git", "annex", "lookupkey", "f"], "");
     run(&["git", "annex", "checkpresentkey", key.trim(), "mesh"], "");
 
-    run(
-        &[
-            "git",
-            "remote",
-            "add",
-            "sshmesh",
-            "ssh://annex@gateway.invalid/~/mesh",
-        ],
-        "",
-    );
+    run(&["git", "remote", "add", "sshmesh", "ssh://annex@gateway.invalid/~/mesh"], "");
     run(&["git", "config", "annex.sshcaching", "false"], "");
-    run(
-        &["git", "annex", "checkpresentkey", key.trim(), "sshmesh"],
-        "",
-    );
-    assert_eq!(
-        run(&["git", "config", "remote.sshmesh.annex-uuid"], "").trim(),
-        REPO_UUID
-    );
+    run(&["git", "annex", "checkpresentkey", key.trim(), "sshmesh"], "");
+    assert_eq!(run(&["git", "config", "remote.sshmesh.annex-uuid"], "").trim(), REPO_UUID);
 
     let seen = seen.lock().unwrap().clone();
     let preamble = "ANNEXMESH repo=mesh\n";
     assert!(seen.iter().all(|h| h.starts_with(preamble)), "{seen:?}");
     // configlist asks on behalf of no repository; the others are the client.
-    assert!(
-        seen.contains(&format!("{preamble}AUTH {NIL} tok\n")),
-        "{seen:?}"
-    );
-    assert!(
-        seen.iter().filter(|h| !h.contains(NIL)).count() >= 3,
-        "{seen:?}"
-    );
+    assert!(seen.contains(&format!("{preamble}AUTH {NIL} tok\n")), "{seen:?}");
+    assert!(seen.iter().filter(|h| !h.contains(NIL)).count() >= 3, "{seen:?}");
 }

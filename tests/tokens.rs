@@ -19,7 +19,12 @@ fn stderr(out: &Output) -> String {
 
 fn admin_ok(mesh: &Mesh, args: &[&str]) -> Output {
     let out = mesh.admin(args);
-    assert!(out.status.success(), "admin {args:?} failed:\nstdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "admin {args:?} failed:\nstdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
     out
 }
 
@@ -71,7 +76,10 @@ fn tokens_are_created_listed_checked_and_revoked() {
     for (token, mode) in tokens {
         assert!(!list.contains(token.as_str()), "list shows a token:\n{list}");
         let id = token_id(&hash_token(token)).to_string();
-        let line = lines.iter().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{id} not in:\n{list}"));
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&id))
+            .unwrap_or_else(|| panic!("{id} not in:\n{list}"));
         let fields: Vec<&str> = line.split('\t').collect();
         assert_eq!(fields[1], mode, "{line}");
         assert!(fields[2].ends_with('Z') && fields[2].len() == 20, "creation time: {line}");
@@ -154,12 +162,17 @@ fn bad_token_requests_get_clear_errors() {
     rt.block_on(async {
         let mut admin = AdminClient::connect(mesh.coordinator.clone()).await.unwrap();
         for (token_sha256, mode, label, want) in cases {
-            let req = rpc::CreateTokenRequest { token_sha256, mode: mode.into(), label: label.into() };
+            let req =
+                rpc::CreateTokenRequest { token_sha256, mode: mode.into(), label: label.into() };
             let e = admin.create_token(req.clone()).await.expect_err(&format!("{req:?} accepted"));
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{req:?}: {e:?}");
             assert!(e.message().contains(want), "{req:?}: {}", e.message());
         }
-        let req = rpc::CreateTokenRequest { token_sha256: good.clone(), mode: "readonly".into(), label: String::new() };
+        let req = rpc::CreateTokenRequest {
+            token_sha256: good.clone(),
+            mode: "readonly".into(),
+            label: String::new(),
+        };
         let info = admin.create_token(req.clone()).await.unwrap().into_inner();
         assert_eq!(info.id, token_id(&good));
         let e = admin.create_token(req).await.expect_err("the same hash twice");
@@ -167,7 +180,10 @@ fn bad_token_requests_get_clear_errors() {
         assert!(e.message().contains(&info.id), "{}", e.message());
 
         let unknown = if good.starts_with('f') { "000000" } else { "ffffff" };
-        let e = admin.revoke_token(rpc::RevokeTokenRequest { id: unknown.into() }).await.expect_err("unknown id");
+        let e = admin
+            .revoke_token(rpc::RevokeTokenRequest { id: unknown.into() })
+            .await
+            .expect_err("unknown id");
         assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 
         let mut coord = CoordinatorClient::connect(mesh.coordinator.clone()).await.unwrap();

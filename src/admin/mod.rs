@@ -46,7 +46,9 @@ pub enum AdminCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    Create { name: String },
+    Create {
+        name: String,
+    },
     List,
     /// Show or set how many nodes must store a PUT for it to succeed
     /// (default 1). Nodes that did store are reported to the client either way.
@@ -116,7 +118,11 @@ fn status(e: tonic::Status) -> anyhow::Error {
 }
 
 fn reserve(c: &rpc::ClusterInfo) -> String {
-    if c.reserve_default { format!("{} (default)", c.reserve_bytes) } else { c.reserve_bytes.to_string() }
+    if c.reserve_default {
+        format!("{} (default)", c.reserve_bytes)
+    } else {
+        c.reserve_bytes.to_string()
+    }
 }
 
 /// Unix milliseconds as an RFC 3339 UTC time, to the second.
@@ -156,12 +162,22 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
     match args.command {
         AdminCommand::Cluster(ClusterCommand::Create { name }) => {
-            let c = c.create_cluster(rpc::CreateClusterRequest { name }).await.map_err(status)?.into_inner();
+            let c = c
+                .create_cluster(rpc::CreateClusterRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
             println!("{}\t{}", c.name, c.uuid);
         }
         AdminCommand::Cluster(ClusterCommand::List) => {
             println!("NAME\tUUID\tMINCOPIES\tRESERVE");
-            for c in c.list_clusters(rpc::ListClustersRequest {}).await.map_err(status)?.into_inner().clusters {
+            for c in c
+                .list_clusters(rpc::ListClustersRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .clusters
+            {
                 println!("{}\t{}\t{}\t{}", c.name, c.uuid, c.min_copies, reserve(&c));
             }
         }
@@ -194,21 +210,41 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 let wanted = if n.wanted.is_empty() { "-" } else { n.wanted.as_str() };
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    n.name, n.uuid, health, n.address, n.free_bytes, n.active_transfers, state, wanted, n.cost
+                    n.name,
+                    n.uuid,
+                    health,
+                    n.address,
+                    n.free_bytes,
+                    n.active_transfers,
+                    state,
+                    wanted,
+                    n.cost
                 );
             }
         }
         AdminCommand::Node(NodeCommand::Drain { node }) => {
-            let n = c.set_draining(rpc::SetDrainingRequest { node, draining: true }).await.map_err(status)?.into_inner();
+            let n = c
+                .set_draining(rpc::SetDrainingRequest { node, draining: true })
+                .await
+                .map_err(status)?
+                .into_inner();
             println!("{} is draining: it gets no new content and still serves what it has", n.name);
         }
         AdminCommand::Node(NodeCommand::Undrain { node }) => {
-            let n = c.set_draining(rpc::SetDrainingRequest { node, draining: false }).await.map_err(status)?.into_inner();
+            let n = c
+                .set_draining(rpc::SetDrainingRequest { node, draining: false })
+                .await
+                .map_err(status)?
+                .into_inner();
             println!("{} takes new content again", n.name);
         }
         AdminCommand::Node(NodeCommand::Cost { node, n }) => {
             let info = match n {
-                Some(cost) => c.set_node_cost(rpc::SetNodeCostRequest { node, cost }).await.map_err(status)?.into_inner(),
+                Some(cost) => c
+                    .set_node_cost(rpc::SetNodeCostRequest { node, cost })
+                    .await
+                    .map_err(status)?
+                    .into_inner(),
                 None => c
                     .list_nodes(rpc::ListNodesRequest::default())
                     .await
@@ -229,7 +265,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 c.set_wanted(req).await.map_err(status)?.into_inner()
             };
             if r.expression.is_empty() {
-                eprintln!("{} has no preferred content expression: it wants everything", r.node_name);
+                eprintln!(
+                    "{} has no preferred content expression: it wants everything",
+                    r.node_name
+                );
             } else {
                 println!("{}", r.expression);
             }
@@ -243,8 +282,11 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 Mode::ReadWrite
             };
             let token = auth::generate_token();
-            let req =
-                rpc::CreateTokenRequest { token_sha256: auth::hash_token(&token), mode: mode.as_str().to_string(), label };
+            let req = rpc::CreateTokenRequest {
+                token_sha256: auth::hash_token(&token),
+                mode: mode.as_str().to_string(),
+                label,
+            };
             let info = c.create_token(req).await.map_err(status)?.into_inner();
             // stdout carries only the token, so that scripts can capture it.
             println!("{token}");
@@ -255,19 +297,31 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Token(TokenCommand::List) => {
             println!("ID\tMODE\tCREATED\tLABEL");
-            for t in c.list_tokens(rpc::ListTokensRequest {}).await.map_err(status)?.into_inner().tokens {
+            for t in
+                c.list_tokens(rpc::ListTokensRequest {}).await.map_err(status)?.into_inner().tokens
+            {
                 let label = if t.label.is_empty() { "-" } else { t.label.as_str() };
                 println!("{}\t{}\t{}\t{}", t.id, t.mode, utc_time(t.created_unix_ms), label);
             }
         }
         AdminCommand::Token(TokenCommand::Revoke { id }) => {
-            let t = c.revoke_token(rpc::RevokeTokenRequest { id }).await.map_err(status)?.into_inner();
+            let t =
+                c.revoke_token(rpc::RevokeTokenRequest { id }).await.map_err(status)?.into_inner();
             println!("revoked {} token {}", t.mode, t.id);
         }
         AdminCommand::Whereis { key } => {
-            let entries = c.whereis(rpc::WhereisRequest { key: key.clone() }).await.map_err(status)?.into_inner().entries;
+            let entries = c
+                .whereis(rpc::WhereisRequest { key: key.clone() })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .entries;
             let present: Vec<_> = entries.iter().filter(|e| e.present).collect();
-            println!("{key}: {} cop{}", present.len(), if present.len() == 1 { "y" } else { "ies" });
+            println!(
+                "{key}: {} cop{}",
+                present.len(),
+                if present.len() == 1 { "y" } else { "ies" }
+            );
             for e in present {
                 println!("\t{} -- {}", e.node_uuid, e.node_name);
             }
@@ -295,7 +349,8 @@ mod tests {
             #[command(flatten)]
             admin: AdminArgs,
         }
-        let parse = |args: &[&str]| Cli::try_parse_from(["admin", "token", "create"].iter().chain(args));
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(["admin", "token", "create"].iter().chain(args));
         assert!(parse(&["--readonly", "--appendonly"]).is_err());
         match parse(&["--appendonly", "--label", "ci"]).unwrap().admin.command {
             AdminCommand::Token(TokenCommand::Create { readonly, appendonly, label }) => {

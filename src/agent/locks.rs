@@ -91,7 +91,8 @@ impl Uploads {
     pub async fn begin(&self, key: &Key, wait: std::time::Duration) -> Option<UploadGuard> {
         let key = key.to_string();
         let slot = self.keys.lock().unwrap().entry(key.clone()).or_default().clone();
-        let mut guard = UploadGuard { keys: self.keys.clone(), key, slot: slot.clone(), held: None };
+        let mut guard =
+            UploadGuard { keys: self.keys.clone(), key, slot: slot.clone(), held: None };
         // On timeout the guard is dropped and cleans its slot up.
         guard.held = Some(tokio::time::timeout(wait, slot.lock_owned()).await.ok()?);
         Some(guard)
@@ -122,7 +123,8 @@ mod tests {
         assert!(uploads.begin(&key, Duration::from_millis(10)).await.is_none());
         let u = uploads.clone();
         let k = key.clone();
-        let second = tokio::spawn(async move { u.begin(&k, Duration::from_secs(10)).await.is_some() });
+        let second =
+            tokio::spawn(async move { u.begin(&k, Duration::from_secs(10)).await.is_some() });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(first);
         assert!(second.await.unwrap());

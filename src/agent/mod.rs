@@ -53,12 +53,21 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     serve(cfg, listener, shutdown).await
 }
 
-pub async fn serve(cfg: AgentConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    cfg: AgentConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let store = Store::open(&cfg.store)?;
     let uuid = store.uuid()?;
     let local = listener.local_addr()?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| format!("http://{local}"));
-    let service = Arc::new(AgentService::new(store.clone(), uuid.clone(), cfg.name.clone(), cfg.cluster.clone()));
+    let service = Arc::new(AgentService::new(
+        store.clone(),
+        uuid.clone(),
+        cfg.name.clone(),
+        cfg.cluster.clone(),
+    ));
     info!(%uuid, name = %cfg.name, cluster = %cfg.cluster, %local, "agent serving");
 
     let registrar = tokio::spawn(keep_registered(
@@ -84,7 +93,10 @@ pub async fn serve(cfg: AgentConfig, listener: TcpListener, shutdown: Cancellati
         .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW))
         .max_frame_size(Some(rpc::MAX_FRAME))
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        )
         .await;
     shutdown.cancel();
     let _ = registrar.await;
@@ -160,7 +172,5 @@ async fn keep_registered(
 }
 
 fn free_bytes(path: &std::path::Path) -> u64 {
-    nix::sys::statvfs::statvfs(path)
-        .map(|s| s.blocks_available() * s.fragment_size())
-        .unwrap_or(0)
+    nix::sys::statvfs::statvfs(path).map(|s| s.blocks_available() * s.fragment_size()).unwrap_or(0)
 }

@@ -67,8 +67,7 @@ const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 const WRITER_QUEUE: usize = 8;
 
 pub(crate) fn parse_key(s: &str) -> Result<Key, Status> {
-    s.parse::<Key>()
-        .map_err(|e| Status::invalid_argument(format!("bad key {s:?}: {e}")))
+    s.parse::<Key>().map_err(|e| Status::invalid_argument(format!("bad key {s:?}: {e}")))
 }
 
 impl AgentService {
@@ -100,19 +99,22 @@ impl AgentService {
         stream: &mut Streaming<rpc::PutRequest>,
     ) -> Result<rpc::PutReply, Status> {
         if let Some(size) = key.size
-            && header.offset.checked_add(header.length) != Some(size) {
-                return Err(Status::invalid_argument(format!(
-                    "offset {} + length {} does not match the size {size} of {key}",
-                    header.offset, header.length
-                )));
-            }
+            && header.offset.checked_add(header.length) != Some(size)
+        {
+            return Err(Status::invalid_argument(format!(
+                "offset {} + length {} does not match the size {size} of {key}",
+                header.offset, header.length
+            )));
+        }
         // The whole upload on disk (open, resume, writes, hashing, then
         // commit or discard) runs as one job on a blocking thread, fed the
         // received chunks as they are, while this task keeps receiving: no
         // copy into a tokio file buffer and no hand-off per file operation.
         let (chunks, rx) = mpsc::channel::<Upload>(WRITER_QUEUE);
-        let (store, k, offset, length) = (self.store.clone(), key.clone(), header.offset, header.length);
-        let writer = tokio::task::spawn_blocking(move || write_upload(&store, &k, offset, length, rx));
+        let (store, k, offset, length) =
+            (self.store.clone(), key.clone(), header.offset, header.length);
+        let writer =
+            tokio::task::spawn_blocking(move || write_upload(&store, &k, offset, length, rx));
         let mut received: u64 = 0;
         let mut refused = None;
         loop {
@@ -163,7 +165,9 @@ impl AgentService {
 enum Upload {
     Data(Bytes),
     /// The sender's end marker: whether it vouches for the data.
-    End { valid: bool },
+    End {
+        valid: bool,
+    },
 }
 
 /// Writes an upload to its partial file from `offset` on, hashing it as it
@@ -199,7 +203,8 @@ fn write_upload(
     if let Some(v) = verifier.as_mut() {
         let mut remaining = offset;
         while remaining > 0 {
-            let part = read_chunk(&mut file, remaining.min(rpc::CHUNK_SIZE as u64) as usize).map_err(internal)?;
+            let part = read_chunk(&mut file, remaining.min(rpc::CHUNK_SIZE as u64) as usize)
+                .map_err(internal)?;
             if part.is_empty() {
                 return Err(Status::internal("partial file shrank while resuming"));
             }
@@ -240,7 +245,9 @@ fn write_upload(
             )));
         }
         Some(false) => "the sender marked the data invalid".to_string(),
-        Some(true) if received != length => format!("received {received} bytes of the {length} promised for {key}"),
+        Some(true) if received != length => {
+            format!("received {received} bytes of the {length} promised for {key}")
+        }
         Some(true) if !verifier.is_none_or(Verifier::finish) => {
             warn!(%key, "refused content that does not match its checksum");
             format!("content does not match the checksum in key {key}; nothing stored")
@@ -321,7 +328,9 @@ impl agent_server::Agent for AgentService {
             // window, counted from when it was granted.
             let unlocked = loop {
                 match inbound.message().await {
-                    Ok(Some(rpc::LockRequest { msg: Some(lock_request::Msg::Unlock(true)) })) => break true,
+                    Ok(Some(rpc::LockRequest { msg: Some(lock_request::Msg::Unlock(true)) })) => {
+                        break true;
+                    }
                     Ok(None) | Err(_) => break false,
                     Ok(Some(_)) => continue,
                 }
@@ -337,7 +346,10 @@ impl agent_server::Agent for AgentService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn remove(&self, req: Request<rpc::RemoveRequest>) -> Result<Response<rpc::RemoveReply>, Status> {
+    async fn remove(
+        &self,
+        req: Request<rpc::RemoveRequest>,
+    ) -> Result<Response<rpc::RemoveReply>, Status> {
         let req = req.into_inner();
         let key = parse_key(&req.key)?;
         if req.before_ms.is_some() && !req.boot_id.is_empty() && req.boot_id != self.boot_id {
@@ -348,15 +360,21 @@ impl agent_server::Agent for AgentService {
         }
         let outcome = self
             .locks
-            .remove_unless_locked(&key, || {
-                if let Some(before) = req.before_ms {
-                    let now = self.clock_ms();
-                    if now >= before {
-                        return Err(format!("not removed: deadline passed ({now} ms >= {before} ms)"));
+            .remove_unless_locked(
+                &key,
+                || {
+                    if let Some(before) = req.before_ms {
+                        let now = self.clock_ms();
+                        if now >= before {
+                            return Err(format!(
+                                "not removed: deadline passed ({now} ms >= {before} ms)"
+                            ));
+                        }
                     }
-                }
-                Ok(())
-            }, &self.store)
+                    Ok(())
+                },
+                &self.store,
+            )
             .await;
         let reply = match outcome {
             Ok(()) => {
@@ -380,7 +398,10 @@ impl agent_server::Agent for AgentService {
         }))
     }
 
-    async fn put_offset(&self, req: Request<rpc::KeyRequest>) -> Result<Response<rpc::PutOffsetReply>, Status> {
+    async fn put_offset(
+        &self,
+        req: Request<rpc::KeyRequest>,
+    ) -> Result<Response<rpc::PutOffsetReply>, Status> {
         let key = parse_key(&req.get_ref().key)?;
         let reply = if self.store.object_size(&key).await?.is_some() {
             rpc::PutOffsetReply { already_have: true, offset: 0 }
@@ -390,7 +411,10 @@ impl agent_server::Agent for AgentService {
         Ok(Response::new(reply))
     }
 
-    async fn put(&self, req: Request<Streaming<rpc::PutRequest>>) -> Result<Response<rpc::PutReply>, Status> {
+    async fn put(
+        &self,
+        req: Request<Streaming<rpc::PutRequest>>,
+    ) -> Result<Response<rpc::PutReply>, Status> {
         let mut stream = req.into_inner();
         let header = match stream.message().await? {
             Some(rpc::PutRequest { msg: Some(put_request::Msg::Header(h)) }) => h,
@@ -413,7 +437,10 @@ impl agent_server::Agent for AgentService {
 
     type GetStream = ReceiverStream<Result<rpc::GetReply, Status>>;
 
-    async fn get(&self, req: Request<rpc::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+    async fn get(
+        &self,
+        req: Request<rpc::GetRequest>,
+    ) -> Result<Response<Self::GetStream>, Status> {
         let req = req.into_inner();
         let key = parse_key(&req.key)?;
         let path = self.store.object_path(&key);
@@ -426,9 +453,14 @@ impl agent_server::Agent for AgentService {
         };
         let size = file.metadata().await.map_err(|e| Status::internal(e.to_string()))?.len();
         if req.offset > size {
-            return Err(Status::invalid_argument(format!("offset {} is beyond the size {size} of {key}", req.offset)));
+            return Err(Status::invalid_argument(format!(
+                "offset {} is beyond the size {size} of {key}",
+                req.offset
+            )));
         }
-        file.seek(std::io::SeekFrom::Start(req.offset)).await.map_err(|e| Status::internal(e.to_string()))?;
+        file.seek(std::io::SeekFrom::Start(req.offset))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let length = size - req.offset;
         info!(%key, offset = req.offset, length, "serving get");
         let (tx, rx) = mpsc::channel(4);
@@ -486,7 +518,13 @@ mod tests {
     }
 
     /// Runs one upload through the writer as the receiving task would feed it.
-    fn upload(store: &Store, key: &Key, offset: u64, length: u64, msgs: Vec<Upload>) -> Result<rpc::PutReply, Status> {
+    fn upload(
+        store: &Store,
+        key: &Key,
+        offset: u64,
+        length: u64,
+        msgs: Vec<Upload>,
+    ) -> Result<rpc::PutReply, Status> {
         let (tx, rx) = mpsc::channel(msgs.len().max(1));
         for m in msgs {
             tx.try_send(m).unwrap_or_else(|_| panic!("queue full"));
@@ -508,7 +546,14 @@ mod tests {
         let len = content.len() as u64;
 
         // The stream stops after 300000 bytes without an end marker.
-        let r = upload(&store, &key, 0, len, vec![data(&content[..100_000]), data(&content[100_000..300_000])]).unwrap();
+        let r = upload(
+            &store,
+            &key,
+            0,
+            len,
+            vec![data(&content[..100_000]), data(&content[100_000..300_000])],
+        )
+        .unwrap();
         assert!(!r.stored && r.error.contains("kept for resume"), "{r:?}");
         assert_eq!(std::fs::read(store.partial_path(&key)).unwrap(), &content[..300_000]);
 
@@ -518,8 +563,14 @@ mod tests {
         assert_eq!(std::fs::metadata(store.partial_path(&key)).unwrap().len(), 300_000);
 
         // Resuming at 250000 hashes what is there and overwrites the rest.
-        let r = upload(&store, &key, 250_000, len - 250_000, vec![data(&content[250_000..]), Upload::End { valid: true }])
-            .unwrap();
+        let r = upload(
+            &store,
+            &key,
+            250_000,
+            len - 250_000,
+            vec![data(&content[250_000..]), Upload::End { valid: true }],
+        )
+        .unwrap();
         assert!(r.stored, "{r:?}");
         assert_eq!(std::fs::read(store.object_path(&key)).unwrap(), content);
         assert!(!store.partial_path(&key).exists());

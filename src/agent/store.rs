@@ -189,9 +189,10 @@ mod tests {
         let u1 = store.uuid().unwrap();
         let u2 = Store::open(dir.path()).unwrap().uuid().unwrap();
         assert_eq!(u1, u2);
-        let key: Key = "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
-            .parse()
-            .unwrap();
+        let key: Key =
+            "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+                .parse()
+                .unwrap();
         let p = store.object_path(&key);
         assert!(p.starts_with(dir.path().join("annex/objects/992/280")));
         assert_eq!(store.object_size(&key).await.unwrap(), None);

@@ -53,16 +53,20 @@ impl Coordinator {
     /// `reserve`: the free space a PUT must leave on a node, for clusters
     /// that set none.
     pub fn open_with_reserve(data: &std::path::Path, reserve: u64) -> anyhow::Result<Coordinator> {
-        let state = Arc::new(
-            State::open(data).with_context(|| format!("cannot open the coordinator database in {}", data.display()))?,
-        );
+        let state = Arc::new(State::open(data).with_context(|| {
+            format!("cannot open the coordinator database in {}", data.display())
+        })?);
         let clock = Arc::new(ClusterClock::open(&state)?);
         clock.spawn_renewal(state.clone());
         let service = Arc::new(CoordinatorService::new(state.clone(), clock, reserve));
         Ok(Coordinator { state, service })
     }
 
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         info!(addr = %listener.local_addr()?, "coordinator serving");
         tonic::transport::Server::builder()
             .add_service(
@@ -71,7 +75,10 @@ impl Coordinator {
                     .max_encoding_message_size(rpc::MAX_MESSAGE),
             )
             .add_service(AdminServer::new(self.service.clone()))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.cancelled_owned(),
+            )
             .await
             .context("coordinator gRPC server failed")
     }

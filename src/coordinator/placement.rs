@@ -66,7 +66,9 @@ pub fn skip(c: &Candidate, size: u64, reserve: u64) -> Option<Skip> {
         return Some(Skip::Draining);
     }
     match c.free_bytes {
-        Some(free) if free.checked_sub(size).is_none_or(|left| left < reserve) => Some(Skip::ShortOfSpace { free }),
+        Some(free) if free.checked_sub(size).is_none_or(|left| left < reserve) => {
+            Some(Skip::ShortOfSpace { free })
+        }
         _ => None,
     }
 }
@@ -99,7 +101,10 @@ pub fn plan(
         .map(|c| c.uuid.clone())
         .collect();
     if wanting.is_empty() {
-        return Ok(Plan { targets: eligible.iter().map(|c| c.uuid.clone()).collect(), unwanted: true });
+        return Ok(Plan {
+            targets: eligible.iter().map(|c| c.uuid.clone()).collect(),
+            unwanted: true,
+        });
     }
     Ok(Plan { targets: wanting, unwanted: false })
 }
@@ -120,9 +125,11 @@ mod tests {
     }
 
     fn key(size: u64) -> Key {
-        format!("SHA256E-s{size}--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03.bin")
-            .parse()
-            .unwrap()
+        format!(
+            "SHA256E-s{size}--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03.bin"
+        )
+        .parse()
+        .unwrap()
     }
 
     fn targets(nodes: &[Candidate], size: u64) -> Vec<String> {
@@ -148,7 +155,8 @@ mod tests {
 
     #[test]
     fn unwanted_content_goes_to_every_eligible_node() {
-        let mut nodes = [node("n1", Some("nothing")), node("n2", Some("nothing")), node("n3", Some("nothing"))];
+        let mut nodes =
+            [node("n1", Some("nothing")), node("n2", Some("nothing")), node("n3", Some("nothing"))];
         let p = plan(&nodes, &key(10), None, 0, 100).unwrap();
         assert!(p.unwanted);
         assert_eq!(p.targets, ["uuid-n1", "uuid-n2", "uuid-n3"]);
@@ -172,14 +180,20 @@ mod tests {
         let err = plan(&nodes, &key(901), None, 0, 100).unwrap_err();
         assert_eq!(err.0.len(), 4);
         let msg = err.to_string();
-        for part in ["n1 is down", "n2 is draining", "n3 is short of space (1000 bytes free)", "n4 is down"] {
+        for part in
+            ["n1 is down", "n2 is draining", "n3 is short of space (1000 bytes free)", "n4 is down"]
+        {
             assert!(msg.contains(part), "{msg}");
         }
     }
 
     #[test]
     fn a_wanting_node_that_is_skipped_does_not_count() {
-        let mut nodes = [node("n1", Some("anything")), node("n2", Some("nothing")), node("n3", Some("nothing"))];
+        let mut nodes = [
+            node("n1", Some("anything")),
+            node("n2", Some("nothing")),
+            node("n3", Some("nothing")),
+        ];
         nodes[0].draining = true;
         // n1 would want it but is draining: nobody eligible wants it.
         assert_eq!(targets(&nodes, 10), ["uuid-n2", "uuid-n3"]);
@@ -187,7 +201,11 @@ mod tests {
 
     #[test]
     fn copies_and_files_reach_the_expressions() {
-        let nodes = [node("n1", Some("not copies=2")), node("n2", Some("include=dir/*")), node("n3", Some("exclude=*.bin"))];
+        let nodes = [
+            node("n1", Some("not copies=2")),
+            node("n2", Some("include=dir/*")),
+            node("n3", Some("exclude=*.bin")),
+        ];
         let p = |copies, file| plan(&nodes, &key(10), file, copies, 0).unwrap().targets;
         assert_eq!(p(0, Some("dir/x.bin")), ["uuid-n1", "uuid-n2"]);
         assert_eq!(p(2, Some("dir/x.bin")), ["uuid-n2"]);
@@ -197,6 +215,9 @@ mod tests {
 
     #[test]
     fn an_empty_cluster_says_so() {
-        assert_eq!(plan(&[], &key(1), None, 0, 0).unwrap_err().to_string(), "no node of the cluster can take the content now (the cluster has no nodes)");
+        assert_eq!(
+            plan(&[], &key(1), None, 0, 0).unwrap_err().to_string(),
+            "no node of the cluster can take the content now (the cluster has no nodes)"
+        );
     }
 }

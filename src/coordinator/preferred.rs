@@ -95,7 +95,9 @@ pub enum ParseError {
     Unsupported(String),
     #[error("bad size in {term:?}: {why}")]
     BadSize { term: String, why: String },
-    #[error("bad number in {0:?}: copies=N takes a whole number (trust levels and groups are not supported)")]
+    #[error(
+        "bad number in {0:?}: copies=N takes a whole number (trust levels and groups are not supported)"
+    )]
     BadCopies(String),
     #[error("bad glob in {term:?}: {why}")]
     BadGlob { term: String, why: String },
@@ -308,7 +310,9 @@ fn term(tok: &str) -> Result<Term, ParseError> {
         }
     };
     match name {
-        "anything" | "nothing" if value.is_some() => Err(ParseError::UnexpectedValue(name.to_string())),
+        "anything" | "nothing" if value.is_some() => {
+            Err(ParseError::UnexpectedValue(name.to_string()))
+        }
         "anything" => Ok(Term::Anything),
         "nothing" => Ok(Term::Nothing),
         "include" => Ok(Term::Include(glob(tok, &need(value)?)?)),
@@ -433,8 +437,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Debug, Clone)]
 pub struct Glob(Regex);
 
-const POSIX_CLASSES: &[&str] =
-    &["alnum", "alpha", "ascii", "blank", "cntrl", "digit", "graph", "lower", "print", "punct", "space", "upper", "word", "xdigit"];
+const POSIX_CLASSES: &[&str] = &[
+    "alnum", "alpha", "ascii", "blank", "cntrl", "digit", "graph", "lower", "print", "punct",
+    "space", "upper", "word", "xdigit",
+];
 
 /// A character inside a regex class, escaped when the class syntax needs it.
 fn class_char(c: char, out: &mut String) {
@@ -497,7 +503,9 @@ fn bracket(chars: &[char], mut i: usize, re: &mut String) -> Result<usize, Strin
             };
             let name = &rest[..end];
             if kind != ':' {
-                return Err(format!("\"[{kind}{name}{kind}]\": collating elements and equivalence classes are not supported"));
+                return Err(format!(
+                    "\"[{kind}{name}{kind}]\": collating elements and equivalence classes are not supported"
+                ));
             }
             if !POSIX_CLASSES.contains(&name) {
                 return Err(format!("unknown character class \"[:{name}:]\""));
@@ -529,14 +537,21 @@ mod tests {
     use proptest::prelude::*;
 
     fn key(size: Option<u64>) -> Key {
-        let mut k: Key = "SHA256E-s1--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03.txt".parse().unwrap();
+        let mut k: Key =
+            "SHA256E-s1--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03.txt"
+                .parse()
+                .unwrap();
         k.size = size;
         k
     }
 
     fn eval(expr: &str, size: Option<u64>, file: Option<&str>, copies: u64) -> bool {
         let k = key(size);
-        Expr::parse(expr).unwrap_or_else(|e| panic!("{expr:?}: {e}")).matches(&Subject { key: &k, file, copies })
+        Expr::parse(expr).unwrap_or_else(|e| panic!("{expr:?}: {e}")).matches(&Subject {
+            key: &k,
+            file,
+            copies,
+        })
     }
 
     fn err(expr: &str) -> ParseError {
@@ -577,7 +592,8 @@ mod tests {
         ] {
             assert_eq!(parse_size(s), Ok(n), "{s:?}");
         }
-        for bad in ["", "MB", "-1", "1 parsec", "1MB2", "1MB extra", ".5MB", "1QB", "99999999999EB"] {
+        for bad in ["", "MB", "-1", "1 parsec", "1MB2", "1MB extra", ".5MB", "1QB", "99999999999EB"]
+        {
             assert!(parse_size(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -674,7 +690,12 @@ mod tests {
             Some("archive/a.mp3"),
             0
         ));
-        assert!(eval("exclude=archive/* and (include=*.mp3 or smallerthan=1mb)", Some(10), Some("a.txt"), 0));
+        assert!(eval(
+            "exclude=archive/* and (include=*.mp3 or smallerthan=1mb)",
+            Some(10),
+            Some("a.txt"),
+            0
+        ));
     }
 
     #[test]
@@ -758,8 +779,12 @@ mod tests {
                 Gen::Copies(n) => format!("copies={n}"),
                 Gen::Include(g) => format!("include={g}"),
                 Gen::Not(a) => format!("not ({})", a.render(juxtapose)),
-                Gen::And(a, b) if juxtapose => format!("(({})({}))", a.render(juxtapose), b.render(juxtapose)),
-                Gen::And(a, b) => format!("( {} and {} )", a.render(juxtapose), b.render(juxtapose)),
+                Gen::And(a, b) if juxtapose => {
+                    format!("(({})({}))", a.render(juxtapose), b.render(juxtapose))
+                }
+                Gen::And(a, b) => {
+                    format!("( {} and {} )", a.render(juxtapose), b.render(juxtapose))
+                }
                 Gen::Or(a, b) => format!("({} or {})", a.render(juxtapose), b.render(juxtapose)),
             }
         }
@@ -777,7 +802,8 @@ mod tests {
         leaf.prop_recursive(5, 40, 2, |inner| {
             prop_oneof![
                 inner.clone().prop_map(|a| Gen::Not(Box::new(a))),
-                (inner.clone(), inner.clone()).prop_map(|(a, b)| Gen::And(Box::new(a), Box::new(b))),
+                (inner.clone(), inner.clone())
+                    .prop_map(|(a, b)| Gen::And(Box::new(a), Box::new(b))),
                 (inner.clone(), inner).prop_map(|(a, b)| Gen::Or(Box::new(a), Box::new(b))),
             ]
         })

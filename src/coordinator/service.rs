@@ -12,7 +12,8 @@ use super::clock::ClusterClock;
 use super::placement::{self, Candidate};
 use super::preferred::{self, Expr};
 use super::state::{
-    Cluster, ClusterSettings, DEFAULT_NODE_COST, Node, NodeSettings, Revoked, State, StateError, Token,
+    Cluster, ClusterSettings, DEFAULT_NODE_COST, Node, NodeSettings, Revoked, State, StateError,
+    Token,
 };
 use crate::auth::Mode;
 use crate::p2p::key::Key;
@@ -55,11 +56,15 @@ fn unix_ms() -> u64 {
 }
 
 fn valid_key(s: &str) -> Result<(), Status> {
-    s.parse::<Key>().map(|_| ()).map_err(|e| Status::invalid_argument(format!("bad key {s:?}: {e}")))
+    s.parse::<Key>()
+        .map(|_| ())
+        .map_err(|e| Status::invalid_argument(format!("bad key {s:?}: {e}")))
 }
 
 fn valid_uuid(s: &str) -> Result<(), Status> {
-    uuid::Uuid::parse_str(s).map(|_| ()).map_err(|_| Status::invalid_argument(format!("not a UUID: {s:?}")))
+    uuid::Uuid::parse_str(s)
+        .map(|_| ())
+        .map_err(|_| Status::invalid_argument(format!("not a UUID: {s:?}")))
 }
 
 fn is_lower_hex(s: &str) -> bool {
@@ -83,7 +88,9 @@ pub const MAX_TOKEN_LABEL: usize = 200;
 /// Labels are printed in tab-separated listings, so no control characters.
 fn valid_token_label(s: &str) -> Result<(), Status> {
     if s.chars().count() > MAX_TOKEN_LABEL {
-        return Err(Status::invalid_argument(format!("token label too long: at most {MAX_TOKEN_LABEL} characters")));
+        return Err(Status::invalid_argument(format!(
+            "token label too long: at most {MAX_TOKEN_LABEL} characters"
+        )));
     }
     if s.chars().any(char::is_control) {
         return Err(Status::invalid_argument(format!(
@@ -123,7 +130,11 @@ pub fn valid_name(s: &str) -> Result<(), Status> {
 }
 
 impl CoordinatorService {
-    pub fn new(state: Arc<State>, clock: Arc<ClusterClock>, reserve_default: u64) -> CoordinatorService {
+    pub fn new(
+        state: Arc<State>,
+        clock: Arc<ClusterClock>,
+        reserve_default: u64,
+    ) -> CoordinatorService {
         CoordinatorService {
             recorder: state.group_recorder(),
             state,
@@ -175,23 +186,35 @@ impl CoordinatorService {
 
     fn all_clusters(&self) -> Result<Vec<rpc::ClusterInfo>, Status> {
         let settings = self.state.cluster_settings()?;
-        Ok(self.state.clusters()?.iter().map(|c| self.cluster_info(c, settings.get(&c.uuid))).collect())
+        Ok(self
+            .state
+            .clusters()?
+            .iter()
+            .map(|c| self.cluster_info(c, settings.get(&c.uuid)))
+            .collect())
     }
 
     fn touch(&self, uuid: &str, free_bytes: Option<u64>, active_transfers: u32) {
         self.health.lock().unwrap().insert(
             uuid.to_string(),
-            Health { last_seen: Instant::now(), last_seen_unix_ms: unix_ms(), free_bytes, active_transfers },
+            Health {
+                last_seen: Instant::now(),
+                last_seen_unix_ms: unix_ms(),
+                free_bytes,
+                active_transfers,
+            },
         );
     }
 
     /// A node by name or UUID.
     fn find_node(&self, node: &str) -> Result<Node, Status> {
-        self.state
-            .nodes()?
-            .into_iter()
-            .find(|n| n.name == node || n.uuid == node)
-            .ok_or_else(|| Status::not_found(format!("unknown node {node:?} (`annexmesh admin node list` lists them)")))
+        self.state.nodes()?.into_iter().find(|n| n.name == node || n.uuid == node).ok_or_else(
+            || {
+                Status::not_found(format!(
+                    "unknown node {node:?} (`annexmesh admin node list` lists them)"
+                ))
+            },
+        )
     }
 
     /// A cluster by name or UUID.
@@ -223,7 +246,10 @@ impl CoordinatorService {
 
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for Arc<CoordinatorService> {
-    async fn register(&self, req: Request<rpc::RegisterRequest>) -> Result<Response<rpc::RegisterReply>, Status> {
+    async fn register(
+        &self,
+        req: Request<rpc::RegisterRequest>,
+    ) -> Result<Response<rpc::RegisterReply>, Status> {
         let r = req.into_inner();
         valid_uuid(&r.uuid)?;
         valid_name(&r.name)?;
@@ -233,13 +259,20 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
                 r.cluster, r.cluster
             ))
         })?;
-        if let Some(other) = self.state.nodes()?.into_iter().find(|n| n.name == r.name && n.uuid != r.uuid) {
+        if let Some(other) =
+            self.state.nodes()?.into_iter().find(|n| n.name == r.name && n.uuid != r.uuid)
+        {
             return Err(Status::already_exists(format!(
                 "node name {:?} is taken by node {}; choose another --name",
                 r.name, other.uuid
             )));
         }
-        let node = Node { uuid: r.uuid.clone(), name: r.name, cluster_uuid: cluster.uuid.clone(), address: r.address };
+        let node = Node {
+            uuid: r.uuid.clone(),
+            name: r.name,
+            cluster_uuid: cluster.uuid.clone(),
+            address: r.address,
+        };
         if self.state.node(&node.uuid)?.as_ref() != Some(&node) {
             self.state.upsert_node(&node)?;
             info!(node = %node.uuid, name = %node.name, cluster = %cluster.name, address = %node.address, "node registered");
@@ -249,7 +282,10 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
         Ok(Response::new(rpc::RegisterReply { cluster_uuid: cluster.uuid }))
     }
 
-    async fn heartbeat(&self, req: Request<rpc::HeartbeatRequest>) -> Result<Response<rpc::HeartbeatReply>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<rpc::HeartbeatRequest>,
+    ) -> Result<Response<rpc::HeartbeatReply>, Status> {
         let r = req.into_inner();
         let known = self.state.node(&r.uuid)?.is_some();
         if known {
@@ -258,27 +294,49 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
         Ok(Response::new(rpc::HeartbeatReply { known }))
     }
 
-    async fn topology(&self, _: Request<rpc::TopologyRequest>) -> Result<Response<rpc::TopologyReply>, Status> {
-        Ok(Response::new(rpc::TopologyReply { clusters: self.all_clusters()?, nodes: self.all_nodes()? }))
+    async fn topology(
+        &self,
+        _: Request<rpc::TopologyRequest>,
+    ) -> Result<Response<rpc::TopologyReply>, Status> {
+        Ok(Response::new(rpc::TopologyReply {
+            clusters: self.all_clusters()?,
+            nodes: self.all_nodes()?,
+        }))
     }
 
-    async fn locate(&self, req: Request<rpc::LocateRequest>) -> Result<Response<rpc::LocateReply>, Status> {
+    async fn locate(
+        &self,
+        req: Request<rpc::LocateRequest>,
+    ) -> Result<Response<rpc::LocateReply>, Status> {
         let key = &req.get_ref().key;
         valid_key(key)?;
-        let node_uuids = self.state.locations(key)?.into_iter().filter(|e| e.present).map(|e| e.node_uuid).collect();
+        let node_uuids = self
+            .state
+            .locations(key)?
+            .into_iter()
+            .filter(|e| e.present)
+            .map(|e| e.node_uuid)
+            .collect();
         Ok(Response::new(rpc::LocateReply { node_uuids }))
     }
 
-    async fn plan_put(&self, req: Request<rpc::PlanPutRequest>) -> Result<Response<rpc::PlanPutReply>, Status> {
+    async fn plan_put(
+        &self,
+        req: Request<rpc::PlanPutRequest>,
+    ) -> Result<Response<rpc::PlanPutReply>, Status> {
         let r = req.into_inner();
-        let key: Key = r.key.parse().map_err(|e| Status::invalid_argument(format!("bad key {:?}: {e}", r.key)))?;
+        let key: Key = r
+            .key
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("bad key {:?}: {e}", r.key)))?;
         let cluster = self
             .state
             .cluster_by_uuid(&r.cluster_uuid)?
             .ok_or_else(|| Status::not_found(format!("unknown cluster {}", r.cluster_uuid)))?;
         let cs = self.state.cluster_settings()?.remove(&cluster.uuid).unwrap_or_default();
         let settings = self.state.node_settings()?;
-        let nodes: Vec<Node> = self.state.nodes()?.into_iter().filter(|n| n.cluster_uuid == cluster.uuid).collect();
+        let nodes: Vec<Node> =
+            self.state.nodes()?.into_iter().filter(|n| n.cluster_uuid == cluster.uuid).collect();
         let mut candidates = Vec::with_capacity(nodes.len());
         for n in &nodes {
             let (healthy, health) = self.health(&n.uuid);
@@ -311,7 +369,10 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
         let plan = placement::plan(&candidates, &key, file, copies, reserve)
             .map_err(|e| Status::unavailable(e.to_string()))?;
         debug!(key = %r.key, file = ?file, targets = ?plan.targets, unwanted = plan.unwanted, "planned put");
-        Ok(Response::new(rpc::PlanPutReply { node_uuids: plan.targets, min_copies: cs.min_copies.unwrap_or(1) }))
+        Ok(Response::new(rpc::PlanPutReply {
+            node_uuids: plan.targets,
+            min_copies: cs.min_copies.unwrap_or(1),
+        }))
     }
 
     async fn record_locations(
@@ -323,7 +384,8 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
             valid_key(&c.key)?;
             valid_uuid(&c.node_uuid)?;
         }
-        let changes: Vec<_> = changes.into_iter().map(|c| (c.key, c.node_uuid, c.present)).collect();
+        let changes: Vec<_> =
+            changes.into_iter().map(|c| (c.key, c.node_uuid, c.present)).collect();
         self.recorder.record(changes).await.map_err(Status::internal)?;
         Ok(Response::new(rpc::RecordLocationsReply {}))
     }
@@ -337,14 +399,25 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
             return Err(Status::not_found(format!("unknown cluster {uuid}")));
         }
         let ms = self.clock.now_ms();
-        Ok(Response::new(rpc::TimestampReply { timestamp: ms / 1000, timestamp_ms: ms, boot_id: String::new() }))
+        Ok(Response::new(rpc::TimestampReply {
+            timestamp: ms / 1000,
+            timestamp_ms: ms,
+            boot_id: String::new(),
+        }))
     }
 
-    async fn check_token(&self, req: Request<rpc::CheckTokenRequest>) -> Result<Response<rpc::CheckTokenReply>, Status> {
+    async fn check_token(
+        &self,
+        req: Request<rpc::CheckTokenRequest>,
+    ) -> Result<Response<rpc::CheckTokenReply>, Status> {
         let hash = &req.get_ref().token_sha256;
         valid_token_sha256(hash)?;
         let reply = match self.state.token(hash)? {
-            Some(t) => rpc::CheckTokenReply { valid: true, mode: t.mode.as_str().to_string(), id: t.id().to_string() },
+            Some(t) => rpc::CheckTokenReply {
+                valid: true,
+                mode: t.mode.as_str().to_string(),
+                id: t.id().to_string(),
+            },
             None => rpc::CheckTokenReply::default(),
         };
         Ok(Response::new(reply))
@@ -353,24 +426,36 @@ impl coordinator_server::Coordinator for Arc<CoordinatorService> {
 
 #[tonic::async_trait]
 impl admin_server::Admin for Arc<CoordinatorService> {
-    async fn create_cluster(&self, req: Request<rpc::CreateClusterRequest>) -> Result<Response<rpc::ClusterInfo>, Status> {
+    async fn create_cluster(
+        &self,
+        req: Request<rpc::CreateClusterRequest>,
+    ) -> Result<Response<rpc::ClusterInfo>, Status> {
         let name = &req.get_ref().name;
         valid_name(name)?;
         let (c, created) = self.state.create_cluster(name)?;
         if !created {
-            return Err(Status::already_exists(format!("cluster {name:?} exists already ({})", c.uuid)));
+            return Err(Status::already_exists(format!(
+                "cluster {name:?} exists already ({})",
+                c.uuid
+            )));
         }
         info!(cluster = %c.name, uuid = %c.uuid, "cluster created");
         Ok(Response::new(self.cluster_info(&c, None)))
     }
 
-    async fn list_clusters(&self, _: Request<rpc::ListClustersRequest>) -> Result<Response<rpc::ListClustersReply>, Status> {
+    async fn list_clusters(
+        &self,
+        _: Request<rpc::ListClustersRequest>,
+    ) -> Result<Response<rpc::ListClustersReply>, Status> {
         let mut clusters = self.all_clusters()?;
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(rpc::ListClustersReply { clusters }))
     }
 
-    async fn list_nodes(&self, req: Request<rpc::ListNodesRequest>) -> Result<Response<rpc::ListNodesReply>, Status> {
+    async fn list_nodes(
+        &self,
+        req: Request<rpc::ListNodesRequest>,
+    ) -> Result<Response<rpc::ListNodesReply>, Status> {
         let name = &req.get_ref().cluster;
         let mut nodes = self.all_nodes()?;
         if !name.is_empty() {
@@ -384,10 +469,14 @@ impl admin_server::Admin for Arc<CoordinatorService> {
         Ok(Response::new(rpc::ListNodesReply { nodes }))
     }
 
-    async fn whereis(&self, req: Request<rpc::WhereisRequest>) -> Result<Response<rpc::WhereisReply>, Status> {
+    async fn whereis(
+        &self,
+        req: Request<rpc::WhereisRequest>,
+    ) -> Result<Response<rpc::WhereisReply>, Status> {
         let key = &req.get_ref().key;
         valid_key(key)?;
-        let names: HashMap<String, String> = self.state.nodes()?.into_iter().map(|n| (n.uuid, n.name)).collect();
+        let names: HashMap<String, String> =
+            self.state.nodes()?.into_iter().map(|n| (n.uuid, n.name)).collect();
         let entries = self
             .state
             .locations(key)?
@@ -402,20 +491,29 @@ impl admin_server::Admin for Arc<CoordinatorService> {
         Ok(Response::new(rpc::WhereisReply { entries }))
     }
 
-    async fn get_wanted(&self, req: Request<rpc::GetWantedRequest>) -> Result<Response<rpc::WantedReply>, Status> {
+    async fn get_wanted(
+        &self,
+        req: Request<rpc::GetWantedRequest>,
+    ) -> Result<Response<rpc::WantedReply>, Status> {
         let n = self.find_node(&req.get_ref().node)?;
         let settings = self.state.node_settings()?.remove(&n.uuid).unwrap_or_default();
         Ok(Response::new(CoordinatorService::wanted_reply(&n, &settings)))
     }
 
-    async fn set_wanted(&self, req: Request<rpc::SetWantedRequest>) -> Result<Response<rpc::WantedReply>, Status> {
+    async fn set_wanted(
+        &self,
+        req: Request<rpc::SetWantedRequest>,
+    ) -> Result<Response<rpc::WantedReply>, Status> {
         let r = req.into_inner();
         let n = self.find_node(&r.node)?;
         let wanted = if r.expression.trim().is_empty() {
             None
         } else {
             let e = self.expr(&r.expression).map_err(|e| {
-                Status::invalid_argument(format!("bad preferred content expression {:?}: {e}", r.expression))
+                Status::invalid_argument(format!(
+                    "bad preferred content expression {:?}: {e}",
+                    r.expression
+                ))
             })?;
             Some(e.as_str().to_string())
         };
@@ -424,7 +522,10 @@ impl admin_server::Admin for Arc<CoordinatorService> {
         Ok(Response::new(CoordinatorService::wanted_reply(&n, &settings)))
     }
 
-    async fn set_draining(&self, req: Request<rpc::SetDrainingRequest>) -> Result<Response<rpc::NodeInfo>, Status> {
+    async fn set_draining(
+        &self,
+        req: Request<rpc::SetDrainingRequest>,
+    ) -> Result<Response<rpc::NodeInfo>, Status> {
         let r = req.into_inner();
         let n = self.find_node(&r.node)?;
         let settings = self.state.update_node_settings(&n.uuid, |s| s.draining = r.draining)?;
@@ -439,9 +540,12 @@ impl admin_server::Admin for Arc<CoordinatorService> {
         let r = req.into_inner();
         let c = self.find_cluster(&r.cluster)?;
         if r.min_copies == 0 {
-            return Err(Status::invalid_argument("the minimum number of copies must be at least 1"));
+            return Err(Status::invalid_argument(
+                "the minimum number of copies must be at least 1",
+            ));
         }
-        let settings = self.state.update_cluster_settings(&c.uuid, |s| s.min_copies = Some(r.min_copies))?;
+        let settings =
+            self.state.update_cluster_settings(&c.uuid, |s| s.min_copies = Some(r.min_copies))?;
         info!(cluster = %c.name, min_copies = r.min_copies, "minimum copies set");
         Ok(Response::new(self.cluster_info(&c, Some(&settings))))
     }
@@ -459,12 +563,16 @@ impl admin_server::Admin for Arc<CoordinatorService> {
                     .map_err(|e| Status::invalid_argument(format!("bad reserve: {e}")))?,
             ),
         };
-        let settings = self.state.update_cluster_settings(&c.uuid, |s| s.reserve_bytes = reserve)?;
+        let settings =
+            self.state.update_cluster_settings(&c.uuid, |s| s.reserve_bytes = reserve)?;
         info!(cluster = %c.name, reserve = ?reserve, "space reserve set");
         Ok(Response::new(self.cluster_info(&c, Some(&settings))))
     }
 
-    async fn set_node_cost(&self, req: Request<rpc::SetNodeCostRequest>) -> Result<Response<rpc::NodeInfo>, Status> {
+    async fn set_node_cost(
+        &self,
+        req: Request<rpc::SetNodeCostRequest>,
+    ) -> Result<Response<rpc::NodeInfo>, Status> {
         let r = req.into_inner();
         let n = self.find_node(&r.node)?;
         let settings = self.state.update_node_settings(&n.uuid, |s| s.cost = Some(r.cost))?;
@@ -472,26 +580,41 @@ impl admin_server::Admin for Arc<CoordinatorService> {
         Ok(Response::new(self.node_info(&n, Some(&settings))))
     }
 
-    async fn create_token(&self, req: Request<rpc::CreateTokenRequest>) -> Result<Response<rpc::TokenInfo>, Status> {
+    async fn create_token(
+        &self,
+        req: Request<rpc::CreateTokenRequest>,
+    ) -> Result<Response<rpc::TokenInfo>, Status> {
         let r = req.into_inner();
         valid_token_sha256(&r.token_sha256)?;
         let mode: Mode = r.mode.parse().map_err(Status::invalid_argument)?;
         valid_token_label(&r.label)?;
-        let token = Token { sha256: r.token_sha256, mode, label: r.label, created_unix_ms: unix_ms() };
+        let token =
+            Token { sha256: r.token_sha256, mode, label: r.label, created_unix_ms: unix_ms() };
         if !self.state.create_token(&token)? {
-            return Err(Status::already_exists(format!("a token with this hash exists already ({})", token.id())));
+            return Err(Status::already_exists(format!(
+                "a token with this hash exists already ({})",
+                token.id()
+            )));
         }
         info!(token = %token.id(), mode = %token.mode, label = %token.label, "access token created");
         Ok(Response::new(token_info(&token)))
     }
 
-    async fn list_tokens(&self, _: Request<rpc::ListTokensRequest>) -> Result<Response<rpc::ListTokensReply>, Status> {
+    async fn list_tokens(
+        &self,
+        _: Request<rpc::ListTokensRequest>,
+    ) -> Result<Response<rpc::ListTokensReply>, Status> {
         let mut tokens = self.state.tokens()?;
-        tokens.sort_by(|a, b| a.created_unix_ms.cmp(&b.created_unix_ms).then_with(|| a.sha256.cmp(&b.sha256)));
+        tokens.sort_by(|a, b| {
+            a.created_unix_ms.cmp(&b.created_unix_ms).then_with(|| a.sha256.cmp(&b.sha256))
+        });
         Ok(Response::new(rpc::ListTokensReply { tokens: tokens.iter().map(token_info).collect() }))
     }
 
-    async fn revoke_token(&self, req: Request<rpc::RevokeTokenRequest>) -> Result<Response<rpc::TokenInfo>, Status> {
+    async fn revoke_token(
+        &self,
+        req: Request<rpc::RevokeTokenRequest>,
+    ) -> Result<Response<rpc::TokenInfo>, Status> {
         let id = req.get_ref().id.trim().to_ascii_lowercase();
         if id.len() < MIN_TOKEN_ID_PREFIX || id.len() > 64 || !is_lower_hex(&id) {
             return Err(Status::invalid_argument(format!(

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -121,8 +121,16 @@ struct TokenRecord {
 
 fn decode_token(sha256: &str, v: &str) -> Result<Token> {
     let r: TokenRecord = decode(v)?;
-    let mode = r.mode.parse().map_err(|e| StateError::Corrupt(format!("token {}: {e}", auth::token_id(sha256))))?;
-    Ok(Token { sha256: sha256.to_string(), mode, label: r.label, created_unix_ms: r.created_unix_ms })
+    let mode = r
+        .mode
+        .parse()
+        .map_err(|e| StateError::Corrupt(format!("token {}: {e}", auth::token_id(sha256))))?;
+    Ok(Token {
+        sha256: sha256.to_string(),
+        mode,
+        label: r.label,
+        created_unix_ms: r.created_unix_ms,
+    })
 }
 
 /// What revoking by an id prefix did.
@@ -244,7 +252,11 @@ impl State {
     }
 
     /// Changes a node's settings in one transaction; returns the result.
-    pub fn update_node_settings(&self, uuid: &str, f: impl FnOnce(&mut NodeSettings)) -> Result<NodeSettings> {
+    pub fn update_node_settings(
+        &self,
+        uuid: &str,
+        f: impl FnOnce(&mut NodeSettings),
+    ) -> Result<NodeSettings> {
         self.update_settings(NODE_SETTINGS, uuid, f)
     }
 
@@ -299,7 +311,8 @@ impl State {
         let mut prev = self.last_stamp.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);
-            match self.last_stamp.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.last_stamp.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return next,
                 Err(p) => prev = p,
             }
@@ -475,7 +488,8 @@ mod tests {
             s.record(&[(format!("{key}x"), "n3".into(), true)]).unwrap();
         }
         let s = State::open(dir.path()).unwrap();
-        let mut got: Vec<_> = s.locations(key).unwrap().into_iter().map(|e| (e.node_uuid, e.present)).collect();
+        let mut got: Vec<_> =
+            s.locations(key).unwrap().into_iter().map(|e| (e.node_uuid, e.present)).collect();
         got.sort();
         assert_eq!(got, vec![("n1".to_string(), true), ("n2".to_string(), false)]);
     }
@@ -490,7 +504,12 @@ mod tests {
                 let rec = rec.clone();
                 tokio::spawn(async move {
                     let key = format!("SHA256E-s{i}--{i:064x}");
-                    rec.record(vec![(key.clone(), "n1".into(), true), (key.clone(), "n2".into(), true)]).await.unwrap();
+                    rec.record(vec![
+                        (key.clone(), "n1".into(), true),
+                        (key.clone(), "n2".into(), true),
+                    ])
+                    .await
+                    .unwrap();
                     // A later request for the same key and node wins.
                     rec.record(vec![(key, "n2".into(), false)]).await.unwrap();
                 })
@@ -501,7 +520,13 @@ mod tests {
         }
         for i in 0..64 {
             let key = format!("SHA256E-s{i}--{i:064x}");
-            let present: Vec<_> = s.locations(&key).unwrap().into_iter().filter(|e| e.present).map(|e| e.node_uuid).collect();
+            let present: Vec<_> = s
+                .locations(&key)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.present)
+                .map(|e| e.node_uuid)
+                .collect();
             assert_eq!(present, vec!["n1".to_string()], "{key}");
         }
         assert!(rec.record(Vec::new()).await.is_ok());
@@ -510,7 +535,12 @@ mod tests {
     #[test]
     fn settings_survive_reopen_and_registration() {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node { uuid: "n1".into(), name: "node1".into(), cluster_uuid: "c".into(), address: "a".into() };
+        let node = Node {
+            uuid: "n1".into(),
+            name: "node1".into(),
+            cluster_uuid: "c".into(),
+            address: "a".into(),
+        };
         {
             let s = State::open(dir.path()).unwrap();
             s.upsert_node(&node).unwrap();
@@ -520,7 +550,10 @@ mod tests {
                     n.draining = true;
                 })
                 .unwrap();
-            assert_eq!(set, NodeSettings { wanted: Some("largerthan=1MB".into()), draining: true, cost: None });
+            assert_eq!(
+                set,
+                NodeSettings { wanted: Some("largerthan=1MB".into()), draining: true, cost: None }
+            );
             let set = s.update_node_settings("n1", |n| n.cost = Some(10)).unwrap();
             assert_eq!(set.cost, Some(10));
             s.update_cluster_settings("c", |c| c.min_copies = Some(3)).unwrap();
@@ -531,7 +564,11 @@ mod tests {
         let s = State::open(dir.path()).unwrap();
         assert_eq!(
             s.node_settings().unwrap().get("n1"),
-            Some(&NodeSettings { wanted: Some("largerthan=1MB".into()), draining: true, cost: Some(10) })
+            Some(&NodeSettings {
+                wanted: Some("largerthan=1MB".into()),
+                draining: true,
+                cost: Some(10)
+            })
         );
         assert_eq!(
             s.cluster_settings().unwrap().get("c"),
@@ -543,7 +580,12 @@ mod tests {
     }
 
     fn token(secret: &str, mode: Mode, label: &str) -> Token {
-        Token { sha256: auth::hash_token(secret), mode, label: label.into(), created_unix_ms: 1_700_000_000_000 }
+        Token {
+            sha256: auth::hash_token(secret),
+            mode,
+            label: label.into(),
+            created_unix_ms: 1_700_000_000_000,
+        }
     }
 
     #[test]
@@ -556,7 +598,14 @@ mod tests {
             assert!(s.create_token(&rw).unwrap());
             assert!(s.create_token(&ro).unwrap());
             // The same hash again changes nothing, whatever the mode.
-            assert!(!s.create_token(&Token { mode: Mode::ReadOnly, label: "other".into(), ..rw.clone() }).unwrap());
+            assert!(
+                !s.create_token(&Token {
+                    mode: Mode::ReadOnly,
+                    label: "other".into(),
+                    ..rw.clone()
+                })
+                .unwrap()
+            );
             assert_eq!(s.token(&rw.sha256).unwrap(), Some(rw.clone()));
         }
         let s = State::open(dir.path()).unwrap();
@@ -621,7 +670,8 @@ mod tests {
     }
 }
 
-type Pending = (Vec<(String, String, bool)>, tokio::sync::oneshot::Sender<std::result::Result<(), String>>);
+type Pending =
+    (Vec<(String, String, bool)>, tokio::sync::oneshot::Sender<std::result::Result<(), String>>);
 
 /// Hands location changes to the writer thread of `State::group_recorder`.
 #[derive(Clone)]
@@ -632,12 +682,17 @@ pub struct GroupRecorder {
 impl GroupRecorder {
     /// Returns once the changes are committed (with whatever else was
     /// waiting); the error is the commit's.
-    pub async fn record(&self, changes: Vec<(String, String, bool)>) -> std::result::Result<(), String> {
+    pub async fn record(
+        &self,
+        changes: Vec<(String, String, bool)>,
+    ) -> std::result::Result<(), String> {
         if changes.is_empty() {
             return Ok(());
         }
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.tx.send((changes, done)).map_err(|_| "the location-log writer has stopped".to_string())?;
+        self.tx
+            .send((changes, done))
+            .map_err(|_| "the location-log writer has stopped".to_string())?;
         wait.await.map_err(|_| "the location-log writer has stopped".to_string())?
     }
 }

@@ -69,7 +69,8 @@ impl AgentClocks {
         let age = deadline_ms.saturating_sub(sync.measured_at_ms);
         let margin = (age * DRIFT_PPM).div_ceil(1_000_000) as i64 + 1;
         let before = deadline_ms as i64 + sync.offset_ms - margin;
-        (before > 0).then(|| AgentDeadline { before_ms: before as u64, boot_id: sync.boot_id.clone() })
+        (before > 0)
+            .then(|| AgentDeadline { before_ms: before as u64, boot_id: sync.boot_id.clone() })
     }
 
     /// Drops what is known of `node`'s clock, after it refused a deadline
@@ -81,7 +82,11 @@ impl AgentClocks {
     async fn measure(&self, node: &str, agent: &mut AgentClient<Channel>) -> Result<Sync, Status> {
         let r = agent.get_timestamp(rpc::TimestampRequest {}).await?.into_inner();
         let received = boottime_ms();
-        let sync = Sync { boot_id: r.boot_id, offset_ms: r.timestamp_ms as i64 - received as i64, measured_at_ms: received };
+        let sync = Sync {
+            boot_id: r.boot_id,
+            offset_ms: r.timestamp_ms as i64 - received as i64,
+            measured_at_ms: received,
+        };
         self.syncs.lock().unwrap().insert(node.to_string(), sync.clone());
         Ok(sync)
     }

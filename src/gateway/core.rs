@@ -105,7 +105,11 @@ impl Core {
 
     /// The nodes of `repo` the location log lists for `key`: those up, and
     /// those the coordinator reports down.
-    async fn listed(&self, repo: &Repo, key: &Key) -> Result<(Vec<rpc::NodeInfo>, Vec<rpc::NodeInfo>)> {
+    async fn listed(
+        &self,
+        repo: &Repo,
+        key: &Key,
+    ) -> Result<(Vec<rpc::NodeInfo>, Vec<rpc::NodeInfo>)> {
         let located = self
             .mesh
             .coordinator()
@@ -134,7 +138,9 @@ impl Core {
 
     /// Asks every node in parallel; records what it finds.
     pub(super) async fn probe(&self, nodes: &[rpc::NodeInfo], key: &Key) -> Vec<rpc::NodeInfo> {
-        let asks = nodes.iter().map(|n| async move { self.present_on(n, key).await.ok()?.then(|| n.clone()) });
+        let asks = nodes
+            .iter()
+            .map(|n| async move { self.present_on(n, key).await.ok()?.then(|| n.clone()) });
         let found: Vec<_> = join_all(asks).await.into_iter().flatten().collect();
         self.record(found.iter().map(|n| (key.to_string(), n.uuid.clone(), true)).collect()).await;
         found
@@ -142,7 +148,11 @@ impl Core {
 
     /// Whether `node` has the content; an error names the node and says why
     /// it could not tell.
-    async fn present_on(&self, node: &rpc::NodeInfo, key: &Key) -> std::result::Result<bool, String> {
+    async fn present_on(
+        &self,
+        node: &rpc::NodeInfo,
+        key: &Key,
+    ) -> std::result::Result<bool, String> {
         let ask = async {
             let mut c = self.mesh.agent(node).map_err(|s| s.message().to_string())?;
             let r = c.check_present(rpc::KeyRequest { key: key.to_string() }).await;
@@ -170,7 +180,8 @@ impl Core {
         }
         let (listed, down) = self.listed(repo, key).await?;
         let mut asked = Vec::new();
-        let mut unreachable: Vec<String> = down.iter().map(|n| format!("{} is down", n.name)).collect();
+        let mut unreachable: Vec<String> =
+            down.iter().map(|n| format!("{} is down", n.name)).collect();
         for node in self.mesh.rank(listed) {
             asked.push(node.uuid.clone());
             match self.present_on(&node, key).await {
@@ -182,7 +193,8 @@ impl Core {
                 Err(e) => unreachable.push(e),
             }
         }
-        let others: Vec<_> = repo.nodes().into_iter().filter(|n| n.healthy && !asked.contains(&n.uuid)).collect();
+        let others: Vec<_> =
+            repo.nodes().into_iter().filter(|n| n.healthy && !asked.contains(&n.uuid)).collect();
         if !self.probe(&others, key).await.is_empty() {
             return Ok(true);
         }
@@ -199,7 +211,9 @@ impl Core {
         for node in self.holders(repo, key).await? {
             let Ok(mut c) = self.mesh.agent(&node) else { continue };
             let (tx, rx) = mpsc::channel(2);
-            let _ = tx.send(rpc::LockRequest { msg: Some(lock_request::Msg::Key(key.to_string())) }).await;
+            let _ = tx
+                .send(rpc::LockRequest { msg: Some(lock_request::Msg::Key(key.to_string())) })
+                .await;
             let mut replies = match c.lock_content(ReceiverStream::new(rx)).await {
                 Ok(r) => r.into_inner(),
                 Err(s) => {
@@ -208,12 +222,13 @@ impl Core {
                 }
             };
             if let Ok(Some(r)) = replies.message().await
-                && r.locked {
-                    // The reply stream ends when the agent lets go; keep it
-                    // drained so the lock stream stays healthy.
-                    tokio::spawn(async move { while let Ok(Some(_)) = replies.message().await {} });
-                    return Ok(Some(HeldLock { node: node.uuid, tx }));
-                }
+                && r.locked
+            {
+                // The reply stream ends when the agent lets go; keep it
+                // drained so the lock stream stays healthy.
+                tokio::spawn(async move { while let Ok(Some(_)) = replies.message().await {} });
+                return Ok(Some(HeldLock { node: node.uuid, tx }));
+            }
         }
         Ok(None)
     }
@@ -232,7 +247,9 @@ impl Core {
         let r = self
             .mesh
             .coordinator()
-            .cluster_timestamp(rpc::ClusterTimestampRequest { cluster_uuid: repo.cluster_uuid().to_string() })
+            .cluster_timestamp(rpc::ClusterTimestampRequest {
+                cluster_uuid: repo.cluster_uuid().to_string(),
+            })
             .await
             .map_err(|s| unavailable("coordinator", s))?
             .into_inner();
@@ -252,17 +269,24 @@ impl Core {
                 let (now_ms, received, rtt) = self.cluster_clock_ms(repo).await?;
                 let left = secs.saturating_mul(1000).saturating_sub(now_ms + rtt);
                 if left == 0 {
-                    return Ok(Outcome { ok: false, plus: Vec::new(), error: Some(DEADLINE_PASSED.into()) });
+                    return Ok(Outcome {
+                        ok: false,
+                        plus: Vec::new(),
+                        error: Some(DEADLINE_PASSED.into()),
+                    });
                 }
                 Some(received + left)
             }
         };
         // Every node, also one that joined or moved a moment ago.
         let nodes = self.mesh.fresh(repo).await.nodes();
-        let removes = nodes.iter().map(|n| async move { (n.uuid.clone(), self.remove_on(n, key, deadline).await) });
+        let removes = nodes
+            .iter()
+            .map(|n| async move { (n.uuid.clone(), self.remove_on(n, key, deadline).await) });
         let results = join_all(removes).await;
         Metrics::add(&self.metrics.removes, 1);
-        let removed: Vec<String> = results.iter().filter(|(_, r)| r.is_ok()).map(|(u, _)| u.clone()).collect();
+        let removed: Vec<String> =
+            results.iter().filter(|(_, r)| r.is_ok()).map(|(u, _)| u.clone()).collect();
         let error = results.iter().find_map(|(_, r)| r.as_ref().err().cloned());
         self.record(removed.iter().map(|u| (key.to_string(), u.clone(), false)).collect()).await;
         if let Some(e) = &error {
@@ -273,7 +297,12 @@ impl Core {
     }
 
     /// Removes from one node; `deadline` is in our clock.
-    async fn remove_on(&self, n: &rpc::NodeInfo, key: &Key, deadline: Option<u64>) -> std::result::Result<(), String> {
+    async fn remove_on(
+        &self,
+        n: &rpc::NodeInfo,
+        key: &Key,
+        deadline: Option<u64>,
+    ) -> std::result::Result<(), String> {
         let failed = |s: Status| format!("{}: {}", n.name, s.message());
         let mut c = self.mesh.agent(n).map_err(failed)?;
         // One retry: the agent refuses a deadline tied to a clock run that
@@ -291,7 +320,11 @@ impl Core {
             match c.remove(rpc::RemoveRequest { key: key.to_string(), before_ms, boot_id }).await {
                 Ok(r) => {
                     let r = r.into_inner();
-                    return if r.removed { Ok(()) } else { Err(format!("{}: {}", n.name, r.error)) };
+                    return if r.removed {
+                        Ok(())
+                    } else {
+                        Err(format!("{}: {}", n.name, r.error))
+                    };
                 }
                 Err(s) if s.code() == tonic::Code::FailedPrecondition && attempt == 0 => {
                     debug!(node = %n.name, "agent clock restarted: {}", s.message());
@@ -305,7 +338,12 @@ impl Core {
 
     /// The nodes a PUT goes to, and how many of them must store it for the
     /// PUT to succeed.
-    async fn put_targets(&self, repo: &Repo, key: &Key, file: Option<&str>) -> Result<(Vec<rpc::NodeInfo>, usize)> {
+    async fn put_targets(
+        &self,
+        repo: &Repo,
+        key: &Key,
+        file: Option<&str>,
+    ) -> Result<(Vec<rpc::NodeInfo>, usize)> {
         match repo {
             Repo::Node(n) => Ok((vec![n.clone()], 1)),
             Repo::Cluster { uuid, .. } => {
@@ -324,8 +362,11 @@ impl Core {
                 let planned = plan.node_uuids;
                 // A node that joined since our last topology refresh is in
                 // the plan but not in our snapshot: refresh once to find it.
-                let known = |nodes: &[rpc::NodeInfo]| planned.iter().all(|u| nodes.iter().any(|n| &n.uuid == u));
-                let nodes = if known(nodes) { nodes.clone() } else { self.mesh.fresh(repo).await.nodes() };
+                let known = |nodes: &[rpc::NodeInfo]| {
+                    planned.iter().all(|u| nodes.iter().any(|n| &n.uuid == u))
+                };
+                let nodes =
+                    if known(nodes) { nodes.clone() } else { self.mesh.fresh(repo).await.nodes() };
                 let targets = nodes.into_iter().filter(|n| planned.contains(&n.uuid)).collect();
                 Ok((targets, (plan.min_copies as usize).max(1)))
             }
@@ -333,11 +374,16 @@ impl Core {
     }
 
     /// Each target's resume offset, or None when it has the content already.
-    async fn target_offsets(&self, targets: &[rpc::NodeInfo], key: &Key) -> Vec<(rpc::NodeInfo, Option<Option<u64>>)> {
+    async fn target_offsets(
+        &self,
+        targets: &[rpc::NodeInfo],
+        key: &Key,
+    ) -> Vec<(rpc::NodeInfo, Option<Option<u64>>)> {
         let asks = targets.iter().map(|n| async move {
             let r = async {
                 let mut c = self.mesh.agent(n).ok()?;
-                let r = c.put_offset(rpc::KeyRequest { key: key.to_string() }).await.ok()?.into_inner();
+                let r =
+                    c.put_offset(rpc::KeyRequest { key: key.to_string() }).await.ok()?.into_inner();
                 Some(if r.already_have { None } else { Some(r.offset) })
             }
             .await;
@@ -346,10 +392,19 @@ impl Core {
         join_all(asks).await
     }
 
-    pub async fn put_offset(&self, repo: &Repo, key: &Key, file: Option<&str>) -> Result<PutOffset> {
+    pub async fn put_offset(
+        &self,
+        repo: &Repo,
+        key: &Key,
+        file: Option<&str>,
+    ) -> Result<PutOffset> {
         let (targets, min_copies) = self.put_targets(repo, key, file).await?;
         let offsets = self.target_offsets(&targets, key).await;
-        let have: Vec<String> = offsets.iter().filter(|(_, o)| matches!(o, Some(None))).map(|(n, _)| n.uuid.clone()).collect();
+        let have: Vec<String> = offsets
+            .iter()
+            .filter(|(_, o)| matches!(o, Some(None)))
+            .map(|(n, _)| n.uuid.clone())
+            .collect();
         let wanting: Vec<u64> = offsets.iter().filter_map(|(_, o)| o.flatten()).collect();
         if wanting.is_empty() {
             if have.is_empty() {
@@ -386,11 +441,13 @@ impl Core {
         E: std::fmt::Display,
     {
         if let Some(size) = key.size
-            && offset.checked_add(length) != Some(size) && !data_present {
-                return Err(CoreError::BadRequest(format!(
-                    "offset {offset} + length {length} does not match the size {size} of {key}"
-                )));
-            }
+            && offset.checked_add(length) != Some(size)
+            && !data_present
+        {
+            return Err(CoreError::BadRequest(format!(
+                "offset {offset} + length {length} does not match the size {size} of {key}"
+            )));
+        }
         let started = std::time::Instant::now();
         let (targets, min_copies) = self.put_targets(repo, key, file).await?;
         let offsets = self.target_offsets(&targets, key).await;
@@ -416,9 +473,13 @@ impl Core {
                         length: length - (own - offset),
                         data_present: false,
                     };
-                    let mut client = self.mesh.agent(&node).map_err(|s| unavailable(&node.name, s))?;
-                    let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::Header(header)) }).await;
-                    let call = tokio::spawn(async move { client.put(ReceiverStream::new(rx)).await });
+                    let mut client =
+                        self.mesh.agent(&node).map_err(|s| unavailable(&node.name, s))?;
+                    let _ = tx
+                        .send(rpc::PutRequest { msg: Some(put_request::Msg::Header(header)) })
+                        .await;
+                    let call =
+                        tokio::spawn(async move { client.put(ReceiverStream::new(rx)).await });
                     feeds.push(Feed { node, skip: own - offset, tx: Some(tx), call });
                 }
             }
@@ -463,11 +524,12 @@ impl Core {
         let valid = broken.is_none() && (received == length || data_present);
         for f in feeds.iter_mut() {
             if let Some(tx) = f.tx.take()
-                && broken.is_none() {
-                    let end = rpc::PutEnd { valid };
-                    let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::End(end)) }).await;
-                }
-                // Dropping the sender ends the agent's stream.
+                && broken.is_none()
+            {
+                let end = rpc::PutEnd { valid };
+                let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::End(end)) }).await;
+            }
+            // Dropping the sender ends the agent's stream.
         }
         let mut stored = have.clone();
         for f in feeds {
@@ -524,7 +586,13 @@ impl Core {
     /// `fetch`). A node addressed alone is asked whatever its health.
     pub async fn get(&self, repo: &Repo, key: &Key, offset: u64) -> Result<Option<Download>> {
         let sources = match repo {
-            Repo::Node(n) => fetch::Sources::new(self.clone(), repo.clone(), key.clone(), vec![n.clone()], Vec::new()),
+            Repo::Node(n) => fetch::Sources::new(
+                self.clone(),
+                repo.clone(),
+                key.clone(),
+                vec![n.clone()],
+                Vec::new(),
+            ),
             Repo::Cluster { .. } => {
                 let (listed, down) = self.listed(repo, key).await?;
                 let down = down.iter().map(|n| format!("{} is down", n.name)).collect();

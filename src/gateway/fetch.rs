@@ -15,8 +15,8 @@ use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use super::core::{Core, CoreError, Download, Result};
-use super::metrics::Metrics;
 use super::mesh::Repo;
+use super::metrics::Metrics;
 use super::select::Busy;
 use crate::p2p::key::Key;
 use crate::rpc::{self, get_reply};
@@ -51,7 +51,13 @@ pub(super) struct Sources {
 impl Sources {
     /// `candidates` are the holders to try first; `errors` says why others
     /// that should hold the key cannot be asked.
-    pub(super) fn new(core: Core, repo: Repo, key: Key, candidates: Vec<rpc::NodeInfo>, errors: Vec<String>) -> Sources {
+    pub(super) fn new(
+        core: Core,
+        repo: Repo,
+        key: Key,
+        candidates: Vec<rpc::NodeInfo>,
+        errors: Vec<String>,
+    ) -> Sources {
         Sources { core, repo, key, candidates, tried: HashSet::new(), probed: false, errors }
     }
 
@@ -59,7 +65,8 @@ impl Sources {
     /// is the length the stream must have (when continuing a download).
     async fn open(&mut self, offset: u64, expect: Option<u64>) -> Result<Option<(Source, u64)>> {
         loop {
-            let untried: Vec<_> = self.candidates.iter().filter(|n| !self.tried.contains(&n.uuid)).cloned().collect();
+            let untried: Vec<_> =
+                self.candidates.iter().filter(|n| !self.tried.contains(&n.uuid)).cloned().collect();
             let Some((node, busy)) = self.core.mesh.pick(&untried) else {
                 if self.probed || !self.repo.is_cluster() {
                     return Ok(None);
@@ -93,7 +100,9 @@ impl Sources {
                         return Ok(Some((Source { node, replies, _busy: busy }, length)));
                     }
                 },
-                Ok(Err(Start::BadOffset(m))) if expect.is_none() => return Err(CoreError::BadRequest(m)),
+                Ok(Err(Start::BadOffset(m))) if expect.is_none() => {
+                    return Err(CoreError::BadRequest(m));
+                }
                 Ok(Err(Start::BadOffset(m))) => self.errors.push(format!("{}: {m}", node.name)),
                 Ok(Err(Start::Absent)) => {
                     // The location log was wrong about this node.
@@ -112,17 +121,27 @@ impl Sources {
 
     /// Asks `node` for the key from `offset`; returns the stream and the
     /// length its header announces.
-    async fn start(&self, node: &rpc::NodeInfo, offset: u64) -> std::result::Result<(Streaming<rpc::GetReply>, u64), Start> {
-        let mut c = self.core.mesh.agent(node).map_err(|s| Start::Failed(s.message().to_string()))?;
-        let req = rpc::GetRequest { key: self.key.to_string(), offset, associated_file: String::new() };
+    async fn start(
+        &self,
+        node: &rpc::NodeInfo,
+        offset: u64,
+    ) -> std::result::Result<(Streaming<rpc::GetReply>, u64), Start> {
+        let mut c =
+            self.core.mesh.agent(node).map_err(|s| Start::Failed(s.message().to_string()))?;
+        let req =
+            rpc::GetRequest { key: self.key.to_string(), offset, associated_file: String::new() };
         let mut replies = match c.get(req).await {
             Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(Start::BadOffset(s.message().to_string())),
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                return Err(Start::BadOffset(s.message().to_string()));
+            }
             Err(s) if s.code() == tonic::Code::NotFound => return Err(Start::Absent),
             Err(s) => return Err(Start::Failed(s.message().to_string())),
         };
         match replies.message().await {
-            Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::Header(h)) })) => Ok((replies, h.length)),
+            Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::Header(h)) })) => {
+                Ok((replies, h.length))
+            }
             Ok(_) => Err(Start::Failed("the GET stream did not start with a header".into())),
             Err(s) => Err(Start::Failed(s.message().to_string())),
         }
@@ -154,7 +173,8 @@ pub(super) async fn download(mut sources: Sources, offset: u64) -> Result<Option
     let node = source.node.uuid.clone();
     let failover = sources.key.is_checksum();
     let pump = Pump { sources, source: Some(source), pos: offset, end: offset + length, failover };
-    let body = futures::stream::unfold(pump, |mut p| async move { p.next().await.map(|item| (item, p)) });
+    let body =
+        futures::stream::unfold(pump, |mut p| async move { p.next().await.map(|item| (item, p)) });
     Ok(Some(Download { length, node, body: body.boxed() }))
 }
 
@@ -215,7 +235,9 @@ impl Pump {
                 Ok(None) | Err(_) => {
                     let errors = self.sources.errors.join("; ");
                     warn!(key = %self.sources.key, at = self.pos, "GET failed: no other node could continue it ({errors})");
-                    return Some(Err(std::io::Error::other(format!("no node could continue: {errors}"))));
+                    return Some(Err(std::io::Error::other(format!(
+                        "no node could continue: {errors}"
+                    ))));
                 }
             }
         }

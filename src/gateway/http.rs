@@ -59,7 +59,8 @@ pub struct Failure(StatusCode, String);
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         debug!(status = %self.0, "{}", self.1);
-        (self.0, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", self.1)).into_response()
+        (self.0, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", self.1))
+            .into_response()
     }
 }
 
@@ -124,7 +125,10 @@ impl Params {
 
     fn number(&self, name: &str) -> std::result::Result<Option<u64>, Failure> {
         self.one(name)
-            .map(|v| v.parse::<u64>().map_err(|_| bad(format!("parameter {name} is not a number: {v:?}"))))
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| bad(format!("parameter {name} is not a number: {v:?}")))
+            })
             .transpose()
     }
 
@@ -194,7 +198,11 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-async fn config(State(state): State<HttpState>, Path(name): Path<String>, headers: HeaderMap) -> HttpResult {
+async fn config(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> HttpResult {
     let repo = state
         .core
         .mesh
@@ -213,7 +221,11 @@ async fn config(State(state): State<HttpState>, Path(name): Path<String>, header
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
-async fn plain_get(State(state): State<HttpState>, Path((uuid, key)): Path<(String, String)>, RawQuery(q): RawQuery) -> HttpResult {
+async fn plain_get(
+    State(state): State<HttpState>,
+    Path((uuid, key)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> HttpResult {
     let params = Params::parse(q);
     download(&state, &uuid, &key, &params, 1).await
 }
@@ -223,11 +235,18 @@ async fn versioned_get(
     Path((uuid, version, key)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
 ) -> HttpResult {
-    let version = parse_version(&version).ok_or_else(|| not_found(format!("unsupported version {version}")))?;
+    let version = parse_version(&version)
+        .ok_or_else(|| not_found(format!("unsupported version {version}")))?;
     download(&state, &uuid, &key, &Params::parse(q), version).await
 }
 
-async fn download(state: &HttpState, uuid: &str, key: &str, params: &Params, version: u32) -> HttpResult {
+async fn download(
+    state: &HttpState,
+    uuid: &str,
+    key: &str,
+    params: &Params,
+    version: u32,
+) -> HttpResult {
     // BYPASS applies to downloads as to every other request from v2 on.
     let bypass = if version >= 2 { params.bypass()? } else { Default::default() };
     let repo = repo(state, uuid).await?.bypassing(bypass);
@@ -258,7 +277,8 @@ async fn operation(
     headers: HeaderMap,
     body: Body,
 ) -> HttpResult {
-    let version = parse_version(&version).ok_or_else(|| not_found(format!("unsupported version {version}")))?;
+    let version = parse_version(&version)
+        .ok_or_else(|| not_found(format!("unsupported version {version}")))?;
     let since = match op.as_str() {
         "checkpresent" | "lockcontent" | "keeplocked" | "remove" | "put" => 0,
         "putoffset" => 1,
@@ -286,7 +306,11 @@ async fn operation(
         "remove" | "remove-before" => {
             let key = params.key()?;
             let before = if op == "remove-before" {
-                Some(params.number("timestamp")?.ok_or_else(|| bad("missing parameter timestamp"))?)
+                Some(
+                    params
+                        .number("timestamp")?
+                        .ok_or_else(|| bad("missing parameter timestamp"))?,
+                )
             } else {
                 None
             };
@@ -297,7 +321,9 @@ async fn operation(
         "putoffset" => {
             let key = params.key()?;
             match core.put_offset(&repo, &key, params.file()?.as_deref()).await? {
-                PutOffset::AlreadyHave(plus) => Ok(json(with_plus(json!({ "alreadyhave": true }), version, &plus))),
+                PutOffset::AlreadyHave(plus) => {
+                    Ok(json(with_plus(json!({ "alreadyhave": true }), version, &plus)))
+                }
                 PutOffset::Offset(o) => Ok(json(json!({ "offset": o }))),
             }
         }
@@ -316,7 +342,15 @@ async fn operation(
             };
             let file = params.file()?;
             let out = core
-                .put(&repo, &key, file.as_deref(), offset, length, data_present, body.into_data_stream())
+                .put(
+                    &repo,
+                    &key,
+                    file.as_deref(),
+                    offset,
+                    length,
+                    data_present,
+                    body.into_data_stream(),
+                )
                 .await?;
             Ok(json(with_plus(json!({ "stored": out.ok }), version, &out.plus)))
         }

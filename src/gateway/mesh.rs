@@ -34,7 +34,12 @@ pub struct Snapshot {
 pub enum Repo {
     /// `bypass`: nodes the client asked to avoid (P2P BYPASS), which the
     /// request then does not use.
-    Cluster { uuid: String, name: String, nodes: Vec<rpc::NodeInfo>, bypass: BTreeSet<String> },
+    Cluster {
+        uuid: String,
+        name: String,
+        nodes: Vec<rpc::NodeInfo>,
+        bypass: BTreeSet<String>,
+    },
     Node(rpc::NodeInfo),
 }
 
@@ -57,7 +62,9 @@ impl Repo {
     /// The repository without the nodes the client asked to bypass.
     pub fn bypassing(self, uuids: BTreeSet<String>) -> Repo {
         match self {
-            Repo::Cluster { uuid, name, nodes, .. } => Repo::Cluster { uuid, name, nodes, bypass: uuids },
+            Repo::Cluster { uuid, name, nodes, .. } => {
+                Repo::Cluster { uuid, name, nodes, bypass: uuids }
+            }
             node => node,
         }
     }
@@ -69,7 +76,9 @@ impl Repo {
     /// Every node behind the repository, healthy or not.
     pub fn nodes(&self) -> Vec<rpc::NodeInfo> {
         match self {
-            Repo::Cluster { nodes, bypass, .. } => nodes.iter().filter(|n| !bypass.contains(&n.uuid)).cloned().collect(),
+            Repo::Cluster { nodes, bypass, .. } => {
+                nodes.iter().filter(|n| !bypass.contains(&n.uuid)).cloned().collect()
+            }
             Repo::Node(n) => vec![n.clone()],
         }
     }
@@ -79,7 +88,12 @@ impl Snapshot {
     fn repo(&self, pred: impl Fn(&str, &str) -> bool) -> Option<Repo> {
         if let Some(c) = self.clusters.iter().find(|c| pred(&c.uuid, &c.name)) {
             let nodes = self.nodes.iter().filter(|n| n.cluster_uuid == c.uuid).cloned().collect();
-            return Some(Repo::Cluster { uuid: c.uuid.clone(), name: c.name.clone(), nodes, bypass: BTreeSet::new() });
+            return Some(Repo::Cluster {
+                uuid: c.uuid.clone(),
+                name: c.name.clone(),
+                nodes,
+                bypass: BTreeSet::new(),
+            });
         }
         self.nodes.iter().find(|n| pred(&n.uuid, &n.name)).cloned().map(Repo::Node)
     }
@@ -219,12 +233,18 @@ impl Mesh {
         if let Some(link) = agents.get(&node.uuid).filter(|l| l.address == node.address) {
             return Ok(link.client.clone());
         }
-        let ep = endpoint(&node.address)
-            .map_err(|e| tonic::Status::internal(format!("bad agent address {:?}: {e}", node.address)))?;
+        let ep = endpoint(&node.address).map_err(|e| {
+            tonic::Status::internal(format!("bad agent address {:?}: {e}", node.address))
+        })?;
         let client = AgentClient::new(ep.connect_lazy())
             .max_decoding_message_size(rpc::MAX_MESSAGE)
             .max_encoding_message_size(rpc::MAX_MESSAGE);
-        let link = Link { address: node.address.clone(), client: client.clone(), failures: 0, backoff_until: None };
+        let link = Link {
+            address: node.address.clone(),
+            client: client.clone(),
+            failures: 0,
+            backoff_until: None,
+        };
         agents.insert(node.uuid.clone(), link);
         Ok(client)
     }
@@ -259,7 +279,11 @@ impl Mesh {
     fn backing_off_set(&self) -> Vec<String> {
         let now = Instant::now();
         let agents = self.agents.lock().unwrap();
-        agents.iter().filter(|(_, l)| l.backoff_until.is_some_and(|t| now < t)).map(|(u, _)| u.clone()).collect()
+        agents
+            .iter()
+            .filter(|(_, l)| l.backoff_until.is_some_and(|t| now < t))
+            .map(|(u, _)| u.clone())
+            .collect()
     }
 
     /// The gateway's view of each node, as Prometheus gauges: what it
@@ -271,8 +295,16 @@ impl Mesh {
         let mut out = String::new();
         type Gauge<'a> = (&'static str, &'static str, Box<dyn Fn(&rpc::NodeInfo) -> u64 + 'a>);
         let gauges: [Gauge; 5] = [
-            ("annexmesh_node_up", "1 when the coordinator reports the node healthy.", Box::new(|n| u64::from(n.healthy))),
-            ("annexmesh_node_cost", "The node's cost; GETs prefer holders with a lower one.", Box::new(|n| u64::from(n.cost))),
+            (
+                "annexmesh_node_up",
+                "1 when the coordinator reports the node healthy.",
+                Box::new(|n| u64::from(n.healthy)),
+            ),
+            (
+                "annexmesh_node_cost",
+                "The node's cost; GETs prefer holders with a lower one.",
+                Box::new(|n| u64::from(n.cost)),
+            ),
             (
                 "annexmesh_node_active_transfers",
                 "Transfers in progress on the node, as of its last heartbeat.",
@@ -292,7 +324,8 @@ impl Mesh {
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for n in &snapshot.nodes {
-                let _ = writeln!(out, "{name}{{node=\"{}\",uuid=\"{}\"}} {}", n.name, n.uuid, value(n));
+                let _ =
+                    writeln!(out, "{name}{{node=\"{}\",uuid=\"{}\"}} {}", n.name, n.uuid, value(n));
             }
         }
         out

@@ -32,18 +32,46 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for (name, help, c) in [
-            ("annexmesh_put_client_bytes_total", "Content bytes received from clients in PUTs.", &self.put_client_bytes),
-            ("annexmesh_put_agent_bytes_total", "Content bytes sent to agents in PUTs.", &self.put_agent_bytes),
+            (
+                "annexmesh_put_client_bytes_total",
+                "Content bytes received from clients in PUTs.",
+                &self.put_client_bytes,
+            ),
+            (
+                "annexmesh_put_agent_bytes_total",
+                "Content bytes sent to agents in PUTs.",
+                &self.put_agent_bytes,
+            ),
             ("annexmesh_puts_total", "PUT requests that reached the agents.", &self.puts),
             ("annexmesh_puts_failed_total", "PUTs that stored too few copies.", &self.puts_failed),
-            ("annexmesh_puts_interrupted_total", "PUTs whose client stopped sending mid-way.", &self.puts_interrupted),
-            ("annexmesh_get_bytes_total", "Content bytes sent to clients in GETs.", &self.get_bytes),
+            (
+                "annexmesh_puts_interrupted_total",
+                "PUTs whose client stopped sending mid-way.",
+                &self.puts_interrupted,
+            ),
+            (
+                "annexmesh_get_bytes_total",
+                "Content bytes sent to clients in GETs.",
+                &self.get_bytes,
+            ),
             ("annexmesh_gets_total", "GET requests served.", &self.gets),
             ("annexmesh_removes_total", "REMOVE and REMOVE-BEFORE requests.", &self.removes),
-            ("annexmesh_removes_failed_total", "Removes that failed on some node.", &self.removes_failed),
-            ("annexmesh_get_failovers_total", "GETs continued on another node after the serving node failed.", &self.get_failovers),
+            (
+                "annexmesh_removes_failed_total",
+                "Removes that failed on some node.",
+                &self.removes_failed,
+            ),
+            (
+                "annexmesh_get_failovers_total",
+                "GETs continued on another node after the serving node failed.",
+                &self.get_failovers,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.load(Ordering::Relaxed)
+            );
         }
         out + &self.p2p.render()
     }

@@ -53,7 +53,9 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     let p2p = match cfg.p2p {
         None => None,
         Some(addr) => {
-            let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
             let tls = match (&cfg.p2p_tls_cert, &cfg.p2p_tls_key) {
                 (Some(c), Some(k)) => Some(p2p::tls_acceptor(c, k)?),
                 _ => None,
@@ -80,7 +82,8 @@ pub async fn serve(
     let refresher = mesh.spawn_refresh();
     let core = core::Core::new(mesh.clone());
     let line = p2p.map(|(l, opts)| {
-        let tokens: std::sync::Arc<dyn p2p::TokenCheck> = std::sync::Arc::new(p2p::CoordinatorTokens(mesh.clone()));
+        let tokens: std::sync::Arc<dyn p2p::TokenCheck> =
+            std::sync::Arc::new(p2p::CoordinatorTokens(mesh.clone()));
         tokio::spawn(p2p::serve(core.clone(), tokens, l, opts, shutdown.clone()))
     });
     let app = http::router(core).layer(tower_http::trace::TraceLayer::new_for_http());

@@ -66,7 +66,13 @@ impl TokenCheck for CoordinatorTokens {
     fn check<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Mode>, String>> {
         Box::pin(async move {
             let req = rpc::CheckTokenRequest { token_sha256: crate::auth::hash_token(token) };
-            let r = self.0.coordinator().check_token(req).await.map_err(|s| s.message().to_string())?.into_inner();
+            let r = self
+                .0
+                .coordinator()
+                .check_token(req)
+                .await
+                .map_err(|s| s.message().to_string())?
+                .into_inner();
             if !r.valid {
                 return Ok(None);
             }
@@ -104,9 +110,24 @@ impl P2pMetrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for (name, kind, help, c) in [
-            ("annexmesh_p2p_connections_total", "counter", "Line-protocol connections accepted.", &self.connections),
-            ("annexmesh_p2p_connections_active", "gauge", "Line-protocol connections open now.", &self.active),
-            ("annexmesh_p2p_auth_failures_total", "counter", "AUTH attempts refused.", &self.auth_failures),
+            (
+                "annexmesh_p2p_connections_total",
+                "counter",
+                "Line-protocol connections accepted.",
+                &self.connections,
+            ),
+            (
+                "annexmesh_p2p_connections_active",
+                "gauge",
+                "Line-protocol connections open now.",
+                &self.active,
+            ),
+            (
+                "annexmesh_p2p_auth_failures_total",
+                "counter",
+                "AUTH attempts refused.",
+                &self.auth_failures,
+            ),
             (
                 "annexmesh_p2p_protocol_errors_total",
                 "counter",
@@ -114,7 +135,10 @@ impl P2pMetrics {
                 &self.protocol_errors,
             ),
         ] {
-            out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n", c.load(Ordering::Relaxed));
+            out += &format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+                c.load(Ordering::Relaxed)
+            );
         }
         out
     }
@@ -155,11 +179,13 @@ pub async fn serve(
         tokio::spawn(async move {
             match opts.tls.clone() {
                 None => connection(&core, tokens.as_ref(), &opts, stream, peer).await,
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => connection(&core, tokens.as_ref(), &opts, s, peer).await,
-                    Ok(Err(e)) => info!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => info!(%peer, "TLS handshake timed out"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => connection(&core, tokens.as_ref(), &opts, s, peer).await,
+                        Ok(Err(e)) => info!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => info!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
@@ -200,7 +226,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
 }
 
 /// A TLS acceptor from PEM files: the certificate chain and its private key.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use anyhow::Context;
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -208,12 +237,15 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Re
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
     anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("cannot read a private key from {}", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the certificate and key do not make a TLS configuration")?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("the certificate and key do not make a TLS configuration")?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -387,7 +419,9 @@ async fn preamble<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(
     for word in text.split(' ').filter(|w| !w.is_empty()) {
         let bad = |why: String| Close::Protocol(why);
         match word.split_once('=') {
-            Some(("repo", v)) if !v.is_empty() && v.chars().all(|c| !c.is_control()) => repo = Some(v.to_string()),
+            Some(("repo", v)) if !v.is_empty() && v.chars().all(|c| !c.is_control()) => {
+                repo = Some(v.to_string())
+            }
             Some(("mode", v)) => match v.parse::<Mode>() {
                 Ok(m) => mode = m,
                 Err(e) => {
@@ -407,13 +441,24 @@ async fn preamble<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(
 
 async fn default_repo(core: &Core, opts: &P2pOptions) -> Result<Repo, String> {
     if let Some(name) = &opts.default_repo {
-        return core.mesh.repo_by_name(name).await.ok_or_else(|| format!("no cluster or node named {name:?} is served here"));
+        return core
+            .mesh
+            .repo_by_name(name)
+            .await
+            .ok_or_else(|| format!("no cluster or node named {name:?} is served here"));
     }
     let _ = core.mesh.refresh().await;
     let snap = core.mesh.snapshot();
     match snap.clusters.as_slice() {
-        [only] => core.mesh.repo_by_uuid(&only.uuid).await.ok_or_else(|| "the cluster vanished".to_string()),
-        _ => Err("this gateway serves several repositories: name one (address HOST:PORT/NAME)".into()),
+        [only] => core
+            .mesh
+            .repo_by_uuid(&only.uuid)
+            .await
+            .ok_or_else(|| "the cluster vanished".to_string()),
+        _ => {
+            Err("this gateway serves several repositories: name one (address HOST:PORT/NAME)"
+                .into())
+        }
     }
 }
 
@@ -440,7 +485,8 @@ pub async fn session<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(
                             // Not the client's fault: say so rather than
                             // AUTH-FAILURE, which git-annex reports as a bad token.
                             warn!("cannot check token: {e}");
-                            conn.send(&Message::Error(format!("cannot check the token now: {e}"))).await?;
+                            conn.send(&Message::Error(format!("cannot check the token now: {e}")))
+                                .await?;
                             return Err(Close::Protocol("token check unavailable".into()));
                         }
                     };
@@ -449,7 +495,9 @@ pub async fn session<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(
                         return Err(Close::Auth);
                     };
                     let repo = match &name {
-                        Some(n) => core.mesh.repo_by_name(n).await.ok_or_else(|| format!("no cluster or node named {n:?} is served here")),
+                        Some(n) => core.mesh.repo_by_name(n).await.ok_or_else(|| {
+                            format!("no cluster or node named {n:?} is served here")
+                        }),
                         None => default_repo(core, opts).await,
                     };
                     let repo = match repo {
@@ -459,16 +507,25 @@ pub async fn session<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(
                             return Err(Close::Protocol(e));
                         }
                     };
-                    let server = Uuid::new(repo.uuid()).expect("repository UUIDs are protocol words");
+                    let server =
+                        Uuid::new(repo.uuid()).expect("repository UUIDs are protocol words");
                     conn.send(&Message::AuthSuccess(server)).await?;
                     return Ok(Some((repo, granted.min(cap), uuid)));
                 }
-                Message::Error(e) => return Err(Close::Protocol(format!("client error before AUTH: {e}"))),
+                Message::Error(e) => {
+                    return Err(Close::Protocol(format!("client error before AUTH: {e}")));
+                }
                 Message::Data(_) => {
                     conn.send(&Message::Error("unexpected DATA".into())).await?;
                     return Err(Close::Protocol("DATA before AUTH".into()));
                 }
-                other => conn.send(&Message::Error(format!("{} before AUTH: authenticate first", other.command()))).await?,
+                other => {
+                    conn.send(&Message::Error(format!(
+                        "{} before AUTH: authenticate first",
+                        other.command()
+                    )))
+                    .await?
+                }
             }
         }
         conn.send(&Message::Error("too many messages before AUTH".into())).await?;
@@ -501,11 +558,16 @@ fn uuids(list: &[String]) -> Vec<Uuid> {
 
 impl Session<'_> {
     /// Serves requests until the client leaves.
-    pub async fn serve<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(mut self, conn: &mut Conn<R, W>) -> Res<()> {
+    pub async fn serve<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(
+        mut self,
+        conn: &mut Conn<R, W>,
+    ) -> Res<()> {
         loop {
             let msg = match conn.frame().await? {
                 Ok(Some(Frame::Message(m))) => m,
-                Ok(Some(Frame::Data(_))) => return Err(Close::Protocol("unexpected DATA payload".into())),
+                Ok(Some(Frame::Data(_))) => {
+                    return Err(Close::Protocol("unexpected DATA payload".into()));
+                }
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     conn.unparsable(e).await?;
@@ -530,7 +592,11 @@ impl Session<'_> {
         }
     }
 
-    async fn request<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(&mut self, conn: &mut Conn<R, W>, msg: Message) -> Res<()> {
+    async fn request<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        conn: &mut Conn<R, W>,
+        msg: Message,
+    ) -> Res<()> {
         let core = self.core;
         if let Some(now) = core.mesh.repo_by_uuid(self.repo.uuid()).await {
             self.repo = now.bypassing(self.bypass.clone());
@@ -541,7 +607,8 @@ impl Session<'_> {
                 conn.send(&Message::Version(self.version)).await?;
             }
             Message::Bypass(set) => {
-                let set: BTreeSet<String> = set.into_iter().map(|u| u.as_str().to_string()).collect();
+                let set: BTreeSet<String> =
+                    set.into_iter().map(|u| u.as_str().to_string()).collect();
                 self.bypass = set.clone();
                 self.repo = self.repo.clone().bypassing(set);
             }
@@ -555,7 +622,9 @@ impl Session<'_> {
             }
             Message::LockContent(key) => self.lock(conn, key).await?,
             Message::Remove(key) => self.remove(conn, key, None).await?,
-            Message::RemoveBefore { timestamp, key } => self.remove(conn, key, Some(timestamp)).await?,
+            Message::RemoveBefore { timestamp, key } => {
+                self.remove(conn, key, Some(timestamp)).await?
+            }
             Message::GetTimestamp => {
                 let reply = match core.timestamp(&self.repo).await {
                     Ok(t) => Message::Timestamp(t),
@@ -573,7 +642,10 @@ impl Session<'_> {
                 .await?;
             }
             Message::NotifyChange => {
-                conn.send(&Message::Error("NOTIFYCHANGE is not served: annexmesh has no git refs to watch".into())).await?;
+                conn.send(&Message::Error(
+                    "NOTIFYCHANGE is not served: annexmesh has no git refs to watch".into(),
+                ))
+                .await?;
             }
             Message::Error(e) => {
                 // The client's state is unknown after it reports an error.
@@ -583,13 +655,22 @@ impl Session<'_> {
                 conn.send(&Message::Error("unexpected DATA".into())).await?;
                 return Err(Close::Protocol("DATA outside a transfer".into()));
             }
-            Message::Auth { .. } => conn.send(&Message::Error("already authenticated".into())).await?,
-            other => conn.send(&Message::Error(format!("unexpected command {}", other.command()))).await?,
+            Message::Auth { .. } => {
+                conn.send(&Message::Error("already authenticated".into())).await?
+            }
+            other => {
+                conn.send(&Message::Error(format!("unexpected command {}", other.command())))
+                    .await?
+            }
         }
         Ok(())
     }
 
-    async fn lock<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(&mut self, conn: &mut Conn<R, W>, key: Key) -> Res<()> {
+    async fn lock<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        conn: &mut Conn<R, W>,
+        key: Key,
+    ) -> Res<()> {
         let lock = match self.core.lock(&self.repo, &key).await {
             Ok(Some(l)) => l,
             Ok(None) => return Ok(conn.send(&Message::Failure).await?),
@@ -632,8 +713,12 @@ impl Session<'_> {
         before: Option<u64>,
     ) -> Res<()> {
         let reply = match self.mode {
-            Mode::ReadOnly => Message::Error("this repository is read-only; write access denied".into()),
-            Mode::AppendOnly => Message::Error("this repository is append-only; removal denied".into()),
+            Mode::ReadOnly => {
+                Message::Error("this repository is read-only; write access denied".into())
+            }
+            Mode::AppendOnly => {
+                Message::Error("this repository is append-only; removal denied".into())
+            }
             Mode::ReadWrite => match self.core.remove(&self.repo, &key, before).await {
                 Ok(out) => self.outcome(&out),
                 Err(e) => Self::error(e),
@@ -642,7 +727,12 @@ impl Session<'_> {
         Ok(conn.send(&reply).await?)
     }
 
-    async fn get<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(&mut self, conn: &mut Conn<R, W>, key: Key, offset: u64) -> Res<()> {
+    async fn get<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        conn: &mut Conn<R, W>,
+        key: Key,
+        offset: u64,
+    ) -> Res<()> {
         let valid = match self.core.get(&self.repo, &key, offset).await {
             Err(e) => return Ok(conn.send(&Self::error(e)).await?),
             // Not present: empty data, marked invalid, as git-annex does.
@@ -681,7 +771,9 @@ impl Session<'_> {
                         // it. v0 cannot say so: closing is the only signal.
                         let left = total - sent;
                         if self.version == 0 || left > MAX_PADDING {
-                            return Err(Close::Protocol(format!("GET of {key} failed mid-stream: {why}")));
+                            return Err(Close::Protocol(format!(
+                                "GET of {key} failed mid-stream: {why}"
+                            )));
                         }
                         let zeros = vec![0u8; 64 * 1024];
                         let mut n = left;
@@ -702,15 +794,24 @@ impl Session<'_> {
         conn.wr.flush().await?;
         // The client says whether it got the content (not a promise to keep it).
         match conn.message().await? {
-            Next::Msg(Message::Success | Message::Failure | Message::SuccessPlus(_) | Message::FailurePlus(_)) => Ok(()),
-            Next::Msg(Message::Error(e)) => Err(Close::Protocol(format!("client error after GET: {e}"))),
+            Next::Msg(
+                Message::Success
+                | Message::Failure
+                | Message::SuccessPlus(_)
+                | Message::FailurePlus(_),
+            ) => Ok(()),
+            Next::Msg(Message::Error(e)) => {
+                Err(Close::Protocol(format!("client error after GET: {e}")))
+            }
             Next::Msg(Message::Data(_)) => {
                 conn.send(&Message::Error("expected SUCCESS or FAILURE".into())).await?;
                 Err(Close::Protocol("DATA after GET".into()))
             }
             Next::Eof => Ok(()),
             Next::Unparsable => Ok(()),
-            Next::Msg(_) => Ok(conn.send(&Message::Error("expected SUCCESS or FAILURE".into())).await?),
+            Next::Msg(_) => {
+                Ok(conn.send(&Message::Error("expected SUCCESS or FAILURE".into())).await?)
+            }
         }
     }
 
@@ -721,7 +822,9 @@ impl Session<'_> {
         key: Key,
     ) -> Res<()> {
         if self.mode == Mode::ReadOnly {
-            return Ok(conn.send(&Message::Error("this repository is read-only; write access denied".into())).await?);
+            return Ok(conn
+                .send(&Message::Error("this repository is read-only; write access denied".into()))
+                .await?);
         }
         let core = self.core;
         let file = file.0;
@@ -750,7 +853,9 @@ impl Session<'_> {
             && let Some(size) = key.size
             && offset.checked_add(length) != Some(size)
         {
-            let e = format!("DATA {length} from offset {offset} does not match the size {size} of {key}");
+            let e = format!(
+                "DATA {length} from offset {offset} does not match the size {size} of {key}"
+            );
             conn.send(&Message::Error(e.clone())).await?;
             return Err(Close::Protocol(e));
         }
@@ -758,10 +863,22 @@ impl Session<'_> {
         let end = data_present.then_some(End::Valid);
         let mut body = PutBody { conn, remaining: length, version: self.version, end };
         let result = if data_present {
-            core.put(&self.repo, &key, file.as_deref(), offset, 0, true, futures::stream::empty::<Result<Bytes, String>>()).await
+            core.put(
+                &self.repo,
+                &key,
+                file.as_deref(),
+                offset,
+                0,
+                true,
+                futures::stream::empty::<Result<Bytes, String>>(),
+            )
+            .await
         } else {
-            let stream = futures::stream::unfold(&mut body, |b| async move { b.next().await.map(|item| (item, b)) });
-            core.put(&self.repo, &key, file.as_deref(), offset, length, false, Box::pin(stream)).await
+            let stream = futures::stream::unfold(&mut body, |b| async move {
+                b.next().await.map(|item| (item, b))
+            });
+            core.put(&self.repo, &key, file.as_deref(), offset, length, false, Box::pin(stream))
+                .await
         };
         // Whatever the core did not read (no node wanted the data, or it
         // stopped early) is read and dropped, so the next message lines up.
@@ -774,7 +891,9 @@ impl Session<'_> {
         let conn = body.conn;
         match body.end {
             Some(End::Lost(e)) => return Err(e),
-            Some(End::Unexpected) => conn.send(&Message::Error("expected VALID or INVALID".into())).await?,
+            Some(End::Unexpected) => {
+                conn.send(&Message::Error("expected VALID or INVALID".into())).await?
+            }
             _ => {}
         }
         let reply = match result {

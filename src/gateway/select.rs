@@ -43,7 +43,11 @@ impl Drop for Busy {
 /// tie-break.
 type Rank = (bool, u32, u32, u64);
 
-fn rank_of(n: &rpc::NodeInfo, in_flight: &HashMap<String, u32>, unreachable: &impl Fn(&rpc::NodeInfo) -> bool) -> Rank {
+fn rank_of(
+    n: &rpc::NodeInfo,
+    in_flight: &HashMap<String, u32>,
+    unreachable: &impl Fn(&rpc::NodeInfo) -> bool,
+) -> Rank {
     let mine = in_flight.get(&n.uuid).copied().unwrap_or(0);
     (unreachable(n), n.cost, n.active_transfers.max(mine), rand::random())
 }
@@ -56,9 +60,14 @@ impl Loads {
 
     /// `nodes`, best first. `unreachable` tells the nodes this gateway failed
     /// to reach a moment ago: they are tried only when nothing else is left.
-    pub fn rank(&self, nodes: Vec<rpc::NodeInfo>, unreachable: impl Fn(&rpc::NodeInfo) -> bool) -> Vec<rpc::NodeInfo> {
+    pub fn rank(
+        &self,
+        nodes: Vec<rpc::NodeInfo>,
+        unreachable: impl Fn(&rpc::NodeInfo) -> bool,
+    ) -> Vec<rpc::NodeInfo> {
         let in_flight = self.in_flight.lock().unwrap();
-        let mut ranked: Vec<_> = nodes.into_iter().map(|n| (rank_of(&n, &in_flight, &unreachable), n)).collect();
+        let mut ranked: Vec<_> =
+            nodes.into_iter().map(|n| (rank_of(&n, &in_flight, &unreachable), n)).collect();
         ranked.sort_by_key(|(rank, _)| *rank);
         ranked.into_iter().map(|(_, n)| n).collect()
     }
@@ -66,7 +75,11 @@ impl Loads {
     /// The best of `nodes`, counted as busy with one more GET until the
     /// returned guard is dropped. Choosing and counting happen under one
     /// lock, so concurrent requests see each other's choices.
-    pub fn pick(&self, nodes: &[rpc::NodeInfo], unreachable: impl Fn(&rpc::NodeInfo) -> bool) -> Option<(rpc::NodeInfo, Busy)> {
+    pub fn pick(
+        &self,
+        nodes: &[rpc::NodeInfo],
+        unreachable: impl Fn(&rpc::NodeInfo) -> bool,
+    ) -> Option<(rpc::NodeInfo, Busy)> {
         let mut in_flight = self.in_flight.lock().unwrap();
         let best = nodes.iter().min_by_key(|n| rank_of(n, &in_flight, &unreachable))?.clone();
         *in_flight.entry(best.uuid.clone()).or_insert(0) += 1;
@@ -80,7 +93,14 @@ mod tests {
     use super::*;
 
     fn node(uuid: &str, cost: u32, active: u32) -> rpc::NodeInfo {
-        rpc::NodeInfo { uuid: uuid.into(), name: uuid.into(), cost, active_transfers: active, healthy: true, ..Default::default() }
+        rpc::NodeInfo {
+            uuid: uuid.into(),
+            name: uuid.into(),
+            cost,
+            active_transfers: active,
+            healthy: true,
+            ..Default::default()
+        }
     }
 
     fn uuids(nodes: &[rpc::NodeInfo]) -> Vec<&str> {
@@ -90,7 +110,8 @@ mod tests {
     #[test]
     fn cost_comes_before_load() {
         let loads = Loads::default();
-        let ranked = loads.rank(vec![node("a", 100, 0), node("b", 50, 5), node("c", 100, 2)], |_| false);
+        let ranked =
+            loads.rank(vec![node("a", 100, 0), node("b", 50, 5), node("c", 100, 2)], |_| false);
         assert_eq!(uuids(&ranked), ["b", "a", "c"]);
     }
 

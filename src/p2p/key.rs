@@ -36,7 +36,9 @@ pub enum KeyError {
     EmptyBackend,
     #[error("key has an empty name")]
     EmptyName,
-    #[error("key field {0:?} is not one of -sSIZE, -mMTIME, -SCHUNKSIZE, -CCHUNKNUM with a decimal number")]
+    #[error(
+        "key field {0:?} is not one of -sSIZE, -mMTIME, -SCHUNKSIZE, -CCHUNKNUM with a decimal number"
+    )]
     BadField(String),
     #[error("key contains {0}, which could escape the object store")]
     Unsafe(&'static str),
@@ -53,11 +55,7 @@ impl Key {
 
     /// The part of the name a checksum backend compares with the digest.
     pub fn hash_part(&self) -> &str {
-        if self.has_extension() {
-            self.name.split('.').next().unwrap_or("")
-        } else {
-            &self.name
-        }
+        if self.has_extension() { self.name.split('.').next().unwrap_or("") } else { &self.name }
     }
 
     /// The key without its chunk fields, as used for object hashing.
@@ -73,7 +71,8 @@ impl Key {
         let b = self.backend.strip_suffix('E').unwrap_or(&self.backend);
         matches!(b, "MD5" | "SHA1" | "SHA224" | "SHA256" | "SHA384" | "SHA512")
             || ["SHA3_", "SKEIN", "BLAKE"].iter().any(|family| {
-                b.strip_prefix(family).is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric()))
+                b.strip_prefix(family)
+                    .is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric()))
             })
     }
 }
@@ -81,7 +80,9 @@ impl Key {
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.backend)?;
-        for (tag, v) in [('s', self.size), ('m', self.mtime), ('S', self.chunk_size), ('C', self.chunk_num)] {
+        for (tag, v) in
+            [('s', self.size), ('m', self.mtime), ('S', self.chunk_size), ('C', self.chunk_num)]
+        {
             if let Some(v) = v {
                 write!(f, "-{tag}{v}")?;
             }
@@ -176,7 +177,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const HELLO: &str = "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+    const HELLO: &str =
+        "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
 
     #[test]
     fn parses_reference_example() {
@@ -184,7 +186,10 @@ mod tests {
         assert_eq!(k.backend, "SHA256E");
         assert_eq!(k.size, Some(6));
         assert_eq!(k.mtime, None);
-        assert_eq!(k.hash_part(), "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03");
+        assert_eq!(
+            k.hash_part(),
+            "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+        );
         assert_eq!(k.to_string(), HELLO);
     }
 
@@ -198,10 +203,24 @@ mod tests {
 
     #[test]
     fn checksum_keys_are_told_from_others() {
-        for k in [HELLO, "SHA1-s0--da39a3ee5e6b4b0d3255bfef95601890afd80709", "MD5E-s3--abc.txt", "SHA3_256-s1--ab", "BLAKE2B256E-s1--ab", "SKEIN512-s1--ab"] {
+        for k in [
+            HELLO,
+            "SHA1-s0--da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            "MD5E-s3--abc.txt",
+            "SHA3_256-s1--ab",
+            "BLAKE2B256E-s1--ab",
+            "SKEIN512-s1--ab",
+        ] {
             assert!(k.parse::<Key>().unwrap().is_checksum(), "{k}");
         }
-        for k in ["WORM-s100-m1700000000--foo", "URL--http&c%%example.com%x", "VURL-s5--http&c%%example.com%x", "GITBUNDLE--x", "XFOO-s1--ab", "MD5X-s1--ab"] {
+        for k in [
+            "WORM-s100-m1700000000--foo",
+            "URL--http&c%%example.com%x",
+            "VURL-s5--http&c%%example.com%x",
+            "GITBUNDLE--x",
+            "XFOO-s1--ab",
+            "MD5X-s1--ab",
+        ] {
             assert!(!k.parse::<Key>().unwrap().is_checksum(), "{k}");
         }
     }
@@ -210,7 +229,10 @@ mod tests {
     fn all_fields_round_trip() {
         let s = "WORM-s100-m1700000000-S1048576-C3--some-file name.txt";
         let k: Key = s.parse().unwrap();
-        assert_eq!((k.size, k.mtime, k.chunk_size, k.chunk_num), (Some(100), Some(1700000000), Some(1048576), Some(3)));
+        assert_eq!(
+            (k.size, k.mtime, k.chunk_size, k.chunk_num),
+            (Some(100), Some(1700000000), Some(1048576), Some(3))
+        );
         assert_eq!(k.name, "some-file name.txt");
         assert_eq!(k.to_string(), s);
         assert_eq!(k.without_chunk().to_string(), "WORM-s100-m1700000000--some-file name.txt");
@@ -239,7 +261,15 @@ mod tests {
         assert_eq!("SHA256".parse::<Key>(), Err(KeyError::NoName));
         assert_eq!("--abc".parse::<Key>(), Err(KeyError::EmptyBackend));
         assert_eq!("SHA256-s6--".parse::<Key>(), Err(KeyError::EmptyName));
-        for bad in ["SHA256-x6--a", "SHA256-s--a", "SHA256-s-1--a", "SHA256-s6-s6--a", "SHA256-m1-s6--a", "SHA256-s99999999999999999999999--a", "SHA256-s+1--a"] {
+        for bad in [
+            "SHA256-x6--a",
+            "SHA256-s--a",
+            "SHA256-s-1--a",
+            "SHA256-s6-s6--a",
+            "SHA256-m1-s6--a",
+            "SHA256-s99999999999999999999999--a",
+            "SHA256-s+1--a",
+        ] {
             assert!(matches!(bad.parse::<Key>(), Err(KeyError::BadField(_))), "{bad}");
         }
         let long = format!("WORM--{}", "a".repeat(300));
@@ -256,17 +286,21 @@ mod tests {
             proptest::option::of((any::<u64>(), any::<u64>())),
             "[a-zA-Z0-9_.,+ -]{1,60}",
         )
-            .prop_filter_map("names that are not keys", |(backend, size, mtime, chunk, name)| {
-                let k = Key {
-                    backend,
-                    size,
-                    mtime,
-                    chunk_size: chunk.map(|c| c.0),
-                    chunk_num: chunk.map(|c| c.1),
-                    name,
-                };
-                (k.name != "." && k.name != ".." && k.hash_part().len() + 64 >= k.name.len()).then_some(k)
-            })
+            .prop_filter_map(
+                "names that are not keys",
+                |(backend, size, mtime, chunk, name)| {
+                    let k = Key {
+                        backend,
+                        size,
+                        mtime,
+                        chunk_size: chunk.map(|c| c.0),
+                        chunk_num: chunk.map(|c| c.1),
+                        name,
+                    };
+                    (k.name != "." && k.name != ".." && k.hash_part().len() + 64 >= k.name.len())
+                        .then_some(k)
+                },
+            )
     }
 
     proptest! {

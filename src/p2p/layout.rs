@@ -48,7 +48,8 @@ pub fn object_path_nonbare(key: &Key) -> PathBuf {
 mod tests {
     use super::*;
 
-    const HELLO: &str = "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+    const HELLO: &str =
+        "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
 
     #[test]
     fn reference_example_lower() {
@@ -78,7 +79,11 @@ mod tests {
             ("MD5E-s3-S1-C2--abc.txt", "bcd/078", "2W/Px"),
         ] {
             let key: Key = key.parse().unwrap();
-            assert_eq!((hash_dir_lower(&key).as_str(), hash_dir_mixed(&key).as_str()), (lower, mixed), "{key}");
+            assert_eq!(
+                (hash_dir_lower(&key).as_str(), hash_dir_mixed(&key).as_str()),
+                (lower, mixed),
+                "{key}"
+            );
         }
     }
 
@@ -87,6 +92,8 @@ mod tests {
         let key: Key = HELLO.parse().unwrap();
         let h = hash_dir_mixed(&key);
         assert_eq!(h.len(), 5);
-        assert!(h.chars().filter(|c| *c != '/').all(|c| "0123456789zqjxkmvwgpfZQJXKMVWGPF".contains(c)));
+        assert!(
+            h.chars().filter(|c| *c != '/').all(|c| "0123456789zqjxkmvwgpfZQJXKMVWGPF".contains(c))
+        );
     }
 }

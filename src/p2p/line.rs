@@ -72,13 +72,7 @@ impl LineDecoder {
     /// size of each `Frame::Data`.
     pub fn with_limits(max_line: usize, max_chunk: usize) -> Self {
         assert!(max_chunk > 0, "max_chunk must be positive");
-        LineDecoder {
-            max_line,
-            max_chunk,
-            data_remaining: 0,
-            scanned: 0,
-            buf: BytesMut::new(),
-        }
+        LineDecoder { max_line, max_chunk, data_remaining: 0, scanned: 0, buf: BytesMut::new() }
     }
 
     /// Payload bytes still to come from the last `DATA` message.
@@ -180,26 +174,14 @@ mod tests {
         let got = frames(b"DATA 5\nhelloVALID\nSUCCESS\n");
         assert_eq!(
             got,
-            [
-                msg(Message::Data(5)),
-                data(b"hello"),
-                msg(Message::Valid),
-                msg(Message::Success)
-            ]
+            [msg(Message::Data(5)), data(b"hello"), msg(Message::Valid), msg(Message::Success)]
         );
     }
 
     #[test]
     fn payload_may_contain_newlines_and_look_like_messages() {
         let got = frames(b"DATA 8\nSUCCESS\nINVALID\n");
-        assert_eq!(
-            got,
-            [
-                msg(Message::Data(8)),
-                data(b"SUCCESS\n"),
-                msg(Message::Invalid)
-            ]
-        );
+        assert_eq!(got, [msg(Message::Data(8)), data(b"SUCCESS\n"), msg(Message::Invalid)]);
     }
 
     #[test]
@@ -230,26 +212,17 @@ mod tests {
     fn huge_data_length_streams_without_buffering() {
         let mut dec = LineDecoder::new();
         dec.feed(b"DATA 18446744073709551615\n0123456789");
-        assert_eq!(
-            decode_all(&mut dec),
-            [msg(Message::Data(u64::MAX)), data(b"0123456789")]
-        );
+        assert_eq!(decode_all(&mut dec), [msg(Message::Data(u64::MAX)), data(b"0123456789")]);
         assert_eq!(dec.data_remaining(), u64::MAX - 10);
         dec.feed(b"VALID\n");
-        assert_eq!(
-            dec.next_frame(),
-            Ok(Some(Frame::Data(Bytes::from_static(b"VALID\n"))))
-        );
+        assert_eq!(dec.next_frame(), Ok(Some(Frame::Data(Bytes::from_static(b"VALID\n")))));
     }
 
     #[test]
     fn oversized_data_length_is_refused() {
         let got = frames(b"DATA 99999999999999999999999\n");
         assert!(
-            matches!(
-                &got[..],
-                [Err(DecodeError::Parse(ParseError::BadNumber { .. }))]
-            ),
+            matches!(&got[..], [Err(DecodeError::Parse(ParseError::BadNumber { .. }))]),
             "{got:?}"
         );
     }
@@ -261,10 +234,7 @@ mod tests {
             [msg(Message::Success), msg(Message::Data(2)), data(b"hi")]
         );
         // Only one '\r' is dropped, as git-annex does.
-        assert_eq!(
-            frames(b"ERROR x\r\r\n"),
-            [msg(Message::Error("x\r".into()))]
-        );
+        assert_eq!(frames(b"ERROR x\r\r\n"), [msg(Message::Error("x\r".into()))]);
     }
 
     #[test]
@@ -273,12 +243,8 @@ mod tests {
         assert_eq!(
             got,
             [
-                Err(DecodeError::Parse(ParseError::UnknownCommand(
-                    "FROB".into()
-                ))),
-                Err(DecodeError::Parse(
-                    ParseError::UnknownCommand(String::new())
-                )),
+                Err(DecodeError::Parse(ParseError::UnknownCommand("FROB".into()))),
+                Err(DecodeError::Parse(ParseError::UnknownCommand(String::new()))),
                 msg(Message::Success)
             ]
         );
@@ -288,9 +254,7 @@ mod tests {
     #[test]
     fn git_annex_byte_escaped_file_names_are_accepted() {
         let line = [b"GET 0 voil\xc3% ".as_slice(), HELLO.as_bytes(), b"\n"].concat();
-        let [Ok(Frame::Message(Message::Get { file, .. }))] = &frames(&line)[..] else {
-            panic!()
-        };
+        let [Ok(Frame::Message(Message::Get { file, .. }))] = &frames(&line)[..] else { panic!() };
         assert_eq!(file, &AssociatedFile(Some("voil\u{fffd}_".into())));
     }
 
@@ -298,10 +262,7 @@ mod tests {
     fn line_length_limit() {
         let mut dec = LineDecoder::with_limits(8, DEFAULT_MAX_CHUNK);
         dec.feed(b"ERROR ab\n");
-        assert_eq!(
-            dec.next_frame(),
-            Ok(Some(Frame::Message(Message::Error("ab".into()))))
-        );
+        assert_eq!(dec.next_frame(), Ok(Some(Frame::Message(Message::Error("ab".into())))));
         dec.feed(b"ERROR ab");
         assert_eq!(dec.next_frame(), Ok(None));
         dec.feed(b"c");
@@ -324,10 +285,7 @@ mod tests {
         }
         assert_eq!(dec.scanned, 1000);
         dec.feed(b"\n");
-        assert!(matches!(
-            dec.next_frame(),
-            Err(DecodeError::Parse(ParseError::UnknownCommand(_)))
-        ));
+        assert!(matches!(dec.next_frame(), Err(DecodeError::Parse(ParseError::UnknownCommand(_)))));
         assert_eq!(dec.scanned, 0);
     }
 
@@ -338,18 +296,9 @@ mod tests {
         encode_data(b"abc", &mut buf);
         assert_eq!(&buf[..], b"PUT-FROM 3\nDATA 3\nabc");
         let mut dec = LineDecoder::new();
-        assert_eq!(
-            dec.decode(&mut buf),
-            Ok(Some(Frame::Message(Message::PutFrom(3))))
-        );
-        assert_eq!(
-            dec.decode(&mut buf),
-            Ok(Some(Frame::Message(Message::Data(3))))
-        );
-        assert_eq!(
-            dec.decode(&mut buf),
-            Ok(Some(Frame::Data(Bytes::from_static(b"abc"))))
-        );
+        assert_eq!(dec.decode(&mut buf), Ok(Some(Frame::Message(Message::PutFrom(3)))));
+        assert_eq!(dec.decode(&mut buf), Ok(Some(Frame::Message(Message::Data(3)))));
+        assert_eq!(dec.decode(&mut buf), Ok(Some(Frame::Data(Bytes::from_static(b"abc")))));
         assert_eq!(dec.decode(&mut buf), Ok(None));
         assert!(buf.is_empty());
     }
@@ -363,10 +312,7 @@ mod tests {
     fn arb_stream() -> impl Strategy<Value = Vec<Item>> {
         let item = prop_oneof![
             arb_message()
-                .prop_filter("DATA comes with its payload", |m| !matches!(
-                    m,
-                    Message::Data(_)
-                ))
+                .prop_filter("DATA comes with its payload", |m| !matches!(m, Message::Data(_)))
                 .prop_map(Item::Msg),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(Item::Payload),
         ];

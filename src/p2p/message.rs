@@ -30,11 +30,7 @@ pub enum ParseError {
     #[error("{cmd}: {value:?} is not a decimal number in range")]
     BadNumber { cmd: String, value: String },
     #[error("{cmd}: bad key {value:?}: {source}")]
-    BadKey {
-        cmd: String,
-        value: String,
-        source: KeyError,
-    },
+    BadKey { cmd: String, value: String, source: KeyError },
     #[error(
         "{cmd}: bad uuid {value:?} (must be non-empty, without whitespace or control characters)"
     )]
@@ -54,7 +50,10 @@ impl ParseError {
     pub fn command(&self) -> Option<&str> {
         use ParseError::*;
         match self {
-            ArgCount { cmd, .. } | BadNumber { cmd, .. } | BadKey { cmd, .. } | BadUuid { cmd, .. } => Some(cmd),
+            ArgCount { cmd, .. }
+            | BadNumber { cmd, .. }
+            | BadKey { cmd, .. }
+            | BadUuid { cmd, .. } => Some(cmd),
             BadAuthToken { cmd } | BadService { cmd, .. } | AbsoluteFile { cmd, .. } => Some(cmd),
             UnknownCommand(_) | NotUtf8 => None,
         }
@@ -67,10 +66,9 @@ pub(crate) fn is_space(c: char) -> bool {
     match c {
         ' ' | '\t'..='\r' | '\u{a0}' => true,
         c if (c as u32) <= 0x377 => false,
-        c => matches!(
-            c,
-            '\u{1680}' | '\u{2000}'..='\u{200a}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
-        ),
+        c => {
+            matches!(c, '\u{1680}' | '\u{2000}'..='\u{200a}' | '\u{202f}' | '\u{205f}' | '\u{3000}')
+        }
     }
 }
 
@@ -94,10 +92,8 @@ pub struct Uuid(String);
 impl Uuid {
     pub fn new(s: impl Into<String>) -> Option<Uuid> {
         let s = s.into();
-        let ok = !s.is_empty()
-            && !s
-                .chars()
-                .any(|c| is_space(c) || c.is_whitespace() || c.is_control());
+        let ok =
+            !s.is_empty() && !s.chars().any(|c| is_space(c) || c.is_whitespace() || c.is_control());
         ok.then_some(Uuid(s))
     }
 
@@ -119,9 +115,7 @@ pub struct AuthToken(String);
 
 impl AuthToken {
     pub fn new(s: &str) -> Option<AuthToken> {
-        s.bytes()
-            .all(|b| b.is_ascii_alphanumeric())
-            .then(|| AuthToken(s.to_ascii_lowercase()))
+        s.bytes().all(|b| b.is_ascii_alphanumeric()).then(|| AuthToken(s.to_ascii_lowercase()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -279,16 +273,10 @@ pub enum Message {
 fn number<T: FromStr>(cmd: &str, expected: usize, s: &str) -> Result<T, ParseError> {
     // Empty: an argument is missing; whitespace: there are too many.
     if s.is_empty() || s.contains(is_space) {
-        return Err(ParseError::ArgCount {
-            cmd: cmd.into(),
-            expected,
-        });
+        return Err(ParseError::ArgCount { cmd: cmd.into(), expected });
     }
     let digits = s.strip_prefix('-').unwrap_or(s);
-    let bad = || ParseError::BadNumber {
-        cmd: cmd.into(),
-        value: s.to_owned(),
-    };
+    let bad = || ParseError::BadNumber { cmd: cmd.into(), value: s.to_owned() };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
@@ -297,29 +285,16 @@ fn number<T: FromStr>(cmd: &str, expected: usize, s: &str) -> Result<T, ParseErr
 
 fn key(cmd: &str, expected: usize, s: &str) -> Result<Key, ParseError> {
     if s.is_empty() {
-        return Err(ParseError::ArgCount {
-            cmd: cmd.into(),
-            expected,
-        });
+        return Err(ParseError::ArgCount { cmd: cmd.into(), expected });
     }
-    s.parse().map_err(|source| ParseError::BadKey {
-        cmd: cmd.into(),
-        value: s.to_owned(),
-        source,
-    })
+    s.parse().map_err(|source| ParseError::BadKey { cmd: cmd.into(), value: s.to_owned(), source })
 }
 
 fn uuid(cmd: &str, expected: usize, s: &str) -> Result<Uuid, ParseError> {
     if s.is_empty() {
-        return Err(ParseError::ArgCount {
-            cmd: cmd.into(),
-            expected,
-        });
+        return Err(ParseError::ArgCount { cmd: cmd.into(), expected });
     }
-    Uuid::new(s).ok_or_else(|| ParseError::BadUuid {
-        cmd: cmd.into(),
-        value: s.to_owned(),
-    })
+    Uuid::new(s).ok_or_else(|| ParseError::BadUuid { cmd: cmd.into(), value: s.to_owned() })
 }
 
 fn uuids<C: FromIterator<Uuid>>(cmd: &str, rest: &str) -> Result<C, ParseError> {
@@ -327,10 +302,8 @@ fn uuids<C: FromIterator<Uuid>>(cmd: &str, rest: &str) -> Result<C, ParseError> 
 }
 
 fn file(cmd: &str, s: &str) -> Result<AssociatedFile, ParseError> {
-    AssociatedFile::decode(s).ok_or_else(|| ParseError::AbsoluteFile {
-        cmd: cmd.into(),
-        value: s.to_owned(),
-    })
+    AssociatedFile::decode(s)
+        .ok_or_else(|| ParseError::AbsoluteFile { cmd: cmd.into(), value: s.to_owned() })
 }
 
 impl Message {
@@ -440,10 +413,7 @@ impl Message {
             if rest.is_empty() {
                 Ok(m)
             } else {
-                Err(ParseError::ArgCount {
-                    cmd: cmd.into(),
-                    expected: 0,
-                })
+                Err(ParseError::ArgCount { cmd: cmd.into(), expected: 0 })
             }
         };
         Ok(match cmd {
@@ -451,10 +421,7 @@ impl Message {
                 let (u, t) = split_word(rest);
                 let token = AuthToken::new(t)
                     .ok_or_else(|| ParseError::BadAuthToken { cmd: cmd.into() })?;
-                Auth {
-                    uuid: uuid(cmd, 2, u)?,
-                    token,
-                }
+                Auth { uuid: uuid(cmd, 2, u)?, token }
             }
             "AUTH-SUCCESS" => AuthSuccess(uuid(cmd, 1, rest)?),
             "AUTH-FAILURE" => none(AuthFailure)?,
@@ -463,16 +430,10 @@ impl Message {
                 "git-upload-pack" => Service::UploadPack,
                 "git-receive-pack" => Service::ReceivePack,
                 "" => {
-                    return Err(ParseError::ArgCount {
-                        cmd: cmd.into(),
-                        expected: 1,
-                    });
+                    return Err(ParseError::ArgCount { cmd: cmd.into(), expected: 1 });
                 }
                 _ => {
-                    return Err(ParseError::BadService {
-                        cmd: cmd.into(),
-                        value: rest.to_owned(),
-                    });
+                    return Err(ParseError::BadService { cmd: cmd.into(), value: rest.to_owned() });
                 }
             }),
             "CONNECTDONE" => ConnectDone(number(cmd, 1, rest)?),
@@ -484,27 +445,17 @@ impl Message {
             "REMOVE" => Remove(key(cmd, 1, rest)?),
             "REMOVE-BEFORE" => {
                 let (ts, k) = split_word(rest);
-                RemoveBefore {
-                    timestamp: number(cmd, 2, ts)?,
-                    key: key(cmd, 2, k)?,
-                }
+                RemoveBefore { timestamp: number(cmd, 2, ts)?, key: key(cmd, 2, k)? }
             }
             "GETTIMESTAMP" => none(GetTimestamp)?,
             "GET" => {
                 let (off, rest) = split_word(rest);
                 let (f, k) = split_word(rest);
-                Get {
-                    offset: number(cmd, 3, off)?,
-                    file: file(cmd, f)?,
-                    key: key(cmd, 3, k)?,
-                }
+                Get { offset: number(cmd, 3, off)?, file: file(cmd, f)?, key: key(cmd, 3, k)? }
             }
             "PUT" => {
                 let (f, k) = split_word(rest);
-                Put {
-                    file: file(cmd, f)?,
-                    key: key(cmd, 2, k)?,
-                }
+                Put { file: file(cmd, f)?, key: key(cmd, 2, k)? }
             }
             "PUT-FROM" => PutFrom(number(cmd, 1, rest)?),
             "ALREADY-HAVE" => none(AlreadyHave)?,
@@ -544,11 +495,7 @@ impl Message {
             }
             _ => false,
         };
-        if ok {
-            Ok(msg)
-        } else {
-            Err(ParseError::NotUtf8)
-        }
+        if ok { Ok(msg) } else { Err(ParseError::NotUtf8) }
     }
 }
 
@@ -588,91 +535,44 @@ pub(crate) mod tests {
     fn worked_examples() {
         let sha1 = "SHA1-s5--aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d";
         let cases = [
-            (
-                format!("CHECKPRESENT {HELLO}"),
-                Message::CheckPresent(k(HELLO)),
-            ),
+            (format!("CHECKPRESENT {HELLO}"), Message::CheckPresent(k(HELLO))),
             (
                 format!("GET 0 foo%%bar {sha1}"),
-                Message::Get {
-                    offset: 0,
-                    file: af("foo%bar"),
-                    key: k(sha1),
-                },
+                Message::Get { offset: 0, file: af("foo%bar"), key: k(sha1) },
             ),
             (
                 format!("GET 10  {sha1}"),
-                Message::Get {
-                    offset: 10,
-                    file: AssociatedFile(None),
-                    key: k(sha1),
-                },
+                Message::Get { offset: 10, file: AssociatedFile(None), key: k(sha1) },
             ),
             (
                 format!("PUT dir/a.txt {HELLO}"),
-                Message::Put {
-                    file: af("dir/a.txt"),
-                    key: k(HELLO),
-                },
+                Message::Put { file: af("dir/a.txt"), key: k(HELLO) },
             ),
             (
                 format!("REMOVE-BEFORE 1234 {HELLO}"),
-                Message::RemoveBefore {
-                    timestamp: 1234,
-                    key: k(HELLO),
-                },
+                Message::RemoveBefore { timestamp: 1234, key: k(HELLO) },
             ),
-            (
-                format!("LOCKCONTENT {HELLO}"),
-                Message::LockContent(k(HELLO)),
-            ),
+            (format!("LOCKCONTENT {HELLO}"), Message::LockContent(k(HELLO))),
             ("UNLOCKCONTENT".into(), Message::UnlockContent),
             ("PUT-FROM 10".into(), Message::PutFrom(10)),
-            (
-                "SUCCESS-PLUS u1 u2".into(),
-                Message::SuccessPlus(vec![u("u1"), u("u2")]),
-            ),
+            ("SUCCESS-PLUS u1 u2".into(), Message::SuccessPlus(vec![u("u1"), u("u2")])),
             ("SUCCESS-PLUS".into(), Message::SuccessPlus(vec![])),
-            (
-                "FAILURE-PLUS u2".into(),
-                Message::FailurePlus(vec![u("u2")]),
-            ),
-            (
-                "ALREADY-HAVE-PLUS u1".into(),
-                Message::AlreadyHavePlus(vec![u("u1")]),
-            ),
-            (
-                "BYPASS a b".into(),
-                Message::Bypass([u("a"), u("b")].into()),
-            ),
+            ("FAILURE-PLUS u2".into(), Message::FailurePlus(vec![u("u2")])),
+            ("ALREADY-HAVE-PLUS u1".into(), Message::AlreadyHavePlus(vec![u("u1")])),
+            ("BYPASS a b".into(), Message::Bypass([u("a"), u("b")].into())),
             (
                 "AUTH 4b0b1e3c-u tok3n".into(),
-                Message::Auth {
-                    uuid: u("4b0b1e3c-u"),
-                    token: AuthToken::new("tok3n").unwrap(),
-                },
+                Message::Auth { uuid: u("4b0b1e3c-u"), token: AuthToken::new("tok3n").unwrap() },
             ),
-            (
-                "AUTH-SUCCESS s-uuid".into(),
-                Message::AuthSuccess(u("s-uuid")),
-            ),
+            ("AUTH-SUCCESS s-uuid".into(), Message::AuthSuccess(u("s-uuid"))),
             ("VERSION 4".into(), Message::Version(4)),
-            (
-                "CONNECT git-upload-pack".into(),
-                Message::Connect(Service::UploadPack),
-            ),
-            (
-                "CONNECT git-receive-pack".into(),
-                Message::Connect(Service::ReceivePack),
-            ),
+            ("CONNECT git-upload-pack".into(), Message::Connect(Service::UploadPack)),
+            ("CONNECT git-receive-pack".into(), Message::Connect(Service::ReceivePack)),
             ("CONNECTDONE 0".into(), Message::ConnectDone(0)),
             ("CONNECTDONE -1".into(), Message::ConnectDone(-1)),
             (
                 "CHANGED refs/heads/master refs/heads/git-annex".into(),
-                Message::Changed(vec![
-                    "refs/heads/master".into(),
-                    "refs/heads/git-annex".into(),
-                ]),
+                Message::Changed(vec!["refs/heads/master".into(), "refs/heads/git-annex".into()]),
             ),
             ("CHANGED ".into(), Message::Changed(vec![])),
             ("DATA 5".into(), Message::Data(5)),
@@ -709,31 +609,19 @@ pub(crate) mod tests {
     #[test]
     fn lenient_forms() {
         assert_eq!(parse("ERROR"), Message::Error(String::new()));
-        assert_eq!(
-            parse("ERROR  two  spaces "),
-            Message::Error(" two  spaces ".into())
-        );
+        assert_eq!(parse("ERROR  two  spaces "), Message::Error(" two  spaces ".into()));
         assert_eq!(parse("CHANGED"), Message::Changed(vec![]));
-        assert_eq!(
-            parse("SUCCESS-PLUS  u1\tu2 "),
-            Message::SuccessPlus(vec![u("u1"), u("u2")])
-        );
+        assert_eq!(parse("SUCCESS-PLUS  u1\tu2 "), Message::SuccessPlus(vec![u("u1"), u("u2")]));
         assert_eq!(parse("SUCCESS "), Message::Success);
         assert_eq!(parse("VERSION\t1"), Message::Version(1));
         assert_eq!(parse("VERSION 7"), Message::Version(7));
         assert_eq!(
             parse("AUTH u1"),
-            Message::Auth {
-                uuid: u("u1"),
-                token: AuthToken::new("").unwrap()
-            }
+            Message::Auth { uuid: u("u1"), token: AuthToken::new("").unwrap() }
         );
         // NBSP separates words in git-annex; NEL does not.
         assert_eq!(parse("ERROR\u{a0}x"), Message::Error("x".into()));
-        assert!(matches!(
-            Message::parse("ERROR\u{85}x"),
-            Err(ParseError::UnknownCommand(_))
-        ));
+        assert!(matches!(Message::parse("ERROR\u{85}x"), Err(ParseError::UnknownCommand(_))));
         // BYPASS is a set.
         assert_eq!(parse("BYPASS b a b").serialize(), "BYPASS a b");
     }
@@ -741,9 +629,7 @@ pub(crate) mod tests {
     #[test]
     fn auth_tokens_are_case_insensitive_and_not_logged() {
         let m = parse("AUTH u1 AbC123");
-        let Message::Auth { token, .. } = &m else {
-            panic!()
-        };
+        let Message::Auth { token, .. } = &m else { panic!() };
         assert_eq!(token.as_str(), "abc123");
         assert_eq!(m.serialize(), "AUTH u1 abc123");
         assert!(!format!("{m:?}").contains("abc123"));
@@ -778,11 +664,7 @@ pub(crate) mod tests {
     fn serialize_never_breaks_the_line() {
         assert_eq!(Message::Error("a\nb\r".into()).serialize(), "ERROR a b ");
         assert_eq!(
-            Message::Put {
-                file: af("x\ny\r"),
-                key: k(HELLO)
-            }
-            .serialize(),
+            Message::Put { file: af("x\ny\r"), key: k(HELLO) }.serialize(),
             format!("PUT x%y% {HELLO}")
         );
     }
@@ -794,69 +676,30 @@ pub(crate) mod tests {
         assert_eq!(err("FOO bar"), ParseError::UnknownCommand("FOO".into()));
         assert_eq!(err("success"), ParseError::UnknownCommand("success".into()));
         assert_eq!(err(" SUCCESS"), ParseError::UnknownCommand(String::new()));
-        assert_eq!(
-            err("SUCCESS x"),
-            ParseError::ArgCount {
-                cmd: "SUCCESS".into(),
-                expected: 0
-            }
-        );
-        assert_eq!(
-            err("SUCCESS  "),
-            ParseError::ArgCount {
-                cmd: "SUCCESS".into(),
-                expected: 0
-            }
-        );
+        assert_eq!(err("SUCCESS x"), ParseError::ArgCount { cmd: "SUCCESS".into(), expected: 0 });
+        assert_eq!(err("SUCCESS  "), ParseError::ArgCount { cmd: "SUCCESS".into(), expected: 0 });
         assert_eq!(
             err(&format!("UNLOCKCONTENT {HELLO}")),
-            ParseError::ArgCount {
-                cmd: "UNLOCKCONTENT".into(),
-                expected: 0
-            }
+            ParseError::ArgCount { cmd: "UNLOCKCONTENT".into(), expected: 0 }
         );
         assert_eq!(
             err("CHECKPRESENT"),
-            ParseError::ArgCount {
-                cmd: "CHECKPRESENT".into(),
-                expected: 1
-            }
+            ParseError::ArgCount { cmd: "CHECKPRESENT".into(), expected: 1 }
         );
-        assert_eq!(
-            err("PUT-FROM"),
-            ParseError::ArgCount {
-                cmd: "PUT-FROM".into(),
-                expected: 1
-            }
-        );
+        assert_eq!(err("PUT-FROM"), ParseError::ArgCount { cmd: "PUT-FROM".into(), expected: 1 });
         assert_eq!(
             err("PUT-FROM 1 2"),
-            ParseError::ArgCount {
-                cmd: "PUT-FROM".into(),
-                expected: 1
-            }
+            ParseError::ArgCount { cmd: "PUT-FROM".into(), expected: 1 }
         );
         assert_eq!(
             err(&format!("GET 0 {HELLO}")),
-            ParseError::ArgCount {
-                cmd: "GET".into(),
-                expected: 3
-            }
+            ParseError::ArgCount { cmd: "GET".into(), expected: 3 }
         );
         assert_eq!(
             err("AUTH-SUCCESS"),
-            ParseError::ArgCount {
-                cmd: "AUTH-SUCCESS".into(),
-                expected: 1
-            }
+            ParseError::ArgCount { cmd: "AUTH-SUCCESS".into(), expected: 1 }
         );
-        assert_eq!(
-            err("CONNECT"),
-            ParseError::ArgCount {
-                cmd: "CONNECT".into(),
-                expected: 1
-            }
-        );
+        assert_eq!(err("CONNECT"), ParseError::ArgCount { cmd: "CONNECT".into(), expected: 1 });
         for bad in [
             "PUT-FROM abc",
             "PUT-FROM -1",
@@ -871,43 +714,25 @@ pub(crate) mod tests {
         let e = err("DATA 99999999999999999999999");
         assert_eq!(
             e,
-            ParseError::BadNumber {
-                cmd: "DATA".into(),
-                value: "99999999999999999999999".into()
-            }
+            ParseError::BadNumber { cmd: "DATA".into(), value: "99999999999999999999999".into() }
         );
         assert_eq!(
             e.to_string(),
             "DATA: \"99999999999999999999999\" is not a decimal number in range"
         );
-        assert!(matches!(
-            err(&format!("GET x f {HELLO}")),
-            ParseError::BadNumber { .. }
-        ));
-        for bad in [
-            "CHECKPRESENT nokey",
-            "REMOVE ../x--y",
-            "GET 0 f SHA1-s--x",
-            "REMOVE-BEFORE 5 --x",
-        ] {
+        assert!(matches!(err(&format!("GET x f {HELLO}")), ParseError::BadNumber { .. }));
+        for bad in
+            ["CHECKPRESENT nokey", "REMOVE ../x--y", "GET 0 f SHA1-s--x", "REMOVE-BEFORE 5 --x"]
+        {
             assert!(matches!(err(bad), ParseError::BadKey { .. }), "{bad}");
         }
         assert_eq!(
             err("CONNECT git-annex-shell"),
-            ParseError::BadService {
-                cmd: "CONNECT".into(),
-                value: "git-annex-shell".into()
-            }
+            ParseError::BadService { cmd: "CONNECT".into(), value: "git-annex-shell".into() }
         );
-        assert!(matches!(
-            err("AUTH u1 not-a-token"),
-            ParseError::BadAuthToken { .. }
-        ));
+        assert!(matches!(err("AUTH u1 not-a-token"), ParseError::BadAuthToken { .. }));
         assert!(matches!(err("AUTH  tok"), ParseError::ArgCount { .. }));
-        assert!(matches!(
-            err("SUCCESS-PLUS u1 bad\u{1}"),
-            ParseError::BadUuid { .. }
-        ));
+        assert!(matches!(err("SUCCESS-PLUS u1 bad\u{1}"), ParseError::BadUuid { .. }));
     }
 
     #[test]
@@ -915,25 +740,13 @@ pub(crate) mod tests {
         // git-annex escapes per byte: "voilà" (…c3 a0) arrives as "voil\xc3%".
         let line = [b"PUT voil\xc3% ".as_slice(), HELLO.as_bytes()].concat();
         let m = Message::parse_bytes(&line).unwrap();
-        assert_eq!(
-            m,
-            Message::Put {
-                file: af("voil\u{fffd}_"),
-                key: k(HELLO)
-            }
-        );
+        assert_eq!(m, Message::Put { file: af("voil\u{fffd}_"), key: k(HELLO) });
         assert_eq!(
             Message::parse_bytes(b"ERROR bad \xff"),
             Ok(Message::Error("bad \u{fffd}".into()))
         );
-        assert_eq!(
-            Message::parse_bytes(b"GET 0 f WORM--a\xff"),
-            Err(ParseError::NotUtf8)
-        );
-        assert_eq!(
-            Message::parse_bytes(b"CHANGED refs/heads/\xff"),
-            Err(ParseError::NotUtf8)
-        );
+        assert_eq!(Message::parse_bytes(b"GET 0 f WORM--a\xff"), Err(ParseError::NotUtf8));
+        assert_eq!(Message::parse_bytes(b"CHANGED refs/heads/\xff"), Err(ParseError::NotUtf8));
         assert_eq!(Message::parse_bytes(b"SUCCESS"), Ok(Message::Success));
     }
 
@@ -942,14 +755,7 @@ pub(crate) mod tests {
         let key = k(HELLO);
         let cases = [
             (Message::CheckPresent(key.clone()), 0),
-            (
-                Message::Get {
-                    offset: 0,
-                    file: AssociatedFile(None),
-                    key: key.clone(),
-                },
-                0,
-            ),
+            (Message::Get { offset: 0, file: AssociatedFile(None), key: key.clone() }, 0),
             (Message::Version(4), 0),
             (Message::Data(1), 0),
             (Message::Valid, 1),
@@ -977,9 +783,7 @@ pub(crate) mod tests {
         ] {
             assert!(is_space(c), "{c:?}");
         }
-        for c in [
-            'a', '\0', '\u{1c}', '\u{85}', '\u{2028}', '\u{2029}', '\u{200b}', '\u{feff}',
-        ] {
+        for c in ['a', '\0', '\u{1c}', '\u{85}', '\u{2028}', '\u{2029}', '\u{200b}', '\u{feff}'] {
             assert!(!is_space(c), "{c:?}");
         }
     }
@@ -990,11 +794,7 @@ pub(crate) mod tests {
             (any::<u32>(), hex, "(\\.[a-z0-9]{1,4}){0,2}")
                 .prop_map(|(s, h, e)| format!("SHA256E-s{s}--{h}{e}")),
             (any::<u64>(), hex).prop_map(|(s, h)| format!("SHA1-s{s}--{h}")),
-            (
-                any::<u64>(),
-                any::<u64>(),
-                "[a-zA-Z0-9_][a-zA-Z0-9_. ,+-]{0,40}"
-            )
+            (any::<u64>(), any::<u64>(), "[a-zA-Z0-9_][a-zA-Z0-9_. ,+-]{0,40}")
                 .prop_map(|(s, m, n)| format!("WORM-s{s}-m{m}--{n}")),
             (any::<u64>(), 1..100u64, hex)
                 .prop_map(|(s, c, h)| format!("MD5-s{s}-S1048576-C{c}--{h}")),
@@ -1003,11 +803,8 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn arb_uuid() -> impl Strategy<Value = Uuid> {
-        prop_oneof![
-            "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{12}",
-            "[^\\s\\p{Cc}]{1,12}"
-        ]
-        .prop_map(|s| Uuid::new(s).unwrap())
+        prop_oneof!["[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{12}", "[^\\s\\p{Cc}]{1,12}"]
+            .prop_map(|s| Uuid::new(s).unwrap())
     }
 
     /// Files that survive the wire unchanged: relative, non-empty, without
@@ -1021,10 +818,8 @@ pub(crate) mod tests {
         use Message::*;
         let uuids = || proptest::collection::vec(arb_uuid(), 0..4);
         prop_oneof![
-            (arb_uuid(), "[a-z0-9]{0,40}").prop_map(|(uuid, t)| Auth {
-                uuid,
-                token: AuthToken::new(&t).unwrap()
-            }),
+            (arb_uuid(), "[a-z0-9]{0,40}")
+                .prop_map(|(uuid, t)| Auth { uuid, token: AuthToken::new(&t).unwrap() }),
             arb_uuid().prop_map(AuthSuccess),
             Just(AuthFailure),
             any::<u64>().prop_map(Version),

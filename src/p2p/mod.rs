@@ -3,9 +3,9 @@
 
 pub mod key;
 pub mod layout;
-pub mod verify;
 pub mod line;
 pub mod message;
+pub mod verify;
 
 /// How long a content lock must outlast a connection that broke without
 /// UNLOCKCONTENT: the client may still count on it for this long after the

@@ -22,9 +22,10 @@ pub fn git_annex_bin_dir() -> PathBuf {
         if bin.is_file() {
             let out = Command::new(&bin).arg("version").arg("--raw").output();
             if let Ok(o) = out
-                && String::from_utf8_lossy(&o.stdout).starts_with(GIT_ANNEX_VERSION) {
-                    return d;
-                }
+                && String::from_utf8_lossy(&o.stdout).starts_with(GIT_ANNEX_VERSION)
+            {
+                return d;
+            }
         }
     }
     panic!(
@@ -168,7 +169,13 @@ impl Mesh {
                 .arg(p2p.to_string()),
             dir.path(),
         );
-        let mesh = Mesh { dir, http, p2p, coordinator: format!("http://127.0.0.1:{cport}"), procs: vec![p] };
+        let mesh = Mesh {
+            dir,
+            http,
+            p2p,
+            coordinator: format!("http://127.0.0.1:{cport}"),
+            procs: vec![p],
+        };
         mesh.wait_ready(3);
         mesh
     }
@@ -213,7 +220,15 @@ impl Mesh {
         let p = Proc::spawn(
             name,
             annexmesh()
-                .args(["agent", "--coordinator", &self.coordinator, "--cluster", "mesh", "--name", name])
+                .args([
+                    "agent",
+                    "--coordinator",
+                    &self.coordinator,
+                    "--cluster",
+                    "mesh",
+                    "--name",
+                    name,
+                ])
                 .args(["--listen", &format!("127.0.0.1:{}", free_port())])
                 .arg("--store")
                 .arg(store),
@@ -226,7 +241,13 @@ impl Mesh {
         let p = Proc::spawn(
             "gateway",
             annexmesh()
-                .args(["gateway", "--coordinator", &self.coordinator, "--http", &self.http.to_string()])
+                .args([
+                    "gateway",
+                    "--coordinator",
+                    &self.coordinator,
+                    "--http",
+                    &self.http.to_string(),
+                ])
                 .args(["--p2p", &self.p2p.to_string()]),
             self.dir.path(),
         );
@@ -251,7 +272,8 @@ impl Mesh {
 
     /// A counter from a gateway's /metrics.
     pub fn metric(gateway_url: &str, name: &str) -> u64 {
-        let (status, body) = http_get(&format!("{gateway_url}/metrics")).expect("gateway answers /metrics");
+        let (status, body) =
+            http_get(&format!("{gateway_url}/metrics")).expect("gateway answers /metrics");
         assert_eq!(status, 200, "{body}");
         body.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
@@ -267,7 +289,10 @@ impl Mesh {
     }
 
     pub fn proc(&mut self, name: &str) -> &mut Proc {
-        self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
+        self.procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name}"))
     }
 
     /// A new access token for the line protocol (`extra`: `--readonly`,
@@ -286,7 +311,10 @@ impl Mesh {
 
     pub fn healthy_nodes(&self) -> usize {
         let out = self.admin(&["node", "list"]);
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.split('\t').nth(2) == Some("up")).count()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.split('\t').nth(2) == Some("up"))
+            .count()
     }
 
     pub fn wait_ready(&self, agents: usize) {
@@ -318,7 +346,11 @@ impl Mesh {
         for s in &stores {
             let objs = objects_named(s, key);
             assert_eq!(objs.len(), 1, "{} should hold {key}", s.display());
-            assert!(Sha256::digest(std::fs::read(&objs[0]).unwrap()) == want, "{} holds other bytes", s.display());
+            assert!(
+                Sha256::digest(std::fs::read(&objs[0]).unwrap()) == want,
+                "{} holds other bytes",
+                s.display()
+            );
         }
         stores
     }
@@ -382,7 +414,11 @@ impl Client {
     fn new_uninit() -> Client {
         // The generic P2P transport program, as a user installs it on PATH.
         let links = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_annexmesh"), links.path().join("git-annex-p2p-annexmesh")).unwrap();
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_annexmesh"),
+            links.path().join("git-annex-p2p-annexmesh"),
+        )
+        .unwrap();
         let bin = git_annex_bin_dir();
         let path = std::env::join_paths(
             [links.path().to_path_buf(), bin]
@@ -408,7 +444,10 @@ impl Client {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+        self.command(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
     }
 
     /// A command run in this repository with the test's git-annex on PATH.
@@ -489,25 +528,28 @@ pub fn testremote(client: &Client, remote: &str) -> TestRemoteReport {
         client.ok(&["git", "commit", "-q", "-m", "seed"]);
     }
     let out = client.run(&["git", "annex", "testremote", remote]);
-    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let output =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     // tasty prints groups at indent 2 and tests at indent 4 as "name: OK|FAIL".
-    let (mut group, mut tests, mut failed) = (String::new(), Vec::new(), std::collections::BTreeSet::new());
+    let (mut group, mut tests, mut failed) =
+        (String::new(), Vec::new(), std::collections::BTreeSet::new());
     for line in output.lines() {
         let indent = line.len() - line.trim_start().len();
         let text = line.trim();
         if indent == 2 && !text.is_empty() {
             group = text.to_string();
         } else if indent == 4
-            && let Some((name, result)) = text.split_once(':') {
-                let result = result.trim_start();
-                let test = format!("{group} / {name}");
-                if result.starts_with("OK") {
-                    tests.push(test);
-                } else if result.starts_with("FAIL") {
-                    tests.push(test.clone());
-                    failed.insert(test);
-                }
+            && let Some((name, result)) = text.split_once(':')
+        {
+            let result = result.trim_start();
+            let test = format!("{group} / {name}");
+            if result.starts_with("OK") {
+                tests.push(test);
+            } else if result.starts_with("FAIL") {
+                tests.push(test.clone());
+                failed.insert(test);
             }
+        }
     }
     let report = TestRemoteReport { tests, failed, output };
     eprintln!(
@@ -518,4 +560,3 @@ pub fn testremote(client: &Client, remote: &str) -> TestRemoteReport {
     assert!(report.tests.len() >= 100, "testremote {remote} ran too few tests:\n{}", report.output);
     report
 }
-
