@@ -12,6 +12,15 @@ pub fn boottime_ms() -> u64 {
     t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000
 }
 
+/// Milliseconds since the Unix epoch by the wall clock, which may step back:
+/// for showing times to people and stamping records, never for deadlines.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A clock that starts at zero when created.
 #[derive(Debug, Clone, Copy)]
 pub struct Stopwatch {

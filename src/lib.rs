@@ -9,6 +9,7 @@ pub mod auth;
 pub mod clock;
 pub mod coordinator;
 pub mod gateway;
+pub mod names;
 pub mod p2p;
 pub mod relay;
 pub mod rpc;

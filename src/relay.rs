@@ -118,18 +118,9 @@ impl fmt::Display for GatewayAddress {
     }
 }
 
-/// A repository name as the gateway knows it: one path component, no
-/// whitespace or control characters (the preamble is space-separated).
+/// A repository name as the gateway knows it (see `names::validate`).
 fn valid_repo_name(name: &str) -> Result<&str, String> {
-    if name.is_empty() {
-        Err("empty repository name".into())
-    } else if name.contains('/') || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Err(format!(
-            "bad repository name {name:?}: must not contain '/', whitespace or control characters"
-        ))
-    } else {
-        Ok(name)
-    }
+    crate::names::validate(name).map(|()| name).map_err(|e| e.to_string())
 }
 
 /// The line a client may send before AUTH to choose a repository other than

@@ -19,3 +19,23 @@ pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// rather than sixteen of the protocol's default 16 KiB, which cuts the
 /// per-frame work on both ends of every content stream.
 pub const MAX_FRAME: u32 = CHUNK_SIZE as u32 + 1024;
+
+/// The one way a mesh member opens a gRPC channel to another (coordinator or
+/// agent): connected lazily, so a peer that is down is retried on the next
+/// call, with the content-stream windows and frame size on our side too.
+pub fn channel(url: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Ok(endpoint(url)?.connect_lazy())
+}
+
+/// The endpoint behind `channel`, for a caller that connects eagerly.
+pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    use std::time::Duration;
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_frame_size(Some(MAX_FRAME)))
+}

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use crate::auth::{self, Mode};
+use crate::names::Named;
 use crate::rpc::{self, admin_client::AdminClient};
 
 #[derive(Debug, clap::Args)]
@@ -152,14 +153,14 @@ async fn find_cluster(
         .into_inner()
         .clusters
         .into_iter()
-        .find(|c| c.name == cluster || c.uuid == cluster)
+        .find(|c| c.is(cluster))
         .ok_or_else(|| anyhow::anyhow!("unknown cluster {cluster:?}"))
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let mut c = AdminClient::connect(args.coordinator.clone())
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
+    let reach = || format!("cannot reach the coordinator at {}", args.coordinator);
+    let channel = rpc::endpoint(&args.coordinator).with_context(reach)?.connect().await;
+    let mut c = AdminClient::new(channel.with_context(reach)?);
     match args.command {
         AdminCommand::Cluster(ClusterCommand::Create { name }) => {
             let c = c
@@ -252,7 +253,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     .into_inner()
                     .nodes
                     .into_iter()
-                    .find(|n| n.name == node || n.uuid == node)
+                    .find(|n| n.is(&node))
                     .ok_or_else(|| anyhow::anyhow!("unknown node {node:?}"))?,
             };
             println!("{}", info.cost);

@@ -116,8 +116,8 @@ async fn keep_registered(
     let mut client: Option<CoordinatorClient<tonic::transport::Channel>> = None;
     while !shutdown.is_cancelled() {
         if client.is_none() {
-            match tonic::transport::Endpoint::from_shared(coordinator.clone()) {
-                Ok(ep) => client = Some(CoordinatorClient::new(ep.connect_lazy())),
+            match rpc::channel(&coordinator) {
+                Ok(ch) => client = Some(CoordinatorClient::new(ch)),
                 Err(e) => {
                     warn!("bad coordinator URL {coordinator}: {e}");
                     return;

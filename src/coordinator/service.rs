@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
@@ -49,10 +49,6 @@ impl From<StateError> for Status {
     fn from(e: StateError) -> Status {
         Status::internal(e.to_string())
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn valid_key(s: &str) -> Result<(), Status> {
@@ -113,20 +109,9 @@ fn token_info(t: &Token) -> rpc::TokenInfo {
     }
 }
 
-/// Cluster and node names appear in URLs and git remote names.
+/// Cluster and node names: see `names::validate`.
 pub fn valid_name(s: &str) -> Result<(), Status> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s != "git-annex"
-        && !s.starts_with('.')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "bad name {s:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.', and not 'git-annex'"
-        )))
-    }
+    crate::names::validate(s).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 impl CoordinatorService {
@@ -199,7 +184,7 @@ impl CoordinatorService {
             uuid.to_string(),
             Health {
                 last_seen: Instant::now(),
-                last_seen_unix_ms: unix_ms(),
+                last_seen_unix_ms: crate::clock::unix_ms(),
                 free_bytes,
                 active_transfers,
             },
@@ -208,21 +193,16 @@ impl CoordinatorService {
 
     /// A node by name or UUID.
     fn find_node(&self, node: &str) -> Result<Node, Status> {
-        self.state.nodes()?.into_iter().find(|n| n.name == node || n.uuid == node).ok_or_else(
-            || {
-                Status::not_found(format!(
-                    "unknown node {node:?} (`annexmesh admin node list` lists them)"
-                ))
-            },
-        )
+        crate::names::find(self.state.nodes()?, node).ok_or_else(|| {
+            Status::not_found(format!(
+                "unknown node {node:?} (`annexmesh admin node list` lists them)"
+            ))
+        })
     }
 
     /// A cluster by name or UUID.
     fn find_cluster(&self, cluster: &str) -> Result<Cluster, Status> {
-        self.state
-            .clusters()?
-            .into_iter()
-            .find(|c| c.name == cluster || c.uuid == cluster)
+        crate::names::find(self.state.clusters()?, cluster)
             .ok_or_else(|| Status::not_found(format!("unknown cluster {cluster:?}")))
     }
 
@@ -588,8 +568,12 @@ impl admin_server::Admin for Arc<CoordinatorService> {
         valid_token_sha256(&r.token_sha256)?;
         let mode: Mode = r.mode.parse().map_err(Status::invalid_argument)?;
         valid_token_label(&r.label)?;
-        let token =
-            Token { sha256: r.token_sha256, mode, label: r.label, created_unix_ms: unix_ms() };
+        let token = Token {
+            sha256: r.token_sha256,
+            mode,
+            label: r.label,
+            created_unix_ms: crate::clock::unix_ms(),
+        };
         if !self.state.create_token(&token)? {
             return Err(Status::already_exists(format!(
                 "a token with this hash exists already ({})",

@@ -67,6 +67,24 @@ pub struct Node {
     pub address: String,
 }
 
+impl crate::names::Named for Cluster {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn uuid(&self) -> &str {
+        &self.uuid
+    }
+}
+
+impl crate::names::Named for Node {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn uuid(&self) -> &str {
+        &self.uuid
+    }
+}
+
 /// What operators set on a node.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -304,10 +322,7 @@ impl State {
     }
 
     fn next_stamp(&self) -> u64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = crate::clock::unix_ms();
         let mut prev = self.last_stamp.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::select::{Busy, Loads};
@@ -116,20 +116,9 @@ pub struct Mesh {
     loads: Loads,
 }
 
-fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(url.to_string())?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(3))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(Some(rpc::STREAM_WINDOW))
-        .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW))
-        .max_frame_size(Some(rpc::MAX_FRAME)))
-}
-
 impl Mesh {
     pub fn new(coordinator_url: &str) -> anyhow::Result<Arc<Mesh>> {
-        let coordinator = CoordinatorClient::new(endpoint(coordinator_url)?.connect_lazy())
+        let coordinator = CoordinatorClient::new(rpc::channel(coordinator_url)?)
             .max_decoding_message_size(rpc::MAX_MESSAGE);
         Ok(Arc::new(Mesh {
             coordinator,
@@ -233,10 +222,10 @@ impl Mesh {
         if let Some(link) = agents.get(&node.uuid).filter(|l| l.address == node.address) {
             return Ok(link.client.clone());
         }
-        let ep = endpoint(&node.address).map_err(|e| {
+        let channel = rpc::channel(&node.address).map_err(|e| {
             tonic::Status::internal(format!("bad agent address {:?}: {e}", node.address))
         })?;
-        let client = AgentClient::new(ep.connect_lazy())
+        let client = AgentClient::new(channel)
             .max_decoding_message_size(rpc::MAX_MESSAGE)
             .max_encoding_message_size(rpc::MAX_MESSAGE);
         let link = Link {
