@@ -13,4 +13,5 @@ pub mod names;
 pub mod p2p;
 pub mod relay;
 pub mod rpc;
+pub mod tasks;
 pub mod up;

@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .max_blocking_threads(4096)
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
@@ -113,5 +113,9 @@ fn main() -> anyhow::Result<()> {
                 unreachable!()
             }
         }
-    })
+    });
+    // Each role has ended its own tasks by now; what is left (connections a
+    // server let go of, blocking reads) must not hold the exit up.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::rpc::{self, agent_server::AgentServer, coordinator_client::CoordinatorClient};
+use crate::tasks::{SHUTDOWN_GRACE, Tasks, serve_until};
 use service::AgentService;
 use store::Store;
 
@@ -62,15 +63,17 @@ pub async fn serve(
     let uuid = store.uuid()?;
     let local = listener.local_addr()?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| format!("http://{local}"));
+    let tasks = Tasks::new(&shutdown);
     let service = Arc::new(AgentService::new(
         store.clone(),
         uuid.clone(),
         cfg.name.clone(),
         cfg.cluster.clone(),
+        tasks.clone(),
     ));
     info!(%uuid, name = %cfg.name, cluster = %cfg.cluster, %local, "agent serving");
 
-    let registrar = tokio::spawn(keep_registered(
+    tasks.spawn(keep_registered(
         cfg.coordinator.clone(),
         rpc::RegisterRequest {
             uuid,
@@ -80,14 +83,13 @@ pub async fn serve(
             boot_id: service.boot_id.clone(),
         },
         service.clone(),
-        shutdown.clone(),
     ));
     let svc = AgentServer::from_arc(service)
         .max_decoding_message_size(rpc::MAX_MESSAGE)
         .max_encoding_message_size(rpc::MAX_MESSAGE);
     // The agent receives whole objects over one HTTP/2 stream: the default
     // 64 KiB flow-control window would stall every upload on window updates.
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(rpc::STREAM_WINDOW))
         .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW))
@@ -95,11 +97,10 @@ pub async fn serve(
         .add_service(svc)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
-            shutdown.clone().cancelled_owned(),
-        )
-        .await;
-    shutdown.cancel();
-    let _ = registrar.await;
+            tasks.token().clone().cancelled_owned(),
+        );
+    let result = serve_until(server, tasks.token(), SHUTDOWN_GRACE, "agent").await;
+    tasks.shutdown(SHUTDOWN_GRACE).await;
     result.context("agent gRPC server failed")
 }
 
@@ -109,12 +110,11 @@ async fn keep_registered(
     coordinator: String,
     reg: rpc::RegisterRequest,
     service: Arc<AgentService>,
-    shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
     let mut registered = false;
     let mut client: Option<CoordinatorClient<tonic::transport::Channel>> = None;
-    while !shutdown.is_cancelled() {
+    loop {
         if client.is_none() {
             match rpc::channel(&coordinator) {
                 Ok(ch) => client = Some(CoordinatorClient::new(ch)),
@@ -164,10 +164,7 @@ async fn keep_registered(
             backoff = (backoff * 2).min(Duration::from_secs(5));
             backoff
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
-        }
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -17,6 +17,7 @@ use crate::p2p::LOCK_SAFETY_WINDOW;
 use crate::p2p::key::Key;
 use crate::p2p::verify::Verifier;
 use crate::rpc::{self, agent_server, get_reply, lock_request, put_request};
+use crate::tasks::Tasks;
 
 pub struct AgentService {
     pub(crate) store: Store,
@@ -28,6 +29,8 @@ pub struct AgentService {
     locks: ContentLocks,
     uploads: Uploads,
     pub(crate) active: Arc<AtomicU32>,
+    /// Lock holders and GET readers: they end when the agent stops.
+    tasks: Tasks,
 }
 
 /// Counts a transfer as active for as long as it lives.
@@ -71,8 +74,15 @@ pub(crate) fn parse_key(s: &str) -> Result<Key, Status> {
 }
 
 impl AgentService {
-    pub fn new(store: Store, uuid: String, name: String, cluster: String) -> AgentService {
+    pub fn new(
+        store: Store,
+        uuid: String,
+        name: String,
+        cluster: String,
+        tasks: Tasks,
+    ) -> AgentService {
         AgentService {
+            tasks,
             store,
             uuid,
             name,
@@ -321,7 +331,7 @@ impl agent_server::Agent for AgentService {
         let _ = tx.send(reply(true)).await;
         debug!(%key, "locked");
         let locked_at = tokio::time::Instant::now();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             // Held until an explicit unlock. A stream that ends without one
             // means the gateway or its client went away, and the client may
             // still count on the lock: it is kept for the protocol's safety
@@ -466,7 +476,7 @@ impl agent_server::Agent for AgentService {
         let (tx, rx) = mpsc::channel(4);
         let active = Active::enter(&self.active);
         let file = file.into_std().await;
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let _active = active;
             let msg = |m| Ok(rpc::GetReply { msg: Some(m) });
             if tx.send(msg(get_reply::Msg::Header(rpc::GetHeader { length }))).await.is_err() {

@@ -82,6 +82,24 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then how long the process took to exit, or None when it
+    /// was still running after `limit` (it is then killed).
+    pub fn stop_within(&mut self, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        while started.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
+
     /// SIGKILL: a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
