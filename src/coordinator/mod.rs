@@ -3,7 +3,6 @@
 
 pub mod clock;
 pub mod placement;
-pub mod preferred;
 pub mod service;
 pub mod state;
 
@@ -37,7 +36,7 @@ pub struct CoordinatorConfig {
 }
 
 fn parse_reserve(s: &str) -> Result<u64, String> {
-    preferred::parse_size(s)
+    crate::preferred::parse_size(s)
 }
 
 pub struct Coordinator {

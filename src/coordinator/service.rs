@@ -10,13 +10,13 @@ use tracing::{debug, info, warn};
 
 use super::clock::ClusterClock;
 use super::placement::{self, Candidate};
-use super::preferred::{self, Expr};
 use super::state::{
     Cluster, ClusterSettings, DEFAULT_NODE_COST, Node, NodeSettings, Revoked, State, StateError,
     Token,
 };
 use crate::auth::Mode;
 use crate::p2p::key::Key;
+use crate::preferred::{self, Expr};
 use crate::rpc::{self, admin_server, coordinator_server};
 
 /// A node that missed this long of heartbeats is unhealthy.
