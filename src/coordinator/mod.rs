@@ -15,6 +15,9 @@ pub mod service;
 pub mod store;
 pub mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
