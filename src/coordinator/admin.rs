@@ -13,6 +13,7 @@ use super::validate::{valid_key, valid_name, valid_token_id, valid_token_label};
 use crate::auth::Mode;
 use crate::rpc::{self, admin_server};
 
+/// Serves operators.
 pub struct AdminService {
     core: Arc<Core>,
 }

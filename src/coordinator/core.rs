@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tonic::Status;
 
-use super::health::{Health, HealthBoard};
+use super::health::HealthBoard;
 use super::store::{Cluster, ClusterSettings, DEFAULT_NODE_COST, Node, NodeSettings};
 use super::store::{Store, StoreError};
 use crate::preferred::{self, Expr};
@@ -23,6 +23,7 @@ impl From<StoreError> for Status {
     }
 }
 
+/// The state behind both services.
 pub struct Core {
     pub store: Arc<Store>,
     pub health: HealthBoard,
@@ -33,6 +34,7 @@ pub struct Core {
 }
 
 impl Core {
+    /// `reserve_default`: the reserve of clusters that set none.
     pub fn new(store: Arc<Store>, reserve_default: u64) -> Core {
         Core {
             store,
@@ -42,12 +44,9 @@ impl Core {
         }
     }
 
-    pub fn health(&self, uuid: &str) -> (bool, Option<Health>) {
-        self.health.get(uuid)
-    }
-
+    /// A node as replies show it, with its health and settings.
     pub fn node_info(&self, n: &Node, settings: Option<&NodeSettings>) -> rpc::NodeInfo {
-        let (healthy, health) = self.health(&n.uuid);
+        let (healthy, health) = self.health.get(&n.uuid);
         rpc::NodeInfo {
             uuid: n.uuid.clone(),
             name: n.name.clone(),
@@ -63,11 +62,13 @@ impl Core {
         }
     }
 
+    /// Every node as replies show it.
     pub fn all_nodes(&self) -> Result<Vec<rpc::NodeInfo>, Status> {
         let settings = self.store.node_settings()?;
         Ok(self.store.nodes()?.iter().map(|n| self.node_info(n, settings.get(&n.uuid))).collect())
     }
 
+    /// A cluster as replies show it, with its settings or their defaults.
     pub fn cluster_info(
         &self,
         c: &Cluster,
@@ -83,6 +84,7 @@ impl Core {
         }
     }
 
+    /// Every cluster as replies show it.
     pub fn all_clusters(&self) -> Result<Vec<rpc::ClusterInfo>, Status> {
         let settings = self.store.cluster_settings()?;
         Ok(self

@@ -18,6 +18,7 @@ use crate::rpc::{self, coordinator_server};
 pub use super::core::DEFAULT_RESERVE;
 pub use super::health::HEALTH_TIMEOUT;
 
+/// Serves agents and gateways.
 pub struct CoordinatorService {
     core: Arc<Core>,
     clock: Arc<ClusterClock>,
@@ -37,7 +38,7 @@ impl CoordinatorService {
         nodes
             .iter()
             .map(|n| {
-                let (healthy, health) = self.core.health(&n.uuid);
+                let (healthy, health) = self.core.health.get(&n.uuid);
                 let s = settings.get(&n.uuid);
                 // Expressions are checked when set; one that no longer parses
                 // wants nothing rather than everything.
@@ -94,7 +95,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
             }
             Registration::Unchanged => {}
         }
-        let free = self.core.health(&node.uuid).1.and_then(|h| h.free_bytes);
+        let free = self.core.health.get(&node.uuid).1.and_then(|h| h.free_bytes);
         self.core.health.touch(&node.uuid, free, 0);
         Ok(Response::new(rpc::RegisterReply { cluster_uuid: cluster.uuid }))
     }

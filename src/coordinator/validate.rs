@@ -17,6 +17,7 @@ pub fn valid_key(s: &str) -> Result<Key, Status> {
     s.parse::<Key>().map_err(|e| Status::invalid_argument(format!("bad key {s:?}: {e}")))
 }
 
+/// A node UUID, as git-annex repositories have them.
 pub fn valid_uuid(s: &str) -> Result<(), Status> {
     uuid::Uuid::parse_str(s)
         .map(|_| ())

@@ -69,6 +69,8 @@ pub enum StoreError {
     Io { what: String, source: Arc<std::io::Error> },
     #[error("the database writer has stopped; restart the coordinator")]
     WriterStopped,
+    #[error("the database write failed unexpectedly and was abandoned; see the coordinator's log")]
+    Abandoned,
 }
 
 macro_rules! db_err {

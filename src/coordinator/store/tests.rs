@@ -129,6 +129,23 @@ async fn a_failed_write_leaves_nothing_behind() {
     assert_eq!(s.meta("after").unwrap(), Some(2));
 }
 
+#[tokio::test]
+async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let err = s
+        .write(|txn| -> Result<()> {
+            txn.open_table(META)?.insert("half", 1)?;
+            panic!("a bug in a write");
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Abandoned), "{err}");
+    assert_eq!(s.meta("half").unwrap(), None);
+    s.set_meta("after", 2).await.unwrap();
+    assert_eq!(s.meta("after").unwrap(), Some(2));
+}
+
 /// More writers than the queue holds wait their turn; none is lost and each
 /// sees its own writes once answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,6 +8,7 @@
 //! fsync (location changes, which come in bursts). Jobs are applied in the
 //! order they were queued.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -56,7 +57,7 @@ impl Writer {
             let _ = done.send(commit_alone(db, f));
         }));
         self.send(job).await?;
-        reply.await.map_err(|_| StoreError::WriterStopped)?
+        reply.await.map_err(|_| self.lost())?
     }
 
     /// Runs `f` in a transaction it may share with other grouped jobs; any
@@ -67,7 +68,16 @@ impl Writer {
     {
         let (done, reply) = oneshot::channel();
         self.send(Job::Grouped(Box::new(f), done)).await?;
-        reply.await.map_err(|_| StoreError::WriterStopped)?
+        reply.await.map_err(|_| self.lost())?
+    }
+
+    /// Why a job's reply never came: the thread is gone, or the job panicked
+    /// and was abandoned.
+    fn lost(&self) -> StoreError {
+        match &self.queue {
+            Some(queue) if !queue.is_closed() => StoreError::Abandoned,
+            _ => StoreError::WriterStopped,
+        }
     }
 
     async fn send(&self, job: Job) -> Result<()> {
@@ -102,12 +112,22 @@ fn run(db: &Database, mut jobs: mpsc::Receiver<Job>) {
                 Job::Grouped(f, done) => group.push((f, done)),
                 Job::Alone(f) => {
                     // Earlier grouped jobs commit first, to keep the order.
-                    commit_group(db, std::mem::take(&mut group));
-                    f(db);
+                    let earlier = std::mem::take(&mut group);
+                    guarded(|| commit_group(db, earlier));
+                    guarded(|| f(db));
                 }
             }
         }
-        commit_group(db, group);
+        guarded(|| commit_group(db, group));
+    }
+}
+
+/// Runs `f`, surviving a panic in it: the transaction it was in is dropped
+/// (abandoning its writes), its callers are answered `Abandoned` as their
+/// reply senders drop, and the writer goes on with the next jobs.
+fn guarded(f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!("a database write panicked and was abandoned; the writer goes on");
     }
 }
 
