@@ -11,6 +11,7 @@ pub mod coordinator;
 pub mod gateway;
 pub mod names;
 pub mod p2p;
+pub mod preferred;
 pub mod relay;
 pub mod rpc;
 pub mod tasks;

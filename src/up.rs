@@ -35,8 +35,8 @@ pub struct UpConfig {
 pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("cannot create {}", cfg.data.display()))?;
-    let coordinator = Coordinator::open(&cfg.data.join("coordinator"))?;
-    coordinator.state.create_cluster(CLUSTER)?;
+    let coordinator = Coordinator::open(&cfg.data.join("coordinator")).await?;
+    coordinator.store.create_cluster(CLUSTER).await?;
     let listener = TcpListener::bind(cfg.coordinator_listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.coordinator_listen))?;

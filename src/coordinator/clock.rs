@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::clock::Stopwatch;
 
-use super::state::{Result, State};
+use super::store::{Result, Store};
 
 const LEASE_MS: u64 = 60_000;
 const META_LEASE: &str = "clock_lease_ms";
@@ -24,13 +24,15 @@ pub struct ClusterClock {
 }
 
 impl ClusterClock {
-    pub fn open(state: &State) -> Result<ClusterClock> {
-        let base_ms = state.meta(META_LEASE)?.unwrap_or(1000);
+    /// Resumes the clock at the persisted lease and persists the next one.
+    pub async fn open(store: &Store) -> Result<ClusterClock> {
+        let base_ms = store.meta(META_LEASE)?.unwrap_or(1000);
         let lease = base_ms + LEASE_MS;
-        state.set_meta(META_LEASE, lease)?;
+        store.set_meta(META_LEASE, lease).await?;
         Ok(ClusterClock { base_ms, started: Stopwatch::start(), lease_ms: AtomicU64::new(lease) })
     }
 
+    /// The cluster's time in milliseconds.
     pub fn now_ms(&self) -> u64 {
         // Never hand out a value at or past the persisted lease: should the
         // renewal fall behind, the clock waits at the lease instead.
@@ -39,22 +41,23 @@ impl ClusterClock {
     }
 
     /// Extends the lease when less than half of it remains.
-    pub fn renew(&self, state: &State) -> Result<()> {
+    pub async fn renew(&self, store: &Store) -> Result<()> {
         let now = self.base_ms + self.started.elapsed_ms();
         if now + LEASE_MS / 2 > self.lease_ms.load(Ordering::Acquire) {
             let lease = now + LEASE_MS;
-            state.set_meta(META_LEASE, lease)?;
+            store.set_meta(META_LEASE, lease).await?;
             self.lease_ms.store(lease, Ordering::Release);
         }
         Ok(())
     }
 
-    pub fn spawn_renewal(self: &Arc<Self>, state: Arc<State>) {
+    /// Renews the lease every few seconds, for as long as the runtime runs.
+    pub fn spawn_renewal(self: &Arc<Self>, store: Arc<Store>) {
         let clock = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                if let Err(e) = clock.renew(&state) {
+                if let Err(e) = clock.renew(&store).await {
                     tracing::error!("cannot persist the cluster clock: {e}");
                 }
             }
@@ -66,14 +69,14 @@ impl ClusterClock {
 mod tests {
     use super::*;
 
-    #[test]
-    fn clock_never_goes_back_across_restart() {
+    #[tokio::test]
+    async fn clock_never_goes_back_across_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let state = State::open(dir.path()).unwrap();
-        let c1 = ClusterClock::open(&state).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let c1 = ClusterClock::open(&store).await.unwrap();
         let t1 = c1.now_ms();
         let _ = c1;
-        let c2 = ClusterClock::open(&state).unwrap();
+        let c2 = ClusterClock::open(&store).await.unwrap();
         assert!(c2.now_ms() > t1);
         let t2 = c2.now_ms();
         std::thread::sleep(Duration::from_millis(5));

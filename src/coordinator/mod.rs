@@ -1,11 +1,22 @@
 //! The coordinator role: registry, health, location log, cluster clock and
 //! the admin API, shared by every gateway.
+//!
+//! `store` keeps the durable state behind one writer thread; `service`
+//! (agents and gateways) and `admin` (operators) are the gRPC services,
+//! thin over `core`, which they share; `placement` chooses the nodes of a
+//! PUT with the pure `crate::preferred` expressions.
 
+pub mod admin;
 pub mod clock;
+pub mod core;
+pub mod health;
 pub mod placement;
-pub mod preferred;
 pub mod service;
-pub mod state;
+pub mod store;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,10 +28,15 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use self::core::Core;
 use crate::rpc::{self, admin_server::AdminServer, coordinator_server::CoordinatorServer};
+use admin::AdminService;
 use clock::ClusterClock;
 use service::CoordinatorService;
-use state::State;
+
+pub use self::core::DEFAULT_RESERVE;
+pub use health::HEALTH_TIMEOUT;
+pub use store::Store;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorConfig {
@@ -37,29 +53,41 @@ pub struct CoordinatorConfig {
 }
 
 fn parse_reserve(s: &str) -> Result<u64, String> {
-    preferred::parse_size(s)
+    crate::preferred::parse_size(s)
 }
 
+/// A coordinator with its database open, ready to serve.
 pub struct Coordinator {
-    pub state: Arc<State>,
-    pub service: Arc<CoordinatorService>,
+    pub store: Arc<Store>,
+    pub service: CoordinatorService,
+    pub admin: AdminService,
 }
 
 impl Coordinator {
-    pub fn open(data: &std::path::Path) -> anyhow::Result<Coordinator> {
-        Coordinator::open_with_reserve(data, service::DEFAULT_RESERVE)
+    /// Opens the database in `data`, with the default reserve.
+    pub async fn open(data: &std::path::Path) -> anyhow::Result<Coordinator> {
+        Coordinator::open_with_reserve(data, DEFAULT_RESERVE).await
     }
 
     /// `reserve`: the free space a PUT must leave on a node, for clusters
     /// that set none.
-    pub fn open_with_reserve(data: &std::path::Path, reserve: u64) -> anyhow::Result<Coordinator> {
-        let state = Arc::new(State::open(data).with_context(|| {
-            format!("cannot open the coordinator database in {}", data.display())
-        })?);
-        let clock = Arc::new(ClusterClock::open(&state)?);
-        clock.spawn_renewal(state.clone());
-        let service = Arc::new(CoordinatorService::new(state.clone(), clock, reserve));
-        Ok(Coordinator { state, service })
+    pub async fn open_with_reserve(
+        data: &std::path::Path,
+        reserve: u64,
+    ) -> anyhow::Result<Coordinator> {
+        let cannot_open = || format!("cannot open the coordinator database in {}", data.display());
+        // Opening reads and writes the disk: keep it off the async workers.
+        let dir = data.to_path_buf();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .with_context(cannot_open)?
+            .with_context(cannot_open)?;
+        let store = Arc::new(store);
+        let clock = Arc::new(ClusterClock::open(&store).await?);
+        clock.spawn_renewal(store.clone());
+        let core = Arc::new(Core::new(store.clone(), reserve));
+        let service = CoordinatorService::new(core.clone(), clock);
+        Ok(Coordinator { store, service, admin: AdminService::new(core) })
     }
 
     pub async fn serve(
@@ -70,11 +98,11 @@ impl Coordinator {
         info!(addr = %listener.local_addr()?, "coordinator serving");
         tonic::transport::Server::builder()
             .add_service(
-                CoordinatorServer::new(self.service.clone())
+                CoordinatorServer::new(self.service)
                     .max_decoding_message_size(rpc::MAX_MESSAGE)
                     .max_encoding_message_size(rpc::MAX_MESSAGE),
             )
-            .add_service(AdminServer::new(self.service.clone()))
+            .add_service(AdminServer::new(self.admin))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
                 shutdown.cancelled_owned(),
@@ -85,7 +113,7 @@ impl Coordinator {
 }
 
 pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let coordinator = Coordinator::open_with_reserve(&cfg.data, cfg.reserve)?;
+    let coordinator = Coordinator::open_with_reserve(&cfg.data, cfg.reserve).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use super::preferred::{Expr, Subject};
 use crate::p2p::key::Key;
+use crate::preferred::{Expr, Subject};
 
 /// What placement knows of one node.
 #[derive(Debug, Clone)]

@@ -1,0 +1,293 @@
+//! The `Admin` gRPC service: what operators ask through `annexmesh admin`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::core::Core;
+use super::store::{Cluster, Node, NodeSettings, Revoked, Token};
+use super::validate::valid_token_sha256;
+use super::validate::{valid_key, valid_name, valid_token_id, valid_token_label};
+use crate::auth::Mode;
+use crate::rpc::{self, admin_server};
+
+/// Serves operators.
+pub struct AdminService {
+    core: Arc<Core>,
+}
+
+fn token_info(t: &Token) -> rpc::TokenInfo {
+    rpc::TokenInfo {
+        id: t.id().to_string(),
+        mode: t.mode.as_str().to_string(),
+        label: t.label.clone(),
+        created_unix_ms: t.created_unix_ms,
+    }
+}
+
+fn wanted_reply(n: &Node, settings: &NodeSettings) -> rpc::WantedReply {
+    rpc::WantedReply {
+        node_uuid: n.uuid.clone(),
+        node_name: n.name.clone(),
+        expression: settings.wanted.clone().unwrap_or_default(),
+    }
+}
+
+impl AdminService {
+    pub fn new(core: Arc<Core>) -> AdminService {
+        AdminService { core }
+    }
+
+    /// A node by name or UUID.
+    fn find_node(&self, node: &str) -> Result<Node, Status> {
+        crate::names::find(self.core.store.nodes()?, node).ok_or_else(|| {
+            Status::not_found(format!(
+                "unknown node {node:?} (`annexmesh admin node list` lists them)"
+            ))
+        })
+    }
+
+    /// A cluster by name or UUID.
+    fn find_cluster(&self, cluster: &str) -> Result<Cluster, Status> {
+        crate::names::find(self.core.store.clusters()?, cluster)
+            .ok_or_else(|| Status::not_found(format!("unknown cluster {cluster:?}")))
+    }
+
+    /// The expression to store for `text`: None for an empty one (wants
+    /// everything), else its normalised form, refused when it does not parse.
+    fn wanted(&self, text: &str) -> Result<Option<String>, Status> {
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        let e = self.core.expr(text).map_err(|e| {
+            Status::invalid_argument(format!("bad preferred content expression {text:?}: {e}"))
+        })?;
+        Ok(Some(e.as_str().to_string()))
+    }
+
+    /// The reserve to store for `text`: None for the coordinator's default.
+    fn reserve(text: &str) -> Result<Option<u64>, Status> {
+        match text.trim() {
+            "" | "default" => Ok(None),
+            size => crate::preferred::parse_size(size)
+                .map(Some)
+                .map_err(|e| Status::invalid_argument(format!("bad reserve: {e}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl admin_server::Admin for AdminService {
+    async fn create_cluster(
+        &self,
+        req: Request<rpc::CreateClusterRequest>,
+    ) -> Result<Response<rpc::ClusterInfo>, Status> {
+        let name = &req.get_ref().name;
+        valid_name(name)?;
+        let (c, created) = self.core.store.create_cluster(name).await?;
+        if !created {
+            return Err(Status::already_exists(format!(
+                "cluster {name:?} exists already ({})",
+                c.uuid
+            )));
+        }
+        info!(cluster = %c.name, uuid = %c.uuid, "cluster created");
+        Ok(Response::new(self.core.cluster_info(&c, None)))
+    }
+
+    async fn list_clusters(
+        &self,
+        _: Request<rpc::ListClustersRequest>,
+    ) -> Result<Response<rpc::ListClustersReply>, Status> {
+        let mut clusters = self.core.all_clusters()?;
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(rpc::ListClustersReply { clusters }))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<rpc::ListNodesRequest>,
+    ) -> Result<Response<rpc::ListNodesReply>, Status> {
+        let name = &req.get_ref().cluster;
+        let mut nodes = self.core.all_nodes()?;
+        if !name.is_empty() {
+            let c = self
+                .core
+                .store
+                .cluster_by_name(name)?
+                .ok_or_else(|| Status::not_found(format!("unknown cluster {name:?}")))?;
+            nodes.retain(|n| n.cluster_uuid == c.uuid);
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(rpc::ListNodesReply { nodes }))
+    }
+
+    async fn whereis(
+        &self,
+        req: Request<rpc::WhereisRequest>,
+    ) -> Result<Response<rpc::WhereisReply>, Status> {
+        let key = &req.get_ref().key;
+        valid_key(key)?;
+        let names: HashMap<String, String> =
+            self.core.store.nodes()?.into_iter().map(|n| (n.uuid, n.name)).collect();
+        let entries = self
+            .core
+            .store
+            .locations(key)?
+            .into_iter()
+            .map(|e| rpc::WhereisEntry {
+                node_name: names.get(&e.node_uuid).cloned().unwrap_or_default(),
+                node_uuid: e.node_uuid,
+                present: e.present,
+                changed_unix_ms: e.changed_unix_ms,
+            })
+            .collect();
+        Ok(Response::new(rpc::WhereisReply { entries }))
+    }
+
+    async fn get_wanted(
+        &self,
+        req: Request<rpc::GetWantedRequest>,
+    ) -> Result<Response<rpc::WantedReply>, Status> {
+        let n = self.find_node(&req.get_ref().node)?;
+        let settings = self.core.store.node_settings()?.remove(&n.uuid).unwrap_or_default();
+        Ok(Response::new(wanted_reply(&n, &settings)))
+    }
+
+    async fn set_wanted(
+        &self,
+        req: Request<rpc::SetWantedRequest>,
+    ) -> Result<Response<rpc::WantedReply>, Status> {
+        let r = req.into_inner();
+        let n = self.find_node(&r.node)?;
+        let wanted = self.wanted(&r.expression)?;
+        let set = wanted.clone();
+        let settings =
+            self.core.store.update_node_settings(&n.uuid, move |s| s.wanted = set).await?;
+        info!(node = %n.name, wanted = ?wanted, "preferred content set");
+        Ok(Response::new(wanted_reply(&n, &settings)))
+    }
+
+    async fn set_draining(
+        &self,
+        req: Request<rpc::SetDrainingRequest>,
+    ) -> Result<Response<rpc::NodeInfo>, Status> {
+        let r = req.into_inner();
+        let n = self.find_node(&r.node)?;
+        let draining = r.draining;
+        let settings =
+            self.core.store.update_node_settings(&n.uuid, move |s| s.draining = draining).await?;
+        info!(node = %n.name, draining, "node drain state set");
+        Ok(Response::new(self.core.node_info(&n, Some(&settings))))
+    }
+
+    async fn set_cluster_min_copies(
+        &self,
+        req: Request<rpc::SetClusterMinCopiesRequest>,
+    ) -> Result<Response<rpc::ClusterInfo>, Status> {
+        let r = req.into_inner();
+        let c = self.find_cluster(&r.cluster)?;
+        if r.min_copies == 0 {
+            return Err(Status::invalid_argument(
+                "the minimum number of copies must be at least 1",
+            ));
+        }
+        let min = r.min_copies;
+        let settings = self
+            .core
+            .store
+            .update_cluster_settings(&c.uuid, move |s| s.min_copies = Some(min))
+            .await?;
+        info!(cluster = %c.name, min_copies = min, "minimum copies set");
+        Ok(Response::new(self.core.cluster_info(&c, Some(&settings))))
+    }
+
+    async fn set_cluster_reserve(
+        &self,
+        req: Request<rpc::SetClusterReserveRequest>,
+    ) -> Result<Response<rpc::ClusterInfo>, Status> {
+        let r = req.into_inner();
+        let c = self.find_cluster(&r.cluster)?;
+        let reserve = Self::reserve(&r.reserve)?;
+        let settings = self
+            .core
+            .store
+            .update_cluster_settings(&c.uuid, move |s| s.reserve_bytes = reserve)
+            .await?;
+        info!(cluster = %c.name, reserve = ?reserve, "space reserve set");
+        Ok(Response::new(self.core.cluster_info(&c, Some(&settings))))
+    }
+
+    async fn set_node_cost(
+        &self,
+        req: Request<rpc::SetNodeCostRequest>,
+    ) -> Result<Response<rpc::NodeInfo>, Status> {
+        let r = req.into_inner();
+        let n = self.find_node(&r.node)?;
+        let cost = r.cost;
+        let settings =
+            self.core.store.update_node_settings(&n.uuid, move |s| s.cost = Some(cost)).await?;
+        info!(node = %n.name, cost, "node cost set");
+        Ok(Response::new(self.core.node_info(&n, Some(&settings))))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<rpc::CreateTokenRequest>,
+    ) -> Result<Response<rpc::TokenInfo>, Status> {
+        let r = req.into_inner();
+        valid_token_sha256(&r.token_sha256)?;
+        let mode: Mode = r.mode.parse().map_err(Status::invalid_argument)?;
+        valid_token_label(&r.label)?;
+        let token = Token {
+            sha256: r.token_sha256,
+            mode,
+            label: r.label,
+            created_unix_ms: crate::clock::unix_ms(),
+        };
+        if !self.core.store.create_token(token.clone()).await? {
+            return Err(Status::already_exists(format!(
+                "a token with this hash exists already ({})",
+                token.id()
+            )));
+        }
+        info!(token = %token.id(), mode = %token.mode, label = %token.label, "access token created");
+        Ok(Response::new(token_info(&token)))
+    }
+
+    async fn list_tokens(
+        &self,
+        _: Request<rpc::ListTokensRequest>,
+    ) -> Result<Response<rpc::ListTokensReply>, Status> {
+        let mut tokens = self.core.store.tokens()?;
+        tokens.sort_by(|a, b| {
+            a.created_unix_ms.cmp(&b.created_unix_ms).then_with(|| a.sha256.cmp(&b.sha256))
+        });
+        Ok(Response::new(rpc::ListTokensReply { tokens: tokens.iter().map(token_info).collect() }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<rpc::RevokeTokenRequest>,
+    ) -> Result<Response<rpc::TokenInfo>, Status> {
+        let id = valid_token_id(&req.get_ref().id)?;
+        match self.core.store.revoke_token(&id).await? {
+            Revoked::Done(t) => {
+                info!(token = %t.id(), mode = %t.mode, label = %t.label, "access token revoked");
+                Ok(Response::new(token_info(&t)))
+            }
+            Revoked::NotFound => Err(Status::not_found(format!(
+                "no token with id {id} (`annexmesh admin token list` lists them)"
+            ))),
+            Revoked::Ambiguous(ts) => {
+                let ids: Vec<&str> = ts.iter().map(|t| t.id()).collect();
+                Err(Status::invalid_argument(format!(
+                    "token id {id} is ambiguous: it matches {}; give more digits",
+                    ids.join(", ")
+                )))
+            }
+        }
+    }
+}

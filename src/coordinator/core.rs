@@ -1,0 +1,107 @@
+//! What the coordinator's two gRPC services share: the store, node health,
+//! the default reserve, parsed preferred content expressions, and the
+//! conversions from stored records to replies.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tonic::Status;
+
+use super::health::HealthBoard;
+use super::store::{Cluster, ClusterSettings, DEFAULT_NODE_COST, Node, NodeSettings};
+use super::store::{Store, StoreError};
+use crate::preferred::{self, Expr};
+use crate::rpc;
+
+/// Free space a PUT must leave on a node unless the cluster sets its own:
+/// git-annex's default `annex.diskreserve`, 100 megabytes.
+pub const DEFAULT_RESERVE: u64 = 100_000_000;
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        Status::internal(e.to_string())
+    }
+}
+
+/// The state behind both services.
+pub struct Core {
+    pub store: Arc<Store>,
+    pub health: HealthBoard,
+    /// The reserve of clusters that set none.
+    pub reserve_default: u64,
+    /// Parsed preferred content expressions by their text.
+    exprs: Mutex<HashMap<String, Arc<Expr>>>,
+}
+
+impl Core {
+    /// `reserve_default`: the reserve of clusters that set none.
+    pub fn new(store: Arc<Store>, reserve_default: u64) -> Core {
+        Core {
+            store,
+            health: HealthBoard::default(),
+            reserve_default,
+            exprs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A node as replies show it, with its health and settings.
+    pub fn node_info(&self, n: &Node, settings: Option<&NodeSettings>) -> rpc::NodeInfo {
+        let (healthy, health) = self.health.get(&n.uuid);
+        rpc::NodeInfo {
+            uuid: n.uuid.clone(),
+            name: n.name.clone(),
+            cluster_uuid: n.cluster_uuid.clone(),
+            address: n.address.clone(),
+            healthy,
+            last_seen_unix_ms: health.as_ref().map_or(0, |h| h.last_seen_unix_ms),
+            free_bytes: health.as_ref().and_then(|h| h.free_bytes).unwrap_or(0),
+            active_transfers: health.as_ref().map_or(0, |h| h.active_transfers),
+            draining: settings.is_some_and(|s| s.draining),
+            wanted: settings.and_then(|s| s.wanted.clone()).unwrap_or_default(),
+            cost: settings.and_then(|s| s.cost).unwrap_or(DEFAULT_NODE_COST),
+        }
+    }
+
+    /// Every node as replies show it.
+    pub fn all_nodes(&self) -> Result<Vec<rpc::NodeInfo>, Status> {
+        let settings = self.store.node_settings()?;
+        Ok(self.store.nodes()?.iter().map(|n| self.node_info(n, settings.get(&n.uuid))).collect())
+    }
+
+    /// A cluster as replies show it, with its settings or their defaults.
+    pub fn cluster_info(
+        &self,
+        c: &Cluster,
+        settings: Option<&ClusterSettings>,
+    ) -> rpc::ClusterInfo {
+        let reserve = settings.and_then(|s| s.reserve_bytes);
+        rpc::ClusterInfo {
+            uuid: c.uuid.clone(),
+            name: c.name.clone(),
+            min_copies: settings.and_then(|s| s.min_copies).unwrap_or(1),
+            reserve_bytes: reserve.unwrap_or(self.reserve_default),
+            reserve_default: reserve.is_none(),
+        }
+    }
+
+    /// Every cluster as replies show it.
+    pub fn all_clusters(&self) -> Result<Vec<rpc::ClusterInfo>, Status> {
+        let settings = self.store.cluster_settings()?;
+        Ok(self
+            .store
+            .clusters()?
+            .iter()
+            .map(|c| self.cluster_info(c, settings.get(&c.uuid)))
+            .collect())
+    }
+
+    /// The parsed form of `text`, parsed once.
+    pub fn expr(&self, text: &str) -> Result<Arc<Expr>, preferred::ParseError> {
+        if let Some(e) = self.exprs.lock().unwrap().get(text) {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(Expr::parse(text)?);
+        self.exprs.lock().unwrap().insert(text.to_string(), e.clone());
+        Ok(e)
+    }
+}

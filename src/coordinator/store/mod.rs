@@ -1,0 +1,161 @@
+//! The coordinator's durable state in an embedded redb database, split by
+//! concern: the registry of clusters and nodes (`registry`), the location
+//! log (`locations`), what operators set on them (`settings`), the access
+//! tokens of the line-protocol front-end (`tokens`) and persisted counters
+//! such as the cluster clock's lease (`meta`).
+//!
+//! Reads open a read transaction of their own: cheap, and a consistent
+//! snapshot. Every write goes through one writer thread (`writer`) fed by a
+//! bounded queue, so that no commit (and its fsync) runs on an async worker,
+//! a check and the write it guards share one transaction, and location
+//! changes are committed in groups.
+
+mod locations;
+mod meta;
+mod registry;
+mod settings;
+mod tokens;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::WriteTransaction;
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use locations::{Change, LocationEntry};
+pub use registry::{Cluster, Node, Registration};
+pub use settings::{ClusterSettings, DEFAULT_NODE_COST, NodeSettings};
+pub use tokens::{Revoked, Token};
+
+use locations::Stamps;
+use writer::Writer;
+
+// The on-disk format: table names and encodings must stay as they are, so
+// that an existing data directory keeps opening.
+
+/// Cluster UUID -> Cluster as JSON.
+const CLUSTERS: TableDefinition<&str, &str> = TableDefinition::new("clusters");
+/// Node UUID -> Node as JSON.
+const NODES: TableDefinition<&str, &str> = TableDefinition::new("nodes");
+/// "KEY\tNODE-UUID" -> (changed unix ms, present). A tab never occurs in a
+/// valid key, so all entries of one key form one contiguous range.
+const LOCATIONS: TableDefinition<&str, (u64, bool)> = TableDefinition::new("locations");
+/// Counter name -> value.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Node UUID -> NodeSettings as JSON, apart from `nodes` so that an agent's
+/// registration never overwrites what an operator set.
+const NODE_SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("node_settings");
+/// Cluster UUID -> ClusterSettings as JSON.
+const CLUSTER_SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("cluster_settings");
+/// Hex SHA-256 of an access token -> TokenRecord as JSON. Only the hash is
+/// kept, so the database alone grants no access.
+const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
+
+/// Why a store operation failed. Clone, so that one failed group commit can
+/// answer every write in the group.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(Arc<redb::Error>),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: Arc<std::io::Error> },
+    #[error("the database writer has stopped; restart the coordinator")]
+    WriterStopped,
+    #[error("the database write failed unexpectedly and was abandoned; see the coordinator's log")]
+    Abandoned,
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(Arc::new(e.into())) }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The coordinator's database: direct reads, writes through the writer.
+pub struct Store {
+    db: Arc<Database>,
+    writer: Writer,
+    stamps: Arc<Stamps>,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` and starts its writer.
+    /// Blocks on the disk: call it before serving, or off the async workers.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+            what: format!("cannot create {}", dir.display()),
+            source: Arc::new(e),
+        })?;
+        let db = Database::create(dir.join("coordinator.redb"))?;
+        let txn = db.begin_write()?;
+        // Create every table so that readers never meet a missing one.
+        txn.open_table(CLUSTERS)?;
+        txn.open_table(NODES)?;
+        txn.open_table(LOCATIONS)?;
+        txn.open_table(META)?;
+        txn.open_table(NODE_SETTINGS)?;
+        txn.open_table(CLUSTER_SETTINGS)?;
+        txn.open_table(TOKENS)?;
+        txn.commit()?;
+        let db = Arc::new(db);
+        let writer = Writer::start(db.clone()).map_err(|e| StoreError::Io {
+            what: "cannot start the database writer thread".into(),
+            source: Arc::new(e),
+        })?;
+        Ok(Store { db, writer, stamps: Arc::new(Stamps::default()) })
+    }
+
+    fn read(&self) -> Result<ReadTransaction> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// Runs `f` on the writer thread in a transaction of its own, committed
+    /// when `f` succeeds and abandoned when it fails; returns once committed.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+    {
+        self.writer.write(f).await
+    }
+}
+
+/// Every value of a JSON-valued table.
+fn all_values<T: DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static str>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(t.len()? as usize);
+    for row in t.iter()? {
+        let (_, v) = row?;
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{e}: {s}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("records serialise")
+}
