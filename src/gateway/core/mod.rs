@@ -14,6 +14,8 @@ mod locations;
 mod present;
 mod put;
 mod remove;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
