@@ -164,14 +164,14 @@ async fn get() {
         Case {
             first: Some("a"),
             bytes: CONTENT,
-            gets: vec![("b", vec![4]), ("c", vec![4])],
+            gets: vec![("b", vec![4]), ("d", vec![4])],
             ..case(
                 "a continuation offering another size is refused",
                 sha(),
                 vec![
                     n("a").has().cost(10).behaving(EndsAfter(4)),
                     n("b").has().cost(20).behaving(WrongSize),
-                    n("c").has().cost(30),
+                    n("d").has().cost(30),
                 ],
             )
         },

@@ -1,12 +1,12 @@
 //! The cluster rules of the request core, table-driven over fake nodes and
 //! a fake coordinator (`fake`). Every case builds its own small cluster
-//! named "c" whose nodes are named (and identified) by single letters.
+//! named "c" whose nodes are named (and identified) by other single letters.
 
 mod fake;
 mod get;
 mod present;
-//mod put;
-//mod remove;
+mod put;
+mod remove;
 
 use std::collections::HashMap;
 use std::sync::Arc;
