@@ -359,3 +359,6 @@ impl Coordinator<'_> {
         self.0.check_token(req).await.map(tonic::Response::new)
     }
 }
+
+#[cfg(test)]
+mod tests;
