@@ -13,10 +13,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tonic::Status;
-use tonic::transport::Channel;
 
+use super::mesh::api::NodeClient;
 use crate::clock::boottime_ms;
-use crate::rpc::{self, agent_client::AgentClient};
 
 /// How long one measurement is trusted.
 const RESYNC_AFTER_MS: u64 = 60_000;
@@ -50,7 +49,7 @@ impl AgentClocks {
     pub async fn translate(
         &self,
         node: &str,
-        agent: &mut AgentClient<Channel>,
+        agent: &dyn NodeClient,
         deadline_ms: u64,
     ) -> Result<Option<AgentDeadline>, Status> {
         let cached = self.syncs.lock().unwrap().get(node).cloned();
@@ -79,8 +78,8 @@ impl AgentClocks {
         self.syncs.lock().unwrap().remove(node);
     }
 
-    async fn measure(&self, node: &str, agent: &mut AgentClient<Channel>) -> Result<Sync, Status> {
-        let r = agent.get_timestamp(rpc::TimestampRequest {}).await?.into_inner();
+    async fn measure(&self, node: &str, agent: &dyn NodeClient) -> Result<Sync, Status> {
+        let r = agent.clock().await?;
         let received = boottime_ms();
         let sync = Sync {
             boot_id: r.boot_id,

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
-use super::core::{Core, CoreError, HeldLock, PutOffset};
+use super::core::{Core, CoreError, HeldLock, PutOffset, PutRequest};
 use super::mesh::Repo;
 use crate::p2p::key::Key;
 
@@ -341,17 +341,9 @@ async fn operation(
                 None => return Err(bad(format!("missing {DATA_LENGTH} header"))),
             };
             let file = params.file()?;
-            let out = core
-                .put(
-                    &repo,
-                    &key,
-                    file.as_deref(),
-                    offset,
-                    length,
-                    data_present,
-                    body.into_data_stream(),
-                )
-                .await?;
+            let file = file.as_deref();
+            let req = PutRequest { repo: &repo, key: &key, file, offset, length, data_present };
+            let out = core.put(req, body.into_data_stream()).await?;
             Ok(json(with_plus(json!({ "stored": out.ok }), version, &out.plus)))
         }
         _ => unreachable!("operations were matched above"),

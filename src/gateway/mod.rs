@@ -3,7 +3,6 @@
 
 pub mod clocks;
 pub mod core;
-pub mod fetch;
 pub mod http;
 pub mod mesh;
 pub mod metrics;

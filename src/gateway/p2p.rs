@@ -863,22 +863,28 @@ impl Session<'_> {
         let end = data_present.then_some(End::Valid);
         let mut body = PutBody { conn, remaining: length, version: self.version, end };
         let result = if data_present {
-            core.put(
-                &self.repo,
-                &key,
-                file.as_deref(),
+            let req = super::core::PutRequest {
+                repo: &self.repo,
+                key: &key,
+                file: file.as_deref(),
                 offset,
-                0,
-                true,
-                futures::stream::empty::<Result<Bytes, String>>(),
-            )
-            .await
+                length: 0,
+                data_present: true,
+            };
+            core.put(req, futures::stream::empty::<Result<Bytes, String>>()).await
         } else {
             let stream = futures::stream::unfold(&mut body, |b| async move {
                 b.next().await.map(|item| (item, b))
             });
-            core.put(&self.repo, &key, file.as_deref(), offset, length, false, Box::pin(stream))
-                .await
+            let req = super::core::PutRequest {
+                repo: &self.repo,
+                key: &key,
+                file: file.as_deref(),
+                offset,
+                length,
+                data_present: false,
+            };
+            core.put(req, Box::pin(stream)).await
         };
         // Whatever the core did not read (no node wanted the data, or it
         // stopped early) is read and dropped, so the next message lines up.

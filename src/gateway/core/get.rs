@@ -7,35 +7,46 @@
 //! fails as it would have from one node.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tonic::Streaming;
 use tracing::{debug, info, warn};
 
-use super::core::{Core, CoreError, Download, Result};
-use super::mesh::Repo;
-use super::metrics::Metrics;
-use super::select::Busy;
+use super::locations::LocationChange;
+use super::{Core, CoreError, Download, Result, STALL};
+use crate::gateway::mesh::Repo;
+use crate::gateway::mesh::api::Replies;
+use crate::gateway::metrics::Metrics;
+use crate::gateway::select::Busy;
 use crate::p2p::key::Key;
 use crate::rpc::{self, get_reply};
 
-/// How long a node may keep a GET waiting, for its first answer or for the
-/// next chunk while the gateway is ready for it, before it counts as failed.
-/// A slow client does not count: the gateway only waits for a node while it
-/// has room for more data.
-pub const STALL: Duration = Duration::from_secs(30);
+impl Core {
+    /// GET: from the best node holding the key (lowest cost, then least
+    /// busy), continuing on another holder should that node fail. A node
+    /// addressed alone is asked whatever its health.
+    pub async fn get(&self, repo: &Repo, key: &Key, offset: u64) -> Result<Option<Download>> {
+        let (candidates, errors) = match repo {
+            Repo::Node(n) => (vec![n.clone()], Vec::new()),
+            Repo::Cluster { .. } => {
+                let (listed, down) = self.listed(repo, key).await?;
+                (listed, down.iter().map(|n| format!("{} is down", n.name)).collect())
+            }
+        };
+        let sources = Sources::new(self.clone(), repo.clone(), key.clone(), candidates, errors);
+        download(sources, offset).await
+    }
+}
 
 /// One node's GET stream.
 struct Source {
     node: rpc::NodeInfo,
-    replies: Streaming<rpc::GetReply>,
+    replies: Replies<rpc::GetReply>,
     _busy: Busy,
 }
 
 /// The holders of a key and which of them were tried.
-pub(super) struct Sources {
+struct Sources {
     core: Core,
     repo: Repo,
     key: Key,
@@ -51,7 +62,7 @@ pub(super) struct Sources {
 impl Sources {
     /// `candidates` are the holders to try first; `errors` says why others
     /// that should hold the key cannot be asked.
-    pub(super) fn new(
+    fn new(
         core: Core,
         repo: Repo,
         key: Key,
@@ -107,7 +118,7 @@ impl Sources {
                 Ok(Err(Start::Absent)) => {
                     // The location log was wrong about this node.
                     debug!(key = %self.key, node = %node.name, "not present after all");
-                    self.core.record(vec![(self.key.to_string(), node.uuid.clone(), false)]).await;
+                    self.core.record(vec![LocationChange::absent(&self.key, &node.uuid)]).await;
                 }
                 Ok(Err(Start::Failed(why))) => self.failed(&node, &why),
             }
@@ -125,25 +136,26 @@ impl Sources {
         &self,
         node: &rpc::NodeInfo,
         offset: u64,
-    ) -> std::result::Result<(Streaming<rpc::GetReply>, u64), Start> {
-        let mut c =
-            self.core.mesh.agent(node).map_err(|s| Start::Failed(s.message().to_string()))?;
+    ) -> std::result::Result<(Replies<rpc::GetReply>, u64), Start> {
+        let c = self.core.mesh.agent(node).map_err(|s| Start::Failed(s.message().to_string()))?;
         let req =
             rpc::GetRequest { key: self.key.to_string(), offset, associated_file: String::new() };
         let mut replies = match c.get(req).await {
-            Ok(r) => r.into_inner(),
+            Ok(r) => r,
             Err(s) if s.code() == tonic::Code::InvalidArgument => {
                 return Err(Start::BadOffset(s.message().to_string()));
             }
             Err(s) if s.code() == tonic::Code::NotFound => return Err(Start::Absent),
             Err(s) => return Err(Start::Failed(s.message().to_string())),
         };
-        match replies.message().await {
-            Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::Header(h)) })) => {
+        match replies.next().await {
+            Some(Ok(rpc::GetReply { msg: Some(get_reply::Msg::Header(h)) })) => {
                 Ok((replies, h.length))
             }
-            Ok(_) => Err(Start::Failed("the GET stream did not start with a header".into())),
-            Err(s) => Err(Start::Failed(s.message().to_string())),
+            Some(Ok(_)) | None => {
+                Err(Start::Failed("the GET stream did not start with a header".into()))
+            }
+            Some(Err(s)) => Err(Start::Failed(s.message().to_string())),
         }
     }
 }
@@ -156,7 +168,7 @@ enum Start {
 }
 
 /// Starts the download: the first holder that answers sets the length.
-pub(super) async fn download(mut sources: Sources, offset: u64) -> Result<Option<Download>> {
+async fn download(mut sources: Sources, offset: u64) -> Result<Option<Download>> {
     let Some((source, length)) = sources.open(offset, None).await? else {
         if sources.errors.is_empty() {
             return Ok(None);
@@ -197,8 +209,8 @@ impl Pump {
                 return None;
             }
             let src = self.source.as_mut()?;
-            let why = match tokio::time::timeout(STALL, src.replies.message()).await {
-                Ok(Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::Data(d)) }))) => {
+            let why = match tokio::time::timeout(STALL, src.replies.next()).await {
+                Ok(Some(Ok(rpc::GetReply { msg: Some(get_reply::Msg::Data(d)) }))) => {
                     if d.len() as u64 > self.end - self.pos {
                         "sent more than it announced".to_string()
                     } else {
@@ -207,15 +219,15 @@ impl Pump {
                         return Some(Ok(d));
                     }
                 }
-                Ok(Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::End(e)) }))) if e.valid => {
+                Ok(Some(Ok(rpc::GetReply { msg: Some(get_reply::Msg::End(e)) }))) if e.valid => {
                     "ended the data early".to_string()
                 }
-                Ok(Ok(Some(rpc::GetReply { msg: Some(get_reply::Msg::End(_)) }))) => {
+                Ok(Some(Ok(rpc::GetReply { msg: Some(get_reply::Msg::End(_)) }))) => {
                     "reported the data invalid".to_string()
                 }
-                Ok(Ok(Some(_))) => "sent an unexpected message".to_string(),
-                Ok(Ok(None)) => "closed the stream early".to_string(),
-                Ok(Err(s)) => format!("failed: {}", s.message()),
+                Ok(Some(Ok(_))) => "sent an unexpected message".to_string(),
+                Ok(None) => "closed the stream early".to_string(),
+                Ok(Some(Err(s))) => format!("failed: {}", s.message()),
                 Err(_) => format!("sent nothing for {STALL:?}"),
             };
             let failed = self.source.take().expect("a source is being read").node;

@@ -1,15 +1,20 @@
 //! What a gateway knows of the mesh: a topology snapshot refreshed from the
-//! coordinator, and one multiplexed gRPC channel per agent.
+//! coordinator, one client per agent (reused while the node keeps its
+//! address), and which agents failed a moment ago.
+
+pub mod api;
+pub mod grpc;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use tonic::Status;
 use tracing::{info, warn};
 
+use self::api::{Control, NodeClient, Nodes};
 use super::select::{Busy, Loads};
-use crate::rpc::{self, agent_client::AgentClient, coordinator_client::CoordinatorClient};
+use crate::rpc;
 
 /// After failing to reach an agent, the gateway ranks it last for this long,
 /// doubling with each further failure up to BACKOFF_MAX. Connecting is left
@@ -102,7 +107,7 @@ impl Snapshot {
 /// The gateway's connection to one agent, by node UUID.
 struct Link {
     address: String,
-    client: AgentClient<Channel>,
+    client: Arc<dyn NodeClient>,
     /// Failures since the last success.
     failures: u32,
     /// Until when the node is ranked last.
@@ -110,34 +115,49 @@ struct Link {
 }
 
 pub struct Mesh {
-    coordinator: CoordinatorClient<Channel>,
+    control: Arc<dyn Control>,
+    nodes: Arc<dyn Nodes>,
     snapshot: RwLock<Arc<Snapshot>>,
     agents: Mutex<HashMap<String, Link>>,
     loads: Loads,
 }
 
 impl Mesh {
+    /// The real mesh: the coordinator at `coordinator_url` and agents over
+    /// gRPC.
     pub fn new(coordinator_url: &str) -> anyhow::Result<Arc<Mesh>> {
-        let coordinator = CoordinatorClient::new(rpc::channel(coordinator_url)?)
-            .max_decoding_message_size(rpc::MAX_MESSAGE);
-        Ok(Arc::new(Mesh {
-            coordinator,
+        let control = grpc::GrpcControl::new(coordinator_url)?;
+        Ok(Mesh::with(Arc::new(control), Arc::new(grpc::GrpcNodes)))
+    }
+
+    /// A mesh reaching the coordinator and the agents through `control` and
+    /// `nodes`.
+    pub fn with(control: Arc<dyn Control>, nodes: Arc<dyn Nodes>) -> Arc<Mesh> {
+        Arc::new(Mesh {
+            control,
+            nodes,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             agents: Mutex::new(HashMap::new()),
             loads: Loads::default(),
-        }))
+        })
     }
 
-    pub fn coordinator(&self) -> CoordinatorClient<Channel> {
-        self.coordinator.clone()
+    /// The coordinator.
+    pub fn control(&self) -> &dyn Control {
+        &*self.control
+    }
+
+    /// The coordinator, for the token check of the line front-end.
+    pub fn coordinator(&self) -> Coordinator<'_> {
+        Coordinator(&*self.control)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.read().unwrap().clone()
     }
 
-    pub async fn refresh(&self) -> Result<(), tonic::Status> {
-        let t = self.coordinator().topology(rpc::TopologyRequest {}).await?.into_inner();
+    pub async fn refresh(&self) -> Result<(), Status> {
+        let t = self.control.topology().await?;
         let new = Arc::new(Snapshot { clusters: t.clusters, nodes: t.nodes });
         let old = std::mem::replace(&mut *self.snapshot.write().unwrap(), new.clone());
         self.follow_health(&old, &new);
@@ -214,20 +234,15 @@ impl Mesh {
         self.lookup(|_, n| n == name).await
     }
 
-    /// The agent's client over its one shared HTTP/2 connection, made on
-    /// first use and made anew when the agent moves to another address;
+    /// The agent's client (over gRPC: one shared HTTP/2 connection), made
+    /// on first use and made anew when the agent moves to another address;
     /// tonic reconnects it when it breaks.
-    pub fn agent(&self, node: &rpc::NodeInfo) -> Result<AgentClient<Channel>, tonic::Status> {
+    pub fn agent(&self, node: &rpc::NodeInfo) -> Result<Arc<dyn NodeClient>, Status> {
         let mut agents = self.agents.lock().unwrap();
         if let Some(link) = agents.get(&node.uuid).filter(|l| l.address == node.address) {
             return Ok(link.client.clone());
         }
-        let channel = rpc::channel(&node.address).map_err(|e| {
-            tonic::Status::internal(format!("bad agent address {:?}: {e}", node.address))
-        })?;
-        let client = AgentClient::new(channel)
-            .max_decoding_message_size(rpc::MAX_MESSAGE)
-            .max_encoding_message_size(rpc::MAX_MESSAGE);
+        let client = self.nodes.connect(node)?;
         let link = Link {
             address: node.address.clone(),
             client: client.clone(),
@@ -332,3 +347,18 @@ impl Mesh {
         self.loads.pick(nodes, |n| off.contains(&n.uuid))
     }
 }
+
+/// The coordinator's token check in the shape of its gRPC call.
+pub struct Coordinator<'a>(&'a dyn Control);
+
+impl Coordinator<'_> {
+    pub async fn check_token(
+        &self,
+        req: rpc::CheckTokenRequest,
+    ) -> Result<tonic::Response<rpc::CheckTokenReply>, Status> {
+        self.0.check_token(req).await.map(tonic::Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! PUT and PUTOFFSET: the targets the coordinator plans for a key, each
+//! target's resume offset, and the client's data fanned out to all of them
+//! at once.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::join_all;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use super::locations::LocationChange;
+use super::{Core, CoreError, Outcome, PutOffset, Result, unavailable};
+use crate::gateway::mesh::Repo;
+use crate::gateway::metrics::Metrics;
+use crate::p2p::key::Key;
+use crate::rpc::{self, put_request};
+
+/// One PUT as a front-end received it: `length` bytes of the key's content
+/// from `offset` follow, unless the client says the data is already present
+/// (v4 DATA-PRESENT).
+#[derive(Debug, Clone, Copy)]
+pub struct PutRequest<'a> {
+    pub repo: &'a Repo,
+    pub key: &'a Key,
+    pub file: Option<&'a str>,
+    pub offset: u64,
+    pub length: u64,
+    pub data_present: bool,
+}
+
+/// Where a target of a PUT stands with the content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetState {
+    Has,
+    /// Lacks it; an upload would resume at `offset`.
+    Wants {
+        offset: u64,
+    },
+    Unreachable,
+}
+
+/// The nodes a PUT goes to, and how many must store it for success.
+struct Targets {
+    nodes: Vec<rpc::NodeInfo>,
+    min_copies: usize,
+}
+
+/// One target being fed the client's data.
+struct Feed {
+    node: rpc::NodeInfo,
+    /// Bytes of the client's stream this node already holds.
+    skip: u64,
+    tx: Option<mpsc::Sender<rpc::PutRequest>>,
+    call: tokio::task::JoinHandle<std::result::Result<rpc::PutReply, Status>>,
+}
+
+/// How the nodes of one PUT ended up.
+#[derive(Default)]
+struct Tally {
+    stored: Vec<String>,
+    failed: Vec<String>,
+}
+
+/// What came of the client's body.
+struct Body {
+    received: u64,
+    /// Why the body ended before its promised length, if it did.
+    broken: Option<String>,
+}
+
+impl Core {
+    /// The nodes a PUT goes to, and how many of them must store it for the
+    /// PUT to succeed.
+    async fn put_targets(&self, repo: &Repo, key: &Key, file: Option<&str>) -> Result<Targets> {
+        let Repo::Cluster { uuid, .. } = repo else {
+            return Ok(Targets { nodes: repo.nodes(), min_copies: 1 });
+        };
+        let req = rpc::PlanPutRequest {
+            cluster_uuid: uuid.clone(),
+            key: key.to_string(),
+            associated_file: file.unwrap_or_default().to_string(),
+        };
+        let plan =
+            self.mesh.control().plan_put(req).await.map_err(|s| unavailable("placement", s))?;
+        let planned = plan.node_uuids;
+        // A node that joined since our last topology refresh is in the plan
+        // but not in our snapshot: refresh once to find it.
+        let known =
+            |nodes: &[rpc::NodeInfo]| planned.iter().all(|u| nodes.iter().any(|n| &n.uuid == u));
+        let nodes = repo.nodes();
+        let nodes = if known(&nodes) { nodes } else { self.mesh.fresh(repo).await.nodes() };
+        let nodes = nodes.into_iter().filter(|n| planned.contains(&n.uuid)).collect();
+        Ok(Targets { nodes, min_copies: (plan.min_copies as usize).max(1) })
+    }
+
+    /// Each target's state, asked in parallel.
+    async fn target_states(
+        &self,
+        targets: &[rpc::NodeInfo],
+        key: &Key,
+    ) -> Vec<(rpc::NodeInfo, TargetState)> {
+        let asks = targets.iter().map(|n| async move {
+            let r = async {
+                let c = self.mesh.agent(n).ok()?;
+                let r = c.put_offset(key.to_string()).await.ok()?;
+                Some(if r.already_have {
+                    TargetState::Has
+                } else {
+                    TargetState::Wants { offset: r.offset }
+                })
+            };
+            (n.clone(), r.await.unwrap_or(TargetState::Unreachable))
+        });
+        join_all(asks).await
+    }
+
+    /// PUTOFFSET: where the client should start sending, or ALREADY-HAVE
+    /// when enough targets hold the content.
+    pub async fn put_offset(
+        &self,
+        repo: &Repo,
+        key: &Key,
+        file: Option<&str>,
+    ) -> Result<PutOffset> {
+        let targets = self.put_targets(repo, key, file).await?;
+        let states = self.target_states(&targets.nodes, key).await;
+        let have: Vec<String> = states
+            .iter()
+            .filter(|(_, s)| *s == TargetState::Has)
+            .map(|(n, _)| n.uuid.clone())
+            .collect();
+        let wanting = states.iter().filter_map(|(_, s)| match s {
+            TargetState::Wants { offset } => Some(*offset),
+            _ => None,
+        });
+        if let Some(lowest) = wanting.min() {
+            return Ok(PutOffset::Offset(lowest));
+        }
+        if have.is_empty() {
+            return Err(CoreError::Unavailable("no node can take the content now".into()));
+        }
+        if have.len() < targets.min_copies {
+            // Fewer copies than the cluster requires is no ALREADY-HAVE:
+            // nothing is left to send, and the PUT then fails listing the
+            // nodes that have it.
+            return Ok(PutOffset::Offset(key.size.unwrap_or(0)));
+        }
+        Ok(PutOffset::AlreadyHave(Self::plus(repo, have)))
+    }
+
+    /// PUT: streams the client's data (`length` bytes from `offset`) to every
+    /// target at once, each from its own resume offset, through bounded
+    /// channels so the slowest target sets the pace. A body that fails
+    /// (client gone) closes every agent stream without an end marker, so each
+    /// agent keeps its partial file for resume.
+    pub async fn put<S, E>(&self, req: PutRequest<'_>, body: S) -> Result<Outcome>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let key = req.key;
+        if let Some(size) = key.size
+            && req.offset.checked_add(req.length) != Some(size)
+            && !req.data_present
+        {
+            return Err(CoreError::BadRequest(format!(
+                "offset {} + length {} does not match the size {size} of {key}",
+                req.offset, req.length
+            )));
+        }
+        let started = Instant::now();
+        let targets = self.put_targets(req.repo, key, req.file).await?;
+        let states = self.target_states(&targets.nodes, key).await;
+        let placed = started.elapsed();
+        let (mut tally, mut feeds) = self.open_feeds(&req, states).await?;
+        let body = if feeds.is_empty() || req.data_present {
+            Body { received: 0, broken: None }
+        } else {
+            self.pump_body(&mut feeds, req.length, body).await
+        };
+        let body_done = started.elapsed();
+        let valid = body.broken.is_none() && (body.received == req.length || req.data_present);
+        finish(&mut feeds, &body, valid).await;
+        collect(feeds, &mut tally).await;
+        Metrics::add(&self.metrics.puts, 1);
+        if let Some(why) = &body.broken {
+            Metrics::add(&self.metrics.puts_interrupted, 1);
+            let received = body.received;
+            info!(%key, received, "upload from client ended early ({why}); partial data kept for resume");
+        }
+        let nodes_done = started.elapsed();
+        let changes = tally.stored.iter().map(|u| LocationChange::present(key, u)).collect();
+        self.record(changes).await;
+        // Where a PUT's time went, for operators chasing latency.
+        debug!(%key, ?placed, ?body_done, ?nodes_done, recorded = ?started.elapsed(), "put timings");
+        Ok(self.put_outcome(req.repo, key, tally, targets.min_copies))
+    }
+
+    /// Starts an upload on every target that wants the content; the others
+    /// are counted as stored or failed already.
+    async fn open_feeds(
+        &self,
+        req: &PutRequest<'_>,
+        states: Vec<(rpc::NodeInfo, TargetState)>,
+    ) -> Result<(Tally, Vec<Feed>)> {
+        let mut tally = Tally::default();
+        let mut feeds = Vec::new();
+        for (node, state) in states {
+            match state {
+                TargetState::Has => tally.stored.push(node.uuid.clone()),
+                TargetState::Unreachable => {
+                    tally.failed.push(format!("{}: unreachable", node.name))
+                }
+                TargetState::Wants { .. } if req.data_present => {
+                    tally.failed.push(format!("{}: content not present", node.name));
+                }
+                TargetState::Wants { offset } => {
+                    feeds.push(self.open_feed(req, node, offset).await?)
+                }
+            }
+        }
+        Ok((tally, feeds))
+    }
+
+    /// Starts the upload to one target that holds `own` bytes already.
+    async fn open_feed(&self, req: &PutRequest<'_>, node: rpc::NodeInfo, own: u64) -> Result<Feed> {
+        let (offset, length) = (req.offset, req.length);
+        // A node holding less than the client skipped cannot be fed.
+        let own = if own < offset || own > offset + length { offset } else { own };
+        let (tx, rx) = mpsc::channel::<rpc::PutRequest>(4);
+        let header = rpc::PutHeader {
+            key: req.key.to_string(),
+            offset: own,
+            associated_file: req.file.unwrap_or_default().to_string(),
+            length: length - (own - offset),
+            data_present: false,
+        };
+        let client = self.mesh.agent(&node).map_err(|s| unavailable(&node.name, s))?;
+        let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::Header(header)) }).await;
+        let call = tokio::spawn(client.put(rx));
+        Ok(Feed { node, skip: own - offset, tx: Some(tx), call })
+    }
+
+    /// Reads the client's body and fans it out, coalescing small reads into
+    /// chunk-sized messages. Stops at the first error or at more data than
+    /// was promised.
+    async fn pump_body<S, E>(&self, feeds: &mut [Feed], length: u64, mut body: S) -> Body
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut received: u64 = 0;
+        let mut pending = BytesMut::new();
+        let broken = loop {
+            let chunk = match body.next().await {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => break Some(e.to_string()),
+                None => break None,
+            };
+            if received + chunk.len() as u64 > length {
+                break Some(format!("more than the {length} bytes promised"));
+            }
+            pending.extend_from_slice(&chunk);
+            received += chunk.len() as u64;
+            Metrics::add(&self.metrics.put_client_bytes, chunk.len() as u64);
+            if pending.len() >= rpc::CHUNK_SIZE || received == length {
+                let data = pending.split().freeze();
+                let sent = fan_out(feeds, received - data.len() as u64, data).await;
+                Metrics::add(&self.metrics.put_agent_bytes, sent);
+            }
+        };
+        if !pending.is_empty() && broken.is_none() {
+            let data = pending.split().freeze();
+            let sent = fan_out(feeds, received - data.len() as u64, data).await;
+            Metrics::add(&self.metrics.put_agent_bytes, sent);
+        }
+        Body { received, broken }
+    }
+
+    /// Success takes the cluster's minimum number of copies; the nodes that
+    /// did store are reported either way.
+    fn put_outcome(&self, repo: &Repo, key: &Key, tally: Tally, min_copies: usize) -> Outcome {
+        let Tally { stored, failed } = tally;
+        let ok = !stored.is_empty() && stored.len() >= min_copies;
+        let error = if stored.is_empty() {
+            Some(failed.join("; "))
+        } else if !ok {
+            Some(format!(
+                "stored on {} node(s), but the cluster requires {min_copies}{}",
+                stored.len(),
+                if failed.is_empty() { String::new() } else { format!(" ({})", failed.join("; ")) }
+            ))
+        } else {
+            None
+        };
+        if !ok {
+            Metrics::add(&self.metrics.puts_failed, 1);
+        }
+        if !failed.is_empty() {
+            warn!(%key, "put failed on: {}", failed.join("; "));
+        }
+        if !ok && !stored.is_empty() {
+            warn!(%key, "put fell short of the cluster's minimum copies: stored on {} of {min_copies}", stored.len());
+        }
+        Outcome { ok, plus: Self::plus(repo, stored), error }
+    }
+}
+
+/// Ends every feed: with the client's verdict when the body arrived whole,
+/// without an end marker when it broke, so the agents keep partial data.
+async fn finish(feeds: &mut [Feed], body: &Body, valid: bool) {
+    for f in feeds.iter_mut() {
+        if let Some(tx) = f.tx.take()
+            && body.broken.is_none()
+        {
+            let end = rpc::PutEnd { valid };
+            let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::End(end)) }).await;
+        }
+        // Dropping the sender ends the agent's stream.
+    }
+}
+
+/// Waits for every target's answer.
+async fn collect(feeds: Vec<Feed>, tally: &mut Tally) {
+    for f in feeds {
+        match f.call.await {
+            Ok(Ok(r)) if r.stored => tally.stored.push(f.node.uuid.clone()),
+            Ok(Ok(r)) => tally.failed.push(format!("{}: {}", f.node.name, r.error)),
+            Ok(Err(s)) => tally.failed.push(format!("{}: {}", f.node.name, s.message())),
+            Err(e) => tally.failed.push(format!("{}: {e}", f.node.name)),
+        }
+    }
+}
+
+/// Sends `data`, which starts at `start` in the client's stream, to every
+/// live feed, minus what each one already holds.
+async fn fan_out(feeds: &mut [Feed], start: u64, data: Bytes) -> u64 {
+    let end = start + data.len() as u64;
+    let sends = feeds.iter_mut().filter(|f| f.tx.is_some() && f.skip < end).map(|f| {
+        let from = f.skip.saturating_sub(start) as usize;
+        let part = data.slice(from..);
+        async move {
+            let tx = f.tx.as_ref().expect("filtered on live feeds");
+            let len = part.len() as u64;
+            if tx.send(rpc::PutRequest { msg: Some(put_request::Msg::Data(part)) }).await.is_err() {
+                // The agent ended its side; its reply says why.
+                f.tx = None;
+                return 0;
+            }
+            len
+        }
+    });
+    join_all(sends).await.into_iter().sum()
+}

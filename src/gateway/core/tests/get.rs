@@ -1,0 +1,237 @@
+//! GET: choosing the holder, failing over mid-stream, probing.
+
+use futures::StreamExt;
+
+use super::fake::Behaviour::*;
+use super::*;
+
+struct Case {
+    name: &'static str,
+    key: Key,
+    nodes: Vec<N>,
+    /// "c" for the cluster, or a node's name.
+    repo: &'static str,
+    bypass: Vec<&'static str>,
+    offset: u64,
+    /// The node the download starts on; None when there is no download.
+    first: Option<&'static str>,
+    /// What the client receives before the body ends or fails.
+    bytes: &'static [u8],
+    /// Part of the error from the GET or its body.
+    error: Option<&'static str>,
+    /// The offsets each node was asked to GET from.
+    gets: Vec<(&'static str, Vec<u64>)>,
+    listed_after: Option<Vec<&'static str>>,
+}
+
+/// A case with the usual request (the cluster, from offset 0) and nothing
+/// expected yet.
+fn case(name: &'static str, key: Key, nodes: Vec<N>) -> Case {
+    Case {
+        name,
+        key,
+        nodes,
+        repo: "c",
+        bypass: vec![],
+        offset: 0,
+        first: None,
+        bytes: b"",
+        error: None,
+        gets: vec![],
+        listed_after: None,
+    }
+}
+
+/// What a client got from one GET.
+struct Got {
+    first: Option<String>,
+    bytes: Vec<u8>,
+    error: Option<String>,
+}
+
+async fn fetch(w: &World, c: &Case) -> Got {
+    let bypass = c.bypass.iter().map(|s| s.to_string()).collect();
+    let repo = w.repo(c.repo).await.bypassing(bypass);
+    let mut got = Got { first: None, bytes: Vec::new(), error: None };
+    let mut dl = match w.core.get(&repo, &c.key, c.offset).await {
+        Ok(Some(dl)) => dl,
+        Ok(None) => return got,
+        Err(e) => {
+            got.error = Some(e.to_string());
+            return got;
+        }
+    };
+    assert_eq!(dl.length, CONTENT.len() as u64 - c.offset, "{}: promised length", c.name);
+    got.first = Some(dl.node.clone());
+    while let Some(item) = dl.body.next().await {
+        match item {
+            Ok(b) => got.bytes.extend_from_slice(&b),
+            Err(e) => {
+                got.error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    got
+}
+
+#[tokio::test(start_paused = true)]
+async fn get() {
+    let sha = checksum_key;
+    let cases = [
+        Case {
+            first: Some("b"),
+            bytes: CONTENT,
+            gets: vec![("b", vec![0]), ("a", vec![])],
+            ..case(
+                "the holder with the lowest cost serves",
+                sha(),
+                vec![n("a").has().cost(200), n("b").has().cost(50), n("x").cost(10)],
+            )
+        },
+        Case {
+            first: Some("a"),
+            bytes: CONTENT,
+            gets: vec![("a", vec![0]), ("b", vec![6])],
+            ..case(
+                "a checksum key continues on another holder from where the first stopped",
+                sha(),
+                vec![n("a").has().cost(10).behaving(EndsAfter(6)), n("b").has().cost(20)],
+            )
+        },
+        Case {
+            offset: 5,
+            first: Some("a"),
+            bytes: &CONTENT[5..],
+            gets: vec![("a", vec![5]), ("b", vec![9])],
+            ..case(
+                "failover from a requested offset",
+                sha(),
+                vec![n("a").has().cost(10).behaving(EndsAfter(4)), n("b").has().cost(20)],
+            )
+        },
+        Case {
+            first: Some("a"),
+            bytes: &CONTENT[..6],
+            error: Some("closed the stream early"),
+            gets: vec![("a", vec![0]), ("b", vec![])],
+            ..case(
+                "a WORM key does not continue elsewhere",
+                worm_key(),
+                vec![n("a").has().cost(10).behaving(EndsAfter(6)), n("b").has().cost(20)],
+            )
+        },
+        Case {
+            first: Some("a"),
+            bytes: CONTENT,
+            gets: vec![("a", vec![0]), ("b", vec![8])],
+            ..case(
+                "a node that stalls mid-stream counts as failed",
+                sha(),
+                vec![n("a").has().cost(10).behaving(StallsAfter(8)), n("b").has().cost(20)],
+            )
+        },
+        Case {
+            first: Some("b"),
+            bytes: CONTENT,
+            gets: vec![("b", vec![0])],
+            ..case(
+                "a node that never answers counts as failed",
+                sha(),
+                vec![n("a").has().cost(10).behaving(Stalls), n("b").has().cost(20)],
+            )
+        },
+        Case {
+            first: Some("b"),
+            bytes: CONTENT,
+            listed_after: Some(vec!["b"]),
+            ..case(
+                "a holder the log does not list is found by probing",
+                sha(),
+                vec![n("a"), n("b").has_unlisted()],
+            )
+        },
+        Case {
+            first: Some("b"),
+            bytes: CONTENT,
+            listed_after: Some(vec!["b"]),
+            ..case(
+                "a listed node without the content is struck from the log",
+                sha(),
+                vec![n("a").lies().cost(10), n("b").has().cost(20)],
+            )
+        },
+        Case {
+            first: Some("a"),
+            bytes: CONTENT,
+            gets: vec![("b", vec![4]), ("d", vec![4])],
+            ..case(
+                "a continuation offering another size is refused",
+                sha(),
+                vec![
+                    n("a").has().cost(10).behaving(EndsAfter(4)),
+                    n("b").has().cost(20).behaving(WrongSize),
+                    n("d").has().cost(30),
+                ],
+            )
+        },
+        Case {
+            first: Some("a"),
+            bytes: &CONTENT[..6],
+            error: Some("no node could continue"),
+            ..case(
+                "no other holder to continue on",
+                sha(),
+                vec![n("a").has().behaving(EndsAfter(6)), n("x")],
+            )
+        },
+        case("present nowhere", sha(), vec![n("a"), n("b")]),
+        Case {
+            error: Some("no node holding it can serve it (b is down; a: connection refused)"),
+            ..case(
+                "every holder unreachable or down",
+                sha(),
+                vec![n("a").has().behaving(Unreachable), n("b").has().down()],
+            )
+        },
+        Case {
+            repo: "a",
+            first: Some("a"),
+            bytes: CONTENT,
+            ..case("a node addressed alone serves even when down", sha(), vec![n("a").has().down()])
+        },
+        Case {
+            bypass: vec!["a"],
+            first: Some("b"),
+            bytes: CONTENT,
+            gets: vec![("a", vec![]), ("b", vec![0])],
+            ..case(
+                "BYPASS leaves out the cheaper holder",
+                sha(),
+                vec![n("a").has().cost(10), n("b").has().cost(20)],
+            )
+        },
+        Case {
+            offset: 17,
+            error: Some("offset 17 is beyond"),
+            ..case("an offset beyond the content is refused", sha(), vec![n("a").has()])
+        },
+    ];
+    for c in cases {
+        let w = World::new(&c.nodes, &c.key);
+        let got = fetch(&w, &c).await;
+        assert_eq!(got.first.as_deref(), c.first, "{}: first node", c.name);
+        assert_eq!(got.bytes, c.bytes, "{}: bytes", c.name);
+        match (&got.error, c.error) {
+            (None, None) => {}
+            (Some(e), Some(want)) => assert!(e.contains(want), "{}: {e}", c.name),
+            (e, want) => panic!("{}: error {e:?}, want {want:?}", c.name),
+        }
+        for (node, offsets) in &c.gets {
+            assert_eq!(*w.node(node).gets.lock().unwrap(), *offsets, "{}: GETs on {node}", c.name);
+        }
+        if let Some(listed) = &c.listed_after {
+            assert_eq!(w.control.listed(&c.key.to_string()), names(listed), "{}", c.name);
+        }
+    }
+}

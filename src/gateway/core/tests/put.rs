@@ -1,0 +1,285 @@
+//! PUTOFFSET and PUT: resume offsets, ALREADY-HAVE, fan-out, minimum
+//! copies, broken and overlong bodies.
+
+use bytes::Bytes;
+
+use super::fake::Behaviour::*;
+use super::*;
+use crate::gateway::core::{PutOffset, PutRequest};
+
+struct OffsetCase {
+    name: &'static str,
+    nodes: Vec<N>,
+    min: u32,
+    repo: &'static str,
+    expect: Result<PutOffset, &'static str>,
+}
+
+#[tokio::test]
+async fn put_offset() {
+    let have = |uuids: &[&str]| Ok(PutOffset::AlreadyHave(names(uuids)));
+    let cases = [
+        OffsetCase {
+            name: "the lowest resume offset of the targets that want it",
+            nodes: vec![n("a").partial(4), n("b").partial(8), n("d").has()],
+            min: 1,
+            repo: "c",
+            expect: Ok(PutOffset::Offset(4)),
+        },
+        OffsetCase {
+            name: "ALREADY-HAVE when as many targets as required have it",
+            nodes: vec![n("a").has(), n("b").has()],
+            min: 2,
+            repo: "c",
+            expect: have(&["a", "b"]),
+        },
+        OffsetCase {
+            name: "fewer holders than required: nothing left to send, but no ALREADY-HAVE",
+            nodes: vec![n("a").has(), n("b").behaving(Unreachable)],
+            min: 2,
+            repo: "c",
+            expect: Ok(PutOffset::Offset(16)),
+        },
+        OffsetCase {
+            name: "no target reachable",
+            nodes: vec![n("a").behaving(Unreachable)],
+            min: 1,
+            repo: "c",
+            expect: Err("no node can take the content now"),
+        },
+        OffsetCase {
+            name: "a node addressed alone reports no other nodes",
+            nodes: vec![n("a").has(), n("b").has()],
+            min: 1,
+            repo: "a",
+            expect: have(&[]),
+        },
+    ];
+    let key = checksum_key();
+    for c in cases {
+        let all = c.nodes.iter().map(|n| n.name).collect();
+        let w = World::planned(&c.nodes, &key, all, c.min, 0);
+        let got = w.core.put_offset(&w.repo(c.repo).await, &key, None).await;
+        match (got, c.expect) {
+            (Ok(PutOffset::AlreadyHave(p)), Ok(PutOffset::AlreadyHave(want))) => {
+                assert_eq!(sorted(p), want, "{}", c.name)
+            }
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{}", c.name),
+            (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{}: {e}", c.name),
+            (got, want) => panic!("{}: got {got:?}, want {want:?}", c.name),
+        }
+    }
+}
+
+/// What the client sends after the PUT.
+#[derive(Clone, Copy)]
+enum Body {
+    /// The promised bytes, in 3-byte reads.
+    Whole,
+    /// This many bytes, then the connection fails.
+    CutAfter(usize),
+    /// The promised bytes and four more.
+    TooLong,
+}
+
+struct Case {
+    name: &'static str,
+    nodes: Vec<N>,
+    targets: Vec<&'static str>,
+    min: u32,
+    repo: &'static str,
+    bypass: Vec<&'static str>,
+    offset: u64,
+    data_present: bool,
+    body: Body,
+    /// Whether the PUT succeeded, or part of its error when it is refused.
+    ok: Result<bool, &'static str>,
+    plus: Vec<&'static str>,
+    error: Option<&'static str>,
+    holders_after: Vec<&'static str>,
+    partial_after: Vec<(&'static str, usize)>,
+    /// The offset each node's upload started at.
+    headers: Vec<(&'static str, Vec<u64>)>,
+}
+
+/// A whole PUT from offset 0 to every node, of which one copy is enough.
+fn case(name: &'static str, nodes: Vec<N>) -> Case {
+    let targets = nodes.iter().map(|n| n.name).collect();
+    Case {
+        name,
+        nodes,
+        targets,
+        min: 1,
+        repo: "c",
+        bypass: vec![],
+        offset: 0,
+        data_present: false,
+        body: Body::Whole,
+        ok: Ok(true),
+        plus: vec![],
+        error: None,
+        holders_after: vec![],
+        partial_after: vec![],
+        headers: vec![],
+    }
+}
+
+fn body(c: &Case) -> Vec<Result<Bytes, String>> {
+    let data = &CONTENT[c.offset as usize..];
+    let (data, fail) = match c.body {
+        Body::Whole => (data.to_vec(), None),
+        Body::CutAfter(n) => (data[..n].to_vec(), Some("client connection lost".to_string())),
+        Body::TooLong => ([data, b"more"].concat(), None),
+    };
+    let mut items: Vec<_> = data.chunks(3).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    items.extend(fail.map(Err));
+    items
+}
+
+#[tokio::test]
+async fn put() {
+    let cases = [
+        Case {
+            plus: vec!["a", "b", "d"],
+            holders_after: vec!["a", "b", "d"],
+            headers: vec![("a", vec![4]), ("b", vec![8]), ("d", vec![0])],
+            ..case(
+                "every target gets the data from its own resume offset",
+                vec![n("a").partial(4), n("b").partial(8), n("d")],
+            )
+        },
+        Case {
+            offset: 4,
+            plus: vec!["a", "b"],
+            holders_after: vec!["a", "b"],
+            headers: vec![("a", vec![8]), ("b", vec![4])],
+            ..case("a client resuming at an offset", vec![n("a").partial(8), n("b").partial(4)])
+        },
+        Case {
+            plus: vec!["a", "b"],
+            holders_after: vec!["a", "b"],
+            headers: vec![("a", vec![]), ("b", vec![0])],
+            ..case("a target that has it counts as stored", vec![n("a").has(), n("b")])
+        },
+        Case {
+            min: 2,
+            ok: Ok(false),
+            plus: vec!["a"],
+            error: Some("stored on 1 node(s), but the cluster requires 2 (b: no space left"),
+            holders_after: vec!["a"],
+            ..case(
+                "fewer copies than the minimum fail, listing where it was stored",
+                vec![n("a"), n("b").behaving(RefusesWrites)],
+            )
+        },
+        Case {
+            ok: Ok(false),
+            error: Some("a: no space left on device"),
+            ..case("stored nowhere", vec![n("a").behaving(RefusesWrites)])
+        },
+        Case {
+            plus: vec!["a"],
+            holders_after: vec!["a"],
+            ..case(
+                "an unreachable target does not stop the others",
+                vec![n("a"), n("b").behaving(Unreachable)],
+            )
+        },
+        Case {
+            body: Body::CutAfter(6),
+            ok: Ok(false),
+            error: Some("without its end marker"),
+            // Reads are coalesced into chunk-sized messages, so what the
+            // nodes had before is what they keep.
+            partial_after: vec![("a", 4), ("b", 0)],
+            ..case(
+                "a body cut short stores nothing and keeps the partials",
+                vec![n("a").partial(4), n("b")],
+            )
+        },
+        Case {
+            body: Body::TooLong,
+            ok: Ok(false),
+            error: Some("without its end marker"),
+            ..case("data beyond the promised length is refused", vec![n("a")])
+        },
+        Case {
+            data_present: true,
+            min: 2,
+            ok: Ok(false),
+            plus: vec!["a"],
+            error: Some("b: content not present"),
+            holders_after: vec!["a"],
+            ..case("DATA-PRESENT counts only the targets that have it", vec![n("a").has(), n("b")])
+        },
+        Case {
+            repo: "a",
+            targets: vec!["b"],
+            holders_after: vec!["a"],
+            headers: vec![("b", vec![])],
+            ..case("a node addressed alone is the only target", vec![n("a"), n("b")])
+        },
+        Case {
+            bypass: vec!["b"],
+            plus: vec!["a"],
+            holders_after: vec!["a"],
+            headers: vec![("b", vec![])],
+            ..case("BYPASS leaves a planned target out", vec![n("a"), n("b")])
+        },
+    ];
+    let key = checksum_key();
+    for c in cases {
+        let w = World::planned(&c.nodes, &key, c.targets.clone(), c.min, 0);
+        let bypass = c.bypass.iter().map(|s| s.to_string()).collect();
+        let repo = w.repo(c.repo).await.bypassing(bypass);
+        let length = CONTENT.len() as u64 - c.offset;
+        let (offset, data_present) = (c.offset, c.data_present);
+        let req = PutRequest { repo: &repo, key: &key, file: None, offset, length, data_present };
+        let got = w.core.put(req, futures::stream::iter(body(&c))).await;
+        let out = match (got, c.ok) {
+            (Ok(out), Ok(ok)) => {
+                assert_eq!(out.ok, ok, "{}: {out:?}", c.name);
+                out
+            }
+            (Err(e), Err(want)) => {
+                assert!(e.to_string().contains(want), "{}: {e}", c.name);
+                continue;
+            }
+            (got, want) => panic!("{}: got {got:?}, want {want:?}", c.name),
+        };
+        assert_eq!(sorted(out.plus), names(&c.plus), "{}: plus", c.name);
+        match (&out.error, c.error) {
+            (None, None) => {}
+            (Some(e), Some(want)) => assert!(e.contains(want), "{}: {e}", c.name),
+            (e, want) => panic!("{}: error {e:?}, want {want:?}", c.name),
+        }
+        assert_eq!(w.holders(&key), names(&c.holders_after), "{}: holders", c.name);
+        assert_eq!(w.control.listed(&key.to_string()), names(&c.holders_after), "{}", c.name);
+        for (node, len) in &c.partial_after {
+            assert_eq!(w.node(node).partial_len(&key.to_string()), *len, "{}: {node}", c.name);
+        }
+        for (node, offsets) in &c.headers {
+            let seen: Vec<u64> =
+                w.node(node).put_headers.lock().unwrap().iter().map(|h| h.offset).collect();
+            assert_eq!(seen, *offsets, "{}: uploads to {node}", c.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_size_that_does_not_match_the_key_is_refused() {
+    let key = checksum_key();
+    let w = World::new(&[n("a")], &key);
+    let repo = w.repo("c").await;
+    let req = PutRequest {
+        repo: &repo,
+        key: &key,
+        file: None,
+        offset: 0,
+        length: 10,
+        data_present: false,
+    };
+    let got = w.core.put(req, futures::stream::empty::<Result<Bytes, String>>()).await;
+    assert!(matches!(got, Err(crate::gateway::core::CoreError::BadRequest(_))), "{got:?}");
+    assert!(w.node("a").put_headers.lock().unwrap().is_empty());
+}

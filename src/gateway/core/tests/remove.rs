@@ -1,0 +1,129 @@
+//! REMOVE and REMOVE-BEFORE on every node of the repository.
+
+use super::fake::Behaviour::*;
+use super::*;
+
+struct Case {
+    name: &'static str,
+    nodes: Vec<N>,
+    repo: &'static str,
+    bypass: Vec<&'static str>,
+    /// REMOVE-BEFORE this second of the cluster clock.
+    before: Option<u64>,
+    ok: bool,
+    plus: Vec<&'static str>,
+    error: Option<&'static str>,
+    holders_after: Vec<&'static str>,
+    listed_after: Vec<&'static str>,
+}
+
+fn case(name: &'static str, nodes: Vec<N>) -> Case {
+    Case {
+        name,
+        nodes,
+        repo: "c",
+        bypass: vec![],
+        before: None,
+        ok: true,
+        plus: vec![],
+        error: None,
+        holders_after: vec![],
+        listed_after: vec![],
+    }
+}
+
+/// The cluster clock in the cases: 100 s.
+const CLOCK_MS: u64 = 100_000;
+
+#[tokio::test]
+async fn remove() {
+    let cases = [
+        Case {
+            plus: vec!["a", "b", "x"],
+            ..case(
+                "every node, listed or not, and one without the content",
+                vec![n("a").has(), n("b").has_unlisted(), n("x")],
+            )
+        },
+        Case {
+            ok: false,
+            plus: vec!["a", "x"],
+            error: Some("content is locked"),
+            holders_after: vec!["b"],
+            listed_after: vec!["b"],
+            ..case(
+                "FAILURE-PLUS names the nodes it was removed from",
+                vec![n("a").has(), n("b").has().behaving(KeepsContent), n("x")],
+            )
+        },
+        Case {
+            ok: false,
+            plus: vec!["b"],
+            error: Some("a: connection refused"),
+            holders_after: vec!["a", "d"],
+            listed_after: vec!["a", "d"],
+            ..case(
+                "the first error is reported",
+                vec![
+                    n("a").has().behaving(Unreachable),
+                    n("b").has(),
+                    n("d").has().behaving(KeepsContent),
+                ],
+            )
+        },
+        Case {
+            before: Some(50),
+            ok: false,
+            error: Some("the deadline has passed"),
+            holders_after: vec!["a", "b"],
+            listed_after: vec!["a", "b"],
+            ..case(
+                "REMOVE-BEFORE a passed deadline removes nothing",
+                vec![n("a").has(), n("b").has()],
+            )
+        },
+        Case {
+            before: Some(CLOCK_MS / 1000 + 3600),
+            plus: vec!["a", "b"],
+            ..case("REMOVE-BEFORE a deadline to come removes", vec![n("a").has(), n("b").has()])
+        },
+        Case {
+            bypass: vec!["b"],
+            plus: vec!["a"],
+            holders_after: vec!["b"],
+            listed_after: vec!["b"],
+            ..case("BYPASS leaves a node alone", vec![n("a").has(), n("b").has()])
+        },
+        Case {
+            repo: "a",
+            holders_after: vec!["b"],
+            listed_after: vec!["b"],
+            ..case(
+                "a node addressed alone reports no other nodes",
+                vec![n("a").has(), n("b").has()],
+            )
+        },
+    ];
+    let key = checksum_key();
+    for c in cases {
+        let w = World::planned(&c.nodes, &key, vec![], 1, CLOCK_MS);
+        let bypass = c.bypass.iter().map(|s| s.to_string()).collect();
+        let repo = w.repo(c.repo).await.bypassing(bypass);
+        let out = w.core.remove(&repo, &key, c.before).await.unwrap();
+        assert_eq!(out.ok, c.ok, "{}: {out:?}", c.name);
+        assert_eq!(sorted(out.plus), names(&c.plus), "{}: plus", c.name);
+        match (&out.error, c.error) {
+            (None, None) => {}
+            (Some(e), Some(want)) => assert!(e.contains(want), "{}: {e}", c.name),
+            (e, want) => panic!("{}: error {e:?}, want {want:?}", c.name),
+        }
+        assert_eq!(w.holders(&key), names(&c.holders_after), "{}: holders", c.name);
+        assert_eq!(w.control.listed(&key.to_string()), names(&c.listed_after), "{}", c.name);
+        if c.before.is_some() && c.ok {
+            for (name, node) in &w.nodes {
+                let removes = node.removes.lock().unwrap();
+                assert!(removes.iter().all(|r| r.before_ms.is_some()), "{}: {name}", c.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The real mesh: tonic clients for agents and the coordinator behind the
+//! traits of `super::api`.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use super::api::{Control, NodeClient, Nodes, Replies};
+use crate::rpc::{self, agent_client::AgentClient, coordinator_client::CoordinatorClient};
+
+/// The coordinator over gRPC.
+pub struct GrpcControl(CoordinatorClient<Channel>);
+
+impl GrpcControl {
+    pub fn new(url: &str) -> Result<GrpcControl, tonic::transport::Error> {
+        let client =
+            CoordinatorClient::new(rpc::channel(url)?).max_decoding_message_size(rpc::MAX_MESSAGE);
+        Ok(GrpcControl(client))
+    }
+}
+
+impl Control for GrpcControl {
+    fn topology(&self) -> BoxFuture<'_, Result<rpc::TopologyReply, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move { Ok(c.topology(rpc::TopologyRequest {}).await?.into_inner()) })
+    }
+
+    fn locate(&self, key: String) -> BoxFuture<'_, Result<Vec<String>, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(
+            async move { Ok(c.locate(rpc::LocateRequest { key }).await?.into_inner().node_uuids) },
+        )
+    }
+
+    fn record_locations(
+        &self,
+        changes: Vec<rpc::LocationChange>,
+    ) -> BoxFuture<'_, Result<(), Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move {
+            c.record_locations(rpc::RecordLocationsRequest { changes }).await?;
+            Ok(())
+        })
+    }
+
+    fn plan_put(
+        &self,
+        req: rpc::PlanPutRequest,
+    ) -> BoxFuture<'_, Result<rpc::PlanPutReply, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move { Ok(c.plan_put(req).await?.into_inner()) })
+    }
+
+    fn cluster_timestamp(
+        &self,
+        cluster_uuid: String,
+    ) -> BoxFuture<'_, Result<rpc::TimestampReply, Status>> {
+        let mut c = self.0.clone();
+        let req = rpc::ClusterTimestampRequest { cluster_uuid };
+        Box::pin(async move { Ok(c.cluster_timestamp(req).await?.into_inner()) })
+    }
+
+    fn check_token(
+        &self,
+        req: rpc::CheckTokenRequest,
+    ) -> BoxFuture<'_, Result<rpc::CheckTokenReply, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move { Ok(c.check_token(req).await?.into_inner()) })
+    }
+}
+
+/// Agents over gRPC: one lazily connected, multiplexed channel per node.
+pub struct GrpcNodes;
+
+impl Nodes for GrpcNodes {
+    fn connect(&self, node: &rpc::NodeInfo) -> Result<Arc<dyn NodeClient>, Status> {
+        let channel = rpc::channel(&node.address)
+            .map_err(|e| Status::internal(format!("bad agent address {:?}: {e}", node.address)))?;
+        let client = AgentClient::new(channel)
+            .max_decoding_message_size(rpc::MAX_MESSAGE)
+            .max_encoding_message_size(rpc::MAX_MESSAGE);
+        Ok(Arc::new(GrpcAgent(client)))
+    }
+}
+
+/// One agent over gRPC; each call works on a clone of the client, which
+/// shares the channel.
+struct GrpcAgent(AgentClient<Channel>);
+
+impl NodeClient for GrpcAgent {
+    fn check_present(&self, key: String) -> BoxFuture<'_, Result<bool, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(
+            async move { Ok(c.check_present(rpc::KeyRequest { key }).await?.into_inner().present) },
+        )
+    }
+
+    fn put_offset(&self, key: String) -> BoxFuture<'_, Result<rpc::PutOffsetReply, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move { Ok(c.put_offset(rpc::KeyRequest { key }).await?.into_inner()) })
+    }
+
+    fn put(
+        &self,
+        requests: mpsc::Receiver<rpc::PutRequest>,
+    ) -> BoxFuture<'static, Result<rpc::PutReply, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move { Ok(c.put(ReceiverStream::new(requests)).await?.into_inner()) })
+    }
+
+    fn get(&self, req: rpc::GetRequest) -> BoxFuture<'_, Result<Replies<rpc::GetReply>, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move { Ok(c.get(req).await?.into_inner().boxed()) })
+    }
+
+    fn remove(&self, req: rpc::RemoveRequest) -> BoxFuture<'_, Result<rpc::RemoveReply, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move { Ok(c.remove(req).await?.into_inner()) })
+    }
+
+    fn lock_content(
+        &self,
+        requests: mpsc::Receiver<rpc::LockRequest>,
+    ) -> BoxFuture<'_, Result<Replies<rpc::LockReply>, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move {
+            Ok(c.lock_content(ReceiverStream::new(requests)).await?.into_inner().boxed())
+        })
+    }
+
+    fn clock(&self) -> BoxFuture<'_, Result<rpc::TimestampReply, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move { Ok(c.get_timestamp(rpc::TimestampRequest {}).await?.into_inner()) })
+    }
+}
