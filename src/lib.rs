@@ -6,11 +6,12 @@
 pub mod admin;
 pub mod agent;
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod coordinator;
 pub mod gateway;
 pub mod names;
 pub mod p2p;
-pub mod relay;
 pub mod rpc;
+pub mod tls;
 pub mod up;
