@@ -20,58 +20,19 @@ impl Session<'_> {
         file: AssociatedFile,
         key: Key,
     ) -> Res<()> {
-        if self.mode == Mode::ReadOnly {
-            return Ok(conn
-                .send(&Message::Error("this repository is read-only; write access denied".into()))
-                .await?);
-        }
-        let core = self.core;
         let file = file.0;
-        let offset = match core.put_offset(&self.repo, &key, file.as_deref()).await {
-            Err(e) => return Ok(conn.send(&Self::error(e)).await?),
-            Ok(PutOffset::AlreadyHave(plus)) => {
-                let reply = if self.version >= 2 && !plus.is_empty() {
-                    Message::AlreadyHavePlus(uuids(&plus))
-                } else {
-                    Message::AlreadyHave
-                };
-                return Ok(conn.send(&reply).await?);
-            }
-            Ok(PutOffset::Offset(o)) => o,
+        let Some(Announced { offset, length, data_present }) =
+            self.announce(conn, file.as_deref(), &key).await?
+        else {
+            return Ok(());
         };
-        conn.send(&Message::PutFrom(offset)).await?;
-        let (length, data_present) = match conn.message().await? {
-            Next::Msg(Message::Data(len)) => (len, false),
-            Next::Msg(Message::DataPresent) if self.version >= 4 => (0, true),
-            // The client gave up on this PUT; git-annex carries on.
-            Next::Msg(Message::Error(_)) => return Ok(()),
-            Next::Eof | Next::Unparsable => return Ok(()),
-            Next::Msg(_) => return Ok(conn.send(&Message::Error("expected DATA".into())).await?),
-        };
-        if !data_present
-            && let Some(size) = key.size
-            && offset.checked_add(length) != Some(size)
-        {
-            let e = format!(
-                "DATA {length} from offset {offset} does not match the size {size} of {key}"
-            );
-            conn.send(&Message::Error(e.clone())).await?;
-            return Err(Close::Protocol(e));
-        }
+        let core = self.core;
         // DATA-PRESENT is followed by no payload and no VALID.
         let end = data_present.then_some(End::Valid);
         let mut body = PutBody { conn, remaining: length, version: self.version, end };
         let result = if data_present {
-            core.put(
-                &self.repo,
-                &key,
-                file.as_deref(),
-                offset,
-                0,
-                true,
-                futures::stream::empty::<Result<Bytes, String>>(),
-            )
-            .await
+            let none = futures::stream::empty::<Result<Bytes, String>>();
+            core.put(&self.repo, &key, file.as_deref(), offset, 0, true, none).await
         } else {
             let stream = futures::stream::unfold(&mut body, |b| async move {
                 b.next().await.map(|item| (item, b))
@@ -91,6 +52,67 @@ impl Session<'_> {
         };
         Ok(conn.send(&reply).await?)
     }
+
+    /// PUT's opening: the access check, PUT-FROM (or ALREADY-HAVE), then the
+    /// client's DATA or DATA-PRESENT. None when the PUT ends there.
+    async fn announce<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        conn: &mut Conn<S>,
+        file: Option<&str>,
+        key: &Key,
+    ) -> Res<Option<Announced>> {
+        if self.mode == Mode::ReadOnly {
+            let e = "this repository is read-only; write access denied";
+            conn.send(&Message::Error(e.into())).await?;
+            return Ok(None);
+        }
+        let offset = match self.core.put_offset(&self.repo, key, file).await {
+            Err(e) => {
+                conn.send(&Self::error(e)).await?;
+                return Ok(None);
+            }
+            Ok(PutOffset::AlreadyHave(plus)) => {
+                let reply = if self.version >= 2 && !plus.is_empty() {
+                    Message::AlreadyHavePlus(uuids(&plus))
+                } else {
+                    Message::AlreadyHave
+                };
+                conn.send(&reply).await?;
+                return Ok(None);
+            }
+            Ok(PutOffset::Offset(o)) => o,
+        };
+        conn.send(&Message::PutFrom(offset)).await?;
+        let (length, data_present) = match conn.message().await? {
+            Next::Msg(Message::Data(len)) => (len, false),
+            Next::Msg(Message::DataPresent) if self.version >= 4 => (0, true),
+            // The client gave up on this PUT; git-annex carries on.
+            Next::Msg(Message::Error(_)) | Next::Eof | Next::Unparsable => return Ok(None),
+            Next::Msg(_) => {
+                conn.send(&Message::Error("expected DATA".into())).await?;
+                return Ok(None);
+            }
+        };
+        if !data_present
+            && let Some(size) = key.size
+            && offset.checked_add(length) != Some(size)
+        {
+            let e = format!(
+                "DATA {length} from offset {offset} does not match the size {size} of {key}"
+            );
+            conn.send(&Message::Error(e.clone())).await?;
+            return Err(Close::Protocol(e));
+        }
+        Ok(Some(Announced { offset, length, data_present }))
+    }
+}
+
+/// What the client is about to send for a PUT.
+struct Announced {
+    offset: u64,
+    length: u64,
+    /// DATA-PRESENT (v4): the content is already on the nodes' side.
+    data_present: bool,
 }
 
 /// How a PUT's DATA ended, as seen by the body stream.

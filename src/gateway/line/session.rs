@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::conn::{Close, Conn, Next, Res};
 use crate::auth::Mode;
-use crate::gateway::core::{Core, CoreError, Outcome};
+use crate::gateway::core::{Core, CoreError, Download, Outcome};
 use crate::gateway::mesh::Repo;
 use crate::p2p::codec::Inbound;
 use crate::p2p::key::Key;
@@ -197,37 +197,7 @@ impl<'a> Session<'a> {
                 conn.send(&Message::Data(0)).await?;
                 false
             }
-            Ok(Some(mut dl)) => {
-                conn.send(&Message::Data(dl.length)).await?;
-                let mut sent = 0u64;
-                let mut failure = None;
-                while sent < dl.length {
-                    match dl.body.next().await {
-                        Some(Ok(chunk)) => {
-                            let take = (chunk.len() as u64).min(dl.length - sent) as usize;
-                            conn.write_data(&chunk[..take]).await?;
-                            sent += take as u64;
-                        }
-                        Some(Err(e)) => {
-                            failure = Some(e.to_string());
-                            break;
-                        }
-                        None => {
-                            failure = Some("the node sent less than promised".into());
-                            break;
-                        }
-                    }
-                }
-                let total = dl.length;
-                drop(dl);
-                match failure {
-                    None => true,
-                    Some(why) => {
-                        self.pad(conn, &key, total - sent, &why).await?;
-                        false
-                    }
-                }
-            }
+            Ok(Some(dl)) => self.send_download(conn, &key, dl).await?,
         };
         if self.version >= 1 {
             conn.send(if valid { &Message::Valid } else { &Message::Invalid }).await?;
@@ -252,6 +222,45 @@ impl<'a> Session<'a> {
             Next::Unparsable => Ok(()),
             Next::Msg(_) => {
                 Ok(conn.send(&Message::Error("expected SUCCESS or FAILURE".into())).await?)
+            }
+        }
+    }
+
+    /// DATA and the download's bytes; false when the node failed part-way
+    /// and the rest was padded.
+    async fn send_download<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        conn: &mut Conn<S>,
+        key: &Key,
+        mut dl: Download,
+    ) -> Res<bool> {
+        conn.send(&Message::Data(dl.length)).await?;
+        let mut sent = 0u64;
+        let mut failure = None;
+        while sent < dl.length {
+            match dl.body.next().await {
+                Some(Ok(chunk)) => {
+                    let take = (chunk.len() as u64).min(dl.length - sent) as usize;
+                    conn.write_data(&chunk[..take]).await?;
+                    sent += take as u64;
+                }
+                Some(Err(e)) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+                None => {
+                    failure = Some("the node sent less than promised".into());
+                    break;
+                }
+            }
+        }
+        let total = dl.length;
+        drop(dl);
+        match failure {
+            None => Ok(true),
+            Some(why) => {
+                self.pad(conn, key, total - sent, &why).await?;
+                Ok(false)
             }
         }
     }
