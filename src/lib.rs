@@ -6,13 +6,14 @@
 pub mod admin;
 pub mod agent;
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod coordinator;
 pub mod gateway;
 pub mod names;
 pub mod p2p;
 pub mod preferred;
-pub mod relay;
 pub mod rpc;
 pub mod tasks;
+pub mod tls;
 pub mod up;

@@ -1,7 +1,7 @@
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use annexmesh::{admin, agent, coordinator, gateway, relay, up};
+use annexmesh::{admin, agent, client, coordinator, gateway, up};
 
 /// A distributed proxy mesh serving git-annex clusters.
 #[derive(Debug, Parser)]
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let argv0 = argv.next().unwrap_or_default();
     let called_as =
         std::path::Path::new(&argv0).file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    if called_as == relay::P2P_PROGRAM || called_as == relay::SHELL_PROGRAM {
+    if called_as == client::P2P_PROGRAM || called_as == client::SHELL_PROGRAM {
         let args: Vec<String> = match argv.map(|a| a.into_string()).collect() {
             Ok(args) => args,
             Err(a) => {
@@ -56,10 +56,10 @@ fn main() -> anyhow::Result<()> {
             }
         };
         // Exit at once: a read of stdin may still be pending on a thread.
-        std::process::exit(if called_as == relay::P2P_PROGRAM {
-            relay::p2p_program_main(&args)
+        std::process::exit(if called_as == client::P2P_PROGRAM {
+            client::p2p_program_main(&args)
         } else {
-            relay::shell_main(&args)
+            client::shell_main(&args)
         });
     }
 
@@ -72,10 +72,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match &cli.role {
-        Role::P2pRelay { args } => std::process::exit(relay::p2p_program_main(args)),
-        Role::Shell { args } => std::process::exit(relay::shell_main(args)),
+        Role::P2pRelay { args } => std::process::exit(client::p2p_program_main(args)),
+        Role::Shell { args } => std::process::exit(client::shell_main(args)),
         Role::InstallLinks { dir } => {
-            for link in relay::install_links(dir)? {
+            for link in client::install_links(dir)? {
                 println!("{}", link.display());
             }
             return Ok(());

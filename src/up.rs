@@ -68,7 +68,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     {
         let url = coordinator_url.clone();
         let shutdown = shutdown.clone();
-        let opts = gateway::p2p::P2pOptions {
+        let opts = gateway::line::LineOptions {
             default_repo: Some(CLUSTER.to_string()),
             ..Default::default()
         };

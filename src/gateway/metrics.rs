@@ -1,4 +1,5 @@
 //! Counters an operator scrapes from `GET /metrics` (Prometheus text format).
+//! The front-ends count into these types; this module depends on none of them.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,7 @@ pub struct Metrics {
     /// GETs continued on another node after the serving node failed.
     pub get_failovers: AtomicU64,
     /// The line-protocol front-end's connections.
-    pub p2p: super::p2p::P2pMetrics,
+    pub line: LineMetrics,
 }
 
 impl Metrics {
@@ -73,6 +74,83 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
-        out + &self.p2p.render()
+        out + &self.line.render()
+    }
+}
+
+/// The line-protocol front-end's connection counters. Their names keep the
+/// `p2p` of the protocol's name, as dashboards know them.
+#[derive(Default)]
+pub struct LineMetrics {
+    pub connections: AtomicU64,
+    pub active: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+impl LineMetrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, kind, help, c) in [
+            (
+                "annexmesh_p2p_connections_total",
+                "counter",
+                "Line-protocol connections accepted.",
+                &self.connections,
+            ),
+            (
+                "annexmesh_p2p_connections_active",
+                "gauge",
+                "Line-protocol connections open now.",
+                &self.active,
+            ),
+            (
+                "annexmesh_p2p_auth_failures_total",
+                "counter",
+                "AUTH attempts refused.",
+                &self.auth_failures,
+            ),
+            (
+                "annexmesh_p2p_protocol_errors_total",
+                "counter",
+                "Connections closed for malformed or unexpected input.",
+                &self.protocol_errors,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_metrics_render_as_before() {
+        let m = Metrics::default();
+        Metrics::add(&m.line.connections, 3);
+        Metrics::add(&m.line.auth_failures, 1);
+        let text = m.render();
+        assert!(text.ends_with(
+            "# HELP annexmesh_p2p_connections_total Line-protocol connections accepted.\n\
+             # TYPE annexmesh_p2p_connections_total counter\n\
+             annexmesh_p2p_connections_total 3\n\
+             # HELP annexmesh_p2p_connections_active Line-protocol connections open now.\n\
+             # TYPE annexmesh_p2p_connections_active gauge\n\
+             annexmesh_p2p_connections_active 0\n\
+             # HELP annexmesh_p2p_auth_failures_total AUTH attempts refused.\n\
+             # TYPE annexmesh_p2p_auth_failures_total counter\n\
+             annexmesh_p2p_auth_failures_total 1\n\
+             # HELP annexmesh_p2p_protocol_errors_total \
+             Connections closed for malformed or unexpected input.\n\
+             # TYPE annexmesh_p2p_protocol_errors_total counter\n\
+             annexmesh_p2p_protocol_errors_total 0\n"
+        ));
     }
 }

@@ -4,9 +4,9 @@
 pub mod clocks;
 pub mod core;
 pub mod http;
+pub mod line;
 pub mod mesh;
 pub mod metrics;
-pub mod p2p;
 pub mod select;
 
 use std::net::SocketAddr;
@@ -49,17 +49,17 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     let listener = TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.http))?;
-    let p2p = match cfg.p2p {
+    let line = match cfg.p2p {
         None => None,
         Some(addr) => {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             let tls = match (&cfg.p2p_tls_cert, &cfg.p2p_tls_key) {
-                (Some(c), Some(k)) => Some(p2p::tls_acceptor(c, k)?),
+                (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
                 _ => None,
             };
-            let opts = p2p::P2pOptions {
+            let opts = line::LineOptions {
                 default_repo: cfg.p2p_repo.clone(),
                 max_connections: cfg.p2p_max_connections,
                 tls,
@@ -67,23 +67,23 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
             Some((l, opts))
         }
     };
-    serve(&cfg.coordinator, listener, p2p, shutdown).await
+    serve(&cfg.coordinator, listener, line, shutdown).await
 }
 
 /// Serves P2P over HTTP on `listener` and, when given, the line protocol.
 pub async fn serve(
     coordinator: &str,
     listener: TcpListener,
-    p2p: Option<(TcpListener, p2p::P2pOptions)>,
+    line: Option<(TcpListener, line::LineOptions)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mesh = mesh::Mesh::new(coordinator)?;
     let refresher = mesh.spawn_refresh();
     let core = core::Core::new(mesh.clone());
-    let line = p2p.map(|(l, opts)| {
-        let tokens: std::sync::Arc<dyn p2p::TokenCheck> =
-            std::sync::Arc::new(p2p::CoordinatorTokens(mesh.clone()));
-        tokio::spawn(p2p::serve(core.clone(), tokens, l, opts, shutdown.clone()))
+    let line = line.map(|(l, opts)| {
+        let tokens: std::sync::Arc<dyn line::TokenCheck> =
+            std::sync::Arc::new(line::CoordinatorTokens(mesh.clone()));
+        tokio::spawn(line::serve(core.clone(), tokens, l, opts, shutdown.clone()))
     });
     let app = http::router(core).layer(tower_http::trace::TraceLayer::new_for_http());
     info!(addr = %listener.local_addr()?, "gateway serving P2P over HTTP");

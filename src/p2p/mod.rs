@@ -1,10 +1,13 @@
 //! The git-annex P2P protocol and storage model, free of networking: keys,
-//! checksums, object layout, protocol messages and their line codec.
+//! checksums, object layout, protocol messages, their line codec (also as a
+//! `tokio_util` codec) and annexmesh's connection preamble.
 
+pub mod codec;
 pub mod key;
 pub mod layout;
 pub mod line;
 pub mod message;
+pub mod preamble;
 pub mod verify;
 
 /// How long a content lock must outlast a connection that broke without
