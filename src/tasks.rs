@@ -53,6 +53,21 @@ impl Tasks {
         });
     }
 
+    /// Runs `task` to its end, or until `grace` after shutdown begins: for
+    /// work a client is waiting on, such as a connection mid-request.
+    pub fn spawn_graceful<F>(&self, task: F, grace: Duration)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let token = self.token.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => {}
+                _ = task => {}
+            }
+        });
+    }
+
     /// Runs `task`, which watches `token()` itself, and hands back its result.
     pub fn spawn_owned<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where

@@ -83,6 +83,7 @@ fn keep_busy(mesh: &Mesh) -> Busy {
 fn assert_stops(mesh: &mut Mesh, role: &str) {
     let took = mesh.proc(role).stop_within(Duration::from_secs(30));
     let took = took.unwrap_or_else(|| panic!("{role} was still running 30 s after SIGTERM"));
+    eprintln!("{role} stopped {took:?} after SIGTERM");
     assert!(took <= LIMIT, "{role} took {took:?} to stop, more than {LIMIT:?}");
 }
 

@@ -6,6 +6,7 @@
 //! Jumping forward is harmless for REMOVE-BEFORE: it only makes deadlines
 //! pass sooner, never later.
 
+use crate::tasks::Tasks;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -51,10 +52,10 @@ impl ClusterClock {
         Ok(())
     }
 
-    /// Renews the lease every few seconds, for as long as the runtime runs.
-    pub fn spawn_renewal(self: &Arc<Self>, store: Arc<Store>) {
+    /// Renews the lease every few seconds, until the coordinator stops.
+    pub fn spawn_renewal(self: &Arc<Self>, store: Arc<Store>, tasks: &Tasks) {
         let clock = self.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 if let Err(e) = clock.renew(&store).await {

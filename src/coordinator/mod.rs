@@ -30,6 +30,7 @@ use tracing::info;
 
 use self::core::Core;
 use crate::rpc::{self, admin_server::AdminServer, coordinator_server::CoordinatorServer};
+use crate::tasks::{SHUTDOWN_GRACE, Tasks, serve_until};
 use admin::AdminService;
 use clock::ClusterClock;
 use service::CoordinatorService;
@@ -59,6 +60,7 @@ fn parse_reserve(s: &str) -> Result<u64, String> {
 /// A coordinator with its database open, ready to serve.
 pub struct Coordinator {
     pub store: Arc<Store>,
+    clock: Arc<ClusterClock>,
     pub service: CoordinatorService,
     pub admin: AdminService,
 }
@@ -84,10 +86,9 @@ impl Coordinator {
             .with_context(cannot_open)?;
         let store = Arc::new(store);
         let clock = Arc::new(ClusterClock::open(&store).await?);
-        clock.spawn_renewal(store.clone());
         let core = Arc::new(Core::new(store.clone(), reserve));
-        let service = CoordinatorService::new(core.clone(), clock);
-        Ok(Coordinator { store, service, admin: AdminService::new(core) })
+        let service = CoordinatorService::new(core.clone(), clock.clone());
+        Ok(Coordinator { store, clock, service, admin: AdminService::new(core) })
     }
 
     pub async fn serve(
@@ -96,7 +97,9 @@ impl Coordinator {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         info!(addr = %listener.local_addr()?, "coordinator serving");
-        tonic::transport::Server::builder()
+        let tasks = Tasks::new(&shutdown);
+        self.clock.spawn_renewal(self.store.clone(), &tasks);
+        let server = tonic::transport::Server::builder()
             .add_service(
                 CoordinatorServer::new(self.service)
                     .max_decoding_message_size(rpc::MAX_MESSAGE)
@@ -105,10 +108,11 @@ impl Coordinator {
             .add_service(AdminServer::new(self.admin))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
-                shutdown.cancelled_owned(),
-            )
-            .await
-            .context("coordinator gRPC server failed")
+                tasks.token().clone().cancelled_owned(),
+            );
+        let result = serve_until(server, tasks.token(), SHUTDOWN_GRACE, "coordinator").await;
+        tasks.shutdown(SHUTDOWN_GRACE).await;
+        result.context("coordinator gRPC server failed")
     }
 }
 

@@ -358,13 +358,16 @@ async fn lockcontent(state: &HttpState, repo: &Repo, key: &Key) -> HttpResult {
     let locks = state.locks.clone();
     let id = lockid.clone();
     // The lock lasts the safety window unless keeplocked releases it first.
-    let expiry = tokio::spawn(async move {
-        tokio::time::sleep(LOCK_WINDOW).await;
-        if locks.lock().unwrap().remove(&id).is_some() {
-            info!(lockid = %id, "lock expired");
-        }
-    })
-    .abort_handle();
+    let expiry = state
+        .core
+        .tasks
+        .spawn_owned(async move {
+            tokio::time::sleep(LOCK_WINDOW).await;
+            if locks.lock().unwrap().remove(&id).is_some() {
+                info!(lockid = %id, "lock expired");
+            }
+        })
+        .abort_handle();
     state.locks.lock().unwrap().insert(lockid.clone(), LockEntry { lock, expiry });
     Ok(json(json!({ "locked": true, "lockid": lockid })))
 }

@@ -11,10 +11,14 @@ pub mod select;
 
 use std::net::SocketAddr;
 
+use std::future::IntoFuture;
+
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
+
+use crate::tasks::{SHUTDOWN_GRACE, Tasks, serve_until};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
@@ -77,23 +81,28 @@ pub async fn serve(
     line: Option<(TcpListener, line::LineOptions)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let tasks = Tasks::new(&shutdown);
     let mesh = mesh::Mesh::new(coordinator)?;
-    let refresher = mesh.spawn_refresh();
-    let core = core::Core::new(mesh.clone());
+    mesh.spawn_refresh(&tasks);
+    let core = core::Core::new(mesh.clone(), tasks.clone());
     let line = line.map(|(l, opts)| {
         let tokens: std::sync::Arc<dyn line::TokenCheck> =
             std::sync::Arc::new(line::CoordinatorTokens(mesh.clone()));
-        tokio::spawn(line::serve(core.clone(), tokens, l, opts, shutdown.clone()))
+        tasks.spawn_owned(line::serve(core.clone(), tokens, l, opts))
     });
     let app = http::router(core).layer(tower_http::trace::TraceLayer::new_for_http());
     info!(addr = %listener.local_addr()?, "gateway serving P2P over HTTP");
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("gateway HTTP server failed");
-    if let Some(line) = line {
-        let _ = line.await;
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(tasks.token().clone().cancelled_owned())
+        .into_future();
+    let result = serve_until(server, tasks.token(), SHUTDOWN_GRACE, "gateway HTTP").await;
+    let result = result.context("gateway HTTP server failed");
+    if let Some(Ok(Err(e))) = match line {
+        Some(l) => Some(l.await),
+        None => None,
+    } {
+        warn!("line-protocol listener failed: {e}");
     }
-    refresher.abort();
+    tasks.shutdown(SHUTDOWN_GRACE).await;
     result
 }

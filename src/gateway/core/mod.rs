@@ -28,6 +28,7 @@ use super::clocks::AgentClocks;
 use super::mesh::{Mesh, Repo};
 use super::metrics::Metrics;
 use crate::rpc::{self, lock_request};
+use crate::tasks::Tasks;
 
 pub use locations::LocationChange;
 pub use put::{PutRequest, TargetState};
@@ -94,11 +95,13 @@ pub struct Core {
     pub mesh: Arc<Mesh>,
     pub metrics: Arc<Metrics>,
     clocks: Arc<AgentClocks>,
+    /// The gateway's tasks: lock holders, agent calls, front-end timers.
+    pub tasks: Tasks,
 }
 
 impl Core {
-    pub fn new(mesh: Arc<Mesh>) -> Core {
-        Core { mesh, metrics: Arc::default(), clocks: Arc::default() }
+    pub fn new(mesh: Arc<Mesh>, tasks: Tasks) -> Core {
+        Core { mesh, metrics: Arc::default(), clocks: Arc::default(), tasks }
     }
 
     fn plus(repo: &Repo, nodes: Vec<String>) -> Vec<String> {

@@ -72,7 +72,7 @@ impl Core {
             {
                 // The reply stream ends when the agent lets go; keep it
                 // drained so the lock stream stays healthy.
-                tokio::spawn(async move { while let Some(Ok(_)) = replies.next().await {} });
+                self.tasks.spawn(async move { while let Some(Ok(_)) = replies.next().await {} });
                 return Ok(Some(HeldLock { node: node.uuid, tx }));
             }
         }

@@ -240,7 +240,7 @@ impl Core {
         };
         let client = self.mesh.agent(&node).map_err(|s| unavailable(&node.name, s))?;
         let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::Header(header)) }).await;
-        let call = tokio::spawn(client.put(rx));
+        let call = self.tasks.spawn_owned(client.put(rx));
         Ok(Feed { node, skip: own - offset, tx: Some(tx), call })
     }
 

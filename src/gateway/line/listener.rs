@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::LineOptions;
@@ -19,15 +18,17 @@ use super::session::Session;
 use crate::gateway::core::Core;
 use crate::gateway::mesh::Repo;
 use crate::gateway::metrics::Metrics;
+use crate::tasks::SHUTDOWN_GRACE;
 
-/// Accepts line-protocol connections until `shutdown`.
+/// Accepts line-protocol connections until the gateway stops; connections
+/// then get `SHUTDOWN_GRACE` to finish what they are doing.
 pub async fn serve(
     core: Core,
     tokens: Arc<dyn TokenCheck>,
     listener: TcpListener,
     opts: LineOptions,
-    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let shutdown = core.tasks.token().clone();
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     info!(addr = %listener.local_addr()?, tls = opts.tls.is_some(), "gateway serving the P2P line protocol");
     loop {
@@ -46,13 +47,14 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             warn!(%peer, "refusing connection: {} connections open", opts.max_connections);
-            tokio::spawn(async move {
+            core.tasks.spawn(async move {
                 let _ = stream.write_all(b"ERROR too many connections; try again later\n").await;
             });
             continue;
         };
-        let (core, tokens, opts) = (core.clone(), tokens.clone(), opts.clone());
-        tokio::spawn(async move {
+        let (tasks, core, tokens, opts) =
+            (core.tasks.clone(), core.clone(), tokens.clone(), opts.clone());
+        let serve_one = async move {
             match opts.tls.clone() {
                 None => connection(&core, tokens.as_ref(), &opts, stream, peer).await,
                 Some(acceptor) => {
@@ -64,7 +66,8 @@ pub async fn serve(
                 }
             }
             drop(permit);
-        });
+        };
+        tasks.spawn_graceful(serve_one, SHUTDOWN_GRACE);
     }
 }
 

@@ -2,6 +2,7 @@
 //! coordinator that is not there, so these cover what a session answers
 //! without reaching a node: versions, refusals, access modes and bad input.
 
+use crate::tasks::Tasks;
 use std::collections::BTreeSet;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,7 +18,7 @@ const KEY: &str = "SHA256E-s5--2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e7
 fn core() -> Core {
     // Port 1 on loopback: nothing listens, so every lookup fails at once
     // and the session keeps the repository it was given.
-    Core::new(Mesh::new("http://127.0.0.1:1").unwrap())
+    Core::new(Mesh::new("http://127.0.0.1:1").unwrap(), Tasks::new(&Default::default()))
 }
 
 fn cluster() -> Repo {

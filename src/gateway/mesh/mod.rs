@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use self::api::{Control, NodeClient, Nodes};
 use super::select::{Busy, Loads};
 use crate::rpc;
+use crate::tasks::Tasks;
 
 /// After failing to reach an agent, the gateway ranks it last for this long,
 /// doubling with each further failure up to BACKOFF_MAX. Connecting is left
@@ -183,9 +184,10 @@ impl Mesh {
         }
     }
 
-    pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// Refreshes the snapshot in the background until the gateway stops.
+    pub fn spawn_refresh(self: &Arc<Self>, tasks: &Tasks) {
         let mesh = Arc::downgrade(self);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut failing = false;
             while let Some(m) = mesh.upgrade() {
                 match m.refresh().await {
@@ -199,7 +201,7 @@ impl Mesh {
                 drop(m);
                 tokio::time::sleep(REFRESH).await;
             }
-        })
+        });
     }
 
     async fn lookup(&self, pred: impl Fn(&str, &str) -> bool) -> Option<Repo> {

@@ -8,6 +8,7 @@ mod present;
 mod put;
 mod remove;
 
+use crate::tasks::Tasks;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -140,7 +141,7 @@ impl World {
             clock_ms,
         });
         let mesh = Mesh::with(control.clone(), Arc::new(FakeNodes(nodes.clone())));
-        World { core: Core::new(mesh), control, nodes }
+        World { core: Core::new(mesh, Tasks::new(&Default::default())), control, nodes }
     }
 
     /// The cluster, or the node `name` addressed alone.
