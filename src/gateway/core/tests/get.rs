@@ -75,163 +75,165 @@ async fn fetch(w: &World, c: &Case) -> Got {
     got
 }
 
-#[tokio::test(start_paused = true)]
-async fn get() {
-    let sha = checksum_key;
-    let cases = [
-        Case {
-            first: Some("b"),
-            bytes: CONTENT,
-            gets: vec![("b", vec![0]), ("a", vec![])],
-            ..case(
-                "the holder with the lowest cost serves",
-                sha(),
-                vec![n("a").has().cost(200), n("b").has().cost(50), n("x").cost(10)],
-            )
-        },
-        Case {
-            first: Some("a"),
-            bytes: CONTENT,
-            gets: vec![("a", vec![0]), ("b", vec![6])],
-            ..case(
-                "a checksum key continues on another holder from where the first stopped",
-                sha(),
-                vec![n("a").has().cost(10).behaving(EndsAfter(6)), n("b").has().cost(20)],
-            )
-        },
-        Case {
-            offset: 5,
-            first: Some("a"),
-            bytes: &CONTENT[5..],
-            gets: vec![("a", vec![5]), ("b", vec![9])],
-            ..case(
-                "failover from a requested offset",
-                sha(),
-                vec![n("a").has().cost(10).behaving(EndsAfter(4)), n("b").has().cost(20)],
-            )
-        },
-        Case {
-            first: Some("a"),
-            bytes: &CONTENT[..6],
-            error: Some("closed the stream early"),
-            gets: vec![("a", vec![0]), ("b", vec![])],
-            ..case(
-                "a WORM key does not continue elsewhere",
-                worm_key(),
-                vec![n("a").has().cost(10).behaving(EndsAfter(6)), n("b").has().cost(20)],
-            )
-        },
-        Case {
-            first: Some("a"),
-            bytes: CONTENT,
-            gets: vec![("a", vec![0]), ("b", vec![8])],
-            ..case(
-                "a node that stalls mid-stream counts as failed",
-                sha(),
-                vec![n("a").has().cost(10).behaving(StallsAfter(8)), n("b").has().cost(20)],
-            )
-        },
-        Case {
-            first: Some("b"),
-            bytes: CONTENT,
-            gets: vec![("b", vec![0])],
-            ..case(
-                "a node that never answers counts as failed",
-                sha(),
-                vec![n("a").has().cost(10).behaving(Stalls), n("b").has().cost(20)],
-            )
-        },
-        Case {
-            first: Some("b"),
-            bytes: CONTENT,
-            listed_after: Some(vec!["b"]),
-            ..case(
-                "a holder the log does not list is found by probing",
-                sha(),
-                vec![n("a"), n("b").has_unlisted()],
-            )
-        },
-        Case {
-            first: Some("b"),
-            bytes: CONTENT,
-            listed_after: Some(vec!["b"]),
-            ..case(
-                "a listed node without the content is struck from the log",
-                sha(),
-                vec![n("a").lies().cost(10), n("b").has().cost(20)],
-            )
-        },
-        Case {
-            first: Some("a"),
-            bytes: CONTENT,
-            gets: vec![("b", vec![4]), ("d", vec![4])],
-            ..case(
-                "a continuation offering another size is refused",
-                sha(),
-                vec![
-                    n("a").has().cost(10).behaving(EndsAfter(4)),
-                    n("b").has().cost(20).behaving(WrongSize),
-                    n("d").has().cost(30),
-                ],
-            )
-        },
-        Case {
-            first: Some("a"),
-            bytes: &CONTENT[..6],
-            error: Some("no node could continue"),
-            ..case(
-                "no other holder to continue on",
-                sha(),
-                vec![n("a").has().behaving(EndsAfter(6)), n("x")],
-            )
-        },
-        case("present nowhere", sha(), vec![n("a"), n("b")]),
-        Case {
-            error: Some("no node holding it can serve it (b is down; a: connection refused)"),
-            ..case(
-                "every holder unreachable or down",
-                sha(),
-                vec![n("a").has().behaving(Unreachable), n("b").has().down()],
-            )
-        },
-        Case {
-            repo: "a",
-            first: Some("a"),
-            bytes: CONTENT,
-            ..case("a node addressed alone serves even when down", sha(), vec![n("a").has().down()])
-        },
-        Case {
-            bypass: vec!["a"],
-            first: Some("b"),
-            bytes: CONTENT,
-            gets: vec![("a", vec![]), ("b", vec![0])],
-            ..case(
-                "BYPASS leaves out the cheaper holder",
-                sha(),
-                vec![n("a").has().cost(10), n("b").has().cost(20)],
-            )
-        },
-        Case {
-            offset: 17,
-            error: Some("offset 17 is beyond"),
-            ..case("an offset beyond the content is refused", sha(), vec![n("a").has()])
-        },
-    ];
-    for c in cases {
-        let w = World::new(&c.nodes, &c.key);
-        let got = fetch(&w, &c).await;
-        assert_eq!(got.first.as_deref(), c.first, "{}: first node", c.name);
-        assert_eq!(got.bytes, c.bytes, "{}: bytes", c.name);
-        match (&got.error, c.error) {
-            (None, None) => {}
-            (Some(e), Some(want)) => assert!(e.contains(want), "{}: {e}", c.name),
-            (e, want) => panic!("{}: error {e:?}, want {want:?}", c.name),
-        }
-        for (node, offsets) in &c.gets {
-            assert_eq!(*w.node(node).gets.lock().unwrap(), *offsets, "{}: GETs on {node}", c.name);
-        }
-        if let Some(listed) = &c.listed_after {
-            assert_eq!(w.control.listed(&c.key.to_string()), names(listed), "{}", c.name);
-        }
+cases! {
+    #[tokio::test(start_paused = true)] check;
+    the_cheapest_holder_serves => Case {
+        first: Some("b"),
+        bytes: CONTENT,
+        gets: vec![("b", vec![0]), ("a", vec![])],
+        ..case(
+            "the holder with the lowest cost serves",
+            checksum_key(),
+            vec![n("a").has().cost(200), n("b").has().cost(50), n("x").cost(10)],
+        )
+    },
+    a_checksum_key_continues_on_another_holder => Case {
+        first: Some("a"),
+        bytes: CONTENT,
+        gets: vec![("a", vec![0]), ("b", vec![6])],
+        ..case(
+            "a checksum key continues on another holder from where the first stopped",
+            checksum_key(),
+            vec![n("a").has().cost(10).behaving(EndsAfter(6)), n("b").has().cost(20)],
+        )
+    },
+    failover_from_a_requested_offset => Case {
+        offset: 5,
+        first: Some("a"),
+        bytes: &CONTENT[5..],
+        gets: vec![("a", vec![5]), ("b", vec![9])],
+        ..case(
+            "failover from a requested offset",
+            checksum_key(),
+            vec![n("a").has().cost(10).behaving(EndsAfter(4)), n("b").has().cost(20)],
+        )
+    },
+    a_worm_key_does_not_continue_elsewhere => Case {
+        first: Some("a"),
+        bytes: &CONTENT[..6],
+        error: Some("closed the stream early"),
+        gets: vec![("a", vec![0]), ("b", vec![])],
+        ..case(
+            "a WORM key does not continue elsewhere",
+            worm_key(),
+            vec![n("a").has().cost(10).behaving(EndsAfter(6)), n("b").has().cost(20)],
+        )
+    },
+    a_node_stalling_mid_stream_counts_as_failed => Case {
+        first: Some("a"),
+        bytes: CONTENT,
+        gets: vec![("a", vec![0]), ("b", vec![8])],
+        ..case(
+            "a node that stalls mid-stream counts as failed",
+            checksum_key(),
+            vec![n("a").has().cost(10).behaving(StallsAfter(8)), n("b").has().cost(20)],
+        )
+    },
+    a_node_that_never_answers_counts_as_failed => Case {
+        first: Some("b"),
+        bytes: CONTENT,
+        gets: vec![("b", vec![0])],
+        ..case(
+            "a node that never answers counts as failed",
+            checksum_key(),
+            vec![n("a").has().cost(10).behaving(Stalls), n("b").has().cost(20)],
+        )
+    },
+    an_unlisted_holder_is_found_by_probing => Case {
+        first: Some("b"),
+        bytes: CONTENT,
+        listed_after: Some(vec!["b"]),
+        ..case(
+            "a holder the log does not list is found by probing",
+            checksum_key(),
+            vec![n("a"), n("b").has_unlisted()],
+        )
+    },
+    a_listed_node_without_the_content_is_struck => Case {
+        first: Some("b"),
+        bytes: CONTENT,
+        listed_after: Some(vec!["b"]),
+        ..case(
+            "a listed node without the content is struck from the log",
+            checksum_key(),
+            vec![n("a").lies().cost(10), n("b").has().cost(20)],
+        )
+    },
+    a_continuation_of_another_size_is_refused => Case {
+        first: Some("a"),
+        bytes: CONTENT,
+        gets: vec![("b", vec![4]), ("d", vec![4])],
+        ..case(
+            "a continuation offering another size is refused",
+            checksum_key(),
+            vec![
+                n("a").has().cost(10).behaving(EndsAfter(4)),
+                n("b").has().cost(20).behaving(WrongSize),
+                n("d").has().cost(30),
+            ],
+        )
+    },
+    no_other_holder_to_continue_on => Case {
+        first: Some("a"),
+        bytes: &CONTENT[..6],
+        error: Some("no node could continue"),
+        ..case(
+            "no other holder to continue on",
+            checksum_key(),
+            vec![n("a").has().behaving(EndsAfter(6)), n("x")],
+        )
+    },
+    present_nowhere => case("present nowhere", checksum_key(), vec![n("a"), n("b")]),
+    every_holder_unreachable_or_down => Case {
+        error: Some("no node holding it can serve it (b is down; a: connection refused)"),
+        ..case(
+            "every holder unreachable or down",
+            checksum_key(),
+            vec![n("a").has().behaving(Unreachable), n("b").has().down()],
+        )
+    },
+    a_node_addressed_alone_serves_even_when_down => Case {
+        repo: "a",
+        first: Some("a"),
+        bytes: CONTENT,
+        ..case(
+            "a node addressed alone serves even when down",
+            checksum_key(),
+            vec![n("a").has().down()],
+        )
+    },
+    bypass_leaves_out_the_cheaper_holder => Case {
+        bypass: vec!["a"],
+        first: Some("b"),
+        bytes: CONTENT,
+        gets: vec![("a", vec![]), ("b", vec![0])],
+        ..case(
+            "BYPASS leaves out the cheaper holder",
+            checksum_key(),
+            vec![n("a").has().cost(10), n("b").has().cost(20)],
+        )
+    },
+    an_offset_beyond_the_content_is_refused => Case {
+        offset: 17,
+        error: Some("offset 17 is beyond"),
+        ..case("an offset beyond the content is refused", checksum_key(), vec![n("a").has()])
+    },
+}
+
+async fn check(c: Case) {
+    let w = World::new(&c.nodes, &c.key);
+    let got = fetch(&w, &c).await;
+    assert_eq!(got.first.as_deref(), c.first, "{}: first node", c.name);
+    assert_eq!(got.bytes, c.bytes, "{}: bytes", c.name);
+    match (&got.error, c.error) {
+        (None, None) => {}
+        (Some(e), Some(want)) => assert!(e.contains(want), "{}: {e}", c.name),
+        (e, want) => panic!("{}: error {e:?}, want {want:?}", c.name),
+    }
+    for (node, offsets) in &c.gets {
+        assert_eq!(*w.node(node).gets.lock().unwrap(), *offsets, "{}: GETs on {node}", c.name);
+    }
+    if let Some(listed) = &c.listed_after {
+        assert_eq!(w.control.listed(&c.key.to_string()), names(listed), "{}", c.name);
     }
 }

@@ -2,6 +2,29 @@
 //! a fake coordinator (`fake`). Every case builds its own small cluster
 //! named "c" whose nodes are named (and identified) by other single letters.
 
+/// A table of cases, one test each, so that every case is reported by name
+/// and a failing case does not hide the others:
+///
+/// ```text
+/// cases! {
+///     #[tokio::test] check;
+///     short_name => Case { .. },
+/// }
+/// ```
+///
+/// expands to `#[tokio::test] async fn short_name() { check(Case { .. }).await }`
+/// for every entry.
+macro_rules! cases {
+    (#[$test:meta] $check:ident; $($name:ident => $case:expr,)+) => {
+        $(
+            #[$test]
+            async fn $name() {
+                $check($case).await
+            }
+        )+
+    };
+}
+
 mod fake;
 mod get;
 mod present;

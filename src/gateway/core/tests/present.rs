@@ -16,105 +16,104 @@ struct Case {
     not_asked: Vec<&'static str>,
 }
 
-#[tokio::test(start_paused = true)]
-async fn checkpresent() {
-    let cases = [
-        Case {
-            name: "trusts the log: the listed holder answers, others are not asked",
-            nodes: vec![n("a").has(), n("b").has_unlisted(), n("x")],
-            repo: "c",
-            expect: Ok(true),
-            listed_after: vec!["a"],
-            not_asked: vec!["b", "x"],
-        },
-        Case {
-            name: "a listed node that lied is struck from the log, the next one asked",
-            nodes: vec![n("a").lies().cost(10), n("b").has().cost(20)],
-            repo: "c",
-            expect: Ok(true),
-            listed_after: vec!["b"],
-            not_asked: vec![],
-        },
-        Case {
-            name: "no listed holder: unlisted healthy nodes are probed and the log repaired",
-            nodes: vec![n("a"), n("b").has_unlisted(), n("d").has_unlisted().down()],
-            repo: "c",
-            expect: Ok(true),
-            listed_after: vec!["b"],
-            not_asked: vec!["d"],
-        },
-        Case {
-            name: "nowhere: not present",
-            nodes: vec![n("a"), n("b")],
-            repo: "c",
-            expect: Ok(false),
-            listed_after: vec![],
-            not_asked: vec![],
-        },
-        Case {
-            name: "only an unreachable listed node could answer: an error, not absent",
-            nodes: vec![n("a").has().behaving(Unreachable), n("b")],
-            repo: "c",
-            expect: Err("cannot tell whether"),
-            listed_after: vec!["a"],
-            not_asked: vec![],
-        },
-        Case {
-            name: "only a listed node that is down could answer: an error naming it",
-            nodes: vec![n("a").has().down(), n("b")],
-            repo: "c",
-            expect: Err("a is down"),
-            listed_after: vec!["a"],
-            not_asked: vec!["a"],
-        },
-        Case {
-            name: "an unreachable listed node does not hide an unlisted holder",
-            nodes: vec![n("a").has().behaving(Unreachable), n("b").has_unlisted()],
-            repo: "c",
-            expect: Ok(true),
-            listed_after: vec!["a", "b"],
-            not_asked: vec![],
-        },
-        Case {
-            name: "a stalled listed node counts as unreachable",
-            nodes: vec![n("a").has().behaving(Stalls)],
-            repo: "c",
-            expect: Err("no answer in"),
-            listed_after: vec!["a"],
-            not_asked: vec![],
-        },
-        Case {
-            name: "a node addressed alone answers for itself, whatever the log says",
-            nodes: vec![n("a").has_unlisted(), n("b").has()],
-            repo: "a",
-            expect: Ok(true),
-            listed_after: vec!["b"],
-            not_asked: vec!["b"],
-        },
-        Case {
-            name: "a node addressed alone that cannot be reached is an error",
-            nodes: vec![n("a").behaving(Unreachable), n("b").has()],
-            repo: "a",
-            expect: Err("a: connection refused"),
-            listed_after: vec!["b"],
-            not_asked: vec!["b"],
-        },
-    ];
+cases! {
+    #[tokio::test(start_paused = true)] check;
+    trusts_the_log => Case {
+        name: "trusts the log: the listed holder answers, others are not asked",
+        nodes: vec![n("a").has(), n("b").has_unlisted(), n("x")],
+        repo: "c",
+        expect: Ok(true),
+        listed_after: vec!["a"],
+        not_asked: vec!["b", "x"],
+    },
+    a_lying_listed_node_is_struck_from_the_log => Case {
+        name: "a listed node that lied is struck from the log, the next one asked",
+        nodes: vec![n("a").lies().cost(10), n("b").has().cost(20)],
+        repo: "c",
+        expect: Ok(true),
+        listed_after: vec!["b"],
+        not_asked: vec![],
+    },
+    unlisted_nodes_are_probed_and_the_log_repaired => Case {
+        name: "no listed holder: unlisted healthy nodes are probed and the log repaired",
+        nodes: vec![n("a"), n("b").has_unlisted(), n("d").has_unlisted().down()],
+        repo: "c",
+        expect: Ok(true),
+        listed_after: vec!["b"],
+        not_asked: vec!["d"],
+    },
+    nowhere_is_not_present => Case {
+        name: "nowhere: not present",
+        nodes: vec![n("a"), n("b")],
+        repo: "c",
+        expect: Ok(false),
+        listed_after: vec![],
+        not_asked: vec![],
+    },
+    only_an_unreachable_listed_node_is_an_error => Case {
+        name: "only an unreachable listed node could answer: an error, not absent",
+        nodes: vec![n("a").has().behaving(Unreachable), n("b")],
+        repo: "c",
+        expect: Err("cannot tell whether"),
+        listed_after: vec!["a"],
+        not_asked: vec![],
+    },
+    only_a_down_listed_node_is_an_error_naming_it => Case {
+        name: "only a listed node that is down could answer: an error naming it",
+        nodes: vec![n("a").has().down(), n("b")],
+        repo: "c",
+        expect: Err("a is down"),
+        listed_after: vec!["a"],
+        not_asked: vec!["a"],
+    },
+    an_unreachable_listed_node_does_not_hide_an_unlisted_holder => Case {
+        name: "an unreachable listed node does not hide an unlisted holder",
+        nodes: vec![n("a").has().behaving(Unreachable), n("b").has_unlisted()],
+        repo: "c",
+        expect: Ok(true),
+        listed_after: vec!["a", "b"],
+        not_asked: vec![],
+    },
+    a_stalled_listed_node_counts_as_unreachable => Case {
+        name: "a stalled listed node counts as unreachable",
+        nodes: vec![n("a").has().behaving(Stalls)],
+        repo: "c",
+        expect: Err("no answer in"),
+        listed_after: vec!["a"],
+        not_asked: vec![],
+    },
+    a_node_addressed_alone_answers_for_itself => Case {
+        name: "a node addressed alone answers for itself, whatever the log says",
+        nodes: vec![n("a").has_unlisted(), n("b").has()],
+        repo: "a",
+        expect: Ok(true),
+        listed_after: vec!["b"],
+        not_asked: vec!["b"],
+    },
+    an_unreachable_node_addressed_alone_is_an_error => Case {
+        name: "a node addressed alone that cannot be reached is an error",
+        nodes: vec![n("a").behaving(Unreachable), n("b").has()],
+        repo: "a",
+        expect: Err("a: connection refused"),
+        listed_after: vec!["b"],
+        not_asked: vec!["b"],
+    },
+}
+
+async fn check(case: Case) {
     let key = checksum_key();
-    for case in cases {
-        let w = World::new(&case.nodes, &key);
-        let got = w.core.checkpresent(&w.repo(case.repo).await, &key).await;
-        match (&got, case.expect) {
-            (Ok(p), Ok(want)) => assert_eq!(*p, want, "{}", case.name),
-            (Err(e), Err(want)) => {
-                assert!(e.to_string().contains(want), "{}: {e}", case.name)
-            }
-            _ => panic!("{}: got {got:?}, want {:?}", case.name, case.expect),
+    let w = World::new(&case.nodes, &key);
+    let got = w.core.checkpresent(&w.repo(case.repo).await, &key).await;
+    match (&got, case.expect) {
+        (Ok(p), Ok(want)) => assert_eq!(*p, want, "{}", case.name),
+        (Err(e), Err(want)) => {
+            assert!(e.to_string().contains(want), "{}: {e}", case.name)
         }
-        assert_eq!(w.control.listed(&key.to_string()), names(&case.listed_after), "{}", case.name);
-        for name in case.not_asked {
-            assert_eq!(*w.node(name).checks.lock().unwrap(), 0, "{}: asked {name}", case.name);
-        }
+        _ => panic!("{}: got {got:?}, want {:?}", case.name, case.expect),
+    }
+    assert_eq!(w.control.listed(&key.to_string()), names(&case.listed_after), "{}", case.name);
+    for name in case.not_asked {
+        assert_eq!(*w.node(name).checks.lock().unwrap(), 0, "{}: asked {name}", case.name);
     }
 }
 

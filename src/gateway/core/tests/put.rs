@@ -15,59 +15,62 @@ struct OffsetCase {
     expect: Result<PutOffset, &'static str>,
 }
 
-#[tokio::test]
-async fn put_offset() {
-    let have = |uuids: &[&str]| Ok(PutOffset::AlreadyHave(names(uuids)));
-    let cases = [
-        OffsetCase {
-            name: "the lowest resume offset of the targets that want it",
-            nodes: vec![n("a").partial(4), n("b").partial(8), n("d").has()],
-            min: 1,
-            repo: "c",
-            expect: Ok(PutOffset::Offset(4)),
-        },
-        OffsetCase {
-            name: "ALREADY-HAVE when as many targets as required have it",
-            nodes: vec![n("a").has(), n("b").has()],
-            min: 2,
-            repo: "c",
-            expect: have(&["a", "b"]),
-        },
-        OffsetCase {
-            name: "fewer holders than required: nothing left to send, but no ALREADY-HAVE",
-            nodes: vec![n("a").has(), n("b").behaving(Unreachable)],
-            min: 2,
-            repo: "c",
-            expect: Ok(PutOffset::Offset(16)),
-        },
-        OffsetCase {
-            name: "no target reachable",
-            nodes: vec![n("a").behaving(Unreachable)],
-            min: 1,
-            repo: "c",
-            expect: Err("no node can take the content now"),
-        },
-        OffsetCase {
-            name: "a node addressed alone reports no other nodes",
-            nodes: vec![n("a").has(), n("b").has()],
-            min: 1,
-            repo: "a",
-            expect: have(&[]),
-        },
-    ];
+/// ALREADY-HAVE from these nodes.
+fn have(uuids: &[&str]) -> Result<PutOffset, &'static str> {
+    Ok(PutOffset::AlreadyHave(names(uuids)))
+}
+
+cases! {
+    #[tokio::test] check_offset;
+    offset_is_the_lowest_resume_offset => OffsetCase {
+        name: "the lowest resume offset of the targets that want it",
+        nodes: vec![n("a").partial(4), n("b").partial(8), n("d").has()],
+        min: 1,
+        repo: "c",
+        expect: Ok(PutOffset::Offset(4)),
+    },
+    offset_already_have_when_enough_targets_have_it => OffsetCase {
+        name: "ALREADY-HAVE when as many targets as required have it",
+        nodes: vec![n("a").has(), n("b").has()],
+        min: 2,
+        repo: "c",
+        expect: have(&["a", "b"]),
+    },
+    offset_fewer_holders_than_required_is_no_already_have => OffsetCase {
+        name: "fewer holders than required: nothing left to send, but no ALREADY-HAVE",
+        nodes: vec![n("a").has(), n("b").behaving(Unreachable)],
+        min: 2,
+        repo: "c",
+        expect: Ok(PutOffset::Offset(16)),
+    },
+    offset_no_target_reachable => OffsetCase {
+        name: "no target reachable",
+        nodes: vec![n("a").behaving(Unreachable)],
+        min: 1,
+        repo: "c",
+        expect: Err("no node can take the content now"),
+    },
+    offset_a_node_addressed_alone_reports_no_other_nodes => OffsetCase {
+        name: "a node addressed alone reports no other nodes",
+        nodes: vec![n("a").has(), n("b").has()],
+        min: 1,
+        repo: "a",
+        expect: have(&[]),
+    },
+}
+
+async fn check_offset(c: OffsetCase) {
     let key = checksum_key();
-    for c in cases {
-        let all = c.nodes.iter().map(|n| n.name).collect();
-        let w = World::planned(&c.nodes, &key, all, c.min, 0);
-        let got = w.core.put_offset(&w.repo(c.repo).await, &key, None).await;
-        match (got, c.expect) {
-            (Ok(PutOffset::AlreadyHave(p)), Ok(PutOffset::AlreadyHave(want))) => {
-                assert_eq!(sorted(p), want, "{}", c.name)
-            }
-            (Ok(got), Ok(want)) => assert_eq!(got, want, "{}", c.name),
-            (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{}: {e}", c.name),
-            (got, want) => panic!("{}: got {got:?}, want {want:?}", c.name),
+    let all = c.nodes.iter().map(|n| n.name).collect();
+    let w = World::planned(&c.nodes, &key, all, c.min, 0);
+    let got = w.core.put_offset(&w.repo(c.repo).await, &key, None).await;
+    match (got, c.expect) {
+        (Ok(PutOffset::AlreadyHave(p)), Ok(PutOffset::AlreadyHave(want))) => {
+            assert_eq!(sorted(p), want, "{}", c.name)
         }
+        (Ok(got), Ok(want)) => assert_eq!(got, want, "{}", c.name),
+        (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{}: {e}", c.name),
+        (got, want) => panic!("{}: got {got:?}, want {want:?}", c.name),
     }
 }
 
@@ -136,133 +139,132 @@ fn body(c: &Case) -> Vec<Result<Bytes, String>> {
     items
 }
 
-#[tokio::test]
-async fn put() {
-    let cases = [
-        Case {
-            plus: vec!["a", "b", "d"],
-            holders_after: vec!["a", "b", "d"],
-            headers: vec![("a", vec![4]), ("b", vec![8]), ("d", vec![0])],
-            ..case(
-                "every target gets the data from its own resume offset",
-                vec![n("a").partial(4), n("b").partial(8), n("d")],
-            )
-        },
-        Case {
-            offset: 4,
-            plus: vec!["a", "b"],
-            holders_after: vec!["a", "b"],
-            headers: vec![("a", vec![8]), ("b", vec![4])],
-            ..case("a client resuming at an offset", vec![n("a").partial(8), n("b").partial(4)])
-        },
-        Case {
-            plus: vec!["a", "b"],
-            holders_after: vec!["a", "b"],
-            headers: vec![("a", vec![]), ("b", vec![0])],
-            ..case("a target that has it counts as stored", vec![n("a").has(), n("b")])
-        },
-        Case {
-            min: 2,
-            ok: Ok(false),
-            plus: vec!["a"],
-            error: Some("stored on 1 node(s), but the cluster requires 2 (b: no space left"),
-            holders_after: vec!["a"],
-            ..case(
-                "fewer copies than the minimum fail, listing where it was stored",
-                vec![n("a"), n("b").behaving(RefusesWrites)],
-            )
-        },
-        Case {
-            ok: Ok(false),
-            error: Some("a: no space left on device"),
-            ..case("stored nowhere", vec![n("a").behaving(RefusesWrites)])
-        },
-        Case {
-            plus: vec!["a"],
-            holders_after: vec!["a"],
-            ..case(
-                "an unreachable target does not stop the others",
-                vec![n("a"), n("b").behaving(Unreachable)],
-            )
-        },
-        Case {
-            body: Body::CutAfter(6),
-            ok: Ok(false),
-            error: Some("without its end marker"),
-            // Reads are coalesced into chunk-sized messages, so what the
-            // nodes had before is what they keep.
-            partial_after: vec![("a", 4), ("b", 0)],
-            ..case(
-                "a body cut short stores nothing and keeps the partials",
-                vec![n("a").partial(4), n("b")],
-            )
-        },
-        Case {
-            body: Body::TooLong,
-            ok: Ok(false),
-            error: Some("without its end marker"),
-            ..case("data beyond the promised length is refused", vec![n("a")])
-        },
-        Case {
-            data_present: true,
-            min: 2,
-            ok: Ok(false),
-            plus: vec!["a"],
-            error: Some("b: content not present"),
-            holders_after: vec!["a"],
-            ..case("DATA-PRESENT counts only the targets that have it", vec![n("a").has(), n("b")])
-        },
-        Case {
-            repo: "a",
-            targets: vec!["b"],
-            holders_after: vec!["a"],
-            headers: vec![("b", vec![])],
-            ..case("a node addressed alone is the only target", vec![n("a"), n("b")])
-        },
-        Case {
-            bypass: vec!["b"],
-            plus: vec!["a"],
-            holders_after: vec!["a"],
-            headers: vec![("b", vec![])],
-            ..case("BYPASS leaves a planned target out", vec![n("a"), n("b")])
-        },
-    ];
+cases! {
+    #[tokio::test] check;
+    every_target_from_its_own_resume_offset => Case {
+        plus: vec!["a", "b", "d"],
+        holders_after: vec!["a", "b", "d"],
+        headers: vec![("a", vec![4]), ("b", vec![8]), ("d", vec![0])],
+        ..case(
+            "every target gets the data from its own resume offset",
+            vec![n("a").partial(4), n("b").partial(8), n("d")],
+        )
+    },
+    a_client_resuming_at_an_offset => Case {
+        offset: 4,
+        plus: vec!["a", "b"],
+        holders_after: vec!["a", "b"],
+        headers: vec![("a", vec![8]), ("b", vec![4])],
+        ..case("a client resuming at an offset", vec![n("a").partial(8), n("b").partial(4)])
+    },
+    a_target_that_has_it_counts_as_stored => Case {
+        plus: vec!["a", "b"],
+        holders_after: vec!["a", "b"],
+        headers: vec![("a", vec![]), ("b", vec![0])],
+        ..case("a target that has it counts as stored", vec![n("a").has(), n("b")])
+    },
+    fewer_copies_than_the_minimum_fail => Case {
+        min: 2,
+        ok: Ok(false),
+        plus: vec!["a"],
+        error: Some("stored on 1 node(s), but the cluster requires 2 (b: no space left"),
+        holders_after: vec!["a"],
+        ..case(
+            "fewer copies than the minimum fail, listing where it was stored",
+            vec![n("a"), n("b").behaving(RefusesWrites)],
+        )
+    },
+    stored_nowhere => Case {
+        ok: Ok(false),
+        error: Some("a: no space left on device"),
+        ..case("stored nowhere", vec![n("a").behaving(RefusesWrites)])
+    },
+    an_unreachable_target_does_not_stop_the_others => Case {
+        plus: vec!["a"],
+        holders_after: vec!["a"],
+        ..case(
+            "an unreachable target does not stop the others",
+            vec![n("a"), n("b").behaving(Unreachable)],
+        )
+    },
+    a_body_cut_short_stores_nothing => Case {
+        body: Body::CutAfter(6),
+        ok: Ok(false),
+        error: Some("without its end marker"),
+        // Reads are coalesced into chunk-sized messages, so what the
+        // nodes had before is what they keep.
+        partial_after: vec![("a", 4), ("b", 0)],
+        ..case(
+            "a body cut short stores nothing and keeps the partials",
+            vec![n("a").partial(4), n("b")],
+        )
+    },
+    data_beyond_the_promised_length_is_refused => Case {
+        body: Body::TooLong,
+        ok: Ok(false),
+        error: Some("without its end marker"),
+        ..case("data beyond the promised length is refused", vec![n("a")])
+    },
+    data_present_counts_only_the_targets_that_have_it => Case {
+        data_present: true,
+        min: 2,
+        ok: Ok(false),
+        plus: vec!["a"],
+        error: Some("b: content not present"),
+        holders_after: vec!["a"],
+        ..case("DATA-PRESENT counts only the targets that have it", vec![n("a").has(), n("b")])
+    },
+    a_node_addressed_alone_is_the_only_target => Case {
+        repo: "a",
+        targets: vec!["b"],
+        holders_after: vec!["a"],
+        headers: vec![("b", vec![])],
+        ..case("a node addressed alone is the only target", vec![n("a"), n("b")])
+    },
+    bypass_leaves_a_planned_target_out => Case {
+        bypass: vec!["b"],
+        plus: vec!["a"],
+        holders_after: vec!["a"],
+        headers: vec![("b", vec![])],
+        ..case("BYPASS leaves a planned target out", vec![n("a"), n("b")])
+    },
+}
+
+async fn check(c: Case) {
     let key = checksum_key();
-    for c in cases {
-        let w = World::planned(&c.nodes, &key, c.targets.clone(), c.min, 0);
-        let bypass = c.bypass.iter().map(|s| s.to_string()).collect();
-        let repo = w.repo(c.repo).await.bypassing(bypass);
-        let length = CONTENT.len() as u64 - c.offset;
-        let (offset, data_present) = (c.offset, c.data_present);
-        let req = PutRequest { repo: &repo, key: &key, file: None, offset, length, data_present };
-        let got = w.core.put(req, futures::stream::iter(body(&c))).await;
-        let out = match (got, c.ok) {
-            (Ok(out), Ok(ok)) => {
-                assert_eq!(out.ok, ok, "{}: {out:?}", c.name);
-                out
-            }
-            (Err(e), Err(want)) => {
-                assert!(e.to_string().contains(want), "{}: {e}", c.name);
-                continue;
-            }
-            (got, want) => panic!("{}: got {got:?}, want {want:?}", c.name),
-        };
-        assert_eq!(sorted(out.plus), names(&c.plus), "{}: plus", c.name);
-        match (&out.error, c.error) {
-            (None, None) => {}
-            (Some(e), Some(want)) => assert!(e.contains(want), "{}: {e}", c.name),
-            (e, want) => panic!("{}: error {e:?}, want {want:?}", c.name),
+    let w = World::planned(&c.nodes, &key, c.targets.clone(), c.min, 0);
+    let bypass = c.bypass.iter().map(|s| s.to_string()).collect();
+    let repo = w.repo(c.repo).await.bypassing(bypass);
+    let length = CONTENT.len() as u64 - c.offset;
+    let (offset, data_present) = (c.offset, c.data_present);
+    let req = PutRequest { repo: &repo, key: &key, file: None, offset, length, data_present };
+    let got = w.core.put(req, futures::stream::iter(body(&c))).await;
+    let out = match (got, c.ok) {
+        (Ok(out), Ok(ok)) => {
+            assert_eq!(out.ok, ok, "{}: {out:?}", c.name);
+            out
         }
-        assert_eq!(w.holders(&key), names(&c.holders_after), "{}: holders", c.name);
-        assert_eq!(w.control.listed(&key.to_string()), names(&c.holders_after), "{}", c.name);
-        for (node, len) in &c.partial_after {
-            assert_eq!(w.node(node).partial_len(&key.to_string()), *len, "{}: {node}", c.name);
+        (Err(e), Err(want)) => {
+            assert!(e.to_string().contains(want), "{}: {e}", c.name);
+            return;
         }
-        for (node, offsets) in &c.headers {
-            let seen: Vec<u64> =
-                w.node(node).put_headers.lock().unwrap().iter().map(|h| h.offset).collect();
-            assert_eq!(seen, *offsets, "{}: uploads to {node}", c.name);
-        }
+        (got, want) => panic!("{}: got {got:?}, want {want:?}", c.name),
+    };
+    assert_eq!(sorted(out.plus), names(&c.plus), "{}: plus", c.name);
+    match (&out.error, c.error) {
+        (None, None) => {}
+        (Some(e), Some(want)) => assert!(e.contains(want), "{}: {e}", c.name),
+        (e, want) => panic!("{}: error {e:?}, want {want:?}", c.name),
+    }
+    assert_eq!(w.holders(&key), names(&c.holders_after), "{}: holders", c.name);
+    assert_eq!(w.control.listed(&key.to_string()), names(&c.holders_after), "{}", c.name);
+    for (node, len) in &c.partial_after {
+        assert_eq!(w.node(node).partial_len(&key.to_string()), *len, "{}: {node}", c.name);
+    }
+    for (node, offsets) in &c.headers {
+        let seen: Vec<u64> =
+            w.node(node).put_headers.lock().unwrap().iter().map(|h| h.offset).collect();
+        assert_eq!(seen, *offsets, "{}: uploads to {node}", c.name);
     }
 }
 

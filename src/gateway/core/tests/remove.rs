@@ -35,95 +35,94 @@ fn case(name: &'static str, nodes: Vec<N>) -> Case {
 /// The cluster clock in the cases: 100 s.
 const CLOCK_MS: u64 = 100_000;
 
-#[tokio::test]
-async fn remove() {
-    let cases = [
-        Case {
-            plus: vec!["a", "b", "x"],
-            ..case(
-                "every node, listed or not, and one without the content",
-                vec![n("a").has(), n("b").has_unlisted(), n("x")],
-            )
-        },
-        Case {
-            ok: false,
-            plus: vec!["a", "x"],
-            error: Some("content is locked"),
-            holders_after: vec!["b"],
-            listed_after: vec!["b"],
-            ..case(
-                "FAILURE-PLUS names the nodes it was removed from",
-                vec![n("a").has(), n("b").has().behaving(KeepsContent), n("x")],
-            )
-        },
-        Case {
-            ok: false,
-            plus: vec!["b"],
-            error: Some("a: connection refused"),
-            holders_after: vec!["a", "d"],
-            listed_after: vec!["a", "d"],
-            ..case(
-                "the first error is reported",
-                vec![
-                    n("a").has().behaving(Unreachable),
-                    n("b").has(),
-                    n("d").has().behaving(KeepsContent),
-                ],
-            )
-        },
-        Case {
-            before: Some(50),
-            ok: false,
-            error: Some("the deadline has passed"),
-            holders_after: vec!["a", "b"],
-            listed_after: vec!["a", "b"],
-            ..case(
-                "REMOVE-BEFORE a passed deadline removes nothing",
-                vec![n("a").has(), n("b").has()],
-            )
-        },
-        Case {
-            before: Some(CLOCK_MS / 1000 + 3600),
-            plus: vec!["a", "b"],
-            ..case("REMOVE-BEFORE a deadline to come removes", vec![n("a").has(), n("b").has()])
-        },
-        Case {
-            bypass: vec!["b"],
-            plus: vec!["a"],
-            holders_after: vec!["b"],
-            listed_after: vec!["b"],
-            ..case("BYPASS leaves a node alone", vec![n("a").has(), n("b").has()])
-        },
-        Case {
-            repo: "a",
-            holders_after: vec!["b"],
-            listed_after: vec!["b"],
-            ..case(
-                "a node addressed alone reports no other nodes",
-                vec![n("a").has(), n("b").has()],
-            )
-        },
-    ];
+cases! {
+    #[tokio::test] check;
+    every_node_listed_or_not => Case {
+        plus: vec!["a", "b", "x"],
+        ..case(
+            "every node, listed or not, and one without the content",
+            vec![n("a").has(), n("b").has_unlisted(), n("x")],
+        )
+    },
+    failure_plus_names_the_nodes_it_was_removed_from => Case {
+        ok: false,
+        plus: vec!["a", "x"],
+        error: Some("content is locked"),
+        holders_after: vec!["b"],
+        listed_after: vec!["b"],
+        ..case(
+            "FAILURE-PLUS names the nodes it was removed from",
+            vec![n("a").has(), n("b").has().behaving(KeepsContent), n("x")],
+        )
+    },
+    the_first_error_is_reported => Case {
+        ok: false,
+        plus: vec!["b"],
+        error: Some("a: connection refused"),
+        holders_after: vec!["a", "d"],
+        listed_after: vec!["a", "d"],
+        ..case(
+            "the first error is reported",
+            vec![
+                n("a").has().behaving(Unreachable),
+                n("b").has(),
+                n("d").has().behaving(KeepsContent),
+            ],
+        )
+    },
+    remove_before_a_passed_deadline_removes_nothing => Case {
+        before: Some(50),
+        ok: false,
+        error: Some("the deadline has passed"),
+        holders_after: vec!["a", "b"],
+        listed_after: vec!["a", "b"],
+        ..case(
+            "REMOVE-BEFORE a passed deadline removes nothing",
+            vec![n("a").has(), n("b").has()],
+        )
+    },
+    remove_before_a_deadline_to_come_removes => Case {
+        before: Some(CLOCK_MS / 1000 + 3600),
+        plus: vec!["a", "b"],
+        ..case("REMOVE-BEFORE a deadline to come removes", vec![n("a").has(), n("b").has()])
+    },
+    bypass_leaves_a_node_alone => Case {
+        bypass: vec!["b"],
+        plus: vec!["a"],
+        holders_after: vec!["b"],
+        listed_after: vec!["b"],
+        ..case("BYPASS leaves a node alone", vec![n("a").has(), n("b").has()])
+    },
+    a_node_addressed_alone_reports_no_other_nodes => Case {
+        repo: "a",
+        holders_after: vec!["b"],
+        listed_after: vec!["b"],
+        ..case(
+            "a node addressed alone reports no other nodes",
+            vec![n("a").has(), n("b").has()],
+        )
+    },
+}
+
+async fn check(c: Case) {
     let key = checksum_key();
-    for c in cases {
-        let w = World::planned(&c.nodes, &key, vec![], 1, CLOCK_MS);
-        let bypass = c.bypass.iter().map(|s| s.to_string()).collect();
-        let repo = w.repo(c.repo).await.bypassing(bypass);
-        let out = w.core.remove(&repo, &key, c.before).await.unwrap();
-        assert_eq!(out.ok, c.ok, "{}: {out:?}", c.name);
-        assert_eq!(sorted(out.plus), names(&c.plus), "{}: plus", c.name);
-        match (&out.error, c.error) {
-            (None, None) => {}
-            (Some(e), Some(want)) => assert!(e.contains(want), "{}: {e}", c.name),
-            (e, want) => panic!("{}: error {e:?}, want {want:?}", c.name),
-        }
-        assert_eq!(w.holders(&key), names(&c.holders_after), "{}: holders", c.name);
-        assert_eq!(w.control.listed(&key.to_string()), names(&c.listed_after), "{}", c.name);
-        if c.before.is_some() && c.ok {
-            for (name, node) in &w.nodes {
-                let removes = node.removes.lock().unwrap();
-                assert!(removes.iter().all(|r| r.before_ms.is_some()), "{}: {name}", c.name);
-            }
+    let w = World::planned(&c.nodes, &key, vec![], 1, CLOCK_MS);
+    let bypass = c.bypass.iter().map(|s| s.to_string()).collect();
+    let repo = w.repo(c.repo).await.bypassing(bypass);
+    let out = w.core.remove(&repo, &key, c.before).await.unwrap();
+    assert_eq!(out.ok, c.ok, "{}: {out:?}", c.name);
+    assert_eq!(sorted(out.plus), names(&c.plus), "{}: plus", c.name);
+    match (&out.error, c.error) {
+        (None, None) => {}
+        (Some(e), Some(want)) => assert!(e.contains(want), "{}: {e}", c.name),
+        (e, want) => panic!("{}: error {e:?}, want {want:?}", c.name),
+    }
+    assert_eq!(w.holders(&key), names(&c.holders_after), "{}: holders", c.name);
+    assert_eq!(w.control.listed(&key.to_string()), names(&c.listed_after), "{}", c.name);
+    if c.before.is_some() && c.ok {
+        for (name, node) in &w.nodes {
+            let removes = node.removes.lock().unwrap();
+            assert!(removes.iter().all(|r| r.before_ms.is_some()), "{}: {name}", c.name);
         }
     }
 }
