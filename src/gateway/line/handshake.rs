@@ -36,13 +36,9 @@ impl TokenCheck for CoordinatorTokens {
     fn check<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Mode>, String>> {
         Box::pin(async move {
             let req = rpc::CheckTokenRequest { token_sha256: crate::auth::hash_token(token) };
-            let r = self
-                .0
-                .coordinator()
-                .check_token(req)
-                .await
-                .map_err(|s| s.message().to_string())?
-                .into_inner();
+            // A failed call is the coordinator being unreachable, not a bad
+            // token: the caller reports it as an error, not AUTH-FAILURE.
+            let r = self.0.control().check_token(req).await.map_err(|s| s.message().to_string())?;
             if !r.valid {
                 return Ok(None);
             }

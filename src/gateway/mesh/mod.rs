@@ -148,11 +148,6 @@ impl Mesh {
         &*self.control
     }
 
-    /// The coordinator, for the token check of the line front-end.
-    pub fn coordinator(&self) -> Coordinator<'_> {
-        Coordinator(&*self.control)
-    }
-
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.read().unwrap().clone()
     }
@@ -347,18 +342,6 @@ impl Mesh {
     pub fn pick(&self, nodes: &[rpc::NodeInfo]) -> Option<(rpc::NodeInfo, Busy)> {
         let off = self.backing_off_set();
         self.loads.pick(nodes, |n| off.contains(&n.uuid))
-    }
-}
-
-/// The coordinator's token check in the shape of its gRPC call.
-pub struct Coordinator<'a>(&'a dyn Control);
-
-impl Coordinator<'_> {
-    pub async fn check_token(
-        &self,
-        req: rpc::CheckTokenRequest,
-    ) -> Result<tonic::Response<rpc::CheckTokenReply>, Status> {
-        self.0.check_token(req).await.map(tonic::Response::new)
     }
 }
 

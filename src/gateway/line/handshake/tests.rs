@@ -187,3 +187,73 @@ async fn a_silent_client_is_dropped_after_the_handshake_time() {
     assert!(matches!(&r, Err(Close::Protocol(w)) if w.contains("handshake time")), "{r:?}");
     assert_eq!(sent, "");
 }
+
+/// A coordinator that knows the token `rw` (read-write) and `ro`
+/// (read-only), and cannot be reached when asked about `down`.
+struct TokenCoordinator;
+
+impl crate::gateway::mesh::api::Control for TokenCoordinator {
+    fn topology(&self) -> BoxFuture<'_, Result<rpc::TopologyReply, tonic::Status>> {
+        unreachable!("not called by these tests")
+    }
+    fn locate(&self, _: String) -> BoxFuture<'_, Result<Vec<String>, tonic::Status>> {
+        unreachable!("not called by these tests")
+    }
+    fn record_locations(
+        &self,
+        _: Vec<rpc::LocationChange>,
+    ) -> BoxFuture<'_, Result<(), tonic::Status>> {
+        unreachable!("not called by these tests")
+    }
+    fn plan_put(
+        &self,
+        _: rpc::PlanPutRequest,
+    ) -> BoxFuture<'_, Result<rpc::PlanPutReply, tonic::Status>> {
+        unreachable!("not called by these tests")
+    }
+    fn cluster_timestamp(
+        &self,
+        _: String,
+    ) -> BoxFuture<'_, Result<rpc::TimestampReply, tonic::Status>> {
+        unreachable!("not called by these tests")
+    }
+    fn check_token(
+        &self,
+        req: rpc::CheckTokenRequest,
+    ) -> BoxFuture<'_, Result<rpc::CheckTokenReply, tonic::Status>> {
+        use crate::auth::hash_token;
+        let known = |mode: &str| {
+            Ok(rpc::CheckTokenReply { valid: true, mode: mode.into(), ..Default::default() })
+        };
+        let reply = match req.token_sha256 {
+            h if h == hash_token("rw") => known("readwrite"),
+            h if h == hash_token("ro") => known("readonly"),
+            h if h == hash_token("down") => Err(tonic::Status::unavailable("connection refused")),
+            _ => Ok(rpc::CheckTokenReply::default()),
+        };
+        Box::pin(async move { reply })
+    }
+}
+
+/// Agents are never reached by the token check.
+struct NoNodes;
+
+impl crate::gateway::mesh::api::Nodes for NoNodes {
+    fn connect(
+        &self,
+        _: &rpc::NodeInfo,
+    ) -> Result<Arc<dyn crate::gateway::mesh::api::NodeClient>, tonic::Status> {
+        unreachable!("not called by these tests")
+    }
+}
+
+#[tokio::test]
+async fn coordinator_tokens_tell_an_unknown_token_from_an_unreachable_coordinator() {
+    let tokens = CoordinatorTokens(Mesh::with(Arc::new(TokenCoordinator), Arc::new(NoNodes)));
+    assert_eq!(tokens.check("rw").await, Ok(Some(Mode::ReadWrite)));
+    // Tokens are case-insensitive: the hash is of the lower-case form.
+    assert_eq!(tokens.check("RO").await, Ok(Some(Mode::ReadOnly)));
+    assert_eq!(tokens.check("nosuch").await, Ok(None));
+    let err = tokens.check("down").await.expect_err("an unreachable coordinator is an error");
+    assert!(err.contains("connection refused"), "{err}");
+}
