@@ -5,6 +5,12 @@
 //! exactly the promised bytes. Only checksum keys continue elsewhere; under a
 //! WORM or URL key two nodes may hold different content, and such a GET
 //! fails as it would have from one node.
+//!
+//! No client receives every promised byte before the node vouches for them:
+//! the last chunk waits for the node's end marker. A node that finds its
+//! copy corrupt (DATA_LOSS before any data, or an invalid end marker) is
+//! struck from the location log; before any of its bytes went out, the next
+//! holder serves instead, after that the download fails.
 
 use std::collections::HashSet;
 
