@@ -21,6 +21,11 @@ pub struct Metrics {
     pub removes_failed: AtomicU64,
     /// GETs continued on another node after the serving node failed.
     pub get_failovers: AtomicU64,
+    /// Copies a node reported corrupt when asked for them; each is struck
+    /// from the location log and the request served from another holder.
+    pub corrupt_copies: AtomicU64,
+    /// Uploads stored on nodes whose locations could not be recorded.
+    pub puts_unrecorded: AtomicU64,
     /// The line-protocol front-end's connections.
     pub line: LineMetrics,
 }
@@ -66,6 +71,16 @@ impl Metrics {
                 "annexmesh_get_failovers_total",
                 "GETs continued on another node after the serving node failed.",
                 &self.get_failovers,
+            ),
+            (
+                "annexmesh_corrupt_copies_total",
+                "Copies nodes reported corrupt, struck from the location log.",
+                &self.corrupt_copies,
+            ),
+            (
+                "annexmesh_puts_unrecorded_total",
+                "PUTs that stored content but could not record its locations.",
+                &self.puts_unrecorded,
             ),
         ] {
             let _ = writeln!(

@@ -5,6 +5,12 @@
 //! exactly the promised bytes. Only checksum keys continue elsewhere; under a
 //! WORM or URL key two nodes may hold different content, and such a GET
 //! fails as it would have from one node.
+//!
+//! No client receives every promised byte before the node vouches for them:
+//! the last chunk waits for the node's end marker. A node that finds its
+//! copy corrupt (DATA_LOSS before any data, or an invalid end marker) is
+//! struck from the location log; before any of its bytes went out, the next
+//! holder serves instead, after that the download fails.
 
 use std::collections::HashSet;
 
@@ -118,7 +124,14 @@ impl Sources {
                 Ok(Err(Start::Absent)) => {
                     // The location log was wrong about this node.
                     debug!(key = %self.key, node = %node.name, "not present after all");
-                    self.core.record(vec![LocationChange::absent(&self.key, &node.uuid)]).await;
+                    self.core.repair(vec![LocationChange::absent(&self.key, &node.uuid)]).await;
+                }
+                Ok(Err(Start::Corrupt(why))) => {
+                    // Found before any byte was sent: as good as absent,
+                    // and the next holder serves the client.
+                    self.core.mesh.agent_ok(&node);
+                    self.core.corrupt_copy(&node, &self.key, &why).await;
+                    self.errors.push(format!("{}: its copy is corrupt", node.name));
                 }
                 Ok(Err(Start::Failed(why))) => self.failed(&node, &why),
             }
@@ -146,7 +159,7 @@ impl Sources {
                 return Err(Start::BadOffset(s.message().to_string()));
             }
             Err(s) if s.code() == tonic::Code::NotFound => return Err(Start::Absent),
-            Err(s) => return Err(Start::Failed(s.message().to_string())),
+            Err(s) => return Err(Start::failed(s)),
         };
         match replies.next().await {
             Some(Ok(rpc::GetReply { msg: Some(get_reply::Msg::Header(h)) })) => {
@@ -155,7 +168,7 @@ impl Sources {
             Some(Ok(_)) | None => {
                 Err(Start::Failed("the GET stream did not start with a header".into()))
             }
-            Some(Err(s)) => Err(Start::Failed(s.message().to_string())),
+            Some(Err(s)) => Err(Start::failed(s)),
         }
     }
 }
@@ -164,7 +177,18 @@ enum Start {
     /// The node refused the offset (beyond the object's size).
     BadOffset(String),
     Absent,
+    /// The node found its copy corrupt before sending any of it.
+    Corrupt(String),
     Failed(String),
+}
+
+impl Start {
+    fn failed(s: tonic::Status) -> Start {
+        match s.code() {
+            tonic::Code::DataLoss => Start::Corrupt(s.message().to_string()),
+            _ => Start::Failed(s.message().to_string()),
+        }
+    }
 }
 
 /// Starts the download: the first holder that answers sets the length.
@@ -184,73 +208,153 @@ async fn download(mut sources: Sources, offset: u64) -> Result<Option<Download>>
     info!(key = %sources.key, node = %source.node.name, offset, length, "GET");
     let node = source.node.uuid.clone();
     let failover = sources.key.is_checksum();
-    let pump = Pump { sources, source: Some(source), pos: offset, end: offset + length, failover };
+    let pump = Pump::new(sources, source, offset, offset + length, failover);
     let body =
         futures::stream::unfold(pump, |mut p| async move { p.next().await.map(|item| (item, p)) });
     Ok(Some(Download { length, node, body: body.boxed() }))
 }
 
-/// Moves one download's bytes from its current node to the client.
+/// Moves one download's bytes from its current node to the client. The
+/// chunk that completes the download is withheld until the node vouches for
+/// the content (its end marker says valid), so a client never holds every
+/// promised byte of content the node found corrupt; one chunk is all it
+/// holds back.
 struct Pump {
     sources: Sources,
     source: Option<Source>,
+    /// Bytes received from nodes so far, sent to the client or held.
     pos: u64,
     end: u64,
     failover: bool,
+    /// The chunk completing the download, until the node vouches for it.
+    held: Option<Bytes>,
+    /// Bytes the current node sent in this download.
+    from_source: u64,
+}
+
+/// Why the current node stopped serving a download.
+enum Stop {
+    /// It failed or misbehaved; another holder may continue.
+    Failed(String),
+    /// It reported its copy corrupt.
+    Corrupt(String),
 }
 
 impl Pump {
+    fn new(sources: Sources, source: Source, pos: u64, end: u64, failover: bool) -> Pump {
+        Pump { sources, source: Some(source), pos, end, failover, held: None, from_source: 0 }
+    }
+
     async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
         loop {
-            if self.pos == self.end {
-                // Everything promised is sent; the node's end marker adds
-                // nothing, so the stream (and the node's slot) goes now.
-                self.source = None;
-                return None;
-            }
             let src = self.source.as_mut()?;
-            let why = match tokio::time::timeout(STALL, src.replies.next()).await {
+            let stop = match tokio::time::timeout(STALL, src.replies.next()).await {
                 Ok(Some(Ok(rpc::GetReply { msg: Some(get_reply::Msg::Data(d)) }))) => {
-                    if d.len() as u64 > self.end - self.pos {
-                        "sent more than it announced".to_string()
-                    } else {
-                        self.pos += d.len() as u64;
-                        Metrics::add(&self.sources.core.metrics.get_bytes, d.len() as u64);
-                        return Some(Ok(d));
+                    match self.take(d) {
+                        Ok(Some(d)) => return Some(Ok(d)),
+                        Ok(None) => continue,
+                        Err(stop) => stop,
                     }
                 }
                 Ok(Some(Ok(rpc::GetReply { msg: Some(get_reply::Msg::End(e)) }))) if e.valid => {
-                    "ended the data early".to_string()
+                    if self.pos == self.end {
+                        // Vouched for: the last chunk may go, and with the
+                        // stream the node's slot.
+                        self.source = None;
+                        return self.held.take().map(|d| Ok(self.sent(d)));
+                    }
+                    Stop::Failed("ended the data early".into())
                 }
                 Ok(Some(Ok(rpc::GetReply { msg: Some(get_reply::Msg::End(_)) }))) => {
-                    "reported the data invalid".to_string()
+                    Stop::Corrupt("reported the data invalid".into())
                 }
-                Ok(Some(Ok(_))) => "sent an unexpected message".to_string(),
-                Ok(None) => "closed the stream early".to_string(),
-                Ok(Some(Err(s))) => format!("failed: {}", s.message()),
-                Err(_) => format!("sent nothing for {STALL:?}"),
+                Ok(Some(Ok(_))) => Stop::Failed("sent an unexpected message".into()),
+                Ok(None) => Stop::Failed("closed the stream early".into()),
+                Ok(Some(Err(s))) if s.code() == tonic::Code::DataLoss => {
+                    Stop::Corrupt(format!("found its copy corrupt: {}", s.message()))
+                }
+                Ok(Some(Err(s))) => Stop::Failed(format!("failed: {}", s.message())),
+                Err(_) => Stop::Failed(format!("sent nothing for {STALL:?}")),
             };
-            let failed = self.source.take().expect("a source is being read").node;
-            self.sources.failed(&failed, &why);
-            let key = &self.sources.key;
-            if !self.failover {
-                warn!(%key, node = %failed.name, at = self.pos, "GET failed: the node {why}; {key} is not a checksum key, so no other node may continue it");
-                return Some(Err(std::io::Error::other(format!("{} {why}", failed.name))));
+            if let Some(e) = self.stopped(stop).await {
+                return Some(Err(e));
             }
-            info!(%key, node = %failed.name, at = self.pos, "the node {why}; continuing the GET on another node");
-            match self.sources.open(self.pos, Some(self.end - self.pos)).await {
-                Ok(Some((next, _))) => {
-                    info!(key = %self.sources.key, node = %next.node.name, at = self.pos, "GET continues");
-                    Metrics::add(&self.sources.core.metrics.get_failovers, 1);
-                    self.source = Some(next);
+        }
+    }
+
+    /// Takes a chunk from the node: Some to pass on now, None when it is
+    /// the last and held until the node vouches for it.
+    fn take(&mut self, d: Bytes) -> std::result::Result<Option<Bytes>, Stop> {
+        let len = d.len() as u64;
+        if len > self.end - self.pos {
+            return Err(Stop::Failed("sent more than it announced".into()));
+        }
+        self.pos += len;
+        self.from_source += len;
+        if self.pos < self.end {
+            return Ok(Some(self.sent(d)));
+        }
+        if !d.is_empty() {
+            self.held = Some(d);
+        }
+        Ok(None)
+    }
+
+    fn sent(&self, d: Bytes) -> Bytes {
+        Metrics::add(&self.sources.core.metrics.get_bytes, d.len() as u64);
+        d
+    }
+
+    /// The current node stopped serving: continues on another holder when
+    /// that can still give the client good content, or says why not.
+    async fn stopped(&mut self, stop: Stop) -> Option<std::io::Error> {
+        let node = self.source.take().expect("a source is being read").node;
+        let key = self.sources.key.clone();
+        let why = match stop {
+            Stop::Failed(why) => {
+                self.sources.failed(&node, &why);
+                why
+            }
+            Stop::Corrupt(why) => {
+                self.sources.core.corrupt_copy(&node, &key, &why).await;
+                self.sources.errors.push(format!("{}: {why}", node.name));
+                if self.from_source > 0 {
+                    // The client has bytes of the corrupt copy already, and
+                    // no other node can make them good.
+                    warn!(%key, node = %node.name, at = self.pos, "GET failed: the node {why} after sending part of it");
+                    return Some(std::io::Error::other(format!(
+                        "{} {why}: the data sent is not valid",
+                        node.name
+                    )));
                 }
-                Ok(None) | Err(_) => {
-                    let errors = self.sources.errors.join("; ");
-                    warn!(key = %self.sources.key, at = self.pos, "GET failed: no other node could continue it ({errors})");
-                    return Some(Err(std::io::Error::other(format!(
-                        "no node could continue: {errors}"
-                    ))));
-                }
+                why
+            }
+        };
+        if self.pos == self.end {
+            // Every byte came, but the node did not vouch for them.
+            warn!(%key, node = %node.name, "GET failed: the node {why} before confirming the data valid");
+            return Some(std::io::Error::other(format!(
+                "{} {why} before confirming the data valid",
+                node.name
+            )));
+        }
+        if !self.failover {
+            warn!(%key, node = %node.name, at = self.pos, "GET failed: the node {why}; {key} is not a checksum key, so no other node may continue it");
+            return Some(std::io::Error::other(format!("{} {why}", node.name)));
+        }
+        info!(%key, node = %node.name, at = self.pos, "the node {why}; continuing the GET on another node");
+        match self.sources.open(self.pos, Some(self.end - self.pos)).await {
+            Ok(Some((next, _))) => {
+                info!(%key, node = %next.node.name, at = self.pos, "GET continues");
+                Metrics::add(&self.sources.core.metrics.get_failovers, 1);
+                self.source = Some(next);
+                self.from_source = 0;
+                None
+            }
+            Ok(None) | Err(_) => {
+                let errors = self.sources.errors.join("; ");
+                warn!(%key, at = self.pos, "GET failed: no other node could continue it ({errors})");
+                Some(std::io::Error::other(format!("no node could continue: {errors}")))
             }
         }
     }

@@ -3,10 +3,12 @@
 //! and recording what was found.
 
 use futures::future::join_all;
+use tonic::{Code, Status};
 use tracing::warn;
 
-use super::{Core, Result, STALL, unavailable};
+use super::{Core, CoreError, Result, STALL, unavailable};
 use crate::gateway::mesh::Repo;
+use crate::gateway::metrics::Metrics;
 use crate::p2p::key::Key;
 use crate::rpc;
 
@@ -35,16 +37,36 @@ impl From<LocationChange> for rpc::LocationChange {
 }
 
 impl Core {
-    /// Records `changes` in the location log. A failure is only logged: the
-    /// log is repaired the next time a node is found to differ from it.
-    pub(super) async fn record(&self, changes: Vec<LocationChange>) {
+    /// Records `changes` in the location log. The caller decides what a
+    /// failure means: a removal or an upload must not go on as if the log
+    /// said what it does not.
+    pub(super) async fn record(&self, changes: Vec<LocationChange>) -> Result<()> {
         if changes.is_empty() {
-            return;
+            return Ok(());
         }
         let changes = changes.into_iter().map(Into::into).collect();
-        if let Err(e) = self.mesh.control().record_locations(changes).await {
-            warn!("cannot record locations: {}", e.message());
+        self.mesh.control().record_locations(changes).await.map_err(|s| {
+            CoreError::Unavailable(format!("cannot update the location log: {}", s.message()))
+        })
+    }
+
+    /// Records a repair of the location log, found while answering a
+    /// question. A failure is only logged: the log is repaired the next time
+    /// a node is found to differ from it.
+    pub(super) async fn repair(&self, changes: Vec<LocationChange>) {
+        if let Err(e) = self.record(changes).await {
+            warn!("{e}");
         }
+    }
+
+    /// A node reported its copy of `key` corrupt: it is no holder, so the
+    /// log must not send anyone to it again. The node quarantines the copy
+    /// and strikes itself; recording it here too covers an agent that could
+    /// not reach the coordinator.
+    pub(super) async fn corrupt_copy(&self, node: &rpc::NodeInfo, key: &Key, why: &str) {
+        warn!(%key, node = %node.name, "corrupt copy: {why}; striking it from the location log");
+        Metrics::add(&self.metrics.corrupt_copies, 1);
+        self.repair(vec![LocationChange::absent(key, &node.uuid)]).await;
     }
 
     /// The nodes of `repo` the location log lists for `key`: those up, and
@@ -84,7 +106,7 @@ impl Core {
             .iter()
             .map(|n| async move { self.present_on(n, key).await.ok()?.then(|| n.clone()) });
         let found: Vec<_> = join_all(asks).await.into_iter().flatten().collect();
-        self.record(found.iter().map(|n| LocationChange::present(key, &n.uuid)).collect()).await;
+        self.repair(found.iter().map(|n| LocationChange::present(key, &n.uuid)).collect()).await;
         found
     }
 
@@ -96,16 +118,27 @@ impl Core {
         key: &Key,
     ) -> std::result::Result<bool, String> {
         let ask = async {
-            let c = self.mesh.agent(node).map_err(|s| s.message().to_string())?;
-            c.check_present(key.to_string()).await.map_err(|s| s.message().to_string())
+            let c = self.mesh.agent(node)?;
+            c.check_present(key.to_string()).await
         };
         let r = tokio::time::timeout(STALL, ask)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer in {STALL:?}")));
-        match &r {
-            Ok(_) => self.mesh.agent_ok(node),
-            Err(e) => self.mesh.agent_failed(node, e),
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer in {STALL:?}"))));
+        match r {
+            Ok(present) => {
+                self.mesh.agent_ok(node);
+                Ok(present)
+            }
+            Err(s) if s.code() == Code::DataLoss => {
+                // A corrupt copy is no copy: the node answered, it lacks it.
+                self.mesh.agent_ok(node);
+                self.corrupt_copy(node, key, s.message()).await;
+                Ok(false)
+            }
+            Err(s) => {
+                self.mesh.agent_failed(node, s.message());
+                Err(format!("{}: {}", node.name, s.message()))
+            }
         }
-        r.map_err(|e| format!("{}: {e}", node.name))
     }
 }

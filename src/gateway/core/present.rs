@@ -32,7 +32,7 @@ impl Core {
                 Ok(true) => return Ok(true),
                 Ok(false) => {
                     debug!(%key, node = %node.name, "listed in the location log but not present");
-                    self.record(vec![LocationChange::absent(key, &node.uuid)]).await;
+                    self.repair(vec![LocationChange::absent(key, &node.uuid)]).await;
                 }
                 Err(e) => unreachable.push(e),
             }
@@ -63,11 +63,16 @@ impl Core {
             let mut replies = match c.lock_content(rx).await {
                 Ok(r) => r,
                 Err(s) => {
-                    debug!(node = %node.name, "lock failed: {}", s.message());
+                    self.lock_refused(&node, key, s).await;
                     continue;
                 }
             };
-            if let Some(Ok(r)) = replies.next().await
+            let first = replies.next().await;
+            if let Some(Err(s)) = first {
+                self.lock_refused(&node, key, s).await;
+                continue;
+            }
+            if let Some(Ok(r)) = first
                 && r.locked
             {
                 // The reply stream ends when the agent lets go; keep it
@@ -77,5 +82,15 @@ impl Core {
             }
         }
         Ok(None)
+    }
+
+    /// A node that would not lock: one that found its copy corrupt holds
+    /// none, and the log must stop listing it.
+    async fn lock_refused(&self, node: &rpc::NodeInfo, key: &Key, s: tonic::Status) {
+        if s.code() == tonic::Code::DataLoss {
+            self.corrupt_copy(node, key, s.message()).await;
+        } else {
+            debug!(node = %node.name, "lock failed: {}", s.message());
+        }
     }
 }

@@ -193,10 +193,27 @@ impl Core {
         }
         let nodes_done = started.elapsed();
         let changes = tally.stored.iter().map(|u| LocationChange::present(key, u)).collect();
-        self.record(changes).await;
+        let recorded = self.record(changes).await;
         // Where a PUT's time went, for operators chasing latency.
         debug!(%key, ?placed, ?body_done, ?nodes_done, recorded = ?started.elapsed(), "put timings");
+        if let Err(e) = recorded {
+            return Ok(self.unrecorded(req.repo, key, tally, e));
+        }
         Ok(self.put_outcome(req.repo, key, tally, targets.min_copies))
+    }
+
+    /// A PUT whose copies the location log does not know of is no success:
+    /// nobody could find them. The content stays on the nodes (they are
+    /// still named), and a retry finds it there and records it.
+    fn unrecorded(&self, repo: &Repo, key: &Key, tally: Tally, e: CoreError) -> Outcome {
+        Metrics::add(&self.metrics.puts_failed, 1);
+        Metrics::add(&self.metrics.puts_unrecorded, 1);
+        warn!(%key, stored = tally.stored.len(), "put stored but not recorded: {e}");
+        let error = Some(format!(
+            "stored on {} node(s), but {e}; retry once the coordinator is reachable",
+            tally.stored.len()
+        ));
+        Outcome { ok: false, plus: Self::plus(repo, tally.stored), error }
     }
 
     /// Starts an upload on every target that wants the content; the others

@@ -2,7 +2,7 @@
 //! clock (GETTIMESTAMP) their deadlines are measured in.
 
 use futures::future::join_all;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::locations::LocationChange;
 use super::{Core, Outcome, Result, unavailable};
@@ -47,7 +47,10 @@ impl Core {
     }
 
     /// REMOVE and REMOVE-BEFORE: every node of the repository, in parallel,
-    /// including nodes the location log does not list.
+    /// including nodes the location log does not list. Every node is struck
+    /// from the location log before any is asked to delete, so the log
+    /// never lists a copy that may be gone; when that cannot be recorded,
+    /// nothing is removed.
     pub async fn remove(&self, repo: &Repo, key: &Key, before: Option<u64>) -> Result<Outcome> {
         let deadline = match before {
             None => None,
@@ -61,20 +64,41 @@ impl Core {
         };
         // Every node, also one that joined or moved a moment ago.
         let nodes = self.mesh.fresh(repo).await.nodes();
-        let removes = nodes
-            .iter()
-            .map(|n| async move { (n.uuid.clone(), self.remove_on(n, key, deadline).await) });
-        let results = join_all(removes).await;
         Metrics::add(&self.metrics.removes, 1);
+        let struck = nodes.iter().map(|n| LocationChange::absent(key, &n.uuid)).collect();
+        if let Err(e) = self.record(struck).await {
+            Metrics::add(&self.metrics.removes_failed, 1);
+            warn!(%key, "remove refused: {e}");
+            return Err(e);
+        }
+        let removes =
+            nodes.iter().map(|n| async move { (n, self.remove_on(n, key, deadline).await) });
+        let results = join_all(removes).await;
         let removed: Vec<String> =
-            results.iter().filter(|(_, r)| r.is_ok()).map(|(u, _)| u.clone()).collect();
-        let error = results.iter().find_map(|(_, r)| r.as_ref().err().cloned());
-        self.record(removed.iter().map(|u| LocationChange::absent(key, u)).collect()).await;
+            results.iter().filter(|(_, r)| r.is_ok()).map(|(n, _)| n.uuid.clone()).collect();
+        let error = results.iter().find_map(|(_, r)| r.as_ref().err().map(NotRemoved::why));
+        let refused: Vec<_> = results
+            .iter()
+            .filter(|(_, r)| matches!(r, Err(NotRemoved::Refused(_))))
+            .map(|(n, _)| *n)
+            .collect();
+        self.restore(&refused, key).await;
         if let Some(e) = &error {
             Metrics::add(&self.metrics.removes_failed, 1);
             info!(%key, error = %e, "remove failed on some node");
         }
         Ok(Outcome { ok: error.is_none(), plus: Self::plus(repo, removed), error })
+    }
+
+    /// Lists again the nodes that refused to remove and still hold the
+    /// content. A node that could not be asked may have removed it or not:
+    /// it stays struck until a probe finds it.
+    async fn restore(&self, refused: &[&rpc::NodeInfo], key: &Key) {
+        let asks = refused.iter().map(|n| async move {
+            matches!(self.present_on(n, key).await, Ok(true)).then(|| n.uuid.clone())
+        });
+        let holding: Vec<_> = join_all(asks).await.into_iter().flatten().collect();
+        self.repair(holding.iter().map(|u| LocationChange::present(key, u)).collect()).await;
     }
 
     /// Removes from one node; `deadline` is in our clock.
@@ -83,8 +107,8 @@ impl Core {
         n: &rpc::NodeInfo,
         key: &Key,
         deadline: Option<u64>,
-    ) -> std::result::Result<(), String> {
-        let failed = |s: tonic::Status| format!("{}: {}", n.name, s.message());
+    ) -> std::result::Result<(), NotRemoved> {
+        let failed = |s: tonic::Status| NotRemoved::Unknown(format!("{}: {}", n.name, s.message()));
         let c = self.mesh.agent(n).map_err(failed)?;
         // One retry: the agent refuses a deadline tied to a clock run that
         // has since restarted, and then it is measured again.
@@ -93,12 +117,12 @@ impl Core {
                 None => (None, String::new()),
                 Some(d) => match self.clocks.translate(&n.uuid, &*c, d).await.map_err(failed)? {
                     Some(t) => (Some(t.before_ms), t.boot_id),
-                    None => return Err(DEADLINE_PASSED.into()),
+                    None => return Err(NotRemoved::Refused(DEADLINE_PASSED.into())),
                 },
             };
             match c.remove(rpc::RemoveRequest { key: key.to_string(), before_ms, boot_id }).await {
                 Ok(r) if r.removed => return Ok(()),
-                Ok(r) => return Err(format!("{}: {}", n.name, r.error)),
+                Ok(r) => return Err(NotRemoved::Refused(format!("{}: {}", n.name, r.error))),
                 Err(s) if s.code() == tonic::Code::FailedPrecondition && attempt == 0 => {
                     debug!(node = %n.name, "agent clock restarted: {}", s.message());
                     self.clocks.forget(&n.uuid);
@@ -106,6 +130,22 @@ impl Core {
                 Err(s) => return Err(failed(s)),
             }
         }
-        Err(format!("{}: its clock keeps restarting", n.name))
+        Err(NotRemoved::Refused(format!("{}: its clock keeps restarting", n.name)))
+    }
+}
+
+/// Why a node did not remove the content.
+enum NotRemoved {
+    /// The node answered and kept the content (locked, deadline passed).
+    Refused(String),
+    /// The node may or may not have removed it.
+    Unknown(String),
+}
+
+impl NotRemoved {
+    fn why(&self) -> String {
+        match self {
+            NotRemoved::Refused(w) | NotRemoved::Unknown(w) => w.clone(),
+        }
     }
 }

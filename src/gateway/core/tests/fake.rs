@@ -3,6 +3,7 @@
 //! cluster clock.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -37,6 +38,16 @@ pub enum Behaviour {
     RefusesWrites,
     /// Refuses to remove.
     KeepsContent,
+    /// Finds its copy corrupt before sending any: GET, CHECKPRESENT and
+    /// LOCKCONTENT answer DATA_LOSS.
+    Corrupt,
+    /// A GET sends this many bytes, then reports the data invalid (a copy
+    /// found corrupt only once it was read).
+    InvalidAfter(u64),
+    /// A GET sends this many bytes, then claims the data complete and valid.
+    VouchesAfter(u64),
+    /// A GET sends all its bytes, then closes without vouching for them.
+    NeverVouches,
 }
 
 /// What a fake node saw and holds.
@@ -72,6 +83,14 @@ impl FakeNode {
         self.partial.lock().unwrap().get(key).map_or(0, Vec::len)
     }
 
+    /// DATA_LOSS when the node holds the key but its copy is corrupt.
+    fn verify(&self, key: &str) -> Result<(), Status> {
+        if self.behaviour == Behaviour::Corrupt && self.holds(key).is_some() {
+            return Err(Status::data_loss("checksum mismatch; copy quarantined"));
+        }
+        Ok(())
+    }
+
     /// Fails the call when the node is unreachable; never returns when it
     /// stalls.
     async fn reach(&self) -> Result<(), Status> {
@@ -86,23 +105,30 @@ impl FakeNode {
         let Some(data) = self.holds(&req.key) else {
             return Err(Status::not_found("not present"));
         };
+        if self.behaviour == Behaviour::Corrupt {
+            return Err(Status::data_loss("checksum mismatch; copy quarantined"));
+        }
         if req.offset > data.len() as u64 {
             return Err(Status::invalid_argument(format!("offset {} is beyond", req.offset)));
         }
         let rest = data.slice(req.offset as usize..);
         let extra = u64::from(self.behaviour == Behaviour::WrongSize);
         let header = get_reply::Msg::Header(rpc::GetHeader { length: rest.len() as u64 + extra });
-        let (cut, stall) = match self.behaviour {
-            Behaviour::EndsAfter(n) => (n as usize, false),
-            Behaviour::StallsAfter(n) => (n as usize, true),
-            _ => (rest.len(), false),
+        // How many bytes go out, whether an end marker follows them (and
+        // what it says), and whether the stream then stalls.
+        let whole = |n: u64| (n as usize >= rest.len()).then_some(true);
+        let (cut, end, stall) = match self.behaviour {
+            Behaviour::EndsAfter(n) => (n as usize, whole(n), false),
+            Behaviour::StallsAfter(n) => (n as usize, whole(n), true),
+            Behaviour::InvalidAfter(n) => (n as usize, Some(false), false),
+            Behaviour::VouchesAfter(n) => (n as usize, Some(true), false),
+            Behaviour::NeverVouches => (rest.len(), None, false),
+            _ => (rest.len(), Some(true), false),
         };
         let sent = rest.slice(..cut.min(rest.len()));
         let mut msgs = vec![header];
         msgs.extend(sent.chunks(CHUNK).map(|c| get_reply::Msg::Data(sent.slice_ref(c))));
-        if cut >= rest.len() {
-            msgs.push(get_reply::Msg::End(rpc::GetEnd { valid: true }));
-        }
+        msgs.extend(end.map(|valid| get_reply::Msg::End(rpc::GetEnd { valid })));
         let replies =
             futures::stream::iter(msgs.into_iter().map(|m| Ok(rpc::GetReply { msg: Some(m) })));
         if stall {
@@ -160,6 +186,7 @@ impl NodeClient for FakeClient {
         Box::pin(async move {
             *self.0.checks.lock().unwrap() += 1;
             self.0.reach().await?;
+            self.0.verify(&key)?;
             Ok(self.0.holds(&key).is_some())
         })
     }
@@ -213,6 +240,7 @@ impl NodeClient for FakeClient {
                 Some(rpc::LockRequest { msg: Some(rpc::lock_request::Msg::Key(k)) }) => k,
                 _ => return Err(Status::invalid_argument("no key")),
             };
+            self.0.verify(&key)?;
             let locked = self.0.holds(&key).is_some();
             let first =
                 futures::stream::iter([Ok(rpc::LockReply { locked, error: String::new() })]);
@@ -253,6 +281,11 @@ pub struct FakeControl {
     /// The placement plan for every key: target UUIDs and minimum copies.
     pub plan: (Vec<String>, u32),
     pub clock_ms: u64,
+    /// Whether writes to the location log fail (the coordinator is gone or
+    /// cannot write).
+    pub records_fail: AtomicBool,
+    /// Every batch of location changes that was recorded, in order.
+    pub recorded: Mutex<Vec<Vec<rpc::LocationChange>>>,
 }
 
 impl FakeControl {
@@ -275,6 +308,10 @@ impl Control for FakeControl {
         changes: Vec<rpc::LocationChange>,
     ) -> BoxFuture<'_, Result<(), Status>> {
         Box::pin(async move {
+            if self.records_fail.load(Ordering::SeqCst) {
+                return Err(Status::unavailable("coordinator unreachable"));
+            }
+            self.recorded.lock().unwrap().push(changes.clone());
             let mut log = self.log.lock().unwrap();
             for c in changes {
                 let holders = log.entry(c.key).or_default();

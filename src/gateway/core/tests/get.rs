@@ -22,6 +22,8 @@ struct Case {
     /// The offsets each node was asked to GET from.
     gets: Vec<(&'static str, Vec<u64>)>,
     listed_after: Option<Vec<&'static str>>,
+    /// Corrupt copies the gateway counted.
+    corrupt: u64,
 }
 
 /// A case with the usual request (the cluster, from offset 0) and nothing
@@ -39,6 +41,7 @@ fn case(name: &'static str, key: Key, nodes: Vec<N>) -> Case {
         error: None,
         gets: vec![],
         listed_after: None,
+        corrupt: 0,
     }
 }
 
@@ -213,6 +216,132 @@ cases! {
             vec![n("a").has().cost(10), n("b").has().cost(20)],
         )
     },
+    a_copy_corrupt_before_any_byte_is_skipped_and_struck => Case {
+        first: Some("b"),
+        bytes: CONTENT,
+        gets: vec![("a", vec![0]), ("b", vec![0])],
+        listed_after: Some(vec!["b"]),
+        corrupt: 1,
+        ..case(
+            "DATA_LOSS at the start: the copy is struck, the next holder serves",
+            checksum_key(),
+            vec![n("a").has().cost(10).behaving(Corrupt), n("b").has().cost(20)],
+        )
+    },
+    a_corrupt_only_holder_is_an_error_not_absent => Case {
+        error: Some("a: its copy is corrupt"),
+        listed_after: Some(vec![]),
+        corrupt: 1,
+        ..case(
+            "the only holder's copy is corrupt: an error, and the log lists none",
+            checksum_key(),
+            vec![n("a").has().behaving(Corrupt)],
+        )
+    },
+    a_corrupt_continuation_is_skipped => Case {
+        first: Some("a"),
+        bytes: CONTENT,
+        gets: vec![("a", vec![0]), ("b", vec![6]), ("d", vec![6])],
+        listed_after: Some(vec!["a", "d"]),
+        corrupt: 1,
+        ..case(
+            "a continuation whose node answers DATA_LOSS goes on to the next holder",
+            checksum_key(),
+            vec![
+                n("a").has().cost(10).behaving(EndsAfter(6)),
+                n("b").has().cost(20).behaving(Corrupt),
+                n("d").has().cost(30),
+            ],
+        )
+    },
+    invalid_at_the_end_withholds_the_last_chunk => Case {
+        first: Some("a"),
+        bytes: &CONTENT[..12],
+        error: Some("a reported the data invalid"),
+        gets: vec![("a", vec![0]), ("b", vec![])],
+        listed_after: Some(vec!["b"]),
+        corrupt: 1,
+        ..case(
+            "invalid at the end: the last chunk is withheld, the body fails, the copy is struck",
+            checksum_key(),
+            vec![n("a").has().cost(10).behaving(InvalidAfter(16)), n("b").has().cost(20)],
+        )
+    },
+    invalid_mid_stream_is_not_continued => Case {
+        first: Some("a"),
+        bytes: &CONTENT[..8],
+        error: Some("the data sent is not valid"),
+        gets: vec![("a", vec![0]), ("b", vec![])],
+        listed_after: Some(vec!["b"]),
+        corrupt: 1,
+        ..case(
+            "invalid after some bytes: the client has corrupt bytes, so no other node continues",
+            checksum_key(),
+            vec![n("a").has().cost(10).behaving(InvalidAfter(8)), n("b").has().cost(20)],
+        )
+    },
+    invalid_before_any_byte_continues_elsewhere => Case {
+        first: Some("a"),
+        bytes: CONTENT,
+        gets: vec![("a", vec![0]), ("b", vec![0])],
+        listed_after: Some(vec!["b"]),
+        corrupt: 1,
+        ..case(
+            "invalid before any byte: nothing reached the client, another holder serves",
+            checksum_key(),
+            vec![n("a").has().cost(10).behaving(InvalidAfter(0)), n("b").has().cost(20)],
+        )
+    },
+    a_continuation_invalid_at_the_end_withholds_its_last_chunk => Case {
+        first: Some("a"),
+        bytes: &CONTENT[..14],
+        error: Some("b reported the data invalid"),
+        gets: vec![("a", vec![0]), ("b", vec![6])],
+        listed_after: Some(vec!["a"]),
+        corrupt: 1,
+        ..case(
+            "a continuation found invalid at its end: its last chunk is withheld too",
+            checksum_key(),
+            vec![
+                n("a").has().cost(10).behaving(EndsAfter(6)),
+                n("b").has().cost(20).behaving(InvalidAfter(10)),
+            ],
+        )
+    },
+    a_node_that_never_vouches_fails_the_download => Case {
+        first: Some("a"),
+        bytes: &CONTENT[..12],
+        error: Some("before confirming the data valid"),
+        gets: vec![("a", vec![0]), ("b", vec![])],
+        listed_after: Some(vec!["a", "b"]),
+        ..case(
+            "every byte but no end marker: the last chunk is withheld and the body fails",
+            checksum_key(),
+            vec![n("a").has().cost(10).behaving(NeverVouches), n("b").has().cost(20)],
+        )
+    },
+    a_node_vouching_for_too_few_bytes_is_continued => Case {
+        first: Some("a"),
+        bytes: CONTENT,
+        gets: vec![("a", vec![0]), ("b", vec![8])],
+        ..case(
+            "a node claiming the data whole after 8 of 16 bytes: another holder continues",
+            checksum_key(),
+            vec![n("a").has().cost(10).behaving(VouchesAfter(8)), n("b").has().cost(20)],
+        )
+    },
+    a_worm_key_invalid_at_the_end_fails => Case {
+        first: Some("a"),
+        bytes: &CONTENT[..12],
+        error: Some("a reported the data invalid"),
+        listed_after: Some(vec!["b"]),
+        corrupt: 1,
+        ..case(
+            "a WORM key found invalid at the end fails the same way",
+            worm_key(),
+            vec![n("a").has().cost(10).behaving(InvalidAfter(16)), n("b").has().cost(20)],
+        )
+    },
     an_offset_beyond_the_content_is_refused => Case {
         offset: 17,
         error: Some("offset 17 is beyond"),
@@ -236,4 +365,5 @@ async fn check(c: Case) {
     if let Some(listed) = &c.listed_after {
         assert_eq!(w.control.listed(&c.key.to_string()), names(listed), "{}", c.name);
     }
+    assert_eq!(w.corrupt_copies(), c.corrupt, "{}: corrupt copies counted", c.name);
 }

@@ -162,6 +162,7 @@ impl World {
             log: std::sync::Mutex::new(HashMap::from([(k, listed)])),
             plan: (targets.into_iter().map(String::from).collect(), min),
             clock_ms,
+            ..Default::default()
         });
         let mesh = Mesh::with(control.clone(), Arc::new(FakeNodes(nodes.clone())));
         World { core: Core::new(mesh, Tasks::new(&Default::default())), control, nodes }
@@ -170,6 +171,16 @@ impl World {
     /// The cluster, or the node `name` addressed alone.
     async fn repo(&self, name: &str) -> Repo {
         self.core.mesh.repo_by_name(name).await.expect("the repository exists")
+    }
+
+    /// From now on, writes to the location log fail.
+    fn fail_records(&self) {
+        self.control.records_fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Copies nodes reported corrupt, as the gateway counted them.
+    fn corrupt_copies(&self) -> u64 {
+        self.core.metrics.corrupt_copies.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn node(&self, name: &str) -> &FakeNode {

@@ -90,6 +90,30 @@ cases! {
         listed_after: vec!["b"],
         not_asked: vec!["b"],
     },
+    a_corrupt_listed_copy_is_struck_and_the_next_asked => Case {
+        name: "a listed node answering DATA_LOSS is struck, the next one asked",
+        nodes: vec![n("a").has().cost(10).behaving(Corrupt), n("b").has().cost(20)],
+        repo: "c",
+        expect: Ok(true),
+        listed_after: vec!["b"],
+        not_asked: vec![],
+    },
+    a_corrupt_only_copy_is_absent => Case {
+        name: "the only copy is corrupt: not present, and the log lists none",
+        nodes: vec![n("a").has().behaving(Corrupt), n("b")],
+        repo: "c",
+        expect: Ok(false),
+        listed_after: vec![],
+        not_asked: vec![],
+    },
+    a_corrupt_node_addressed_alone_is_absent => Case {
+        name: "a node addressed alone whose copy is corrupt does not have it",
+        nodes: vec![n("a").has().behaving(Corrupt), n("b").has()],
+        repo: "a",
+        expect: Ok(false),
+        listed_after: vec!["b"],
+        not_asked: vec!["b"],
+    },
     an_unreachable_node_addressed_alone_is_an_error => Case {
         name: "a node addressed alone that cannot be reached is an error",
         nodes: vec![n("a").behaving(Unreachable), n("b").has()],
@@ -135,6 +159,16 @@ async fn a_lock_is_taken_on_a_holder_and_none_without_one() {
 
     let w = World::new(&[n("a"), n("b")], &key);
     assert!(w.core.lock(&w.repo("c").await, &key).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_lock_skips_a_corrupt_copy_and_strikes_it() {
+    let key = checksum_key();
+    let w = World::new(&[n("a").has().cost(10).behaving(Corrupt), n("b").has().cost(20)], &key);
+    let lock = w.core.lock(&w.repo("c").await, &key).await.unwrap();
+    assert_eq!(lock.map(|l| l.node), Some("b".to_string()));
+    assert_eq!(w.control.listed(&key.to_string()), names(&["b"]));
+    assert_eq!(w.corrupt_copies(), 1);
 }
 
 #[tokio::test]

@@ -103,6 +103,10 @@ struct Case {
     partial_after: Vec<(&'static str, usize)>,
     /// The offset each node's upload started at.
     headers: Vec<(&'static str, Vec<u64>)>,
+    /// Whether writes to the location log fail.
+    records_fail: bool,
+    /// What the log lists afterwards, when not the holders.
+    listed_after: Option<Vec<&'static str>>,
 }
 
 /// A whole PUT from offset 0 to every node, of which one copy is enough.
@@ -124,6 +128,8 @@ fn case(name: &'static str, nodes: Vec<N>) -> Case {
         holders_after: vec![],
         partial_after: vec![],
         headers: vec![],
+        records_fail: false,
+        listed_after: None,
     }
 }
 
@@ -221,6 +227,18 @@ cases! {
         headers: vec![("b", vec![])],
         ..case("a node addressed alone is the only target", vec![n("a"), n("b")])
     },
+    a_put_that_cannot_be_recorded_fails => Case {
+        records_fail: true,
+        ok: Ok(false),
+        plus: vec!["a", "b"],
+        error: Some("stored on 2 node(s), but cannot update the location log"),
+        holders_after: vec!["a", "b"],
+        listed_after: Some(vec![]),
+        ..case(
+            "stored but not recorded: FAILURE naming the nodes, content kept",
+            vec![n("a"), n("b")],
+        )
+    },
     bypass_leaves_a_planned_target_out => Case {
         bypass: vec!["b"],
         plus: vec!["a"],
@@ -238,6 +256,9 @@ async fn check(c: Case) {
     let length = CONTENT.len() as u64 - c.offset;
     let (offset, data_present) = (c.offset, c.data_present);
     let req = PutRequest { repo: &repo, key: &key, file: None, offset, length, data_present };
+    if c.records_fail {
+        w.fail_records();
+    }
     let got = w.core.put(req, futures::stream::iter(body(&c))).await;
     let out = match (got, c.ok) {
         (Ok(out), Ok(ok)) => {
@@ -257,7 +278,8 @@ async fn check(c: Case) {
         (e, want) => panic!("{}: error {e:?}, want {want:?}", c.name),
     }
     assert_eq!(w.holders(&key), names(&c.holders_after), "{}: holders", c.name);
-    assert_eq!(w.control.listed(&key.to_string()), names(&c.holders_after), "{}", c.name);
+    let listed = c.listed_after.as_ref().unwrap_or(&c.holders_after);
+    assert_eq!(w.control.listed(&key.to_string()), names(listed), "{}", c.name);
     for (node, len) in &c.partial_after {
         assert_eq!(w.node(node).partial_len(&key.to_string()), *len, "{}: {node}", c.name);
     }

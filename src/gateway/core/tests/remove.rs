@@ -15,6 +15,10 @@ struct Case {
     error: Option<&'static str>,
     holders_after: Vec<&'static str>,
     listed_after: Vec<&'static str>,
+    /// Whether writes to the location log fail.
+    records_fail: bool,
+    /// Part of the error refusing the whole request.
+    refused: Option<&'static str>,
 }
 
 fn case(name: &'static str, nodes: Vec<N>) -> Case {
@@ -29,6 +33,8 @@ fn case(name: &'static str, nodes: Vec<N>) -> Case {
         error: None,
         holders_after: vec![],
         listed_after: vec![],
+        records_fail: false,
+        refused: None,
     }
 }
 
@@ -60,7 +66,9 @@ cases! {
         plus: vec!["b"],
         error: Some("a: connection refused"),
         holders_after: vec!["a", "d"],
-        listed_after: vec!["a", "d"],
+        // d refused and still holds it; what the unreachable a did is unknown,
+        // so the log no longer claims its copy.
+        listed_after: vec!["d"],
         ..case(
             "the first error is reported",
             vec![
@@ -68,6 +76,25 @@ cases! {
                 n("b").has(),
                 n("d").has().behaving(KeepsContent),
             ],
+        )
+    },
+    an_unwritable_log_removes_nothing => Case {
+        records_fail: true,
+        refused: Some("cannot update the location log: coordinator unreachable"),
+        holders_after: vec!["a", "b"],
+        listed_after: vec!["a", "b"],
+        ..case(
+            "the log cannot be written: no node is asked to remove",
+            vec![n("a").has(), n("b").has()],
+        )
+    },
+    a_refusing_node_without_the_content_stays_struck => Case {
+        ok: false,
+        plus: vec!["a"],
+        error: Some("x: content is locked"),
+        ..case(
+            "a node that refused but lacks the content is not listed again",
+            vec![n("a").has(), n("x").lies().behaving(KeepsContent)],
         )
     },
     remove_before_a_passed_deadline_removes_nothing => Case {
@@ -109,7 +136,30 @@ async fn check(c: Case) {
     let w = World::planned(&c.nodes, &key, vec![], 1, CLOCK_MS);
     let bypass = c.bypass.iter().map(|s| s.to_string()).collect();
     let repo = w.repo(c.repo).await.bypassing(bypass);
-    let out = w.core.remove(&repo, &key, c.before).await.unwrap();
+    if c.records_fail {
+        w.fail_records();
+    }
+    let out = match (w.core.remove(&repo, &key, c.before).await, c.refused) {
+        (Ok(out), None) => out,
+        (Err(e), Some(want)) => {
+            assert!(e.to_string().contains(want), "{}: {e}", c.name);
+            assert_eq!(w.holders(&key), names(&c.holders_after), "{}: holders", c.name);
+            assert_eq!(w.control.listed(&key.to_string()), names(&c.listed_after), "{}", c.name);
+            for (name, node) in &w.nodes {
+                assert!(node.removes.lock().unwrap().is_empty(), "{}: asked {name}", c.name);
+            }
+            return;
+        }
+        (got, want) => panic!("{}: got {got:?}, want an error with {want:?}", c.name),
+    };
+    if c.before.is_none() || c.ok {
+        // The first write strikes every node addressed, before any removal.
+        let first = w.control.recorded.lock().unwrap().first().cloned().unwrap_or_default();
+        let struck: Vec<String> =
+            first.iter().filter(|ch| !ch.present).map(|ch| ch.node_uuid.clone()).collect();
+        let asked: Vec<String> = repo.nodes().iter().map(|n| n.uuid.clone()).collect();
+        assert_eq!(sorted(struck), sorted(asked), "{}: struck first", c.name);
+    }
     assert_eq!(out.ok, c.ok, "{}: {out:?}", c.name);
     assert_eq!(sorted(out.plus), names(&c.plus), "{}: plus", c.name);
     match (&out.error, c.error) {
