@@ -39,18 +39,20 @@ impl Tasks {
         self.token.is_cancelled()
     }
 
-    /// Runs `task` until it ends or shutdown begins, whichever is first.
-    pub fn spawn<F>(&self, task: F)
+    /// Runs `task` until it ends or shutdown begins, whichever is first;
+    /// the handle yields None when shutdown cut it short.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<Option<F::Output>>
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
     {
         let token = self.token.clone();
         self.tracker.spawn(async move {
             tokio::select! {
-                _ = token.cancelled() => {}
-                _ = task => {}
+                _ = token.cancelled() => None,
+                out = task => Some(out),
             }
-        });
+        })
     }
 
     /// Runs `task` to its end, or until `grace` after shutdown begins: for
@@ -126,7 +128,7 @@ mod tests {
     async fn shutdown_ends_tasks_that_would_run_forever() {
         let root = CancellationToken::new();
         let tasks = Tasks::new(&root);
-        tasks.spawn(std::future::pending());
+        let forever = tasks.spawn(std::future::pending::<()>());
         let watcher = tasks.token().clone();
         let owned = tasks.spawn_owned(async move {
             watcher.cancelled().await;
@@ -134,6 +136,7 @@ mod tests {
         });
         assert!(tasks.shutdown(Duration::from_secs(1)).await);
         assert_eq!(owned.await.unwrap(), 7);
+        assert_eq!(forever.await.unwrap(), None, "cut short by shutdown");
         assert!(!root.is_cancelled(), "a role's shutdown is its own");
     }
 

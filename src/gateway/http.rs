@@ -361,7 +361,7 @@ async fn lockcontent(state: &HttpState, repo: &Repo, key: &Key) -> HttpResult {
     let expiry = state
         .core
         .tasks
-        .spawn_owned(async move {
+        .spawn(async move {
             tokio::time::sleep(LOCK_WINDOW).await;
             if locks.lock().unwrap().remove(&id).is_some() {
                 info!(lockid = %id, "lock expired");

@@ -54,7 +54,8 @@ struct Feed {
     /// Bytes of the client's stream this node already holds.
     skip: u64,
     tx: Option<mpsc::Sender<rpc::PutRequest>>,
-    call: tokio::task::JoinHandle<std::result::Result<rpc::PutReply, Status>>,
+    /// None when the gateway stopped before the agent answered.
+    call: tokio::task::JoinHandle<Option<std::result::Result<rpc::PutReply, Status>>>,
 }
 
 /// How the nodes of one PUT ended up.
@@ -257,7 +258,7 @@ impl Core {
         };
         let client = self.mesh.agent(&node).map_err(|s| unavailable(&node.name, s))?;
         let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::Header(header)) }).await;
-        let call = self.tasks.spawn_owned(client.put(rx));
+        let call = self.tasks.spawn(client.put(rx));
         Ok(Feed { node, skip: own - offset, tx: Some(tx), call })
     }
 
@@ -344,9 +345,10 @@ async fn finish(feeds: &mut [Feed], body: &Body, valid: bool) {
 async fn collect(feeds: Vec<Feed>, tally: &mut Tally) {
     for f in feeds {
         match f.call.await {
-            Ok(Ok(r)) if r.stored => tally.stored.push(f.node.uuid.clone()),
-            Ok(Ok(r)) => tally.failed.push(format!("{}: {}", f.node.name, r.error)),
-            Ok(Err(s)) => tally.failed.push(format!("{}: {}", f.node.name, s.message())),
+            Ok(Some(Ok(r))) if r.stored => tally.stored.push(f.node.uuid.clone()),
+            Ok(Some(Ok(r))) => tally.failed.push(format!("{}: {}", f.node.name, r.error)),
+            Ok(Some(Err(s))) => tally.failed.push(format!("{}: {}", f.node.name, s.message())),
+            Ok(None) => tally.failed.push(format!("{}: the gateway is stopping", f.node.name)),
             Err(e) => tally.failed.push(format!("{}: {e}", f.node.name)),
         }
     }
