@@ -28,7 +28,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use locations::{Change, LocationEntry};
+pub use locations::{Change, LocationEntry, WallClock, system_clock};
 pub use registry::{Cluster, Node, Registration};
 pub use settings::{ClusterSettings, DEFAULT_NODE_COST, NodeSettings};
 pub use tokens::{Revoked, Token};
@@ -102,6 +102,12 @@ impl Store {
     /// Opens (or creates) the database in `dir` and starts its writer.
     /// Blocks on the disk: call it before serving, or off the async workers.
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_with_clock(dir, system_clock())
+    }
+
+    /// As `open`, with location stamps starting from `wall` rather than the
+    /// system's wall clock.
+    pub fn open_with_clock(dir: &Path, wall: WallClock) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
             what: format!("cannot create {}", dir.display()),
             source: Arc::new(e),
@@ -116,13 +122,14 @@ impl Store {
         txn.open_table(NODE_SETTINGS)?;
         txn.open_table(CLUSTER_SETTINGS)?;
         txn.open_table(TOKENS)?;
+        let stamps = Arc::new(Stamps::new(locations::last_stamp(&txn)?, wall));
         txn.commit()?;
         let db = Arc::new(db);
         let writer = Writer::start(db.clone()).map_err(|e| StoreError::Io {
             what: "cannot start the database writer thread".into(),
             source: Arc::new(e),
         })?;
-        Ok(Store { db, writer, stamps: Arc::new(Stamps::default()) })
+        Ok(Store { db, writer, stamps })
     }
 
     fn read(&self) -> Result<ReadTransaction> {
