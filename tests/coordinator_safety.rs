@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Mesh, Proc, annexmesh, wait_until};
+use std::process::{Command, Stdio};
+
+use common::{Client, Mesh, Proc, annexmesh, free_port, wait_until};
 
 /// stdout of a successful admin command.
 fn admin(mesh: &Mesh, args: &[&str]) -> String {
@@ -94,4 +96,53 @@ fn changes_after_the_clock_was_set_back_across_a_restart_are_recorded() {
     assert_eq!(copies(&mesh, &key), 0);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "f.bin"]);
     assert_eq!(copies(&mesh, &key), 2);
+}
+
+/// Runs an agent with `store` under `name` until it exits (at most 60 s);
+/// returns its exit status and log.
+fn run_agent_to_exit(mesh: &Mesh, name: &str, store: &std::path::Path) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_annexmesh"))
+        .args(["agent", "--coordinator", &mesh.coordinator, "--cluster", "mesh", "--name", name])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--store")
+        .arg(store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    wait_until("the refused agent to exit", Duration::from_secs(60), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let out = child.wait_with_output().unwrap();
+    (status.unwrap().success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_second_agent_under_a_taken_name_or_identity_exits_and_changes_nothing() {
+    let mesh = Mesh::separate(2);
+    let before = node_row(&mesh, "node1");
+
+    // Another store (another UUID) under node1's name.
+    let other = mesh.dir.path().join("other");
+    let (ok, log) = run_agent_to_exit(&mesh, "node1", &other);
+    assert!(!ok, "the agent should exit non-zero:\n{log}");
+    assert!(log.contains("node name \"node1\" is taken by node"), "{log}");
+    assert!(log.contains("admin node remove node1"), "{log}");
+
+    // A copy of node1's store (the same UUID) elsewhere, under a new name.
+    let copy = mesh.dir.path().join("copy");
+    std::fs::create_dir_all(copy.join("annex/objects")).unwrap();
+    std::fs::copy(mesh.store_of("node1").join("uuid"), copy.join("uuid")).unwrap();
+    let (ok, log) = run_agent_to_exit(&mesh, "node9", &copy);
+    assert!(!ok, "the agent should exit non-zero:\n{log}");
+    assert!(log.contains("claims the same identity"), "{log}");
+
+    // node1's record is as it was, and it is still up.
+    let after = node_row(&mesh, "node1");
+    assert_eq!((&after[1], &after[2], &after[3]), (&before[1], &before[2], &before[3]));
+    assert_eq!(after[2], "up");
+    assert!(!admin(&mesh, &["node", "list"]).contains("node9"));
 }

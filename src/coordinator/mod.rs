@@ -10,6 +10,7 @@ pub mod admin;
 pub mod clock;
 pub mod core;
 pub mod health;
+pub mod identity;
 pub mod placement;
 pub mod service;
 pub mod store;
