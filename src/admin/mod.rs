@@ -82,6 +82,18 @@ pub enum NodeCommand {
         /// Node name or UUID.
         node: String,
     },
+    /// Remove a node from the mesh: it leaves the topology (no request
+    /// waits for it, no content is placed on it), its name becomes free and
+    /// its location entries are struck. Refused while the location log
+    /// lists no other node for some key it holds.
+    Remove {
+        /// Node name or UUID.
+        node: String,
+        /// The node is gone for good: remove it even when it held the only
+        /// copy of some keys (they are then lost to the mesh).
+        #[arg(long)]
+        lost: bool,
+    },
     /// Show or set a node's cost (default 100): GET and CHECKPRESENT use the
     /// node with the lowest cost among those holding the content, then the
     /// least busy one.
@@ -206,8 +218,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let req = rpc::ListNodesRequest { cluster: cluster.unwrap_or_default() };
             println!("NAME\tUUID\tHEALTH\tADDRESS\tFREE\tTRANSFERS\tSTATE\tWANTED\tCOST");
             for n in c.list_nodes(req).await.map_err(status)?.into_inner().nodes {
-                let health = if n.healthy { "up" } else { "down" };
-                let state = if n.draining { "draining" } else { "active" };
+                let health = match (n.removed, n.healthy) {
+                    (true, _) => "-",
+                    (false, true) => "up",
+                    (false, false) => "down",
+                };
+                let state = match (n.removed, n.lost, n.draining) {
+                    (true, true, _) => "lost",
+                    (true, false, _) => "removed",
+                    (false, _, true) => "draining",
+                    (false, _, false) => "active",
+                };
                 let wanted = if n.wanted.is_empty() { "-" } else { n.wanted.as_str() };
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
@@ -238,6 +259,23 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             println!("{} takes new content again", n.name);
+        }
+        AdminCommand::Node(NodeCommand::Remove { node, lost }) => {
+            let r = c
+                .remove_node(rpc::RemoveNodeRequest { node, lost })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "removed {} ({}) from the mesh; struck {} location entries",
+                r.node_name, r.node_uuid, r.struck
+            );
+            if r.lost_keys > 0 {
+                eprintln!(
+                    "{} key(s) had their only known copy on {}: the mesh no longer holds them",
+                    r.lost_keys, r.node_name
+                );
+            }
         }
         AdminCommand::Node(NodeCommand::Cost { node, n }) => {
             let info = match n {

@@ -91,9 +91,16 @@ impl coordinator_server::Coordinator for CoordinatorService {
             Registration::NameTaken(other) => {
                 warn!(node = %node.uuid, name = %node.name, holder = %other.uuid, "refused a registration under a taken name");
                 return Err(Status::already_exists(format!(
-                    "node name {:?} is taken by node {} at {}; choose another --name, or, \
-                     if that node is gone for good, remove it with `annexmesh admin node remove {}`",
-                    node.name, other.uuid, other.address, node.name
+                    "node name {:?} is taken by node {}; choose another --name",
+                    node.name, other.uuid
+                )));
+            }
+            Registration::Removed(tomb) => {
+                warn!(node = %node.uuid, name = %node.name, "refused a registration of a removed node");
+                return Err(Status::failed_precondition(format!(
+                    "node {} ({}) was removed from the mesh; to join again, start the agent \
+                     with a new, empty store (it gets a new identity)",
+                    tomb.node.name, tomb.node.uuid
                 )));
             }
             Registration::Saved => {

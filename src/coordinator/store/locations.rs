@@ -112,6 +112,11 @@ fn record_in(txn: &WriteTransaction, changes: &[Change], stamps: &Stamps) -> Res
     let mut t = txn.open_table(LOCATIONS)?;
     let mut last = 0;
     for (key, node, present) in changes {
+        // A removed node's entries stay struck, even when a request that
+        // was under way as it was removed reports on it.
+        if super::removal::is_removed(txn, node)?.is_some() {
+            continue;
+        }
         let stamp = stamps.next();
         last = stamp;
         let lk = location_key(key, node);

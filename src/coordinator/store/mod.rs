@@ -13,6 +13,7 @@
 mod locations;
 mod meta;
 mod registry;
+mod removal;
 mod settings;
 mod tokens;
 mod writer;
@@ -30,6 +31,7 @@ use serde::de::DeserializeOwned;
 
 pub use locations::{Change, LocationEntry, WallClock, system_clock};
 pub use registry::{Cluster, Node, Registration};
+pub use removal::{Removal, RemovedNode};
 pub use settings::{ClusterSettings, DEFAULT_NODE_COST, NodeSettings};
 pub use tokens::{Revoked, Token};
 
@@ -51,6 +53,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Node UUID -> NodeSettings as JSON, apart from `nodes` so that an agent's
 /// registration never overwrites what an operator set.
 const NODE_SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("node_settings");
+/// Node UUID -> RemovedNode as JSON: nodes removed from the mesh, whose
+/// identity may not register again.
+const REMOVED_NODES: TableDefinition<&str, &str> = TableDefinition::new("removed_nodes");
 /// Cluster UUID -> ClusterSettings as JSON.
 const CLUSTER_SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("cluster_settings");
 /// Hex SHA-256 of an access token -> TokenRecord as JSON. Only the hash is
@@ -122,6 +127,7 @@ impl Store {
         txn.open_table(NODE_SETTINGS)?;
         txn.open_table(CLUSTER_SETTINGS)?;
         txn.open_table(TOKENS)?;
+        txn.open_table(REMOVED_NODES)?;
         let stamps = Arc::new(Stamps::new(locations::last_stamp(&txn)?, wall));
         txn.commit()?;
         let db = Arc::new(db);
