@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use std::process::{Command, Stdio};
 
-use common::{Client, Mesh, Proc, annexmesh, free_port, wait_until};
+use common::{Client, Mesh, Proc, annexmesh, free_port, http_get, wait_until};
 
 /// stdout of a successful admin command.
 fn admin(mesh: &Mesh, args: &[&str]) -> String {
@@ -144,4 +144,57 @@ fn a_second_agent_under_a_taken_name_or_identity_exits_and_changes_nothing() {
     assert_eq!((&after[1], &after[2], &after[3]), (&before[1], &before[2], &before[3]));
     assert_eq!(after[2], "up");
     assert!(!admin(&mesh, &["node", "list"]).contains("node9"));
+}
+
+#[test]
+fn a_node_gone_for_good_is_removed_and_its_name_taken_by_a_new_one() {
+    let mut mesh = Mesh::separate(3);
+    let client = client_of(&mesh);
+    client.add_remote("n1", &format!("{}/node1", mesh.url()));
+    let (_, key) = client.annex_file("f.bin", 20_000, 3);
+    let (_, only) = client.annex_file("g.bin", 10_000, 4);
+    client.ok(&["git", "annex", "copy", "--to", "mesh", "f.bin"]);
+    client.ok(&["git", "annex", "copy", "--to", "n1", "g.bin"]);
+    assert_eq!((copies(&mesh, &key), copies(&mesh, &only)), (3, 1));
+    let old_uuid = node_row(&mesh, "node3")[1].clone();
+
+    // node1 holds g.bin's only copy: removing it is refused, naming the key.
+    let err = admin_fails(&mesh, &["node", "remove", "node1"]);
+    assert!(err.contains("only copy of 1 key") && err.contains(&only), "{err}");
+    assert_eq!(node_row(&mesh, "node1")[6], "active");
+
+    // node3 dies for good: a drop cannot reach it, so it fails.
+    mesh.proc("node3").kill();
+    let out = client.run(&["git", "annex", "drop", "--from", "mesh", "f.bin"]);
+    assert!(!out.status.success(), "the drop should fail while node3 is unreachable");
+    let done = admin(&mesh, &["node", "remove", "--lost", "node3"]);
+    assert!(done.contains("removed node3"), "{done}");
+    let row = node_row(&mesh, "node3");
+    assert_eq!((row[1].as_str(), row[6].as_str()), (old_uuid.as_str(), "lost"));
+    // Once the gateway's topology follows, the drop no longer waits for
+    // it, and the log no longer counts it.
+    let config = format!("{}/node3/config", mesh.url());
+    wait_until("the gateway to drop node3", Duration::from_secs(30), || {
+        http_get(&config).is_some_and(|(status, _)| status != 200)
+    });
+    client.ok(&["git", "annex", "drop", "--from", "mesh", "f.bin"]);
+    assert_eq!(copies(&mesh, &key), 0);
+
+    // A new agent (a new store, a new identity) takes the freed name.
+    let store = mesh.dir.path().join("nodes-new/node3");
+    let mut cmd = annexmesh();
+    cmd.args(["agent", "--coordinator", &mesh.coordinator, "--cluster", "mesh", "--name", "node3"])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--store")
+        .arg(&store);
+    let p = Proc::spawn("node3-new", &mut cmd, mesh.dir.path());
+    mesh.procs.push(p);
+    wait_until("the new node3", Duration::from_secs(30), || mesh.healthy_nodes() == 3);
+    let row = node_row(&mesh, "node3");
+    assert!(row[1] != old_uuid && row[2] == "up", "{row:?}");
+    wait_until("the gateway to see the new node3", Duration::from_secs(30), || {
+        http_get(&config).is_some_and(|(status, body)| status == 200 && body.contains(&row[1]))
+    });
+    client.ok(&["git", "annex", "copy", "--to", "mesh", "f.bin"]);
+    assert_eq!(copies(&mesh, &key), 3);
 }
