@@ -31,6 +31,17 @@ pub enum AdminCommand {
     Token(TokenCommand),
     /// Which nodes hold a key, from the location log.
     Whereis { key: String },
+    /// Compare the location log with the keys the agents hold and list
+    /// every difference; exits non-zero when there are any (or a node
+    /// could not be asked) and --fix was not given.
+    Fsck {
+        /// Only the nodes of this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Record what the nodes hold.
+        #[arg(long)]
+        fix: bool,
+    },
     /// Show or set a node's preferred content: which content PUTs to its
     /// cluster place on it, in git-annex's preferred content syntax (e.g.
     /// `largerthan=1MB`, `include=*.mp3 or smallerthan=500kB`, `nothing`).
@@ -167,6 +178,38 @@ async fn find_cluster(
         .into_iter()
         .find(|c| c.is(cluster))
         .ok_or_else(|| anyhow::anyhow!("unknown cluster {cluster:?}"))
+}
+
+/// Prints an fsck reply; an error when the log and the nodes disagree
+/// unfixed, or a node could not be asked.
+fn fsck_report(r: rpc::FsckReply) -> anyhow::Result<()> {
+    for d in &r.differences {
+        let what = if d.listed {
+            "listed in the log but absent from the node"
+        } else {
+            "held by the node but not listed in the log"
+        };
+        println!("{}\t{}\t{what}", d.node_name, d.key);
+    }
+    for u in &r.unreachable {
+        eprintln!("not checked: {u}");
+    }
+    let n = r.differences.len();
+    if r.fixed && n > 0 {
+        eprintln!(
+            "{n} difference(s) on {} node(s), recorded as the nodes hold them",
+            r.nodes_checked
+        );
+    } else {
+        eprintln!("{n} difference(s) on {} node(s)", r.nodes_checked);
+    }
+    if !r.unreachable.is_empty() {
+        anyhow::bail!("{} node(s) could not be checked", r.unreachable.len());
+    }
+    if n > 0 && !r.fixed {
+        anyhow::bail!("the location log differs from the nodes; `--fix` records what they hold");
+    }
+    Ok(())
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
@@ -347,6 +390,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let t =
                 c.revoke_token(rpc::RevokeTokenRequest { id }).await.map_err(status)?.into_inner();
             println!("revoked {} token {}", t.mode, t.id);
+        }
+        AdminCommand::Fsck { cluster, fix } => {
+            let req = rpc::FsckRequest { cluster: cluster.unwrap_or_default(), fix };
+            fsck_report(c.fsck(req).await.map_err(status)?.into_inner())?;
         }
         AdminCommand::Whereis { key } => {
             let entries = c

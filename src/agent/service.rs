@@ -19,6 +19,8 @@ use crate::p2p::verify::Verifier;
 use crate::rpc::{self, agent_server, get_reply, lock_request, put_request};
 use crate::tasks::Tasks;
 
+mod list;
+
 pub struct AgentService {
     pub(crate) store: Store,
     pub(crate) uuid: String,
@@ -443,6 +445,15 @@ impl agent_server::Agent for AgentService {
         })?;
         let reply = self.receive_put(&key, &header, &mut stream).await?;
         Ok(Response::new(reply))
+    }
+
+    type ListKeysStream = ReceiverStream<Result<rpc::ListKeysReply, Status>>;
+
+    async fn list_keys(
+        &self,
+        _: Request<rpc::ListKeysRequest>,
+    ) -> Result<Response<Self::ListKeysStream>, Status> {
+        Ok(Response::new(list::list_keys(self.store.clone())))
     }
 
     type GetStream = ReceiverStream<Result<rpc::GetReply, Status>>;

@@ -264,6 +264,20 @@ impl admin_server::Admin for AdminService {
         }
     }
 
+    async fn fsck(
+        &self,
+        req: Request<rpc::FsckRequest>,
+    ) -> Result<Response<rpc::FsckReply>, Status> {
+        let r = req.into_inner();
+        let mut nodes = self.core.store.nodes()?;
+        if !r.cluster.is_empty() {
+            let c = self.find_cluster(&r.cluster)?;
+            nodes.retain(|n| n.cluster_uuid == c.uuid);
+        }
+        let reply = super::fsck::fsck(&self.core, nodes, r.fix).await?;
+        Ok(Response::new(reply))
+    }
+
     async fn create_token(
         &self,
         req: Request<rpc::CreateTokenRequest>,

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod clock;
 pub mod core;
+pub mod fsck;
 pub mod health;
 pub mod identity;
 pub mod placement;

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use redb::{ReadableTable, WriteTransaction};
@@ -88,6 +89,21 @@ impl Store {
         }
         let stamps = self.stamps.clone();
         self.writer.write_grouped(move |txn| record_in(txn, &changes, &stamps)).await
+    }
+
+    /// The keys the log lists as present on each node, by node UUID: one
+    /// pass over the whole log, for `admin fsck`.
+    pub fn present_by_node(&self) -> Result<HashMap<String, HashSet<String>>> {
+        let txn = self.read()?;
+        let t = txn.open_table(LOCATIONS)?;
+        let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if let (Some((key, node)), true) = (k.value().split_once('\t'), v.value().1) {
+                out.entry(node.to_string()).or_default().insert(key.to_string());
+            }
+        }
+        Ok(out)
     }
 
     /// Every node's newest entry for `key`.
