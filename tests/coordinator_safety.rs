@@ -198,3 +198,43 @@ fn a_node_gone_for_good_is_removed_and_its_name_taken_by_a_new_one() {
     client.ok(&["git", "annex", "copy", "--to", "mesh", "f.bin"]);
     assert_eq!(copies(&mesh, &key), 3);
 }
+
+#[test]
+fn fsck_reports_what_the_log_and_the_nodes_disagree_on_and_fixes_it() {
+    let mesh = Mesh::separate(2);
+    let client = client_of(&mesh);
+    let (_, listed) = client.annex_file("f.bin", 20_000, 5);
+    let (data, unlisted) = client.annex_file("g.bin", 10_000, 6);
+    client.ok(&["git", "annex", "copy", "--to", "mesh", "f.bin"]);
+    assert_eq!(admin(&mesh, &["fsck"]).lines().count(), 0);
+
+    // Behind the mesh's back: one object placed on node1, one deleted
+    // from node2.
+    let hashdir = client.ok(&["git", "annex", "examinekey", "--format=${hashdirlower}", &unlisted]);
+    let dir = mesh.store_of("node1").join("annex/objects").join(hashdir.trim()).join(&unlisted);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&unlisted), &data).unwrap();
+    for p in common::objects_named(&mesh.store_of("node2"), &listed) {
+        std::fs::remove_file(p).unwrap();
+    }
+
+    let out = mesh.admin(&["fsck", "--cluster", "mesh"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "fsck should fail:\n{report}");
+    let mut lines: Vec<&str> = report.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec![
+            format!("node1\t{unlisted}\theld by the node but not listed in the log"),
+            format!("node2\t{listed}\tlisted in the log but absent from the node"),
+        ]
+    );
+
+    admin(&mesh, &["fsck", "--fix"]);
+    assert_eq!((copies(&mesh, &listed), copies(&mesh, &unlisted)), (1, 1));
+    let out = mesh.admin(&["fsck"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 difference(s) on 2 node(s)"));
+}
