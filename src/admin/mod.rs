@@ -31,6 +31,17 @@ pub enum AdminCommand {
     Token(TokenCommand),
     /// Which nodes hold a key, from the location log.
     Whereis { key: String },
+    /// Compare the location log with the keys the agents hold and list
+    /// every difference; exits non-zero when there are any (or a node
+    /// could not be asked) and --fix was not given.
+    Fsck {
+        /// Only the nodes of this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Record what the nodes hold.
+        #[arg(long)]
+        fix: bool,
+    },
     /// Show or set a node's preferred content: which content PUTs to its
     /// cluster place on it, in git-annex's preferred content syntax (e.g.
     /// `largerthan=1MB`, `include=*.mp3 or smallerthan=500kB`, `nothing`).
@@ -81,6 +92,18 @@ pub enum NodeCommand {
     Undrain {
         /// Node name or UUID.
         node: String,
+    },
+    /// Remove a node from the mesh: it leaves the topology (no request
+    /// waits for it, no content is placed on it), its name becomes free and
+    /// its location entries are struck. Refused while the location log
+    /// lists no other node for some key it holds.
+    Remove {
+        /// Node name or UUID.
+        node: String,
+        /// The node is gone for good: remove it even when it held the only
+        /// copy of some keys (they are then lost to the mesh).
+        #[arg(long)]
+        lost: bool,
     },
     /// Show or set a node's cost (default 100): GET and CHECKPRESENT use the
     /// node with the lowest cost among those holding the content, then the
@@ -157,6 +180,38 @@ async fn find_cluster(
         .ok_or_else(|| anyhow::anyhow!("unknown cluster {cluster:?}"))
 }
 
+/// Prints an fsck reply; an error when the log and the nodes disagree
+/// unfixed, or a node could not be asked.
+fn fsck_report(r: rpc::FsckReply) -> anyhow::Result<()> {
+    for d in &r.differences {
+        let what = if d.listed {
+            "listed in the log but absent from the node"
+        } else {
+            "held by the node but not listed in the log"
+        };
+        println!("{}\t{}\t{what}", d.node_name, d.key);
+    }
+    for u in &r.unreachable {
+        eprintln!("not checked: {u}");
+    }
+    let n = r.differences.len();
+    if r.fixed && n > 0 {
+        eprintln!(
+            "{n} difference(s) on {} node(s), recorded as the nodes hold them",
+            r.nodes_checked
+        );
+    } else {
+        eprintln!("{n} difference(s) on {} node(s)", r.nodes_checked);
+    }
+    if !r.unreachable.is_empty() {
+        anyhow::bail!("{} node(s) could not be checked", r.unreachable.len());
+    }
+    if n > 0 && !r.fixed {
+        anyhow::bail!("the location log differs from the nodes; `--fix` records what they hold");
+    }
+    Ok(())
+}
+
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let reach = || format!("cannot reach the coordinator at {}", args.coordinator);
     let channel = rpc::endpoint(&args.coordinator).with_context(reach)?.connect().await;
@@ -206,8 +261,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let req = rpc::ListNodesRequest { cluster: cluster.unwrap_or_default() };
             println!("NAME\tUUID\tHEALTH\tADDRESS\tFREE\tTRANSFERS\tSTATE\tWANTED\tCOST");
             for n in c.list_nodes(req).await.map_err(status)?.into_inner().nodes {
-                let health = if n.healthy { "up" } else { "down" };
-                let state = if n.draining { "draining" } else { "active" };
+                let health = match (n.removed, n.healthy) {
+                    (true, _) => "-",
+                    (false, true) => "up",
+                    (false, false) => "down",
+                };
+                let state = match (n.removed, n.lost, n.draining) {
+                    (true, true, _) => "lost",
+                    (true, false, _) => "removed",
+                    (false, _, true) => "draining",
+                    (false, _, false) => "active",
+                };
                 let wanted = if n.wanted.is_empty() { "-" } else { n.wanted.as_str() };
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
@@ -238,6 +302,23 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             println!("{} takes new content again", n.name);
+        }
+        AdminCommand::Node(NodeCommand::Remove { node, lost }) => {
+            let r = c
+                .remove_node(rpc::RemoveNodeRequest { node, lost })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "removed {} ({}) from the mesh; struck {} location entries",
+                r.node_name, r.node_uuid, r.struck
+            );
+            if r.lost_keys > 0 {
+                eprintln!(
+                    "{} key(s) had their only known copy on {}: the mesh no longer holds them",
+                    r.lost_keys, r.node_name
+                );
+            }
         }
         AdminCommand::Node(NodeCommand::Cost { node, n }) => {
             let info = match n {
@@ -309,6 +390,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let t =
                 c.revoke_token(rpc::RevokeTokenRequest { id }).await.map_err(status)?.into_inner();
             println!("revoked {} token {}", t.mode, t.id);
+        }
+        AdminCommand::Fsck { cluster, fix } => {
+            let req = rpc::FsckRequest { cluster: cluster.unwrap_or_default(), fix };
+            fsck_report(c.fsck(req).await.map_err(status)?.into_inner())?;
         }
         AdminCommand::Whereis { key } => {
             let entries = c

@@ -73,17 +73,25 @@ pub async fn serve(
     ));
     info!(%uuid, name = %cfg.name, cluster = %cfg.cluster, %local, "agent serving");
 
-    tasks.spawn(keep_registered(
-        cfg.coordinator.clone(),
-        rpc::RegisterRequest {
-            uuid,
-            name: cfg.name.clone(),
-            cluster: cfg.cluster.clone(),
-            address: advertise,
-            boot_id: service.boot_id.clone(),
-        },
-        service.clone(),
-    ));
+    let reg = rpc::RegisterRequest {
+        uuid,
+        name: cfg.name.clone(),
+        cluster: cfg.cluster.clone(),
+        address: advertise,
+        boot_id: service.boot_id.clone(),
+    };
+    // A registration the coordinator refuses for good ends the agent.
+    let refused = Arc::new(std::sync::OnceLock::new());
+    tasks.spawn({
+        let (refused, token) = (refused.clone(), tasks.token().clone());
+        let registration = keep_registered(cfg.coordinator.clone(), reg, service.clone());
+        async move {
+            if let Err(e) = registration.await {
+                let _ = refused.set(e);
+                token.cancel();
+            }
+        }
+    });
     let svc = AgentServer::from_arc(service)
         .max_decoding_message_size(rpc::MAX_MESSAGE)
         .max_encoding_message_size(rpc::MAX_MESSAGE);
@@ -101,16 +109,20 @@ pub async fn serve(
         );
     let result = serve_until(server, tasks.token(), SHUTDOWN_GRACE, "agent").await;
     tasks.shutdown(SHUTDOWN_GRACE).await;
+    if let Some(e) = refused.get() {
+        anyhow::bail!("{e}");
+    }
     result.context("agent gRPC server failed")
 }
 
 /// Registers, then heartbeats; registers again whenever the coordinator
-/// forgets the agent or cannot be reached.
+/// forgets the agent or cannot be reached. Returns only when the
+/// coordinator refuses the registration for a reason retrying cannot fix.
 async fn keep_registered(
     coordinator: String,
     reg: rpc::RegisterRequest,
     service: Arc<AgentService>,
-) {
+) -> Result<(), String> {
     let mut backoff = Duration::from_millis(200);
     let mut registered = false;
     let mut client: Option<CoordinatorClient<tonic::transport::Channel>> = None;
@@ -118,10 +130,7 @@ async fn keep_registered(
         if client.is_none() {
             match rpc::channel(&coordinator) {
                 Ok(ch) => client = Some(CoordinatorClient::new(ch)),
-                Err(e) => {
-                    warn!("bad coordinator URL {coordinator}: {e}");
-                    return;
-                }
+                Err(e) => return Err(format!("bad coordinator URL {coordinator}: {e}")),
             }
         }
         let c = client.as_mut().expect("client set above");
@@ -131,6 +140,9 @@ async fn keep_registered(
                     info!(coordinator = %coordinator, "registered");
                     registered = true;
                     true
+                }
+                Err(s) if refused_for_good(s.code()) => {
+                    return Err(format!("the coordinator refused this node: {}", s.message()));
                 }
                 Err(s) => {
                     warn!("registration failed: {}", s.message());
@@ -166,6 +178,13 @@ async fn keep_registered(
         };
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Codes with which the coordinator refuses a registration that retrying
+/// cannot fix: a taken name or identity, an unknown cluster, a bad request.
+fn refused_for_good(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(code, Code::AlreadyExists | Code::FailedPrecondition | Code::InvalidArgument)
 }
 
 fn free_bytes(path: &std::path::Path) -> u64 {

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::core::Core;
-use super::store::{Cluster, Node, NodeSettings, Revoked, Token};
+use super::store::{Cluster, Node, NodeSettings, Removal, Revoked, Token};
 use super::validate::valid_token_sha256;
 use super::validate::{valid_key, valid_name, valid_token_id, valid_token_label};
 use crate::auth::Mode;
@@ -112,6 +112,7 @@ impl admin_server::Admin for AdminService {
     ) -> Result<Response<rpc::ListNodesReply>, Status> {
         let name = &req.get_ref().cluster;
         let mut nodes = self.core.all_nodes()?;
+        nodes.extend(self.core.removed_nodes()?);
         if !name.is_empty() {
             let c = self
                 .core
@@ -120,7 +121,8 @@ impl admin_server::Admin for AdminService {
                 .ok_or_else(|| Status::not_found(format!("unknown cluster {name:?}")))?;
             nodes.retain(|n| n.cluster_uuid == c.uuid);
         }
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        // Removed nodes last, so that a name's live node comes first.
+        nodes.sort_by(|a, b| (a.removed, &a.name).cmp(&(b.removed, &b.name)));
         Ok(Response::new(rpc::ListNodesReply { nodes }))
     }
 
@@ -231,6 +233,49 @@ impl admin_server::Admin for AdminService {
             self.core.store.update_node_settings(&n.uuid, move |s| s.cost = Some(cost)).await?;
         info!(node = %n.name, cost, "node cost set");
         Ok(Response::new(self.core.node_info(&n, Some(&settings))))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<rpc::RemoveNodeRequest>,
+    ) -> Result<Response<rpc::RemoveNodeReply>, Status> {
+        let r = req.into_inner();
+        let n = self.find_node(&r.node)?;
+        match self.core.store.remove_node(&n.uuid, r.lost).await? {
+            Removal::SoleCopies { count, sample } => Err(Status::failed_precondition(format!(
+                "node {} holds the only copy of {count} key{} by the location log, such as {}; \
+                 copy them elsewhere first (`annexmesh admin fsck` checks the log), or, if the \
+                 node is gone for good, remove it with `annexmesh admin node remove --lost {}`",
+                n.name,
+                if count == 1 { "" } else { "s" },
+                sample.join(", "),
+                n.name
+            ))),
+            Removal::Done { struck, lost_keys } => {
+                self.core.health.forget(&n.uuid);
+                warn!(node = %n.name, uuid = %n.uuid, lost = r.lost, struck, lost_keys, "node removed from the mesh");
+                Ok(Response::new(rpc::RemoveNodeReply {
+                    node_uuid: n.uuid,
+                    node_name: n.name,
+                    struck,
+                    lost_keys,
+                }))
+            }
+        }
+    }
+
+    async fn fsck(
+        &self,
+        req: Request<rpc::FsckRequest>,
+    ) -> Result<Response<rpc::FsckReply>, Status> {
+        let r = req.into_inner();
+        let mut nodes = self.core.store.nodes()?;
+        if !r.cluster.is_empty() {
+            let c = self.find_cluster(&r.cluster)?;
+            nodes.retain(|n| n.cluster_uuid == c.uuid);
+        }
+        let reply = super::fsck::fsck(&self.core, nodes, r.fix).await?;
+        Ok(Response::new(reply))
     }
 
     async fn create_token(

@@ -59,7 +59,27 @@ impl Core {
             draining: settings.is_some_and(|s| s.draining),
             wanted: settings.and_then(|s| s.wanted.clone()).unwrap_or_default(),
             cost: settings.and_then(|s| s.cost).unwrap_or(DEFAULT_NODE_COST),
+            removed: false,
+            lost: false,
         }
+    }
+
+    /// The nodes removed from the mesh, as the admin API lists them.
+    pub fn removed_nodes(&self) -> Result<Vec<rpc::NodeInfo>, Status> {
+        let removed = self.store.removed_nodes()?;
+        Ok(removed
+            .into_iter()
+            .map(|r| rpc::NodeInfo {
+                uuid: r.node.uuid,
+                name: r.node.name,
+                cluster_uuid: r.node.cluster_uuid,
+                address: r.node.address,
+                last_seen_unix_ms: r.removed_unix_ms,
+                removed: true,
+                lost: r.lost,
+                ..Default::default()
+            })
+            .collect())
     }
 
     /// Every node as replies show it.

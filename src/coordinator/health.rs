@@ -13,6 +13,8 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(7);
 pub struct Health {
     pub last_seen: Instant,
     pub last_seen_unix_ms: u64,
+    /// The boot id the agent last reported: another one is another run.
+    pub boot_id: String,
     /// None until the first heartbeat reports it.
     pub free_bytes: Option<u64>,
     pub active_transfers: u32,
@@ -34,15 +36,23 @@ impl HealthBoard {
     }
 
     /// Notes that the node was heard from now.
-    pub fn touch(&self, uuid: &str, free_bytes: Option<u64>, active_transfers: u32) {
+    pub fn touch(&self, uuid: &str, boot_id: &str, free_bytes: Option<u64>, active_transfers: u32) {
         self.nodes.lock().unwrap().insert(
             uuid.to_string(),
             Health {
                 last_seen: Instant::now(),
                 last_seen_unix_ms: crate::clock::unix_ms(),
+                boot_id: boot_id.to_string(),
                 free_bytes,
                 active_transfers,
             },
         );
+    }
+}
+
+impl HealthBoard {
+    /// Forgets a node, as when it is removed from the mesh.
+    pub fn forget(&self, uuid: &str) {
+        self.nodes.lock().unwrap().remove(uuid);
     }
 }

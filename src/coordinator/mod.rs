@@ -9,7 +9,9 @@
 pub mod admin;
 pub mod clock;
 pub mod core;
+pub mod fsck;
 pub mod health;
+pub mod identity;
 pub mod placement;
 pub mod service;
 pub mod store;
@@ -37,7 +39,7 @@ use service::CoordinatorService;
 
 pub use self::core::DEFAULT_RESERVE;
 pub use health::HEALTH_TIMEOUT;
-pub use store::Store;
+pub use store::{Store, WallClock};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorConfig {
@@ -51,6 +53,25 @@ pub struct CoordinatorConfig {
     /// (`annexmesh admin cluster reserve`): bytes or a size such as 500MB, 2GiB.
     #[arg(long, env = "ANNEXMESH_RESERVE", default_value = "100MB", value_parser = parse_reserve)]
     pub reserve: u64,
+    /// For tests only: shifts the wall clock location stamps start from by
+    /// this many milliseconds (negative sets it back), to show that a clock
+    /// stepped back across a restart loses no change.
+    #[arg(
+        long,
+        env = "ANNEXMESH_TEST_CLOCK_OFFSET_MS",
+        hide = true,
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub test_clock_offset_ms: i64,
+}
+
+/// The system's wall clock shifted by `offset_ms`.
+fn shifted_clock(offset_ms: i64) -> WallClock {
+    if offset_ms == 0 {
+        return store::system_clock();
+    }
+    Arc::new(move || crate::clock::unix_ms().saturating_add_signed(offset_ms))
 }
 
 fn parse_reserve(s: &str) -> Result<u64, String> {
@@ -77,10 +98,19 @@ impl Coordinator {
         data: &std::path::Path,
         reserve: u64,
     ) -> anyhow::Result<Coordinator> {
+        Coordinator::open_with(data, reserve, store::system_clock()).await
+    }
+
+    /// As `open_with_reserve`, with location stamps starting from `wall`.
+    pub async fn open_with(
+        data: &std::path::Path,
+        reserve: u64,
+        wall: WallClock,
+    ) -> anyhow::Result<Coordinator> {
         let cannot_open = || format!("cannot open the coordinator database in {}", data.display());
         // Opening reads and writes the disk: keep it off the async workers.
         let dir = data.to_path_buf();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        let store = tokio::task::spawn_blocking(move || Store::open_with_clock(&dir, wall))
             .await
             .with_context(cannot_open)?
             .with_context(cannot_open)?;
@@ -117,7 +147,14 @@ impl Coordinator {
 }
 
 pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let coordinator = Coordinator::open_with_reserve(&cfg.data, cfg.reserve).await?;
+    if cfg.test_clock_offset_ms != 0 {
+        tracing::warn!(
+            offset_ms = cfg.test_clock_offset_ms,
+            "location stamps use a shifted wall clock (a test option)"
+        );
+    }
+    let wall = shifted_clock(cfg.test_clock_offset_ms);
+    let coordinator = Coordinator::open_with(&cfg.data, cfg.reserve, wall).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::clock::ClusterClock;
 use super::core::Core;
+use super::identity;
 use super::placement::{self, Candidate};
 use super::store::{Node, NodeSettings, Registration};
 use super::validate::{valid_key, valid_name, valid_token_sha256, valid_uuid};
@@ -83,11 +84,23 @@ impl coordinator_server::Coordinator for CoordinatorService {
             cluster_uuid: cluster.uuid.clone(),
             address: r.address,
         };
+        if let Some(old) = store.node(&node.uuid)? {
+            identity::check_move(&self.core.health, &old, &node, &r.boot_id).await?;
+        }
         match store.register_node(node.clone()).await? {
             Registration::NameTaken(other) => {
+                warn!(node = %node.uuid, name = %node.name, holder = %other.uuid, "refused a registration under a taken name");
                 return Err(Status::already_exists(format!(
                     "node name {:?} is taken by node {}; choose another --name",
                     node.name, other.uuid
+                )));
+            }
+            Registration::Removed(tomb) => {
+                warn!(node = %node.uuid, name = %node.name, "refused a registration of a removed node");
+                return Err(Status::failed_precondition(format!(
+                    "node {} ({}) was removed from the mesh; to join again, start the agent \
+                     with a new, empty store (it gets a new identity)",
+                    tomb.node.name, tomb.node.uuid
                 )));
             }
             Registration::Saved => {
@@ -96,7 +109,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
             Registration::Unchanged => {}
         }
         let free = self.core.health.get(&node.uuid).1.and_then(|h| h.free_bytes);
-        self.core.health.touch(&node.uuid, free, 0);
+        self.core.health.touch(&node.uuid, &r.boot_id, free, 0);
         Ok(Response::new(rpc::RegisterReply { cluster_uuid: cluster.uuid }))
     }
 
@@ -107,7 +120,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let r = req.into_inner();
         let known = self.core.store.node(&r.uuid)?.is_some();
         if known {
-            self.core.health.touch(&r.uuid, Some(r.free_bytes), r.active_transfers);
+            self.core.health.touch(&r.uuid, &r.boot_id, Some(r.free_bytes), r.active_transfers);
         }
         Ok(Response::new(rpc::HeartbeatReply { known }))
     }

@@ -3,6 +3,7 @@
 //! by `get`, content locks and removal by `lock`.
 
 mod get;
+mod list;
 mod lock;
 mod put;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::locks::{ContentLocks, Uploads};
@@ -161,6 +163,15 @@ impl agent_server::Agent for AgentService {
         req: Request<Streaming<rpc::PutRequest>>,
     ) -> Result<Response<rpc::PutReply>, Status> {
         self.serve_put(req.into_inner()).await.map(Response::new)
+    }
+
+    type ListKeysStream = ReceiverStream<Result<rpc::ListKeysReply, Status>>;
+
+    async fn list_keys(
+        &self,
+        _: Request<rpc::ListKeysRequest>,
+    ) -> Result<Response<Self::ListKeysStream>, Status> {
+        Ok(Response::new(list::list_keys(self.store.clone())))
     }
 
     type GetStream = get::GetStream;

@@ -3,9 +3,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
 use redb::{ReadableTable, WriteTransaction};
 
-use super::{LOCATIONS, Result, Store};
+use super::{LOCATIONS, META, Result, Store};
 
 /// One location change: (key, node UUID, present).
 pub type Change = (String, String, bool);
@@ -18,16 +21,35 @@ pub struct LocationEntry {
     pub changed_unix_ms: u64,
 }
 
-/// Location timestamps strictly increase, so "newest wins" is a total order
-/// even for changes recorded within one millisecond.
-#[derive(Debug, Default)]
+/// The wall clock location stamps start from: Unix milliseconds. Injectable,
+/// so that tests can set it back.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system's wall clock.
+pub fn system_clock() -> WallClock {
+    Arc::new(crate::clock::unix_ms)
+}
+
+/// The meta counter that holds the largest stamp ever given, written with
+/// every change, so that a restart resumes above it.
+pub(super) const META_LAST_STAMP: &str = "location_stamp_max";
+
+/// A hybrid logical clock for location stamps: `max(wall, last + 1)`.
+/// Stamps strictly increase, so "newest wins" is a total order even within
+/// one millisecond, and, seeded with the largest stamp stored, also across
+/// restarts with a wall clock that was set back: a later change always wins.
 pub(super) struct Stamps {
     last: AtomicU64,
+    wall: WallClock,
 }
 
 impl Stamps {
+    pub(super) fn new(last: u64, wall: WallClock) -> Stamps {
+        Stamps { last: AtomicU64::new(last), wall }
+    }
+
     fn next(&self) -> u64 {
-        let now = crate::clock::unix_ms();
+        let now = (self.wall)();
         let mut prev = self.last.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);
@@ -37,6 +59,20 @@ impl Stamps {
             }
         }
     }
+}
+
+/// The largest stamp the database holds: the meta counter, or, in a
+/// database written before it existed, the largest entry of the log.
+pub(super) fn last_stamp(txn: &WriteTransaction) -> Result<u64> {
+    if let Some(v) = txn.open_table(META)?.get(META_LAST_STAMP)? {
+        return Ok(v.value());
+    }
+    let t = txn.open_table(LOCATIONS)?;
+    let mut max = 0;
+    for row in t.iter()? {
+        max = max.max(row?.1.value().0);
+    }
+    Ok(max)
 }
 
 fn location_key(key: &str, node: &str) -> String {
@@ -53,6 +89,21 @@ impl Store {
         }
         let stamps = self.stamps.clone();
         self.writer.write_grouped(move |txn| record_in(txn, &changes, &stamps)).await
+    }
+
+    /// The keys the log lists as present on each node, by node UUID: one
+    /// pass over the whole log, for `admin fsck`.
+    pub fn present_by_node(&self) -> Result<HashMap<String, HashSet<String>>> {
+        let txn = self.read()?;
+        let t = txn.open_table(LOCATIONS)?;
+        let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if let (Some((key, node)), true) = (k.value().split_once('\t'), v.value().1) {
+                out.entry(node.to_string()).or_default().insert(key.to_string());
+            }
+        }
+        Ok(out)
     }
 
     /// Every node's newest entry for `key`.
@@ -75,8 +126,15 @@ impl Store {
 
 fn record_in(txn: &WriteTransaction, changes: &[Change], stamps: &Stamps) -> Result<()> {
     let mut t = txn.open_table(LOCATIONS)?;
+    let mut last = 0;
     for (key, node, present) in changes {
+        // A removed node's entries stay struck, even when a request that
+        // was under way as it was removed reports on it.
+        if super::removal::is_removed(txn, node)?.is_some() {
+            continue;
+        }
         let stamp = stamps.next();
+        last = stamp;
         let lk = location_key(key, node);
         let newer = match t.get(lk.as_str())? {
             Some(v) => v.value().0 < stamp,
@@ -86,6 +144,11 @@ fn record_in(txn: &WriteTransaction, changes: &[Change], stamps: &Stamps) -> Res
             t.insert(lk.as_str(), (stamp, *present))?;
         }
     }
+    // Group members commit in order with increasing stamps: the last to
+    // write holds the largest.
+    let mut meta = txn.open_table(META)?;
+    let stored = meta.get(META_LAST_STAMP)?.map_or(0, |v| v.value());
+    meta.insert(META_LAST_STAMP, stored.max(last))?;
     Ok(())
 }
 
@@ -150,5 +213,50 @@ mod tests {
             assert_eq!(present, vec!["n1".to_string()], "{key}");
         }
         assert!(s.record(Vec::new()).await.is_ok());
+    }
+
+    /// A wall clock fixed at `ms`.
+    fn fixed(ms: u64) -> WallClock {
+        Arc::new(move || ms)
+    }
+
+    #[tokio::test]
+    async fn a_change_after_the_clock_was_set_back_across_a_restart_still_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+        let now = 1_800_000_000_000;
+        {
+            let s = Store::open_with_clock(dir.path(), fixed(now)).unwrap();
+            s.record(vec![(key.into(), "n1".into(), true)]).await.unwrap();
+        }
+        let hour = 3_600_000;
+        let s = Store::open_with_clock(dir.path(), fixed(now - hour)).unwrap();
+        s.record(vec![(key.into(), "n1".into(), false)]).await.unwrap();
+        let e = &s.locations(key).unwrap()[0];
+        assert!(!e.present, "the later change must win: {e:?}");
+        assert!(e.changed_unix_ms > now);
+        // And the change after it, too.
+        s.record(vec![(key.into(), "n1".into(), true)]).await.unwrap();
+        assert!(s.locations(key).unwrap()[0].present);
+    }
+
+    #[tokio::test]
+    async fn a_log_written_before_the_counter_seeds_the_clock_from_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+        {
+            let s = Store::open_with_clock(dir.path(), fixed(5_000)).unwrap();
+            s.record(vec![(key.into(), "n1".into(), true)]).await.unwrap();
+            // As in a database from before the counter was kept.
+            s.write(|txn| {
+                txn.open_table(META)?.remove(META_LAST_STAMP)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+        let s = Store::open_with_clock(dir.path(), fixed(1_000)).unwrap();
+        s.record(vec![(key.into(), "n1".into(), false)]).await.unwrap();
+        assert!(!s.locations(key).unwrap()[0].present);
     }
 }

@@ -13,6 +13,7 @@
 mod locations;
 mod meta;
 mod registry;
+mod removal;
 mod settings;
 mod tokens;
 mod writer;
@@ -28,8 +29,9 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use locations::{Change, LocationEntry};
+pub use locations::{Change, LocationEntry, WallClock, system_clock};
 pub use registry::{Cluster, Node, Registration};
+pub use removal::{Removal, RemovedNode};
 pub use settings::{ClusterSettings, DEFAULT_NODE_COST, NodeSettings};
 pub use tokens::{Revoked, Token};
 
@@ -51,6 +53,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Node UUID -> NodeSettings as JSON, apart from `nodes` so that an agent's
 /// registration never overwrites what an operator set.
 const NODE_SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("node_settings");
+/// Node UUID -> RemovedNode as JSON: nodes removed from the mesh, whose
+/// identity may not register again.
+const REMOVED_NODES: TableDefinition<&str, &str> = TableDefinition::new("removed_nodes");
 /// Cluster UUID -> ClusterSettings as JSON.
 const CLUSTER_SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("cluster_settings");
 /// Hex SHA-256 of an access token -> TokenRecord as JSON. Only the hash is
@@ -102,6 +107,12 @@ impl Store {
     /// Opens (or creates) the database in `dir` and starts its writer.
     /// Blocks on the disk: call it before serving, or off the async workers.
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_with_clock(dir, system_clock())
+    }
+
+    /// As `open`, with location stamps starting from `wall` rather than the
+    /// system's wall clock.
+    pub fn open_with_clock(dir: &Path, wall: WallClock) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
             what: format!("cannot create {}", dir.display()),
             source: Arc::new(e),
@@ -116,13 +127,15 @@ impl Store {
         txn.open_table(NODE_SETTINGS)?;
         txn.open_table(CLUSTER_SETTINGS)?;
         txn.open_table(TOKENS)?;
+        txn.open_table(REMOVED_NODES)?;
+        let stamps = Arc::new(Stamps::new(locations::last_stamp(&txn)?, wall));
         txn.commit()?;
         let db = Arc::new(db);
         let writer = Writer::start(db.clone()).map_err(|e| StoreError::Io {
             what: "cannot start the database writer thread".into(),
             source: Arc::new(e),
         })?;
-        Ok(Store { db, writer, stamps: Arc::new(Stamps::default()) })
+        Ok(Store { db, writer, stamps })
     }
 
     fn read(&self) -> Result<ReadTransaction> {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CLUSTERS, NODES, Result, Store, all_values, decode, encode};
+use super::{CLUSTERS, NODES, RemovedNode, Result, Store, all_values, decode, encode};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Cluster {
@@ -47,6 +47,8 @@ pub enum Registration {
     Unchanged,
     /// This other node has the name; nothing was written.
     NameTaken(Node),
+    /// The node was removed from the mesh and may not come back.
+    Removed(RemovedNode),
 }
 
 impl Store {
@@ -94,6 +96,9 @@ impl Store {
     /// address; what operators set on it is kept apart and stays.
     pub async fn register_node(&self, node: Node) -> Result<Registration> {
         self.write(move |txn| {
+            if let Some(tomb) = super::removal::is_removed(txn, &node.uuid)? {
+                return Ok(Registration::Removed(tomb));
+            }
             let mut t = txn.open_table(NODES)?;
             let all = all_values::<Node>(&t)?;
             if let Some(other) = all.iter().find(|n| n.name == node.name && n.uuid != node.uuid) {
