@@ -62,6 +62,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
             store: cfg.data.join("nodes").join(&name),
             name,
             cluster: CLUSTER.to_string(),
+            safety: Default::default(),
         };
         tasks.spawn(agent::serve(cfg, listener, shutdown.clone()));
     }

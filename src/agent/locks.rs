@@ -97,6 +97,17 @@ impl Uploads {
         guard.held = Some(tokio::time::timeout(wait, slot.lock_owned()).await.ok()?);
         Some(guard)
     }
+
+    /// The key's upload slot if no upload of it is under way: whoever holds
+    /// it may touch the key's partial file.
+    pub fn try_begin(&self, key: &Key) -> Option<UploadGuard> {
+        let key = key.to_string();
+        let slot = self.keys.lock().unwrap().entry(key.clone()).or_default().clone();
+        let mut guard =
+            UploadGuard { keys: self.keys.clone(), key, slot: slot.clone(), held: None };
+        guard.held = Some(slot.try_lock_owned().ok()?);
+        Some(guard)
+    }
 }
 
 impl Drop for UploadGuard {

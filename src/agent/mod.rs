@@ -1,9 +1,16 @@
 //! The agent role: one node's object store, served over gRPC, registered with
-//! the coordinator.
+//! the coordinator. Content is verified before it is trusted (`integrity`),
+//! re-verified at rest (`scrub`), partial uploads expire (`partials`), and
+//! one agent at a time owns a store (`store_lock`).
 
+pub mod config;
+pub mod integrity;
 pub mod locks;
+pub mod partials;
+pub mod scrub;
 pub mod service;
 pub mod store;
+pub mod store_lock;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +49,8 @@ pub struct AgentConfig {
     /// Cluster the node belongs to.
     #[arg(long, env = "ANNEXMESH_CLUSTER")]
     pub cluster: String,
+    #[command(flatten)]
+    pub safety: config::SafetyConfig,
 }
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -59,10 +68,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Before anything else touches the store or the registration.
+    let _lock = store_lock::StoreLock::acquire(&cfg.store, &cfg.name)?;
     let store = Store::open(&cfg.store)?;
     let uuid = store.uuid()?;
     let local = listener.local_addr()?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| format!("http://{local}"));
+    let coordinator = rpc::channel(&cfg.coordinator)
+        .map(CoordinatorClient::new)
+        .with_context(|| format!("bad coordinator URL {}", cfg.coordinator))?;
     let tasks = Tasks::new(&shutdown);
     let service = Arc::new(AgentService::new(
         store.clone(),
@@ -70,6 +84,7 @@ pub async fn serve(
         cfg.name.clone(),
         cfg.cluster.clone(),
         tasks.clone(),
+        Some(coordinator.clone()),
     ));
     info!(%uuid, name = %cfg.name, cluster = %cfg.cluster, %local, "agent serving");
 
@@ -84,7 +99,7 @@ pub async fn serve(
     let refused = Arc::new(std::sync::OnceLock::new());
     tasks.spawn({
         let (refused, token) = (refused.clone(), tasks.token().clone());
-        let registration = keep_registered(cfg.coordinator.clone(), reg, service.clone());
+        let registration = keep_registered(coordinator, reg, service.clone());
         async move {
             if let Err(e) = registration.await {
                 let _ = refused.set(e);
@@ -92,6 +107,7 @@ pub async fn serve(
             }
         }
     });
+    spawn_safety(&tasks, &cfg.safety, &service);
     let svc = AgentServer::from_arc(service)
         .max_decoding_message_size(rpc::MAX_MESSAGE)
         .max_encoding_message_size(rpc::MAX_MESSAGE);
@@ -115,29 +131,41 @@ pub async fn serve(
     result.context("agent gRPC server failed")
 }
 
+/// The background work that looks after the store: the scrubber and the
+/// expiry of partial uploads.
+fn spawn_safety(tasks: &Tasks, cfg: &config::SafetyConfig, service: &AgentService) {
+    let store = service.store.clone();
+    if cfg.scrub_rate > 0.0 {
+        info!(rate_mb_s = cfg.scrub_rate, interval = ?cfg.scrub_interval, "scrubbing");
+        tasks.spawn(scrub::run(
+            store.clone(),
+            service.integrity.clone(),
+            cfg.scrub_rate,
+            cfg.scrub_interval,
+        ));
+    } else {
+        info!("scrubbing disabled");
+    }
+    let min_free = partials::min_free(&store, cfg.min_free);
+    tasks.spawn(partials::expire(store, service.uploads.clone(), cfg.partial_max_age, min_free));
+}
+
 /// Registers, then heartbeats; registers again whenever the coordinator
 /// forgets the agent or cannot be reached. Returns only when the
 /// coordinator refuses the registration for a reason retrying cannot fix.
 async fn keep_registered(
-    coordinator: String,
+    mut client: CoordinatorClient<tonic::transport::Channel>,
     reg: rpc::RegisterRequest,
     service: Arc<AgentService>,
 ) -> Result<(), String> {
     let mut backoff = Duration::from_millis(200);
     let mut registered = false;
-    let mut client: Option<CoordinatorClient<tonic::transport::Channel>> = None;
     loop {
-        if client.is_none() {
-            match rpc::channel(&coordinator) {
-                Ok(ch) => client = Some(CoordinatorClient::new(ch)),
-                Err(e) => return Err(format!("bad coordinator URL {coordinator}: {e}")),
-            }
-        }
-        let c = client.as_mut().expect("client set above");
+        let c = &mut client;
         let ok = if !registered {
             match c.register(reg.clone()).await {
                 Ok(_) => {
-                    info!(coordinator = %coordinator, "registered");
+                    info!(node = %reg.name, "registered");
                     registered = true;
                     true
                 }
@@ -187,6 +215,7 @@ fn refused_for_good(code: tonic::Code) -> bool {
     matches!(code, Code::AlreadyExists | Code::FailedPrecondition | Code::InvalidArgument)
 }
 
-fn free_bytes(path: &std::path::Path) -> u64 {
+/// Free space on the filesystem holding `path` (0 when unknown).
+pub(crate) fn free_bytes(path: &std::path::Path) -> u64 {
     nix::sys::statvfs::statvfs(path).map(|s| s.blocks_available() * s.fragment_size()).unwrap_or(0)
 }

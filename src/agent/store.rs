@@ -2,7 +2,8 @@
 //!
 //! Complete objects live at `annex/objects/<h1>/<h2>/KEY/KEY`; uploads in
 //! progress at `annex/tmp/KEY`, where an interrupted upload stays so that the
-//! next one can resume from its length.
+//! next one can resume from its length. Copies found corrupt are moved to
+//! `annex/bad/KEY`, never deleted.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -132,6 +133,37 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(&p)(e)),
         }
+    }
+
+    /// Where corrupt copies are kept.
+    pub fn bad_dir(&self) -> PathBuf {
+        self.root.join("annex/bad")
+    }
+
+    /// Moves the object out of `annex/objects` into `annex/bad/KEY` (with a
+    /// numeric suffix when an earlier bad copy is there); None when the
+    /// object was already gone. Blocking.
+    pub fn quarantine(&self, key: &Key) -> Result<Option<PathBuf>> {
+        let src = self.object_path(key);
+        let bad = self.bad_dir();
+        std::fs::create_dir_all(&bad).map_err(io_err(&bad))?;
+        let name = key.to_string();
+        let mut dest = bad.join(&name);
+        let mut n = 0;
+        while dest.symlink_metadata().is_ok() {
+            n += 1;
+            dest = bad.join(format!("{name}.{n}"));
+        }
+        match std::fs::rename(&src, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&src)(e)),
+        }
+        sync_dir(&bad)?;
+        if let Some(dir) = src.parent() {
+            let _ = sync_dir(dir);
+        }
+        Ok(Some(dest))
     }
 
     /// Removes the object (absent is fine) and its now-empty directories.

@@ -255,6 +255,49 @@ impl Mesh {
         self.procs.push(p);
     }
 
+    /// `start_agent` with extra arguments (e.g. `--scrub-rate 100`).
+    pub fn start_agent_with(&mut self, name: &str, extra: &[&str]) {
+        let store = self.dir.path().join("nodes").join(name);
+        let p = Proc::spawn(
+            name,
+            annexmesh()
+                .args([
+                    "agent",
+                    "--coordinator",
+                    &self.coordinator,
+                    "--cluster",
+                    "mesh",
+                    "--name",
+                    name,
+                ])
+                .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+                .arg("--store")
+                .arg(store)
+                .args(extra),
+            self.dir.path(),
+        );
+        self.procs.push(p);
+    }
+
+    /// A coordinator and gateway, then `names` agents started with `extra`
+    /// arguments each, once `prepare` has seen each node's store directory
+    /// (e.g. to put part of it on another filesystem).
+    pub fn separate_with(
+        names: &[&str],
+        extra: &[&str],
+        mut prepare: impl FnMut(&str, &Path),
+    ) -> Mesh {
+        let mut mesh = Mesh::separate(0);
+        for name in names {
+            let store = mesh.dir.path().join("nodes").join(name);
+            std::fs::create_dir_all(&store).unwrap();
+            prepare(name, &store);
+            mesh.start_agent_with(name, extra);
+        }
+        mesh.wait_ready(names.len());
+        mesh
+    }
+
     pub fn start_gateway(&mut self) {
         let p = Proc::spawn(
             "gateway",

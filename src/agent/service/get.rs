@@ -1,15 +1,26 @@
 //! Serving GETs: an object's content from an offset on, as a header with
 //! the length, data chunks and an end marker saying whether all of it was
-//! sent.
+//! sent and, for checksum keys, whether it matched the key.
+//!
+//! A checksum object not verified since it last changed is verified in full
+//! before the first byte goes out, so a corrupt copy is refused with
+//! DATA_LOSS rather than half sent; a verified one is hashed as it streams
+//! (a resumed GET hashes the skipped prefix too), and a mismatch found at
+//! the end turns the end marker invalid. Either way the copy is quarantined
+//! and struck from the location log before the answer.
 
-use tokio::io::AsyncSeekExt;
+use std::fs::{File, Metadata};
+use std::io::Seek;
+
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Active, AgentService, parse_key, read_chunk};
+use crate::agent::integrity::{Integrity, hash_prefix, verify_rest};
 use crate::p2p::key::Key;
+use crate::p2p::verify::Verifier;
 use crate::rpc::{self, get_reply};
 
 /// The replies to a GET.
@@ -17,45 +28,110 @@ pub(super) type GetStream = ReceiverStream<Result<rpc::GetReply, Status>>;
 
 type Replies = mpsc::Sender<Result<rpc::GetReply, Status>>;
 
+/// The object, made ready to stream from the requested offset.
+enum Ready {
+    /// The content does not match its key.
+    Corrupt,
+    /// Verified in full just now; nothing left to check while streaming.
+    JustVerified(File),
+    /// To stream, hashing as it goes when there is a verifier.
+    Stream(File, Option<Verifier>),
+}
+
+/// Checks the stream against the key as it goes, and acts on a mismatch.
+struct Check {
+    verifier: Verifier,
+    integrity: Integrity,
+    meta: Metadata,
+}
+
 impl AgentService {
-    /// Opens the object and streams it from the requested offset on a task
+    /// Opens the object, verifies it first if it has not been verified since
+    /// it last changed, and streams it from the requested offset on a task
     /// of its own; the transfer counts as active until the stream ends.
     pub(super) async fn serve_get(&self, req: rpc::GetRequest) -> Result<GetStream, Status> {
         let key = parse_key(&req.key)?;
         let path = self.store.object_path(&key);
-        let mut file = match tokio::fs::File::open(&path).await {
+        let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Status::not_found(format!("{key} is not present")));
             }
             Err(e) => return Err(Status::internal(format!("cannot open {}: {e}", path.display()))),
         };
-        let size = file.metadata().await.map_err(|e| Status::internal(e.to_string()))?.len();
+        let meta = file.metadata().map_err(|e| Status::internal(e.to_string()))?;
+        let size = meta.len();
         if req.offset > size {
             return Err(Status::invalid_argument(format!(
                 "offset {} is beyond the size {size} of {key}",
                 req.offset
             )));
         }
-        file.seek(std::io::SeekFrom::Start(req.offset))
+        let verifier = Verifier::for_key(&key);
+        let verified = verifier.is_some() && self.integrity.is_verified(&key, &meta);
+        let offset = req.offset;
+        let ready = tokio::task::spawn_blocking(move || prepare(file, offset, verifier, verified))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .expect("get preparation panicked")
+            .map_err(|e| Status::internal(format!("cannot read {}: {e}", path.display())))?;
+        let (file, check) = match ready {
+            Ready::Corrupt => {
+                self.integrity.quarantine(&key).await?;
+                return Err(self.integrity.corrupt_status(&key));
+            }
+            Ready::JustVerified(file) => {
+                self.integrity.record_verified(&key, &meta);
+                (file, None)
+            }
+            Ready::Stream(file, verifier) => (
+                file,
+                verifier.map(|verifier| Check {
+                    verifier,
+                    integrity: self.integrity.clone(),
+                    meta,
+                }),
+            ),
+        };
         let length = size - req.offset;
-        info!(%key, offset = req.offset, length, "serving get");
+        info!(%key, node = %self.name, offset = req.offset, length, "serving get");
         let (tx, rx) = mpsc::channel(4);
         let active = Active::enter(&self.active);
-        let file = file.into_std().await;
         self.tasks.spawn(async move {
             let _active = active;
-            send_file(key, file, length, tx).await;
+            send_file(key, file, length, tx, check).await;
         });
         Ok(ReceiverStream::new(rx))
     }
 }
 
+/// Positions `file` at `offset`: a checksum object not `verified` before is
+/// verified in full first; a verified one has its prefix hashed so the
+/// stream can be checked to the end. Blocking.
+fn prepare(
+    mut file: File,
+    offset: u64,
+    verifier: Option<Verifier>,
+    verified: bool,
+) -> std::io::Result<Ready> {
+    let Some(mut verifier) = verifier else {
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        return Ok(Ready::Stream(file, None));
+    };
+    if !verified {
+        if !verify_rest(&mut file, verifier)? {
+            return Ok(Ready::Corrupt);
+        }
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        return Ok(Ready::JustVerified(file));
+    }
+    hash_prefix(&mut file, &mut verifier, offset)?;
+    Ok(Ready::Stream(file, Some(verifier)))
+}
+
 /// Sends the header, then `file` from its current position to the end, then
-/// the end marker: valid when exactly `length` bytes were sent.
-async fn send_file(key: Key, file: std::fs::File, length: u64, tx: Replies) {
+/// the end marker: valid when exactly `length` bytes were sent and, under a
+/// `check`, the content matched the key.
+async fn send_file(key: Key, file: File, length: u64, tx: Replies, mut check: Option<Check>) {
     let msg = |m| Ok(rpc::GetReply { msg: Some(m) });
     if tx.send(msg(get_reply::Msg::Header(rpc::GetHeader { length }))).await.is_err() {
         return;
@@ -78,6 +154,9 @@ async fn send_file(key: Key, file: std::fs::File, length: u64, tx: Replies) {
             Ok(buf) if buf.is_empty() => break,
             Ok(buf) => {
                 sent += buf.len() as u64;
+                if let Some(c) = check.as_mut() {
+                    c.verifier.update(&buf);
+                }
                 if tx.send(msg(get_reply::Msg::Data(buf))).await.is_err() {
                     debug!(%key, sent, "get ended by the receiver");
                     return;
@@ -89,5 +168,25 @@ async fn send_file(key: Key, file: std::fs::File, length: u64, tx: Replies) {
             }
         }
     }
-    let _ = tx.send(msg(get_reply::Msg::End(rpc::GetEnd { valid: sent == length }))).await;
+    let mut valid = sent == length;
+    if let Some(c) = check
+        && valid
+    {
+        valid = finish_check(&key, c).await;
+    }
+    let _ = tx.send(msg(get_reply::Msg::End(rpc::GetEnd { valid }))).await;
+}
+
+/// Whether the streamed content matched the key; a mismatch quarantines the
+/// copy before the end marker goes out.
+async fn finish_check(key: &Key, c: Check) -> bool {
+    if c.verifier.finish() {
+        c.integrity.record_verified(key, &c.meta);
+        return true;
+    }
+    warn!(%key, "content changed on disk since it was verified; the stream is marked invalid");
+    if let Err(e) = c.integrity.quarantine(key).await {
+        warn!(%key, error = %e, "cannot quarantine the corrupt copy");
+    }
+    false
 }

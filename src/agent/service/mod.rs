@@ -14,11 +14,12 @@ use bytes::Bytes;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::integrity::Integrity;
 use super::locks::{ContentLocks, Uploads};
 use super::store::{Store, StoreError};
 use crate::clock::Stopwatch;
 use crate::p2p::key::Key;
-use crate::rpc::{self, agent_server};
+use crate::rpc::{self, agent_server, coordinator_client::CoordinatorClient};
 use crate::tasks::Tasks;
 
 pub struct AgentService {
@@ -29,7 +30,9 @@ pub struct AgentService {
     pub(crate) boot_id: String,
     started: Stopwatch,
     locks: ContentLocks,
-    uploads: Uploads,
+    pub(crate) uploads: Uploads,
+    /// Verified stamps, quarantine and the count of quarantined copies.
+    pub(crate) integrity: Integrity,
     pub(crate) active: Arc<AtomicU32>,
     /// Lock holders and GET readers: they end when the agent stops.
     tasks: Tasks,
@@ -66,7 +69,7 @@ pub(crate) fn parse_key(s: &str) -> Result<Key, Status> {
 
 /// Reads up to `max` bytes (fewer only at the end of the file) into a buffer
 /// of their own, filled without being zeroed first; empty at the end.
-fn read_chunk(f: &mut std::fs::File, max: usize) -> std::io::Result<Bytes> {
+pub(crate) fn read_chunk(f: &mut std::fs::File, max: usize) -> std::io::Result<Bytes> {
     use std::io::Read;
     let mut buf = Vec::with_capacity(max);
     f.take(max as u64).read_to_end(&mut buf)?;
@@ -80,8 +83,10 @@ impl AgentService {
         name: String,
         cluster: String,
         tasks: Tasks,
+        coordinator: Option<CoordinatorClient<tonic::transport::Channel>>,
     ) -> AgentService {
         AgentService {
+            integrity: Integrity::new(store.clone(), uuid.clone(), name.clone(), coordinator),
             tasks,
             store,
             uuid,

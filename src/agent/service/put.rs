@@ -12,7 +12,7 @@ use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::{Active, AgentService, parse_key, read_chunk};
-use crate::agent::store::Store;
+use crate::agent::store::{Store, StoreError};
 use crate::p2p::key::Key;
 use crate::p2p::verify::Verifier;
 use crate::rpc::{self, put_request};
@@ -89,7 +89,23 @@ impl AgentService {
         let refused = forward_chunks(key, header.length, stream, &chunks).await;
         // Without an end marker the writer keeps what it has for a resume.
         drop(chunks);
-        let reply = writer.await.map_err(|e| Status::internal(format!("writer failed: {e}")))??;
+        let reply = writer
+            .await
+            .map_err(|e| Status::internal(format!("writer failed: {e}")))?
+            .map_err(|s| match s.code() {
+                // The gateway passes this to the client: say which node is full.
+                tonic::Code::ResourceExhausted => {
+                    warn!(%key, node = %self.name, "{}", s.message());
+                    Status::resource_exhausted(format!("{}: {}", self.name, s.message()))
+                }
+                _ => s,
+            })?;
+        if reply.stored {
+            // The writer verified the checksum: the new object is verified.
+            if let Ok(m) = std::fs::metadata(self.store.object_path(key)) {
+                self.integrity.record_verified(key, &m);
+            }
+        }
         match refused {
             Some(status) => Err(status),
             None => Ok(reply),
@@ -162,8 +178,6 @@ fn write_upload(
     mut chunks: mpsc::Receiver<Upload>,
 ) -> Result<rpc::PutReply, Status> {
     use std::io::Write;
-    let tmp = store.partial_path(key);
-    let internal = |e: std::io::Error| Status::internal(format!("{}: {e}", tmp.display()));
     let (mut file, mut verifier) = resume_partial(store, key, offset)?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
     let (mut received, mut writeback_from) = (0u64, offset);
@@ -171,7 +185,10 @@ fn write_upload(
     while let Some(msg) = chunks.blocking_recv() {
         match msg {
             Upload::Data(chunk) => {
-                file.write_all(&chunk).map_err(internal)?;
+                if let Err(e) = file.write_all(&chunk) {
+                    drop(file);
+                    return Err(write_failed(store, key, e, length - received));
+                }
                 if let Some(v) = verifier.as_mut() {
                     v.update(&chunk);
                 }
@@ -206,7 +223,15 @@ fn write_upload(
         }
         Some(true) => {
             let t = std::time::Instant::now();
-            store.commit_partial(key, &file)?;
+            if let Err(e) = store.commit_partial(key, &file) {
+                drop(file);
+                return Err(match e {
+                    StoreError::Io { source, .. } if is_no_space(&source) => {
+                        write_failed(store, key, source, 0)
+                    }
+                    e => e.into(),
+                });
+            }
             info!(%key, commit = ?t.elapsed(), "stored");
             return Ok(rpc::PutReply { stored: true, error: String::new() });
         }
@@ -256,6 +281,28 @@ fn resume_partial(
     }
     file.seek(std::io::SeekFrom::Start(offset)).map_err(internal)?;
     Ok((file, verifier))
+}
+
+/// The status of an upload whose write failed. A full disk is said so
+/// plainly, and the partial is removed at once: it cannot usefully be
+/// resumed on a full disk, and removing it gives the space back.
+fn write_failed(store: &Store, key: &Key, e: std::io::Error, needed: u64) -> Status {
+    let tmp = store.partial_path(key);
+    if !is_no_space(&e) {
+        return Status::internal(format!("{}: {e}", tmp.display()));
+    }
+    if let Err(e) = store.discard_partial(key) {
+        warn!(%key, error = %e, "cannot remove the partial of an upload that ran out of space");
+    }
+    let dir = tmp.parent().unwrap_or(store.root());
+    let free = crate::agent::free_bytes(dir);
+    Status::resource_exhausted(format!(
+        "no space left on device ({free} bytes free, {needed} needed) storing {key}"
+    ))
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 fn put_failed(error: String) -> rpc::PutReply {

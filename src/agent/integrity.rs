@@ -1,0 +1,201 @@
+//! Verifying stored content, and what happens to a copy found corrupt.
+//!
+//! A *verified stamp* (inode, size, mtime, ctime) is kept in memory for each
+//! object whose content was last found to match its key: on upload commit,
+//! after a GET that verified it, and by the scrubber. An object whose stat no
+//! longer matches its stamp is verified in full before it is served. Stamps
+//! are lost on restart, which costs one extra read per object.
+//!
+//! A corrupt copy is moved to `annex/bad/` (never deleted), counted, and this
+//! node is struck from the location log, so no one is told it holds the key.
+
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tracing::{info, warn};
+
+use super::store::{Store, StoreError};
+use crate::p2p::key::Key;
+use crate::p2p::verify::Verifier;
+use crate::rpc::{self, coordinator_client::CoordinatorClient};
+
+/// How much a verification reads at a time.
+pub const VERIFY_CHUNK: usize = 1024 * 1024;
+
+/// What identifies one state of an object file on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Stamp {
+    pub fn of(m: &Metadata) -> Stamp {
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Stamp {
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// Verified stamps, quarantine and striking, shared by GETs, uploads and
+/// the scrubber.
+#[derive(Clone)]
+pub struct Integrity {
+    store: Store,
+    node_uuid: String,
+    node_name: String,
+    stamps: Arc<Mutex<HashMap<String, Stamp>>>,
+    quarantined: Arc<AtomicU64>,
+    coordinator: Option<CoordinatorClient<tonic::transport::Channel>>,
+}
+
+impl Integrity {
+    pub fn new(
+        store: Store,
+        node_uuid: String,
+        node_name: String,
+        coordinator: Option<CoordinatorClient<tonic::transport::Channel>>,
+    ) -> Integrity {
+        Integrity {
+            store,
+            node_uuid,
+            node_name,
+            stamps: Arc::default(),
+            quarantined: Arc::default(),
+            coordinator,
+        }
+    }
+
+    /// Whether the object, as `m` describes it now, was verified since it
+    /// last changed.
+    pub fn is_verified(&self, key: &Key, m: &Metadata) -> bool {
+        self.stamps.lock().unwrap().get(&key.to_string()) == Some(&Stamp::of(m))
+    }
+
+    /// Records that the object, as `m` describes it, matches its key.
+    pub fn record_verified(&self, key: &Key, m: &Metadata) {
+        self.stamps.lock().unwrap().insert(key.to_string(), Stamp::of(m));
+    }
+
+    /// Copies quarantined since the agent started.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// The gRPC status of a GET refused because the copy is corrupt.
+    pub fn corrupt_status(&self, key: &Key) -> tonic::Status {
+        tonic::Status::data_loss(format!("{}: corrupt copy of {key} quarantined", self.node_name))
+    }
+
+    /// Moves the corrupt copy of `key` out of `annex/objects`, then strikes
+    /// this node from the location log. A failed strike is logged only: the
+    /// copy is bad either way, and gateways strike nodes that answer
+    /// DATA_LOSS themselves.
+    pub async fn quarantine(&self, key: &Key) -> Result<Option<PathBuf>, StoreError> {
+        self.stamps.lock().unwrap().remove(&key.to_string());
+        let (store, k) = (self.store.clone(), key.clone());
+        let moved = tokio::task::spawn_blocking(move || store.quarantine(&k))
+            .await
+            .expect("quarantine task panicked")?;
+        if let Some(path) = &moved {
+            self.quarantined.fetch_add(1, Ordering::Relaxed);
+            warn!(%key, node = %self.node_name, path = %path.display(),
+                total = self.quarantined(), "corrupt copy quarantined");
+        }
+        self.strike(key).await;
+        Ok(moved)
+    }
+
+    async fn strike(&self, key: &Key) {
+        let Some(mut c) = self.coordinator.clone() else { return };
+        let req = rpc::RecordLocationsRequest {
+            changes: vec![rpc::LocationChange {
+                key: key.to_string(),
+                node_uuid: self.node_uuid.clone(),
+                present: false,
+            }],
+        };
+        match c.record_locations(req).await {
+            Ok(_) => info!(%key, node = %self.node_name, "struck from the location log"),
+            Err(s) => warn!(%key, node = %self.node_name, error = %s.message(),
+                "cannot strike the corrupt copy from the location log"),
+        }
+    }
+}
+
+/// Reads `file` from its current position to the end into `verifier`, and
+/// says whether the whole content matches the key. Blocking.
+pub fn verify_rest(file: &mut std::fs::File, mut verifier: Verifier) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut buf = vec![0u8; VERIFY_CHUNK];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(verifier.finish());
+        }
+        verifier.update(&buf[..n]);
+    }
+}
+
+/// Hashes the first `len` bytes of `file` (from its start) into `verifier`
+/// and leaves the file positioned at `len`. Blocking.
+pub fn hash_prefix(
+    file: &mut std::fs::File,
+    verifier: &mut Verifier,
+    len: u64,
+) -> std::io::Result<()> {
+    use std::io::{Read, Seek};
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; VERIFY_CHUNK];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(VERIFY_CHUNK as u64) as usize;
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "object shrank while it was read",
+            ));
+        }
+        verifier.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    #[tokio::test]
+    async fn quarantine_moves_the_copy_aside_and_keeps_earlier_bad_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key: Key =
+            format!("SHA256E-s3--{}", hex::encode(Sha256::digest(b"abc"))).parse().unwrap();
+        let integrity = Integrity::new(store.clone(), "u".into(), "n1".into(), None);
+        for (i, content) in [b"abX", b"abY"].iter().enumerate() {
+            let p = store.object_path(&key);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+            let moved = integrity.quarantine(&key).await.unwrap().unwrap();
+            assert!(!p.exists(), "the copy left annex/objects");
+            assert_eq!(std::fs::read(&moved).unwrap(), content.to_vec(), "kept, not deleted");
+            assert_eq!(integrity.quarantined(), i as u64 + 1);
+        }
+        assert!(store.bad_dir().join(key.to_string()).exists());
+        assert!(store.bad_dir().join(format!("{key}.1")).exists());
+        assert_eq!(integrity.quarantine(&key).await.unwrap(), None, "already gone");
+    }
+}

@@ -1,0 +1,178 @@
+//! The scrubber: re-verifies checksum objects at rest, at a bounded rate,
+//! one full pass per interval at most, so that a copy that rotted on disk is
+//! quarantined and struck from the location log before anyone relies on it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::integrity::{Integrity, VERIFY_CHUNK};
+use super::store::Store;
+use crate::p2p::key::Key;
+use crate::p2p::verify::Verifier;
+
+/// What one pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub objects: u64,
+    pub bytes: u64,
+    pub bad: u64,
+}
+
+/// Paces reads to at most `rate` bytes per second.
+struct Pace {
+    rate: f64,
+    start: Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    async fn add(&mut self, n: u64) {
+        self.bytes += n;
+        let due = self.start + Duration::from_secs_f64(self.bytes as f64 / self.rate);
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+/// Runs passes forever: each starts at most once per `interval`. `mb_per_s`
+/// is in MB/s (10^6 bytes) and must be positive.
+pub async fn run(store: Store, integrity: Integrity, mb_per_s: f64, interval: Duration) {
+    loop {
+        let started = Instant::now();
+        let pass = scrub_pass(&store, &integrity, mb_per_s * 1e6).await;
+        info!(objects = pass.objects, bytes = pass.bytes, bad = pass.bad,
+            took = ?started.elapsed(), "scrub pass done");
+        tokio::time::sleep_until(started + interval).await;
+    }
+}
+
+/// Verifies every checksum object once.
+pub async fn scrub_pass(store: &Store, integrity: &Integrity, rate: f64) -> Pass {
+    let objects = store.root().join("annex/objects");
+    let files =
+        tokio::task::spawn_blocking(move || walk(&objects)).await.expect("scrub walk panicked");
+    let mut pace = Pace { rate, start: Instant::now(), bytes: 0 };
+    let mut pass = Pass::default();
+    for path in files {
+        let Some(key) = path.file_name().and_then(|n| n.to_str()?.parse::<Key>().ok()) else {
+            continue;
+        };
+        let Some(verifier) = Verifier::for_key(&key) else { continue };
+        match verify_paced(&path, verifier, &mut pace).await {
+            Ok(None) => {} // gone meanwhile (removed)
+            Ok(Some((true, meta))) => {
+                pass.objects += 1;
+                pass.bytes += meta.len();
+                integrity.record_verified(&key, &meta);
+            }
+            Ok(Some((false, meta))) => {
+                pass.objects += 1;
+                pass.bytes += meta.len();
+                // Quarantine only the copy that was read, not one stored since.
+                let same = std::fs::metadata(&path).is_ok_and(|m| same_file(&m, &meta));
+                if same {
+                    pass.bad += 1;
+                    if let Err(e) = integrity.quarantine(&key).await {
+                        warn!(%key, error = %e, "cannot quarantine the corrupt copy");
+                    }
+                }
+            }
+            Err(e) => warn!(path = %path.display(), error = %e, "scrub cannot read object"),
+        }
+    }
+    pass
+}
+
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.ino() == b.ino() && a.dev() == b.dev()
+}
+
+/// Reads the object in chunks on blocking threads, pausing between them to
+/// keep to the pace; whether it matches its key, and its metadata as opened.
+async fn verify_paced(
+    path: &Path,
+    mut verifier: Verifier,
+    pace: &mut Pace,
+) -> std::io::Result<Option<(bool, std::fs::Metadata)>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let mut file = Some(file);
+    loop {
+        let mut f = file.take().expect("the file is put back after every read");
+        let (f, read) = tokio::task::spawn_blocking(move || {
+            let read = super::service::read_chunk(&mut f, VERIFY_CHUNK);
+            (f, read)
+        })
+        .await
+        .expect("scrub read panicked");
+        file = Some(f);
+        let buf = read?;
+        if buf.is_empty() {
+            return Ok(Some((verifier.finish(), meta)));
+        }
+        verifier.update(&buf);
+        pace.add(buf.len() as u64).await;
+    }
+}
+
+/// Every file under `dir`. Blocking.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => found.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    fn put_object(store: &Store, content: &[u8], stored: &[u8]) -> Key {
+        let key: Key =
+            format!("SHA256E-s{}--{}", content.len(), hex::encode(Sha256::digest(content)))
+                .parse()
+                .unwrap();
+        let p = store.object_path(&key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, stored).unwrap();
+        key
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_quarantines_rotten_objects_and_stamps_good_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let integrity = Integrity::new(store.clone(), "u".into(), "n1".into(), None);
+        let good = put_object(&store, b"good content", b"good content");
+        let bad = put_object(&store, b"bad content", b"bad cOntent");
+        let worm: Key = "WORM-s3--unverifiable".parse().unwrap();
+        let p = store.object_path(&worm);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"xyz").unwrap();
+
+        let pass = scrub_pass(&store, &integrity, 1e6).await;
+        assert_eq!(pass, Pass { objects: 2, bytes: 23, bad: 1 });
+        assert!(!store.object_path(&bad).exists());
+        assert!(store.bad_dir().join(bad.to_string()).exists());
+        let m = std::fs::metadata(store.object_path(&good)).unwrap();
+        assert!(integrity.is_verified(&good, &m));
+        assert!(store.object_path(&worm).exists(), "WORM content cannot be checked; left alone");
+    }
+}
