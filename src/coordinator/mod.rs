@@ -11,6 +11,7 @@ pub mod clock;
 pub mod core;
 pub mod health;
 pub mod placement;
+pub mod repair;
 pub mod service;
 pub mod store;
 pub mod validate;
@@ -33,6 +34,7 @@ use crate::rpc::{self, admin_server::AdminServer, coordinator_server::Coordinato
 use crate::tasks::{SHUTDOWN_GRACE, Tasks, serve_until};
 use admin::AdminService;
 use clock::ClusterClock;
+use repair::{RepairConfig, Repairer};
 use service::CoordinatorService;
 
 pub use self::core::DEFAULT_RESERVE;
@@ -51,6 +53,17 @@ pub struct CoordinatorConfig {
     /// (`annexmesh admin cluster reserve`): bytes or a size such as 500MB, 2GiB.
     #[arg(long, env = "ANNEXMESH_RESERVE", default_value = "100MB", value_parser = parse_reserve)]
     pub reserve: u64,
+    /// How long a node may be down before repair replaces its copies
+    /// elsewhere (e.g. 90s, 10m, 1h): shorter restarts cause no copying.
+    #[arg(long, env = "ANNEXMESH_REPAIR_GRACE", default_value = "10m", value_parser = repair::parse_duration)]
+    pub repair_grace: std::time::Duration,
+    /// Time between background repair passes (e.g. 30s, 5m); 0 turns them
+    /// off (`annexmesh admin repair` still runs one).
+    #[arg(long, env = "ANNEXMESH_REPAIR_INTERVAL", default_value = "60s", value_parser = repair::parse_duration)]
+    pub repair_interval: std::time::Duration,
+    /// MiB per second repair copies may use; 0 for no limit.
+    #[arg(long, env = "ANNEXMESH_REPAIR_RATE", default_value_t = 100)]
+    pub repair_rate: u64,
 }
 
 fn parse_reserve(s: &str) -> Result<u64, String> {
@@ -63,6 +76,7 @@ pub struct Coordinator {
     clock: Arc<ClusterClock>,
     pub service: CoordinatorService,
     pub admin: AdminService,
+    repair: Arc<Repairer>,
 }
 
 impl Coordinator {
@@ -77,6 +91,15 @@ impl Coordinator {
         data: &std::path::Path,
         reserve: u64,
     ) -> anyhow::Result<Coordinator> {
+        Coordinator::open_with(data, reserve, RepairConfig::default()).await
+    }
+
+    /// `repair`: how the repair loop runs.
+    pub async fn open_with(
+        data: &std::path::Path,
+        reserve: u64,
+        repair: RepairConfig,
+    ) -> anyhow::Result<Coordinator> {
         let cannot_open = || format!("cannot open the coordinator database in {}", data.display());
         // Opening reads and writes the disk: keep it off the async workers.
         let dir = data.to_path_buf();
@@ -88,7 +111,9 @@ impl Coordinator {
         let clock = Arc::new(ClusterClock::open(&store).await?);
         let core = Arc::new(Core::new(store.clone(), reserve));
         let service = CoordinatorService::new(core.clone(), clock.clone());
-        Ok(Coordinator { store, clock, service, admin: AdminService::new(core) })
+        let repair = Arc::new(Repairer::new(core.clone(), repair));
+        let admin = AdminService::new(core, repair.clone());
+        Ok(Coordinator { store, clock, service, admin, repair })
     }
 
     pub async fn serve(
@@ -99,6 +124,7 @@ impl Coordinator {
         info!(addr = %listener.local_addr()?, "coordinator serving");
         let tasks = Tasks::new(&shutdown);
         self.clock.spawn_renewal(self.store.clone(), &tasks);
+        self.repair.start(&tasks);
         let server = tonic::transport::Server::builder()
             .add_service(
                 CoordinatorServer::new(self.service)
@@ -117,7 +143,12 @@ impl Coordinator {
 }
 
 pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let coordinator = Coordinator::open_with_reserve(&cfg.data, cfg.reserve).await?;
+    let repair = RepairConfig {
+        grace: cfg.repair_grace,
+        interval: cfg.repair_interval,
+        rate: cfg.repair_rate.saturating_mul(1024 * 1024),
+    };
+    let coordinator = Coordinator::open_with(&cfg.data, cfg.reserve, repair).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

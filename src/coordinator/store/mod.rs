@@ -13,6 +13,7 @@
 mod locations;
 mod meta;
 mod registry;
+mod scan;
 mod settings;
 mod tokens;
 mod writer;
