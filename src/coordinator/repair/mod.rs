@@ -147,8 +147,12 @@ impl Repairer {
             let _ = progress.send(last).await;
         };
         match self.tasks.get() {
-            Some(tasks) => tasks.spawn(task),
-            None => drop(tokio::spawn(task)),
+            Some(tasks) => {
+                tasks.spawn(task);
+            }
+            None => {
+                tokio::spawn(task);
+            }
         }
     }
 
