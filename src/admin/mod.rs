@@ -1,5 +1,7 @@
 //! `annexmesh admin`: the operators' command line over the admin API.
 
+mod repair;
+
 use anyhow::Context;
 use clap::Subcommand;
 
@@ -42,6 +44,20 @@ pub enum AdminCommand {
         #[arg(long)]
         fix: bool,
     },
+    /// Run one repair pass now: bring every key to its target copies
+    /// (copying agent to agent from a good holder) and move content off
+    /// draining nodes. Fails when some keys could not be brought to target.
+    Repair {
+        /// Only this cluster (name or UUID).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// List the copies and drops a pass would make; change nothing.
+        #[arg(long, conflicts_with = "status")]
+        dry_run: bool,
+        /// Show the last pass's totals and the draining nodes' progress.
+        #[arg(long, conflicts_with = "cluster")]
+        status: bool,
+    },
     /// Show or set a node's preferred content: which content PUTs to its
     /// cluster place on it, in git-annex's preferred content syntax (e.g.
     /// `largerthan=1MB`, `include=*.mp3 or smallerthan=500kB`, `nothing`).
@@ -83,10 +99,15 @@ pub enum NodeCommand {
         #[arg(long)]
         cluster: Option<String>,
     },
-    /// Stop placing new content on a node; it still serves what it has.
+    /// Stop placing new content on a node and move what it holds to other
+    /// nodes (repair drops its copies once they are safe elsewhere); it
+    /// serves what it has meanwhile.
     Drain {
         /// Node name or UUID.
         node: String,
+        /// Run repair passes until the node holds nothing, showing progress.
+        #[arg(long)]
+        wait: bool,
     },
     /// Place new content on a drained node again.
     Undrain {
@@ -137,7 +158,7 @@ pub enum TokenCommand {
     Revoke { id: String },
 }
 
-fn status(e: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", e.message())
 }
 
@@ -259,8 +280,18 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Node(NodeCommand::List { cluster }) => {
             let req = rpc::ListNodesRequest { cluster: cluster.unwrap_or_default() };
-            println!("NAME\tUUID\tHEALTH\tADDRESS\tFREE\tTRANSFERS\tSTATE\tWANTED\tCOST");
-            for n in c.list_nodes(req).await.map_err(status)?.into_inner().nodes {
+            let nodes = c.list_nodes(req).await.map_err(status)?.into_inner().nodes;
+            // Keys left on draining nodes; "-" from a coordinator without repair.
+            let draining = match c.repair_status(rpc::RepairStatusRequest {}).await {
+                Ok(r) => r.into_inner().draining,
+                Err(_) => Vec::new(),
+            };
+            println!("NAME\tUUID\tHEALTH\tADDRESS\tFREE\tTRANSFERS\tSTATE\tWANTED\tCOST\tLEFT");
+            for n in nodes {
+                let left = draining
+                    .iter()
+                    .find(|d| d.node_uuid == n.uuid)
+                    .map_or("-".to_string(), repair::keys_left);
                 let health = match (n.removed, n.healthy) {
                     (true, _) => "-",
                     (false, true) => "up",
@@ -274,7 +305,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 };
                 let wanted = if n.wanted.is_empty() { "-" } else { n.wanted.as_str() };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     n.name,
                     n.uuid,
                     health,
@@ -283,17 +314,30 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     n.active_transfers,
                     state,
                     wanted,
-                    n.cost
+                    n.cost,
+                    left
                 );
             }
         }
-        AdminCommand::Node(NodeCommand::Drain { node }) => {
+        AdminCommand::Node(NodeCommand::Drain { node, wait }) => {
             let n = c
                 .set_draining(rpc::SetDrainingRequest { node, draining: true })
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!("{} is draining: it gets no new content and still serves what it has", n.name);
+            println!(
+                "{} is draining: it gets no new content, its content moves to other nodes, and it serves what it has meanwhile",
+                n.name
+            );
+            if wait {
+                repair::wait_drained(&mut c, &n).await?;
+            }
+        }
+        AdminCommand::Repair { status: true, .. } => {
+            repair::show_status(&mut c).await?;
+        }
+        AdminCommand::Repair { cluster, dry_run, status: false } => {
+            repair::repair(&mut c, cluster.unwrap_or_default(), dry_run).await?;
         }
         AdminCommand::Node(NodeCommand::Undrain { node }) => {
             let n = c

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::core::Core;
+use super::repair::{PassRequest, Repairer};
 use super::store::{Cluster, Node, NodeSettings, Removal, Revoked, Token};
 use super::validate::valid_token_sha256;
 use super::validate::{valid_key, valid_name, valid_token_id, valid_token_label};
@@ -16,6 +17,7 @@ use crate::rpc::{self, admin_server};
 /// Serves operators.
 pub struct AdminService {
     core: Arc<Core>,
+    repair: Arc<Repairer>,
 }
 
 fn token_info(t: &Token) -> rpc::TokenInfo {
@@ -36,8 +38,8 @@ fn wanted_reply(n: &Node, settings: &NodeSettings) -> rpc::WantedReply {
 }
 
 impl AdminService {
-    pub fn new(core: Arc<Core>) -> AdminService {
-        AdminService { core }
+    pub fn new(core: Arc<Core>, repair: Arc<Repairer>) -> AdminService {
+        AdminService { core, repair }
     }
 
     /// A node by name or UUID.
@@ -334,5 +336,28 @@ impl admin_server::Admin for AdminService {
                 )))
             }
         }
+    }
+
+    type RepairStream = tokio_stream::wrappers::ReceiverStream<Result<rpc::RepairProgress, Status>>;
+
+    async fn repair(
+        &self,
+        req: Request<rpc::RepairRequest>,
+    ) -> Result<Response<Self::RepairStream>, Status> {
+        let r = req.into_inner();
+        let cluster = match r.cluster.as_str() {
+            "" => None,
+            name => Some(self.find_cluster(name)?.uuid),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        self.repair.spawn_pass(PassRequest { cluster, dry_run: r.dry_run }, tx);
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn repair_status(
+        &self,
+        _: Request<rpc::RepairStatusRequest>,
+    ) -> Result<Response<rpc::RepairStatusReply>, Status> {
+        Ok(Response::new(self.repair.status()?))
     }
 }

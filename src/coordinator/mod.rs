@@ -13,6 +13,7 @@ pub mod fsck;
 pub mod health;
 pub mod identity;
 pub mod placement;
+pub mod repair;
 pub mod service;
 pub mod store;
 pub mod validate;
@@ -35,6 +36,7 @@ use crate::rpc::{self, admin_server::AdminServer, coordinator_server::Coordinato
 use crate::tasks::{SHUTDOWN_GRACE, Tasks, serve_until};
 use admin::AdminService;
 use clock::ClusterClock;
+use repair::{RepairConfig, Repairer};
 use service::CoordinatorService;
 
 pub use self::core::DEFAULT_RESERVE;
@@ -53,6 +55,17 @@ pub struct CoordinatorConfig {
     /// (`annexmesh admin cluster reserve`): bytes or a size such as 500MB, 2GiB.
     #[arg(long, env = "ANNEXMESH_RESERVE", default_value = "100MB", value_parser = parse_reserve)]
     pub reserve: u64,
+    /// How long a node may be down before repair replaces its copies
+    /// elsewhere (e.g. 90s, 10m, 1h): shorter restarts cause no copying.
+    #[arg(long, env = "ANNEXMESH_REPAIR_GRACE", default_value = "10m", value_parser = repair::parse_duration)]
+    pub repair_grace: std::time::Duration,
+    /// Time between background repair passes (e.g. 30s, 5m); 0 turns them
+    /// off (`annexmesh admin repair` still runs one).
+    #[arg(long, env = "ANNEXMESH_REPAIR_INTERVAL", default_value = "60s", value_parser = repair::parse_duration)]
+    pub repair_interval: std::time::Duration,
+    /// MiB per second repair copies may use; 0 for no limit.
+    #[arg(long, env = "ANNEXMESH_REPAIR_RATE", default_value_t = 100)]
+    pub repair_rate: u64,
     /// For tests only: shifts the wall clock location stamps start from by
     /// this many milliseconds (negative sets it back), to show that a clock
     /// stepped back across a restart loses no change.
@@ -84,6 +97,7 @@ pub struct Coordinator {
     clock: Arc<ClusterClock>,
     pub service: CoordinatorService,
     pub admin: AdminService,
+    repair: Arc<Repairer>,
 }
 
 impl Coordinator {
@@ -98,14 +112,16 @@ impl Coordinator {
         data: &std::path::Path,
         reserve: u64,
     ) -> anyhow::Result<Coordinator> {
-        Coordinator::open_with(data, reserve, store::system_clock()).await
+        Coordinator::open_with(data, reserve, store::system_clock(), RepairConfig::default()).await
     }
 
-    /// As `open_with_reserve`, with location stamps starting from `wall`.
+    /// As `open_with_reserve`, with location stamps starting from `wall`
+    /// and the repair loop run as `repair` says.
     pub async fn open_with(
         data: &std::path::Path,
         reserve: u64,
         wall: WallClock,
+        repair: RepairConfig,
     ) -> anyhow::Result<Coordinator> {
         let cannot_open = || format!("cannot open the coordinator database in {}", data.display());
         // Opening reads and writes the disk: keep it off the async workers.
@@ -118,7 +134,9 @@ impl Coordinator {
         let clock = Arc::new(ClusterClock::open(&store).await?);
         let core = Arc::new(Core::new(store.clone(), reserve));
         let service = CoordinatorService::new(core.clone(), clock.clone());
-        Ok(Coordinator { store, clock, service, admin: AdminService::new(core) })
+        let repair = Arc::new(Repairer::new(core.clone(), repair));
+        let admin = AdminService::new(core, repair.clone());
+        Ok(Coordinator { store, clock, service, admin, repair })
     }
 
     pub async fn serve(
@@ -129,6 +147,7 @@ impl Coordinator {
         info!(addr = %listener.local_addr()?, "coordinator serving");
         let tasks = Tasks::new(&shutdown);
         self.clock.spawn_renewal(self.store.clone(), &tasks);
+        self.repair.start(&tasks);
         let server = tonic::transport::Server::builder()
             .add_service(
                 CoordinatorServer::new(self.service)
@@ -154,7 +173,12 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow:
         );
     }
     let wall = shifted_clock(cfg.test_clock_offset_ms);
-    let coordinator = Coordinator::open_with(&cfg.data, cfg.reserve, wall).await?;
+    let repair = RepairConfig {
+        grace: cfg.repair_grace,
+        interval: cfg.repair_interval,
+        rate: cfg.repair_rate.saturating_mul(1024 * 1024),
+    };
+    let coordinator = Coordinator::open_with(&cfg.data, cfg.reserve, wall, repair).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

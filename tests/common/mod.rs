@@ -222,6 +222,35 @@ impl Mesh {
         mesh
     }
 
+    /// As `separate`, with extra coordinator options (e.g. `--repair-grace
+    /// 2s`). A coordinator restarted with `start_coordinator` runs without them.
+    pub fn separate_with_coordinator_args(agents: usize, coordinator_args: &[&str]) -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let cport = free_port();
+        let mut mesh = Mesh {
+            http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            p2p: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            coordinator: format!("http://127.0.0.1:{cport}"),
+            procs: Vec::new(),
+            dir,
+        };
+        let listen = format!("127.0.0.1:{cport}");
+        let data = mesh.dir.path().join("coordinator");
+        let mut cmd = annexmesh();
+        cmd.args(["coordinator", "--listen", &listen]).arg("--data").arg(data);
+        let p = Proc::spawn("coordinator", cmd.args(coordinator_args), mesh.dir.path());
+        mesh.procs.push(p);
+        wait_until("the coordinator", Duration::from_secs(20), || {
+            mesh.admin(&["cluster", "create", "mesh"]).status.success()
+        });
+        for i in 1..=agents {
+            mesh.start_agent(&format!("node{i}"));
+        }
+        mesh.start_gateway();
+        mesh.wait_ready(agents);
+        mesh
+    }
+
     pub fn start_coordinator(&mut self) {
         let listen = self.coordinator.trim_start_matches("http://").to_string();
         let data = self.dir.path().join("coordinator");

@@ -6,6 +6,7 @@ mod get;
 mod list;
 mod lock;
 mod put;
+mod replicate;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -186,5 +187,12 @@ impl agent_server::Agent for AgentService {
         req: Request<rpc::GetRequest>,
     ) -> Result<Response<Self::GetStream>, Status> {
         self.serve_get(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn replicate(
+        &self,
+        req: Request<rpc::ReplicateRequest>,
+    ) -> Result<Response<rpc::ReplicateReply>, Status> {
+        self.serve_replicate(req.into_inner()).await.map(Response::new)
     }
 }

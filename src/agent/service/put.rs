@@ -18,7 +18,7 @@ use crate::p2p::verify::Verifier;
 use crate::rpc::{self, put_request};
 
 /// How long an upload waits for an earlier upload of the same key.
-const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(super) const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How much of an upload is written before the disk is asked to start
 /// writing it back (see `Store::start_writeback`).
@@ -157,7 +157,7 @@ async fn forward_chunks(
 }
 
 /// What the receiving task hands the upload's writer.
-enum Upload {
+pub(super) enum Upload {
     Data(Bytes),
     /// The sender's end marker: whether it vouches for the data.
     End {
@@ -170,7 +170,7 @@ enum Upload {
 /// checksum covers the whole object), then, on a valid end marker and a
 /// matching checksum, commits it as the object. When the chunks stop without
 /// an end marker the partial file stays for a resume.
-fn write_upload(
+pub(super) fn write_upload(
     store: &Store,
     key: &Key,
     offset: u64,

@@ -14,6 +14,7 @@ mod locations;
 mod meta;
 mod registry;
 mod removal;
+mod scan;
 mod settings;
 mod tokens;
 mod writer;

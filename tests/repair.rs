@@ -1,0 +1,188 @@
+//! Repair with real processes and the real git-annex: copies lost with a
+//! node come back from the survivors, draining moves content off a node,
+//! and `admin repair` plans (dry run) and makes copies on request.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Client, Mesh, objects_named, wait_until};
+
+const NODES: [&str; 3] = ["node1", "node2", "node3"];
+
+/// Runs `annexmesh admin ARGS`, asserts success, returns stdout.
+fn admin(mesh: &Mesh, args: &[&str]) -> String {
+    let out = mesh.admin(args);
+    assert!(
+        out.status.success(),
+        "admin {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn store(mesh: &Mesh, node: &str) -> PathBuf {
+    mesh.dir.path().join("nodes").join(node)
+}
+
+/// The nodes whose stores hold `key` with exactly `data`.
+fn holders(mesh: &Mesh, key: &str, data: &[u8]) -> BTreeSet<&'static str> {
+    NODES
+        .into_iter()
+        .filter(|n| {
+            objects_named(&store(mesh, n), key).iter().any(|p| std::fs::read(p).unwrap() == data)
+        })
+        .collect()
+}
+
+/// The nodes the coordinator's location log lists for `key`.
+fn listed(mesh: &Mesh, key: &str, uuids: &[(&'static str, String)]) -> BTreeSet<&'static str> {
+    let out = admin(mesh, &["whereis", key]);
+    uuids.iter().filter(|(_, u)| out.contains(u.as_str())).map(|(n, _)| *n).collect()
+}
+
+fn node_uuids(mesh: &Mesh) -> Vec<(&'static str, String)> {
+    NODES.into_iter().map(|n| (n, mesh.uuid_of(n))).collect()
+}
+
+fn set(names: &[&'static str]) -> BTreeSet<&'static str> {
+    names.iter().copied().collect()
+}
+
+/// A client with the mesh as remote `mesh` and `n` annexed files of a few
+/// KiB to a few hundred KiB; returns (file, content, key) for each.
+fn client_with(mesh: &Mesh, n: usize) -> (Client, Vec<(String, Vec<u8>, String)>) {
+    let client = Client::new();
+    client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
+    let files: Vec<_> = (0..n)
+        .map(|i| {
+            let name = format!("f{i:02}.bin");
+            let data = client.write_file(&name, 3000 + i * 7919, 500 + i as u64);
+            (name, data)
+        })
+        .collect();
+    client.ok(&["git", "annex", "add", "."]);
+    client.ok(&["git", "commit", "-q", "-m", "files"]);
+    let files = files
+        .into_iter()
+        .map(|(name, data)| {
+            let key = client.key_of(&name);
+            (name, data, key)
+        })
+        .collect();
+    (client, files)
+}
+
+/// Drops the client's own copies, then gets and fscks every file from the
+/// mesh.
+fn get_and_fsck(client: &Client) {
+    client.ok(&["git", "annex", "drop", "."]);
+    client.ok(&["git", "annex", "get", "--from", "mesh", "."]);
+    client.ok(&["git", "annex", "fsck", "--from", "mesh", "."]);
+}
+
+#[test]
+fn copies_lost_with_a_node_are_made_again_from_the_survivors() {
+    let mut mesh = Mesh::separate_with_coordinator_args(
+        3,
+        &["--repair-grace", "2s", "--repair-interval", "1s"],
+    );
+    admin(&mesh, &["cluster", "mincopies", "mesh", "2"]);
+    let uuids = node_uuids(&mesh);
+    // With node3 draining the files go to node1 and node2 only.
+    admin(&mesh, &["node", "drain", "node3"]);
+    let (client, files) = client_with(&mesh, 10);
+    client.ok(&["git", "annex", "copy", "--to", "mesh", "."]);
+    for (name, data, key) in &files {
+        assert_eq!(holders(&mesh, key, data), set(&["node1", "node2"]), "{name}");
+    }
+    admin(&mesh, &["node", "undrain", "node3"]);
+
+    // node1 crashes for good; once it is down past the grace, its copies
+    // are made again on node3 from node2.
+    mesh.proc("node1").kill();
+    wait_until("every key back on two up nodes", Duration::from_secs(90), || {
+        files.iter().all(|(_, data, key)| holders(&mesh, key, data).contains("node3"))
+    });
+    for (name, data, key) in &files {
+        assert_eq!(holders(&mesh, key, data), set(&["node1", "node2", "node3"]), "{name}");
+        let up: BTreeSet<_> =
+            listed(&mesh, key, &uuids).into_iter().filter(|n| *n != "node1").collect();
+        assert_eq!(up, set(&["node2", "node3"]), "{name}");
+    }
+    get_and_fsck(&client);
+    let status = admin(&mesh, &["repair", "--status"]);
+    assert!(status.contains("last pass:"), "{status}");
+}
+
+#[test]
+fn a_drained_node_gives_up_all_its_content_and_every_file_still_gets() {
+    let mesh = Mesh::separate_with_coordinator_args(3, &["--repair-interval", "0"]);
+    let uuids = node_uuids(&mesh);
+    // Only node1 wants content, so it alone receives the files.
+    admin(&mesh, &["wanted", "node2", "nothing"]);
+    admin(&mesh, &["wanted", "node3", "nothing"]);
+    let (client, files) = client_with(&mesh, 50);
+    client.ok(&["git", "annex", "copy", "--to", "mesh", "."]);
+    for (name, data, key) in &files {
+        assert_eq!(holders(&mesh, key, data), set(&["node1"]), "{name}");
+    }
+    // Two copies required elsewhere before node1 may let go.
+    admin(&mesh, &["cluster", "mincopies", "mesh", "2"]);
+    let out = admin(&mesh, &["node", "drain", "node1", "--wait"]);
+    assert!(out.contains("node1 is drained"), "{out}");
+
+    for (name, data, key) in &files {
+        assert!(objects_named(&store(&mesh, "node1"), key).is_empty(), "{name} left on node1");
+        assert_eq!(holders(&mesh, key, data), set(&["node2", "node3"]), "{name}");
+        assert_eq!(listed(&mesh, key, &uuids), set(&["node2", "node3"]), "{name}");
+    }
+    let list = admin(&mesh, &["node", "list"]);
+    let row = list.lines().find(|l| l.starts_with("node1\t")).unwrap();
+    let cols: Vec<&str> = row.split('\t').collect();
+    assert_eq!((cols[6], cols[9]), ("draining", "0"), "{list}");
+    get_and_fsck(&client);
+}
+
+#[test]
+fn admin_repair_plans_on_a_dry_run_and_copies_on_request() {
+    let mesh = Mesh::separate_with_coordinator_args(3, &["--repair-interval", "0"]);
+    let uuids = node_uuids(&mesh);
+    admin(&mesh, &["wanted", "node2", "nothing"]);
+    admin(&mesh, &["wanted", "node3", "nothing"]);
+    let (client, files) = client_with(&mesh, 3);
+    client.ok(&["git", "annex", "copy", "--to", "mesh", "."]);
+    admin(&mesh, &["cluster", "mincopies", "mesh", "2"]);
+
+    let plan = admin(&mesh, &["repair", "--dry-run"]);
+    for (name, data, key) in &files {
+        assert!(plan.contains(&format!("would copy {key} to node")), "{name}: {plan}");
+        assert_eq!(holders(&mesh, key, data), set(&["node1"]), "{name}: the dry run copied");
+    }
+    assert!(plan.contains("dry run: checked 3 keys, 3 needing repair"), "{plan}");
+
+    let done = admin(&mesh, &["repair"]);
+    assert!(done.contains("3 copies made"), "{done}");
+    for (name, data, key) in &files {
+        let held = holders(&mesh, key, data);
+        assert_eq!(held.len(), 2, "{name}: {held:?}");
+        assert!(held.contains("node1"), "{name}: {held:?}");
+        assert_eq!(listed(&mesh, key, &uuids), held, "{name}");
+    }
+    let again = admin(&mesh, &["repair"]);
+    assert!(again.contains("0 needing repair"), "{again}");
+
+    // Four copies cannot be had on three nodes: the pass says so and fails.
+    admin(&mesh, &["cluster", "mincopies", "mesh", "4"]);
+    let out = mesh.admin(&["repair"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("3 keys could not be brought to their target copies"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no node can take another"));
+    let out = mesh.admin(&["repair", "--cluster", "nosuch"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown cluster"));
+    get_and_fsck(&client);
+}
