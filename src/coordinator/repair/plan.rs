@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crate::coordinator::placement::{self, Candidate};
 use crate::p2p::key::Key;
-use crate::preferred::Subject;
 
 /// A node as repair sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,10 +71,12 @@ impl KeyPlan {
 /// Plans `key` on `nodes` (one cluster), of which `holders` are listed in
 /// the location log as holding it.
 ///
-/// The target is the cluster's minimum copies, or more when more up nodes
-/// have a preferred content expression that wants the key. A node without
-/// an expression takes content as placement's fallback, but does not raise
-/// the target: otherwise every node added would be filled with every key.
+/// The target is what placement would ask for if the key were uploaded now
+/// (the eligible up nodes that want it, a node without an expression
+/// wanting everything; all eligible nodes when none wants it, as git-annex's
+/// own clusters store), and never less than the cluster's minimum copies.
+/// So a cluster without preferred content keeps every key on every node,
+/// as its uploads do, and a node that joins receives the existing keys too.
 /// New copies go where placement would put them (nodes that want the key
 /// first), then, for the minimum's sake, to other eligible nodes.
 pub fn plan_key(
@@ -90,13 +91,11 @@ pub fn plan_key(
     let drop_from = holding(nodes, holders, &[Draining]);
     let mut sources = holding(nodes, holders, &[Up]);
     sources.extend(drop_from.iter().cloned());
-    let subject = Subject { key, file: None, copies: counted.len() as u64 };
-    let wanting = nodes
-        .iter()
-        .filter(|n| n.state == NodeState::Up)
-        .filter(|n| n.candidate.wanted.as_ref().is_some_and(|e| e.matches(&subject)))
-        .count();
-    let target = (min_copies as usize).max(wanting);
+    let up: Vec<Candidate> =
+        nodes.iter().filter(|n| n.state == Up).map(|n| n.candidate.clone()).collect();
+    let planned = placement::plan(&up, key, None, counted.len() as u64, reserve)
+        .map_or(0, |p| p.targets.len());
+    let target = (min_copies as usize).max(planned);
     let missing = target.saturating_sub(counted.len());
     let mut copy_to = Vec::new();
     if missing > 0 && !sources.is_empty() {

@@ -81,8 +81,10 @@ fn draining_copies_do_not_count_and_are_moved_off() {
     assert!(p.counted.is_empty());
     assert_eq!(p.sources, ["n1"]);
     assert_eq!(p.drop_from, ["n1"]);
-    assert_eq!(p.copy_to.len(), 1);
-    assert_ne!(p.copy_to[0], "n1");
+    // Placement would store it on both other nodes.
+    assert_eq!(p.target, 2);
+    assert_eq!(p.copy_to.len(), 2);
+    assert!(!p.copy_to.contains(&"n1".to_string()));
     // Up holders serve before draining ones.
     let p = plan_key(&key(), &nodes, &set(&["n1", "n2"]), 2, 0);
     assert_eq!(p.sources, ["n2", "n1"]);
@@ -97,11 +99,13 @@ fn wanting_nodes_raise_the_target_and_are_chosen_first() {
     nodes[1].candidate.wanted = wants("nothing");
     nodes[2].candidate.wanted = wants("largerthan=100");
     nodes[3].candidate.wanted = wants("largerthan=100");
-    // n3 and n4 want it: the target is 2, above the minimum of 1.
+    // n1 (no expression: it wants everything), n3 and n4 want it: the
+    // target is 3, above the minimum of 1, and n2 gets nothing.
     let p = plan_key(&key(), &nodes, &set(&["n1"]), 1, 0);
-    assert_eq!(p.target, 2);
-    assert_eq!(p.copy_to.len(), 1);
-    assert!(["n3", "n4"].contains(&p.copy_to[0].as_str()), "{p:?}");
+    assert_eq!(p.target, 3);
+    let mut to = p.copy_to.clone();
+    to.sort();
+    assert_eq!(to, ["n3", "n4"], "{p:?}");
     // For the minimum's sake even a node that wants nothing takes a copy,
     // after the others.
     nodes[1].candidate.free_bytes = Some(u64::MAX);
@@ -118,4 +122,20 @@ fn full_nodes_take_no_copy() {
     let p = plan_key(&key(), &nodes, &set(&["n1"]), 3, 0);
     assert_eq!(p.copy_to, ["n3"]);
     assert_eq!(p.short, 1);
+}
+
+#[test]
+fn without_preferred_content_every_up_node_keeps_a_copy() {
+    use NodeState::*;
+    // As an upload to such a cluster stores on every node, so does repair:
+    // a copy quarantined on n1 is made again there.
+    let nodes = [node("n1", Up), node("n2", Up), node("n3", Up)];
+    let p = plan_key(&key(), &nodes, &set(&["n2", "n3"]), 1, 0);
+    assert_eq!(p.target, 3);
+    assert_eq!(p.copy_to, ["n1"]);
+    // A node down past the grace is not part of the target.
+    let nodes = [node("n1", Lost), node("n2", Up), node("n3", Up)];
+    let p = plan_key(&key(), &nodes, &set(&["n2", "n3"]), 1, 0);
+    assert_eq!(p.target, 2);
+    assert!(!p.needs_work());
 }
