@@ -57,11 +57,11 @@ pub struct CoordinatorConfig {
     pub reserve: u64,
     /// How long a node may be down before repair replaces its copies
     /// elsewhere (e.g. 90s, 10m, 1h): shorter restarts cause no copying.
-    #[arg(long, env = "ANNEXMESH_REPAIR_GRACE", default_value = "10m", value_parser = repair::parse_duration)]
+    #[arg(long, env = "ANNEXMESH_REPAIR_GRACE", default_value = "10m", value_parser = crate::clock::parse_duration)]
     pub repair_grace: std::time::Duration,
     /// Time between background repair passes (e.g. 30s, 5m); 0 turns them
     /// off (`annexmesh admin repair` still runs one).
-    #[arg(long, env = "ANNEXMESH_REPAIR_INTERVAL", default_value = "60s", value_parser = repair::parse_duration)]
+    #[arg(long, env = "ANNEXMESH_REPAIR_INTERVAL", default_value = "60s", value_parser = crate::clock::parse_duration)]
     pub repair_interval: std::time::Duration,
     /// MiB per second repair copies may use; 0 for no limit.
     #[arg(long, env = "ANNEXMESH_REPAIR_RATE", default_value_t = 100)]
