@@ -200,30 +200,12 @@ impl Mesh {
 
     /// A coordinator, `agents` agents and one gateway, each its own process.
     pub fn separate(agents: usize) -> Mesh {
-        let dir = tempfile::tempdir().unwrap();
-        let cport = free_port();
-        let coordinator = format!("http://127.0.0.1:{cport}");
-        let mut mesh = Mesh {
-            http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            p2p: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            coordinator,
-            procs: Vec::new(),
-            dir,
-        };
-        mesh.start_coordinator();
-        wait_until("the coordinator", Duration::from_secs(20), || {
-            mesh.admin(&["cluster", "create", "mesh"]).status.success()
-        });
-        for i in 1..=agents {
-            mesh.start_agent(&format!("node{i}"));
-        }
-        mesh.start_gateway();
-        mesh.wait_ready(agents);
-        mesh
+        Mesh::separate_with_coordinator_args(agents, &[])
     }
 
     /// As `separate`, with extra coordinator options (e.g. `--repair-grace
-    /// 2s`). A coordinator restarted with `start_coordinator` runs without them.
+    /// 2s`). A coordinator restarted with `start_coordinator` runs without
+    /// them; `start_coordinator_with` takes them again.
     pub fn separate_with_coordinator_args(agents: usize, coordinator_args: &[&str]) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let cport = free_port();
@@ -234,12 +216,7 @@ impl Mesh {
             procs: Vec::new(),
             dir,
         };
-        let listen = format!("127.0.0.1:{cport}");
-        let data = mesh.dir.path().join("coordinator");
-        let mut cmd = annexmesh();
-        cmd.args(["coordinator", "--listen", &listen]).arg("--data").arg(data);
-        let p = Proc::spawn("coordinator", cmd.args(coordinator_args), mesh.dir.path());
-        mesh.procs.push(p);
+        mesh.start_coordinator_with(coordinator_args);
         wait_until("the coordinator", Duration::from_secs(20), || {
             mesh.admin(&["cluster", "create", "mesh"]).status.success()
         });
@@ -252,13 +229,16 @@ impl Mesh {
     }
 
     pub fn start_coordinator(&mut self) {
+        self.start_coordinator_with(&[]);
+    }
+
+    /// Starts the coordinator with extra options (e.g. `--repair-grace 2s`).
+    pub fn start_coordinator_with(&mut self, args: &[&str]) {
         let listen = self.coordinator.trim_start_matches("http://").to_string();
         let data = self.dir.path().join("coordinator");
-        let p = Proc::spawn(
-            "coordinator",
-            annexmesh().args(["coordinator", "--listen", &listen]).arg("--data").arg(data),
-            self.dir.path(),
-        );
+        let mut cmd = annexmesh();
+        cmd.args(["coordinator", "--listen", &listen]).arg("--data").arg(data).args(args);
+        let p = Proc::spawn("coordinator", &mut cmd, self.dir.path());
         self.procs.push(p);
     }
 
