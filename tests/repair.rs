@@ -48,6 +48,12 @@ fn node_uuids(mesh: &Mesh) -> Vec<(&'static str, String)> {
     NODES.into_iter().map(|n| (n, mesh.uuid_of(n))).collect()
 }
 
+/// As `node_uuids`, without `gone` (a removed node the gateway no longer
+/// serves).
+fn node_uuids_but(mesh: &Mesh, gone: &str) -> Vec<(&'static str, String)> {
+    NODES.into_iter().filter(|n| *n != gone).map(|n| (n, mesh.uuid_of(n))).collect()
+}
+
 fn set(names: &[&'static str]) -> BTreeSet<&'static str> {
     names.iter().copied().collect()
 }
@@ -120,7 +126,7 @@ fn copies_lost_with_a_node_are_made_again_from_the_survivors() {
 
 #[test]
 fn a_drained_node_gives_up_all_its_content_and_every_file_still_gets() {
-    let mesh = Mesh::separate_with_coordinator_args(3, &["--repair-interval", "0"]);
+    let mut mesh = Mesh::separate_with_coordinator_args(3, &["--repair-interval", "0"]);
     let uuids = node_uuids(&mesh);
     // Only node1 wants content, so it alone receives the files.
     admin(&mesh, &["wanted", "node2", "nothing"]);
@@ -144,6 +150,71 @@ fn a_drained_node_gives_up_all_its_content_and_every_file_still_gets() {
     let row = list.lines().find(|l| l.starts_with("node1\t")).unwrap();
     let cols: Vec<&str> = row.split('\t').collect();
     assert_eq!((cols[6], cols[9]), ("draining", "0"), "{list}");
+    get_and_fsck(&client);
+
+    // Drained, node1 holds no only copy: removing it needs no --lost, and a
+    // new agent (a new store) takes its name.
+    let old_uuid = mesh.uuid_of("node1");
+    let out = admin(&mesh, &["node", "remove", "node1"]);
+    assert!(out.contains("removed node1"), "{out}");
+    mesh.proc("node1").stop();
+    let new_store = mesh.dir.path().join("nodes-new/node1");
+    mesh.start_agent_at("node1-new", "node1", &new_store);
+    wait_until("the new node1", Duration::from_secs(30), || {
+        let list = admin(&mesh, &["node", "list"]);
+        list.lines().any(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            c[0] == "node1" && c[1] != old_uuid && c[2] == "up" && c[6] == "active"
+        })
+    });
+    for (name, data, key) in &files {
+        assert_eq!(holders(&mesh, key, data), set(&["node2", "node3"]), "{name}");
+    }
+    get_and_fsck(&client);
+}
+
+#[test]
+fn after_a_lost_node_is_removed_drops_work_and_its_copies_are_made_again() {
+    // A long grace: the copies are written off when the node is removed,
+    // not because it went quiet.
+    let mut mesh = Mesh::separate_with_coordinator_args(
+        3,
+        &["--repair-grace", "10m", "--repair-interval", "1s"],
+    );
+    admin(&mesh, &["cluster", "mincopies", "mesh", "2"]);
+    admin(&mesh, &["node", "drain", "node3"]);
+    let (client, files) = client_with(&mesh, 8);
+    client.ok(&["git", "annex", "copy", "--to", "mesh", "."]);
+    for (name, data, key) in &files {
+        assert_eq!(holders(&mesh, key, data), set(&["node1", "node2"]), "{name}");
+    }
+    admin(&mesh, &["node", "undrain", "node3"]);
+
+    // node1 is gone for good: a drop cannot reach it until it is removed.
+    mesh.proc("node1").kill();
+    let (dropped, _, _) = &files[0];
+    let out = client.run(&["git", "annex", "drop", "--from", "mesh", dropped]);
+    assert!(!out.status.success(), "the drop should fail while node1 is unreachable");
+    let done = admin(&mesh, &["node", "remove", "--lost", "node1"]);
+    assert!(done.contains("removed node1"), "{done}");
+    let config = format!("{}/node1/config", mesh.url());
+    wait_until("the gateway to drop node1", Duration::from_secs(30), || {
+        common::http_get(&config).is_some_and(|(status, _)| status != 200)
+    });
+    client.ok(&["git", "annex", "drop", "--from", "mesh", dropped]);
+
+    // Repair makes node1's copies again on node3, from node2.
+    let uuids = node_uuids_but(&mesh, "node1");
+    let kept = &files[1..];
+    wait_until("every key back on two healthy nodes", Duration::from_secs(90), || {
+        kept.iter().all(|(_, data, key)| holders(&mesh, key, data).contains("node3"))
+    });
+    for (name, _, key) in kept {
+        assert_eq!(listed(&mesh, key, &uuids), set(&["node2", "node3"]), "{name}");
+    }
+    // The dropped file goes back (to the two live nodes), then everything
+    // gets and fscks.
+    client.ok(&["git", "annex", "copy", "--to", "mesh", dropped]);
     get_and_fsck(&client);
 }
 

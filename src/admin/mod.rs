@@ -1,6 +1,7 @@
 //! `annexmesh admin`: the operators' command line over the admin API.
 
 mod repair;
+mod scrub;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -57,6 +58,21 @@ pub enum AdminCommand {
         /// Show the last pass's totals and the draining nodes' progress.
         #[arg(long, conflicts_with = "cluster")]
         status: bool,
+    },
+    /// Run one scrub pass now on every node (or the chosen ones): each
+    /// re-reads its checksum objects, and quarantines and strikes bad
+    /// copies, which repair then makes again. Prints a line per node; fails
+    /// when a bad copy was found or a node could not be asked.
+    Scrub {
+        /// Only this node (name or UUID).
+        #[arg(long)]
+        node: Option<String>,
+        /// Only the nodes of this cluster (name or UUID).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Read at most this many MB/s on each node (default: full speed).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Show or set a node's preferred content: which content PUTs to its
     /// cluster place on it, in git-annex's preferred content syntax (e.g.
@@ -438,6 +454,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Fsck { cluster, fix } => {
             let req = rpc::FsckRequest { cluster: cluster.unwrap_or_default(), fix };
             fsck_report(c.fsck(req).await.map_err(status)?.into_inner())?;
+        }
+        AdminCommand::Scrub { node, cluster, rate } => {
+            let req = rpc::ScrubNodesRequest {
+                node: node.unwrap_or_default(),
+                cluster: cluster.unwrap_or_default(),
+                rate_bytes_per_s: scrub::rate_bytes(rate)?,
+            };
+            scrub::scrub(&mut c, req).await?;
         }
         AdminCommand::Whereis { key } => {
             let entries = c

@@ -19,9 +19,12 @@ pub struct Pass {
     pub objects: u64,
     pub bytes: u64,
     pub bad: u64,
+    /// The keys whose copy this pass quarantined.
+    pub bad_keys: Vec<String>,
 }
 
-/// Paces reads to at most `rate` bytes per second.
+/// Paces reads to at most `rate` bytes per second; an infinite rate does
+/// not pace at all.
 struct Pace {
     rate: f64,
     start: Instant,
@@ -31,6 +34,9 @@ struct Pace {
 impl Pace {
     async fn add(&mut self, n: u64) {
         self.bytes += n;
+        if !self.rate.is_finite() {
+            return;
+        }
         let due = self.start + Duration::from_secs_f64(self.bytes as f64 / self.rate);
         tokio::time::sleep_until(due).await;
     }
@@ -48,7 +54,8 @@ pub async fn run(store: Store, integrity: Integrity, mb_per_s: f64, interval: Du
     }
 }
 
-/// Verifies every checksum object once.
+/// Verifies every checksum object once, reading at most `rate` bytes per
+/// second (`f64::INFINITY`: as fast as the disk allows).
 pub async fn scrub_pass(store: &Store, integrity: &Integrity, rate: f64) -> Pass {
     let objects = store.root().join("annex/objects");
     let files =
@@ -74,6 +81,7 @@ pub async fn scrub_pass(store: &Store, integrity: &Integrity, rate: f64) -> Pass
                 let same = std::fs::metadata(&path).is_ok_and(|m| same_file(&m, &meta));
                 if same {
                     pass.bad += 1;
+                    pass.bad_keys.push(key.to_string());
                     if let Err(e) = integrity.quarantine(&key).await {
                         warn!(%key, error = %e, "cannot quarantine the corrupt copy");
                     }
@@ -168,7 +176,7 @@ mod tests {
         std::fs::write(&p, b"xyz").unwrap();
 
         let pass = scrub_pass(&store, &integrity, 1e6).await;
-        assert_eq!(pass, Pass { objects: 2, bytes: 23, bad: 1 });
+        assert_eq!(pass, Pass { objects: 2, bytes: 23, bad: 1, bad_keys: vec![bad.to_string()] });
         assert!(!store.object_path(&bad).exists());
         assert!(store.bad_dir().join(bad.to_string()).exists());
         let m = std::fs::metadata(store.object_path(&good)).unwrap();

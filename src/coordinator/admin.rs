@@ -360,4 +360,30 @@ impl admin_server::Admin for AdminService {
     ) -> Result<Response<rpc::RepairStatusReply>, Status> {
         Ok(Response::new(self.repair.status()?))
     }
+
+    type ScrubNodesStream = super::scrub::ScrubStream;
+
+    async fn scrub_nodes(
+        &self,
+        req: Request<rpc::ScrubNodesRequest>,
+    ) -> Result<Response<Self::ScrubNodesStream>, Status> {
+        let r = req.into_inner();
+        let mut nodes = self.core.store.nodes()?;
+        if !r.cluster.is_empty() {
+            let c = self.find_cluster(&r.cluster)?;
+            nodes.retain(|n| n.cluster_uuid == c.uuid);
+        }
+        if !r.node.is_empty() {
+            let n = self.find_node(&r.node)?;
+            nodes.retain(|m| m.uuid == n.uuid);
+            if nodes.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "node {} is not in cluster {:?}",
+                    n.name, r.cluster
+                )));
+            }
+        }
+        info!(nodes = nodes.len(), rate = r.rate_bytes_per_s, "scrub requested");
+        Ok(Response::new(super::scrub::scrub_nodes(nodes, r.rate_bytes_per_s)))
+    }
 }

@@ -14,6 +14,7 @@ pub mod health;
 pub mod identity;
 pub mod placement;
 pub mod repair;
+pub mod scrub;
 pub mod service;
 pub mod store;
 pub mod validate;

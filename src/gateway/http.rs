@@ -83,6 +83,36 @@ fn not_found(msg: impl Into<String>) -> Failure {
 
 type HttpResult = std::result::Result<Response, Failure>;
 
+/// Longest reason phrase sent: enough for a node's full-disk message.
+const MAX_REASON: usize = 300;
+
+/// HTTP 507 for a PUT no node could store for lack of space. git-annex
+/// shows a failed request's status code and reason phrase, not its body,
+/// so the reason phrase carries the node's message.
+fn insufficient_storage(msg: &str) -> Response {
+    let mut r = Failure(StatusCode::INSUFFICIENT_STORAGE, msg.to_string()).into_response();
+    if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason_phrase(msg)) {
+        r.extensions_mut().insert(reason);
+    }
+    r
+}
+
+/// `msg` as a reason phrase: visible ASCII and spaces only (anything else
+/// becomes `?`, line breaks spaces), at most `MAX_REASON` bytes.
+fn reason_phrase(msg: &str) -> String {
+    let mut s: String = msg
+        .trim()
+        .chars()
+        .map(|c| match c {
+            ' '..='~' => c,
+            '\t' | '\r' | '\n' => ' ',
+            _ => '?',
+        })
+        .collect();
+    s.truncate(MAX_REASON);
+    s
+}
+
 /// Values may be wrapped as `[base64url]` (for keys, UUIDs and file names
 /// that are not UTF-8 or would be ambiguous).
 fn unwrap_b64(v: &str) -> std::result::Result<String, Failure> {
@@ -344,6 +374,9 @@ async fn operation(
             let file = file.as_deref();
             let req = PutRequest { repo: &repo, key: &key, file, offset, length, data_present };
             let out = core.put(req, body.into_data_stream()).await?;
+            if let Some(msg) = out.no_space {
+                return Ok(insufficient_storage(&msg));
+            }
             Ok(json(with_plus(json!({ "stored": out.ok }), version, &out.plus)))
         }
         _ => unreachable!("operations were matched above"),
@@ -413,4 +446,27 @@ async fn keeplocked(state: &HttpState, lockid: &str, body: Body) -> HttpResult {
         }
     }
     Ok(json(json!({ "locked": false })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_phrases_keep_only_visible_ascii_and_spaces() {
+        assert_eq!(
+            reason_phrase("n1: no space left on device (5 bytes free, 9 needed) storing K\n"),
+            "n1: no space left on device (5 bytes free, 9 needed) storing K"
+        );
+        assert_eq!(reason_phrase("a\tb\r\nc é\u{7f}\0"), "a b  c ???");
+        assert_eq!(reason_phrase(&"x".repeat(1000)).len(), MAX_REASON);
+    }
+
+    #[test]
+    fn a_full_disk_answers_507_with_the_message_as_reason() {
+        let r = insufficient_storage("node1: no space left on device (1 bytes free, 2 needed)");
+        assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+        let reason = r.extensions().get::<hyper::ext::ReasonPhrase>().expect("a reason phrase");
+        assert_eq!(reason.as_bytes(), b"node1: no space left on device (1 bytes free, 2 needed)");
+    }
 }

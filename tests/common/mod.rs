@@ -228,6 +228,41 @@ impl Mesh {
         mesh
     }
 
+    /// As `separate_with_coordinator_args`, with `agent_args` for every
+    /// agent too (e.g. `--scrub-rate 200`).
+    pub fn separate_with_args(
+        agents: usize,
+        coordinator_args: &[&str],
+        agent_args: &[&str],
+    ) -> Mesh {
+        let mut mesh = Mesh::separate_with_coordinator_args(0, coordinator_args);
+        for i in 1..=agents {
+            mesh.start_agent_with(&format!("node{i}"), agent_args);
+        }
+        mesh.wait_ready(agents);
+        mesh
+    }
+
+    /// Starts an agent named `name` on the store at `store`, as process
+    /// `proc_name` (e.g. a new node taking a removed node's name).
+    pub fn start_agent_at(&mut self, proc_name: &str, name: &str, store: &Path) {
+        let mut cmd = annexmesh();
+        cmd.args([
+            "agent",
+            "--coordinator",
+            &self.coordinator,
+            "--cluster",
+            "mesh",
+            "--name",
+            name,
+        ])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--store")
+        .arg(store);
+        let p = Proc::spawn(proc_name, &mut cmd, self.dir.path());
+        self.procs.push(p);
+    }
+
     pub fn start_coordinator(&mut self) {
         self.start_coordinator_with(&[]);
     }

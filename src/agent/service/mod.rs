@@ -7,6 +7,7 @@ mod list;
 mod lock;
 mod put;
 mod replicate;
+mod scrub;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -194,5 +195,12 @@ impl agent_server::Agent for AgentService {
         req: Request<rpc::ReplicateRequest>,
     ) -> Result<Response<rpc::ReplicateReply>, Status> {
         self.serve_replicate(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn scrub(
+        &self,
+        req: Request<rpc::ScrubRequest>,
+    ) -> Result<Response<rpc::ScrubReply>, Status> {
+        self.serve_scrub(req.into_inner()).await.map(Response::new)
     }
 }

@@ -60,6 +60,9 @@ pub struct Outcome {
     /// affected (SUCCESS-PLUS, FAILURE-PLUS, ALREADY-HAVE-PLUS).
     pub plus: Vec<String>,
     pub error: Option<String>,
+    /// A PUT that stored nothing because a node is out of space: that
+    /// node's message, which front-ends pass on as such (HTTP 507).
+    pub no_space: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

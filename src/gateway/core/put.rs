@@ -63,6 +63,8 @@ struct Feed {
 struct Tally {
     stored: Vec<String>,
     failed: Vec<String>,
+    /// The failures that were a full disk (also in `failed`).
+    no_space: Vec<String>,
 }
 
 /// What came of the client's body.
@@ -214,7 +216,7 @@ impl Core {
             "stored on {} node(s), but {e}; retry once the coordinator is reachable",
             tally.stored.len()
         ));
-        Outcome { ok: false, plus: Self::plus(repo, tally.stored), error }
+        Outcome { ok: false, plus: Self::plus(repo, tally.stored), error, no_space: None }
     }
 
     /// Starts an upload on every target that wants the content; the others
@@ -301,7 +303,7 @@ impl Core {
     /// Success takes the cluster's minimum number of copies; the nodes that
     /// did store are reported either way.
     fn put_outcome(&self, repo: &Repo, key: &Key, tally: Tally, min_copies: usize) -> Outcome {
-        let Tally { stored, failed } = tally;
+        let Tally { stored, failed, no_space } = tally;
         let ok = !stored.is_empty() && stored.len() >= min_copies;
         let error = if stored.is_empty() {
             Some(failed.join("; "))
@@ -323,7 +325,8 @@ impl Core {
         if !ok && !stored.is_empty() {
             warn!(%key, "put fell short of the cluster's minimum copies: stored on {} of {min_copies}", stored.len());
         }
-        Outcome { ok, plus: Self::plus(repo, stored), error }
+        let no_space = (stored.is_empty() && !no_space.is_empty()).then(|| no_space.join("; "));
+        Outcome { ok, plus: Self::plus(repo, stored), error, no_space }
     }
 }
 
@@ -347,7 +350,13 @@ async fn collect(feeds: Vec<Feed>, tally: &mut Tally) {
         match f.call.await {
             Ok(Some(Ok(r))) if r.stored => tally.stored.push(f.node.uuid.clone()),
             Ok(Some(Ok(r))) => tally.failed.push(format!("{}: {}", f.node.name, r.error)),
-            Ok(Some(Err(s))) => tally.failed.push(format!("{}: {}", f.node.name, s.message())),
+            Ok(Some(Err(s))) => {
+                // The agent names itself in a full-disk message already.
+                if s.code() == tonic::Code::ResourceExhausted {
+                    tally.no_space.push(s.message().to_string());
+                }
+                tally.failed.push(format!("{}: {}", f.node.name, s.message()));
+            }
             Ok(None) => tally.failed.push(format!("{}: the gateway is stopping", f.node.name)),
             Err(e) => tally.failed.push(format!("{}: {e}", f.node.name)),
         }

@@ -58,7 +58,7 @@ impl Core {
                 Some(d) => Some(d),
                 None => {
                     let error = Some(DEADLINE_PASSED.into());
-                    return Ok(Outcome { ok: false, plus: Vec::new(), error });
+                    return Ok(Outcome { ok: false, plus: Vec::new(), error, no_space: None });
                 }
             },
         };
@@ -87,7 +87,7 @@ impl Core {
             Metrics::add(&self.metrics.removes_failed, 1);
             info!(%key, error = %e, "remove failed on some node");
         }
-        Ok(Outcome { ok: error.is_none(), plus: Self::plus(repo, removed), error })
+        Ok(Outcome { ok: error.is_none(), plus: Self::plus(repo, removed), error, no_space: None })
     }
 
     /// Lists again the nodes that refused to remove and still hold the
