@@ -98,18 +98,6 @@ fn get_succeeds_while_the_cheapest_copy_is_corrupt_and_that_copy_is_quarantined(
     assert_quarantined_on_node1(&mesh, &key, &data);
 }
 
-/// Runs `annexmesh admin ARGS`, asserts success, returns stdout.
-fn admin(mesh: &Mesh, args: &[&str]) -> String {
-    let out = mesh.admin(args);
-    assert!(
-        out.status.success(),
-        "admin {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `key` is back on all three nodes, each holding exactly `data`, and the
 /// log lists all three.
 fn assert_repaired_everywhere(mesh: &Mesh, key: &str, data: &[u8]) {
@@ -139,7 +127,7 @@ fn fsck_from_the_mesh_deletes_no_good_copy_and_passes_again() {
 
     // Repair brings the key back to three verified copies, and the
     // cheapest node (node1 again) passes fsck.
-    let done = admin(&mesh, &["repair"]);
+    let done = mesh.admin_ok(&["repair"]);
     assert!(done.contains("1 copies made"), "{done}");
     assert_repaired_everywhere(&mesh, &key, &data);
     client.ok(&["git", "annex", "fsck", "--from", "mesh", "f.bin"]);
@@ -165,7 +153,7 @@ fn the_scrubber_quarantines_rot_at_rest_and_strikes_it() {
         assert_eq!(std::fs::read(&objs[0]).unwrap(), data, "{node}'s good copy");
     }
     // Repair makes node2's copy again, with the right bytes.
-    admin(&mesh, &["repair"]);
+    mesh.admin_ok(&["repair"]);
     assert_repaired_everywhere(&mesh, &key, &data);
 }
 
@@ -200,7 +188,7 @@ fn an_admin_scrub_finds_rot_at_once_and_the_repair_loop_mends_it() {
         lists(&whereis(&mesh, &key), "node2")
     });
     assert_repaired_everywhere(&mesh, &key, &data);
-    let again = admin(&mesh, &["scrub"]);
+    let again = mesh.admin_ok(&["scrub"]);
     for node in ["node1", "node2", "node3"] {
         assert!(
             again.contains(&format!("{node}: 1 objects checked, 1048576 bytes, 0 bad")),

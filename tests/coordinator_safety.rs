@@ -10,32 +10,9 @@ use std::process::{Command, Stdio};
 
 use common::{Client, Mesh, Proc, annexmesh, free_port, http_get, wait_until};
 
-/// stdout of a successful admin command.
-fn admin(mesh: &Mesh, args: &[&str]) -> String {
-    let out = mesh.admin(args);
-    assert!(
-        out.status.success(),
-        "admin {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// stderr of an admin command that must fail.
-fn admin_fails(mesh: &Mesh, args: &[&str]) -> String {
-    let out = mesh.admin(args);
-    assert!(
-        !out.status.success(),
-        "admin {args:?} should fail:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// How many copies `admin whereis` counts for `key`.
 fn copies(mesh: &Mesh, key: &str) -> usize {
-    let out = admin(mesh, &["whereis", key]);
+    let out = mesh.admin_ok(&["whereis", key]);
     let first = out.lines().next().unwrap_or_default();
     first
         .rsplit_once(": ")
@@ -46,7 +23,7 @@ fn copies(mesh: &Mesh, key: &str) -> usize {
 
 /// The `admin node list` row of `name`, split at tabs.
 fn node_row(mesh: &Mesh, name: &str) -> Vec<String> {
-    let out = admin(mesh, &["node", "list"]);
+    let out = mesh.admin_ok(&["node", "list"]);
     out.lines()
         .find(|l| l.starts_with(&format!("{name}\t")))
         .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
@@ -143,7 +120,7 @@ fn a_second_agent_under_a_taken_name_or_identity_exits_and_changes_nothing() {
     let after = node_row(&mesh, "node1");
     assert_eq!((&after[1], &after[2], &after[3]), (&before[1], &before[2], &before[3]));
     assert_eq!(after[2], "up");
-    assert!(!admin(&mesh, &["node", "list"]).contains("node9"));
+    assert!(!mesh.admin_ok(&["node", "list"]).contains("node9"));
 }
 
 #[test]
@@ -159,7 +136,7 @@ fn a_node_gone_for_good_is_removed_and_its_name_taken_by_a_new_one() {
     let old_uuid = node_row(&mesh, "node3")[1].clone();
 
     // node1 holds g.bin's only copy: removing it is refused, naming the key.
-    let err = admin_fails(&mesh, &["node", "remove", "node1"]);
+    let err = mesh.admin_err(&["node", "remove", "node1"]);
     assert!(err.contains("only copy of 1 key") && err.contains(&only), "{err}");
     assert_eq!(node_row(&mesh, "node1")[6], "active");
 
@@ -167,7 +144,7 @@ fn a_node_gone_for_good_is_removed_and_its_name_taken_by_a_new_one() {
     mesh.proc("node3").kill();
     let out = client.run(&["git", "annex", "drop", "--from", "mesh", "f.bin"]);
     assert!(!out.status.success(), "the drop should fail while node3 is unreachable");
-    let done = admin(&mesh, &["node", "remove", "--lost", "node3"]);
+    let done = mesh.admin_ok(&["node", "remove", "--lost", "node3"]);
     assert!(done.contains("removed node3"), "{done}");
     let row = node_row(&mesh, "node3");
     assert_eq!((row[1].as_str(), row[6].as_str()), (old_uuid.as_str(), "lost"));
@@ -206,7 +183,7 @@ fn fsck_reports_what_the_log_and_the_nodes_disagree_on_and_fixes_it() {
     let (_, listed) = client.annex_file("f.bin", 20_000, 5);
     let (data, unlisted) = client.annex_file("g.bin", 10_000, 6);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "f.bin"]);
-    assert_eq!(admin(&mesh, &["fsck"]).lines().count(), 0);
+    assert_eq!(mesh.admin_ok(&["fsck"]).lines().count(), 0);
 
     // Behind the mesh's back: one object placed on node1, one deleted
     // from node2.
@@ -231,7 +208,7 @@ fn fsck_reports_what_the_log_and_the_nodes_disagree_on_and_fixes_it() {
         ]
     );
 
-    admin(&mesh, &["fsck", "--fix"]);
+    mesh.admin_ok(&["fsck", "--fix"]);
     assert_eq!((copies(&mesh, &listed), copies(&mesh, &unlisted)), (1, 1));
     let out = mesh.admin(&["fsck"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

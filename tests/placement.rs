@@ -11,29 +11,6 @@ use common::{Client, Mesh, objects_named, wait_until};
 
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
-/// Runs `annexmesh admin ARGS`, asserts success, returns stdout.
-fn admin(mesh: &Mesh, args: &[&str]) -> String {
-    let out = mesh.admin(args);
-    assert!(
-        out.status.success(),
-        "admin {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `annexmesh admin ARGS`, asserts failure, returns stderr.
-fn admin_fails(mesh: &Mesh, args: &[&str]) -> String {
-    let out = mesh.admin(args);
-    assert!(
-        !out.status.success(),
-        "admin {args:?} should fail:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn store(mesh: &Mesh, node: &str) -> PathBuf {
     mesh.dir.path().join("nodes").join(node)
 }
@@ -59,7 +36,7 @@ fn node_uuids(mesh: &Mesh) -> Vec<(&'static str, String)> {
 
 /// The `annexmesh admin node list` row of `node`, by column.
 fn node_row(mesh: &Mesh, node: &str) -> Vec<String> {
-    let out = admin(mesh, &["node", "list"]);
+    let out = mesh.admin_ok(&["node", "list"]);
     let row = out
         .lines()
         .find(|l| l.split('\t').next() == Some(node))
@@ -92,25 +69,25 @@ fn set(names: &[&'static str]) -> BTreeSet<&'static str> {
 #[test]
 fn preferred_content_steers_placement() {
     let mesh = Mesh::separate(3);
-    admin(&mesh, &["wanted", "node1", "largerthan=1MB"]);
-    admin(&mesh, &["wanted", "node2", "nothing"]);
+    mesh.admin_ok(&["wanted", "node1", "largerthan=1MB"]);
+    mesh.admin_ok(&["wanted", "node2", "nothing"]);
     // Several words make one expression.
-    let set3 = admin(&mesh, &["wanted", "node3", "smallerthan=1MB", "or", "include=docs/*"]);
+    let set3 = mesh.admin_ok(&["wanted", "node3", "smallerthan=1MB", "or", "include=docs/*"]);
     assert_eq!(set3.trim(), "smallerthan=1MB or include=docs/*");
-    assert_eq!(admin(&mesh, &["wanted", "node1"]).trim(), "largerthan=1MB");
-    assert_eq!(admin(&mesh, &["wanted", "node3"]).trim(), "smallerthan=1MB or include=docs/*");
+    assert_eq!(mesh.admin_ok(&["wanted", "node1"]).trim(), "largerthan=1MB");
+    assert_eq!(mesh.admin_ok(&["wanted", "node3"]).trim(), "smallerthan=1MB or include=docs/*");
 
     // A bad expression is refused and the old one kept.
-    let err = admin_fails(&mesh, &["wanted", "node1", "largerthan=1MB and"]);
+    let err = mesh.admin_err(&["wanted", "node1", "largerthan=1MB and"]);
     assert!(
         err.contains("bad preferred content expression") && err.contains("after \"and\""),
         "{err}"
     );
-    let err = admin_fails(&mesh, &["wanted", "node1", "largerthan=lots"]);
+    let err = mesh.admin_err(&["wanted", "node1", "largerthan=lots"]);
     assert!(err.contains("bad size"), "{err}");
-    let err = admin_fails(&mesh, &["wanted", "nosuchnode", "anything"]);
+    let err = mesh.admin_err(&["wanted", "nosuchnode", "anything"]);
     assert!(err.contains("unknown node"), "{err}");
-    assert_eq!(admin(&mesh, &["wanted", "node1"]).trim(), "largerthan=1MB");
+    assert_eq!(mesh.admin_ok(&["wanted", "node1"]).trim(), "largerthan=1MB");
     assert_eq!(node_row(&mesh, "node1")[7], "largerthan=1MB");
     assert_eq!(node_row(&mesh, "node2")[7], "nothing");
 
@@ -144,7 +121,7 @@ fn preferred_content_steers_placement() {
 fn content_no_node_wants_goes_to_every_node() {
     let mesh = Mesh::separate(3);
     for n in NODES {
-        admin(&mesh, &["wanted", n, "nothing"]);
+        mesh.admin_ok(&["wanted", n, "nothing"]);
     }
     let uuids = node_uuids(&mesh);
     let (client, keys) = client_with(&mesh, &[("a.bin", 300_000)]);
@@ -156,15 +133,15 @@ fn content_no_node_wants_goes_to_every_node() {
 #[test]
 fn a_drained_node_gets_nothing_new_but_still_serves_get() {
     let mut mesh = Mesh::separate(3);
-    admin(&mesh, &["wanted", "node2", "nothing"]);
-    admin(&mesh, &["wanted", "node3", "nothing"]);
+    mesh.admin_ok(&["wanted", "node2", "nothing"]);
+    mesh.admin_ok(&["wanted", "node3", "nothing"]);
     let uuids = node_uuids(&mesh);
     let (client, keys) =
         client_with(&mesh, &[("old.bin", 400_000), ("new.bin", 400_000), ("after.bin", 1000)]);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "old.bin"]);
     assert_eq!(holders(&mesh, &keys[0]), set(&["node1"]));
 
-    let out = admin(&mesh, &["node", "drain", "node1"]);
+    let out = mesh.admin_ok(&["node", "drain", "node1"]);
     assert!(out.contains("draining"), "{out}");
     assert_eq!(node_row(&mesh, "node1")[6], "draining");
     assert_eq!(node_row(&mesh, "node2")[6], "active");
@@ -187,25 +164,25 @@ fn a_drained_node_gets_nothing_new_but_still_serves_get() {
     mesh.start_coordinator();
     mesh.wait_ready(3);
     assert_eq!(node_row(&mesh, "node1")[6], "draining");
-    assert_eq!(admin(&mesh, &["wanted", "node2"]).trim(), "nothing");
+    assert_eq!(mesh.admin_ok(&["wanted", "node2"]).trim(), "nothing");
 
-    admin(&mesh, &["node", "undrain", "node1"]);
+    mesh.admin_ok(&["node", "undrain", "node1"]);
     assert_eq!(node_row(&mesh, "node1")[6], "active");
     client.ok(&["git", "annex", "copy", "--to", "mesh", "after.bin"]);
     assert_eq!(holders(&mesh, &keys[2]), set(&["node1"]));
 
-    let err = admin_fails(&mesh, &["node", "drain", "nosuchnode"]);
+    let err = mesh.admin_err(&["node", "drain", "nosuchnode"]);
     assert!(err.contains("unknown node"), "{err}");
 }
 
 #[test]
 fn a_put_short_of_the_minimum_copies_fails_and_reports_what_stored() {
     let mut mesh = Mesh::separate(3);
-    assert_eq!(admin(&mesh, &["cluster", "mincopies", "mesh"]).trim(), "1");
-    assert_eq!(admin(&mesh, &["cluster", "mincopies", "mesh", "3"]).trim(), "3");
-    let err = admin_fails(&mesh, &["cluster", "mincopies", "mesh", "0"]);
+    assert_eq!(mesh.admin_ok(&["cluster", "mincopies", "mesh"]).trim(), "1");
+    assert_eq!(mesh.admin_ok(&["cluster", "mincopies", "mesh", "3"]).trim(), "3");
+    let err = mesh.admin_err(&["cluster", "mincopies", "mesh", "0"]);
     assert!(err.contains("at least 1"), "{err}");
-    let list = admin(&mesh, &["cluster", "list"]);
+    let list = mesh.admin_ok(&["cluster", "list"]);
     let row: Vec<&str> =
         list.lines().find(|l| l.starts_with("mesh\t")).unwrap().split('\t').collect();
     assert_eq!(row[2], "3", "{list}");
@@ -229,22 +206,22 @@ fn a_put_short_of_the_minimum_copies_fails_and_reports_what_stored() {
     assert_eq!(holders(&mesh, &keys[0]), set(&["node1", "node2"]));
     assert_eq!(whereis(&client, &uuids, "f.bin"), set(&["node1", "node2"]));
     // The mesh's own log agrees.
-    let w = admin(&mesh, &["whereis", &keys[0]]);
+    let w = mesh.admin_ok(&["whereis", &keys[0]]);
     assert!(w.contains(&uuids[0].1) && w.contains(&uuids[1].1) && !w.contains(&uuids[2].1), "{w}");
 }
 
 #[test]
 fn nodes_short_of_space_are_skipped() {
     let mesh = Mesh::separate(3);
-    let list = admin(&mesh, &["cluster", "list"]);
+    let list = mesh.admin_ok(&["cluster", "list"]);
     assert!(list.contains("\t100000000 (default)"), "{list}");
     // Wait until every node has reported its free space.
     wait_until("free space reports", Duration::from_secs(30), || {
         NODES.iter().all(|n| node_row(&mesh, n)[4] != "0")
     });
     // No disk here has an exabyte free.
-    assert_eq!(admin(&mesh, &["cluster", "reserve", "mesh", "1EB"]).trim(), "1000000000000000000");
-    let err = admin_fails(&mesh, &["cluster", "reserve", "mesh", "plenty"]);
+    assert_eq!(mesh.admin_ok(&["cluster", "reserve", "mesh", "1EB"]).trim(), "1000000000000000000");
+    let err = mesh.admin_err(&["cluster", "reserve", "mesh", "plenty"]);
     assert!(err.contains("bad reserve"), "{err}");
 
     let (client, keys) = client_with(&mesh, &[("a.bin", 1000)]);
@@ -253,7 +230,7 @@ fn nodes_short_of_space_are_skipped() {
     assert!(holders(&mesh, &keys[0]).is_empty());
 
     assert_eq!(
-        admin(&mesh, &["cluster", "reserve", "mesh", "default"]).trim(),
+        mesh.admin_ok(&["cluster", "reserve", "mesh", "default"]).trim(),
         "100000000 (default)"
     );
     client.ok(&["git", "annex", "copy", "--to", "mesh", "a.bin"]);

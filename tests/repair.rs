@@ -12,18 +12,6 @@ use common::{Client, Mesh, objects_named, wait_until};
 
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
-/// Runs `annexmesh admin ARGS`, asserts success, returns stdout.
-fn admin(mesh: &Mesh, args: &[&str]) -> String {
-    let out = mesh.admin(args);
-    assert!(
-        out.status.success(),
-        "admin {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn store(mesh: &Mesh, node: &str) -> PathBuf {
     mesh.dir.path().join("nodes").join(node)
 }
@@ -40,7 +28,7 @@ fn holders(mesh: &Mesh, key: &str, data: &[u8]) -> BTreeSet<&'static str> {
 
 /// The nodes the coordinator's location log lists for `key`.
 fn listed(mesh: &Mesh, key: &str, uuids: &[(&'static str, String)]) -> BTreeSet<&'static str> {
-    let out = admin(mesh, &["whereis", key]);
+    let out = mesh.admin_ok(&["whereis", key]);
     uuids.iter().filter(|(_, u)| out.contains(u.as_str())).map(|(n, _)| *n).collect()
 }
 
@@ -96,16 +84,16 @@ fn copies_lost_with_a_node_are_made_again_from_the_survivors() {
         3,
         &["--repair-grace", "2s", "--repair-interval", "1s"],
     );
-    admin(&mesh, &["cluster", "mincopies", "mesh", "2"]);
+    mesh.admin_ok(&["cluster", "mincopies", "mesh", "2"]);
     let uuids = node_uuids(&mesh);
     // With node3 draining the files go to node1 and node2 only.
-    admin(&mesh, &["node", "drain", "node3"]);
+    mesh.admin_ok(&["node", "drain", "node3"]);
     let (client, files) = client_with(&mesh, 10);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "."]);
     for (name, data, key) in &files {
         assert_eq!(holders(&mesh, key, data), set(&["node1", "node2"]), "{name}");
     }
-    admin(&mesh, &["node", "undrain", "node3"]);
+    mesh.admin_ok(&["node", "undrain", "node3"]);
 
     // node1 crashes for good; once it is down past the grace, its copies
     // are made again on node3 from node2.
@@ -120,7 +108,7 @@ fn copies_lost_with_a_node_are_made_again_from_the_survivors() {
         assert_eq!(up, set(&["node2", "node3"]), "{name}");
     }
     get_and_fsck(&client);
-    let status = admin(&mesh, &["repair", "--status"]);
+    let status = mesh.admin_ok(&["repair", "--status"]);
     assert!(status.contains("last pass:"), "{status}");
 }
 
@@ -129,16 +117,16 @@ fn a_drained_node_gives_up_all_its_content_and_every_file_still_gets() {
     let mut mesh = Mesh::separate_with_coordinator_args(3, &["--repair-interval", "0"]);
     let uuids = node_uuids(&mesh);
     // Only node1 wants content, so it alone receives the files.
-    admin(&mesh, &["wanted", "node2", "nothing"]);
-    admin(&mesh, &["wanted", "node3", "nothing"]);
+    mesh.admin_ok(&["wanted", "node2", "nothing"]);
+    mesh.admin_ok(&["wanted", "node3", "nothing"]);
     let (client, files) = client_with(&mesh, 50);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "."]);
     for (name, data, key) in &files {
         assert_eq!(holders(&mesh, key, data), set(&["node1"]), "{name}");
     }
     // Two copies required elsewhere before node1 may let go.
-    admin(&mesh, &["cluster", "mincopies", "mesh", "2"]);
-    let out = admin(&mesh, &["node", "drain", "node1", "--wait"]);
+    mesh.admin_ok(&["cluster", "mincopies", "mesh", "2"]);
+    let out = mesh.admin_ok(&["node", "drain", "node1", "--wait"]);
     assert!(out.contains("node1 is drained"), "{out}");
 
     for (name, data, key) in &files {
@@ -146,7 +134,7 @@ fn a_drained_node_gives_up_all_its_content_and_every_file_still_gets() {
         assert_eq!(holders(&mesh, key, data), set(&["node2", "node3"]), "{name}");
         assert_eq!(listed(&mesh, key, &uuids), set(&["node2", "node3"]), "{name}");
     }
-    let list = admin(&mesh, &["node", "list"]);
+    let list = mesh.admin_ok(&["node", "list"]);
     let row = list.lines().find(|l| l.starts_with("node1\t")).unwrap();
     let cols: Vec<&str> = row.split('\t').collect();
     assert_eq!((cols[6], cols[9]), ("draining", "0"), "{list}");
@@ -155,13 +143,13 @@ fn a_drained_node_gives_up_all_its_content_and_every_file_still_gets() {
     // Drained, node1 holds no only copy: removing it needs no --lost, and a
     // new agent (a new store) takes its name.
     let old_uuid = mesh.uuid_of("node1");
-    let out = admin(&mesh, &["node", "remove", "node1"]);
+    let out = mesh.admin_ok(&["node", "remove", "node1"]);
     assert!(out.contains("removed node1"), "{out}");
     mesh.proc("node1").stop();
     let new_store = mesh.dir.path().join("nodes-new/node1");
     mesh.start_agent_at("node1-new", "node1", &new_store);
     wait_until("the new node1", Duration::from_secs(30), || {
-        let list = admin(&mesh, &["node", "list"]);
+        let list = mesh.admin_ok(&["node", "list"]);
         list.lines().any(|l| {
             let c: Vec<&str> = l.split('\t').collect();
             c[0] == "node1" && c[1] != old_uuid && c[2] == "up" && c[6] == "active"
@@ -181,21 +169,21 @@ fn after_a_lost_node_is_removed_drops_work_and_its_copies_are_made_again() {
         3,
         &["--repair-grace", "10m", "--repair-interval", "1s"],
     );
-    admin(&mesh, &["cluster", "mincopies", "mesh", "2"]);
-    admin(&mesh, &["node", "drain", "node3"]);
+    mesh.admin_ok(&["cluster", "mincopies", "mesh", "2"]);
+    mesh.admin_ok(&["node", "drain", "node3"]);
     let (client, files) = client_with(&mesh, 8);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "."]);
     for (name, data, key) in &files {
         assert_eq!(holders(&mesh, key, data), set(&["node1", "node2"]), "{name}");
     }
-    admin(&mesh, &["node", "undrain", "node3"]);
+    mesh.admin_ok(&["node", "undrain", "node3"]);
 
     // node1 is gone for good: a drop cannot reach it until it is removed.
     mesh.proc("node1").kill();
     let (dropped, _, _) = &files[0];
     let out = client.run(&["git", "annex", "drop", "--from", "mesh", dropped]);
     assert!(!out.status.success(), "the drop should fail while node1 is unreachable");
-    let done = admin(&mesh, &["node", "remove", "--lost", "node1"]);
+    let done = mesh.admin_ok(&["node", "remove", "--lost", "node1"]);
     assert!(done.contains("removed node1"), "{done}");
     let config = format!("{}/node1/config", mesh.url());
     wait_until("the gateway to drop node1", Duration::from_secs(30), || {
@@ -222,20 +210,20 @@ fn after_a_lost_node_is_removed_drops_work_and_its_copies_are_made_again() {
 fn admin_repair_plans_on_a_dry_run_and_copies_on_request() {
     let mesh = Mesh::separate_with_coordinator_args(3, &["--repair-interval", "0"]);
     let uuids = node_uuids(&mesh);
-    admin(&mesh, &["wanted", "node2", "nothing"]);
-    admin(&mesh, &["wanted", "node3", "nothing"]);
+    mesh.admin_ok(&["wanted", "node2", "nothing"]);
+    mesh.admin_ok(&["wanted", "node3", "nothing"]);
     let (client, files) = client_with(&mesh, 3);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "."]);
-    admin(&mesh, &["cluster", "mincopies", "mesh", "2"]);
+    mesh.admin_ok(&["cluster", "mincopies", "mesh", "2"]);
 
-    let plan = admin(&mesh, &["repair", "--dry-run"]);
+    let plan = mesh.admin_ok(&["repair", "--dry-run"]);
     for (name, data, key) in &files {
         assert!(plan.contains(&format!("would copy {key} to node")), "{name}: {plan}");
         assert_eq!(holders(&mesh, key, data), set(&["node1"]), "{name}: the dry run copied");
     }
     assert!(plan.contains("dry run: checked 3 keys, 3 needing repair"), "{plan}");
 
-    let done = admin(&mesh, &["repair"]);
+    let done = mesh.admin_ok(&["repair"]);
     assert!(done.contains("3 copies made"), "{done}");
     for (name, data, key) in &files {
         let held = holders(&mesh, key, data);
@@ -243,11 +231,11 @@ fn admin_repair_plans_on_a_dry_run_and_copies_on_request() {
         assert!(held.contains("node1"), "{name}: {held:?}");
         assert_eq!(listed(&mesh, key, &uuids), held, "{name}");
     }
-    let again = admin(&mesh, &["repair"]);
+    let again = mesh.admin_ok(&["repair"]);
     assert!(again.contains("0 needing repair"), "{again}");
 
     // Four copies cannot be had on three nodes: the pass says so and fails.
-    admin(&mesh, &["cluster", "mincopies", "mesh", "4"]);
+    mesh.admin_ok(&["cluster", "mincopies", "mesh", "4"]);
     let out = mesh.admin(&["repair"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");

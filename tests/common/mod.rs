@@ -410,6 +410,29 @@ impl Mesh {
         token
     }
 
+    /// stdout of `annexmesh admin ARGS`, which must succeed.
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        assert!(
+            out.status.success(),
+            "admin {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// stderr of `annexmesh admin ARGS`, which must fail.
+    pub fn admin_err(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        assert!(
+            !out.status.success(),
+            "admin {args:?} should fail:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     pub fn admin(&self, args: &[&str]) -> Output {
         annexmesh().args(["admin", "--coordinator", &self.coordinator]).args(args).output().unwrap()
     }
