@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use super::clock::ClusterClock;
 use super::core::Core;
+use super::health::{Failure, StoreCheck};
 use super::identity;
 use super::placement::{self, Candidate};
 use super::store::{Node, NodeSettings, Registration};
@@ -36,6 +38,7 @@ impl CoordinatorService {
         nodes: &[Node],
         settings: &HashMap<String, NodeSettings>,
     ) -> Vec<Candidate> {
+        let now = Instant::now();
         nodes
             .iter()
             .map(|n| {
@@ -53,6 +56,7 @@ impl CoordinatorService {
                     uuid: n.uuid.clone(),
                     name: n.name.clone(),
                     healthy,
+                    degraded: self.core.health.is_degraded(&n.uuid, now),
                     draining: s.is_some_and(|s| s.draining),
                     free_bytes: health.and_then(|h| h.free_bytes),
                     wanted,
@@ -121,6 +125,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let known = self.core.store.node(&r.uuid)?.is_some();
         if known {
             self.core.health.touch(&r.uuid, &r.boot_id, Some(r.free_bytes), r.active_transfers);
+            let check = store_check(&r);
+            if self.core.health.store_checked(&r.uuid, &check, Instant::now()) {
+                warn!(node = %r.uuid, error = %r.store_error, "node degraded: its store is not writable");
+            }
         }
         Ok(Response::new(rpc::HeartbeatReply { known }))
     }
@@ -228,5 +236,46 @@ impl coordinator_server::Coordinator for CoordinatorService {
             None => rpc::CheckTokenReply::default(),
         };
         Ok(Response::new(reply))
+    }
+
+    async fn report_node_failure(
+        &self,
+        req: Request<rpc::ReportNodeFailureRequest>,
+    ) -> Result<Response<rpc::ReportNodeFailureReply>, Status> {
+        let r = req.into_inner();
+        valid_uuid(&r.node_uuid)?;
+        let kind = match rpc::FailureKind::try_from(r.kind) {
+            Ok(rpc::FailureKind::Put) => Failure::Put,
+            Ok(rpc::FailureKind::Data) => Failure::Data,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown failure kind {}: expected put or data",
+                    r.kind
+                )));
+            }
+        };
+        let node = self.core.store.node(&r.node_uuid)?.ok_or_else(|| {
+            Status::not_found(format!("unknown node {}: it may have been removed", r.node_uuid))
+        })?;
+        // Bounded, so a flood of reports cannot grow the board.
+        let error: String = r.error.chars().take(MAX_ERROR).collect();
+        if self.core.health.fail(&node.uuid, kind, &error, Instant::now()) {
+            warn!(node = %node.name, uuid = %node.uuid, kind = kind.as_str(), %error, "node degraded: a gateway reported a failure");
+        } else {
+            debug!(node = %node.name, kind = kind.as_str(), %error, "another failure on a degraded node");
+        }
+        Ok(Response::new(rpc::ReportNodeFailureReply {}))
+    }
+}
+
+/// The longest failure message kept, in characters.
+const MAX_ERROR: usize = 500;
+
+/// What a heartbeat says of the agent's store.
+fn store_check(r: &rpc::HeartbeatRequest) -> StoreCheck {
+    match (r.store_checked, r.writable) {
+        (false, _) => StoreCheck::Unchecked,
+        (true, true) => StoreCheck::Writable,
+        (true, false) => StoreCheck::Unwritable(r.store_error.chars().take(MAX_ERROR).collect()),
     }
 }
