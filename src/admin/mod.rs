@@ -308,10 +308,11 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     .iter()
                     .find(|d| d.node_uuid == n.uuid)
                     .map_or("-".to_string(), repair::keys_left);
-                let health = match (n.removed, n.healthy) {
-                    (true, _) => "-",
-                    (false, true) => "up",
-                    (false, false) => "down",
+                let health = match (n.removed, n.healthy, n.degraded) {
+                    (true, _, _) => "-",
+                    (false, true, true) => "degraded",
+                    (false, true, false) => "up",
+                    (false, false, _) => "down",
                 };
                 let state = match (n.removed, n.lost, n.draining) {
                     (true, true, _) => "lost",

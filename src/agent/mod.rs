@@ -10,6 +10,7 @@ pub mod partials;
 pub mod scrub;
 pub mod service;
 pub mod store;
+pub mod store_check;
 pub mod store_lock;
 
 use std::net::SocketAddr;
@@ -160,6 +161,8 @@ async fn keep_registered(
 ) -> Result<(), String> {
     let mut backoff = Duration::from_millis(200);
     let mut registered = false;
+    let checker = store_check::StoreChecker::new(service.store.root());
+    let mut store_ok = true;
     loop {
         let c = &mut client;
         let ok = if !registered {
@@ -179,11 +182,22 @@ async fn keep_registered(
             }
         } else {
             let free = free_bytes(service.store.root());
+            let check = checker.check().await;
+            // Said once per change, not every heartbeat.
+            match &check {
+                Err(e) if store_ok => warn!(node = %reg.name, "store not writable: {e}"),
+                Ok(()) if !store_ok => info!(node = %reg.name, "store writable again"),
+                _ => {}
+            }
+            store_ok = check.is_ok();
             let hb = rpc::HeartbeatRequest {
                 uuid: reg.uuid.clone(),
                 boot_id: reg.boot_id.clone(),
                 free_bytes: free,
                 active_transfers: service.active.load(Ordering::Relaxed),
+                writable: check.is_ok(),
+                store_error: check.err().unwrap_or_default(),
+                store_checked: true,
             };
             match c.heartbeat(hb).await {
                 Ok(r) => {

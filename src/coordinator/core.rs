@@ -61,6 +61,7 @@ impl Core {
             cost: settings.and_then(|s| s.cost).unwrap_or(DEFAULT_NODE_COST),
             removed: false,
             lost: false,
+            degraded: self.health.is_degraded(&n.uuid, std::time::Instant::now()),
         }
     }
 

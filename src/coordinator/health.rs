@@ -1,5 +1,13 @@
-//! Node health as heartbeats report it: kept in memory only, since a
-//! restarted coordinator hears from every live node within seconds.
+//! Node health as heartbeats and gateways report it: kept in memory only,
+//! since a restarted coordinator hears from every live node within seconds.
+//!
+//! A node is up while it heartbeats. It is *degraded* from a failure a
+//! gateway reports (a PUT or a data call failed on it) or a heartbeat saying
+//! its store is not writable, until, after the last such report, a heartbeat
+//! says the store is writable, the coordinator reached the node's data
+//! address itself, and `COOL_DOWN` has passed, so a flapping node does not
+//! bounce back and forth. Every transition takes the time as an argument, so
+//! tests drive them without waiting.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,6 +15,10 @@ use std::time::{Duration, Instant};
 
 /// A node that missed this long of heartbeats is unhealthy.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// How long a degraded node must go without a new failure before it is up
+/// again.
+pub const COOL_DOWN: Duration = Duration::from_secs(10);
 
 /// What the last heartbeat (or registration) of a node said.
 #[derive(Debug, Clone)]
@@ -20,10 +32,61 @@ pub struct Health {
     pub active_transfers: u32,
 }
 
+/// What failed on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A PUT to the node failed.
+    Put,
+    /// A GET, CHECKPRESENT or REMOVE call to it failed or stalled.
+    Data,
+    /// Its own heartbeat said the store is not writable.
+    Store,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Put => "put",
+            Failure::Data => "data",
+            Failure::Store => "store",
+        }
+    }
+}
+
+/// Why and since when a node is degraded, and what it has shown since the
+/// last failure.
+#[derive(Debug, Clone)]
+pub struct Degraded {
+    pub last_failure: Instant,
+    pub kind: Failure,
+    pub error: String,
+    /// A heartbeat after the last failure said the store is writable.
+    pub writable: bool,
+    /// The coordinator reached the node's data address after the last
+    /// failure.
+    pub reached: bool,
+}
+
+impl Degraded {
+    fn recovered(&self, now: Instant) -> bool {
+        self.writable && self.reached && now.duration_since(self.last_failure) >= COOL_DOWN
+    }
+}
+
+/// What a heartbeat says of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreCheck {
+    /// The agent does not check (an older agent): says nothing.
+    Unchecked,
+    Writable,
+    Unwritable(String),
+}
+
 /// Every node's last report, by node UUID.
 #[derive(Debug, Default)]
 pub struct HealthBoard {
     nodes: Mutex<HashMap<String, Health>>,
+    degraded: Mutex<HashMap<String, Degraded>>,
 }
 
 impl HealthBoard {
@@ -48,11 +111,171 @@ impl HealthBoard {
             },
         );
     }
-}
 
-impl HealthBoard {
     /// Forgets a node, as when it is removed from the mesh.
     pub fn forget(&self, uuid: &str) {
         self.nodes.lock().unwrap().remove(uuid);
+        self.degraded.lock().unwrap().remove(uuid);
+    }
+
+    /// Whether the node is degraded at `now`.
+    pub fn is_degraded(&self, uuid: &str, now: Instant) -> bool {
+        self.degraded.lock().unwrap().get(uuid).is_some_and(|d| !d.recovered(now))
+    }
+
+    /// Why the node is degraded, if it is at `now`.
+    pub fn degradation(&self, uuid: &str, now: Instant) -> Option<Degraded> {
+        self.degraded.lock().unwrap().get(uuid).filter(|d| !d.recovered(now)).cloned()
+    }
+
+    /// The degraded nodes the coordinator has not reached since their last
+    /// failure: those to probe.
+    pub fn unreached(&self) -> Vec<String> {
+        let degraded = self.degraded.lock().unwrap();
+        degraded.iter().filter(|(_, d)| !d.reached).map(|(u, _)| u.clone()).collect()
+    }
+
+    /// Notes a failure on the node at `now`; true when it was not degraded
+    /// before.
+    pub fn fail(&self, uuid: &str, kind: Failure, error: &str, now: Instant) -> bool {
+        let mut degraded = self.degraded.lock().unwrap();
+        let was = degraded.get(uuid).is_some_and(|d| !d.recovered(now));
+        let entry = Degraded {
+            last_failure: now,
+            kind,
+            error: error.to_string(),
+            writable: false,
+            reached: false,
+        };
+        degraded.insert(uuid.to_string(), entry);
+        !was
+    }
+
+    /// Takes what a heartbeat at `now` says of the store. An unwritable
+    /// store is a failure of its own; a writable one counts toward recovery.
+    /// Returns true when the node is newly degraded.
+    pub fn store_checked(&self, uuid: &str, check: &StoreCheck, now: Instant) -> bool {
+        match check {
+            StoreCheck::Unchecked => false,
+            StoreCheck::Unwritable(e) => self.fail(uuid, Failure::Store, e, now),
+            StoreCheck::Writable => {
+                self.update(uuid, now, |d| d.writable = true);
+                false
+            }
+        }
+    }
+
+    /// Takes the result of a probe of the node's data address that started
+    /// at `started`: only a probe begun after the last failure counts.
+    pub fn probed(&self, uuid: &str, started: Instant, reached: bool, now: Instant) {
+        self.update(uuid, now, |d| {
+            if reached && started >= d.last_failure {
+                d.reached = true;
+            }
+        });
+    }
+
+    /// Applies `f` to the node's degradation, and forgets the degradation
+    /// once the node has recovered.
+    fn update(&self, uuid: &str, now: Instant, f: impl FnOnce(&mut Degraded)) {
+        let mut degraded = self.degraded.lock().unwrap();
+        let Some(d) = degraded.get_mut(uuid) else { return };
+        f(d);
+        if d.recovered(now) {
+            degraded.remove(uuid);
+            tracing::info!(node = %uuid, "node recovered: its store is writable and its data address answers");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const N: &str = "node-1";
+
+    fn at(t0: Instant, secs: u64) -> Instant {
+        t0 + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_reported_failure_degrades_the_node() {
+        let board = HealthBoard::default();
+        let t0 = Instant::now();
+        assert!(!board.is_degraded(N, t0));
+        assert!(board.fail(N, Failure::Put, "read-only file system", t0));
+        assert!(board.is_degraded(N, t0));
+        // A second report is no new degradation.
+        assert!(!board.fail(N, Failure::Data, "connection refused", at(t0, 1)));
+        let d = board.degradation(N, at(t0, 1)).unwrap();
+        assert_eq!((d.kind, d.error.as_str()), (Failure::Data, "connection refused"));
+        // Time alone does not heal it.
+        assert!(board.is_degraded(N, at(t0, 3600)));
+    }
+
+    #[test]
+    fn writable_reachable_and_cooled_down_is_up_again() {
+        let board = HealthBoard::default();
+        let t0 = Instant::now();
+        board.fail(N, Failure::Put, "read-only file system", t0);
+        assert_eq!(board.unreached(), [N]);
+        board.store_checked(N, &StoreCheck::Writable, at(t0, 2));
+        assert!(board.is_degraded(N, at(t0, 2)), "not reached yet");
+        board.probed(N, at(t0, 2), true, at(t0, 3));
+        assert!(board.unreached().is_empty());
+        assert!(board.is_degraded(N, at(t0, 3)), "still cooling down");
+        assert!(!board.is_degraded(N, at(t0, 10)));
+        // The next heartbeat forgets the degradation.
+        board.store_checked(N, &StoreCheck::Writable, at(t0, 10));
+        assert!(board.degradation(N, at(t0, 10)).is_none());
+        assert!(board.fail(N, Failure::Data, "stalled", at(t0, 11)), "degraded anew");
+    }
+
+    #[test]
+    fn only_evidence_after_the_last_failure_counts() {
+        let board = HealthBoard::default();
+        let t0 = Instant::now();
+        board.fail(N, Failure::Data, "connection refused", t0);
+        board.store_checked(N, &StoreCheck::Writable, at(t0, 1));
+        // A probe that started before the new failure says nothing of it.
+        board.probed(N, at(t0, 1), true, at(t0, 1));
+        board.fail(N, Failure::Data, "connection refused", at(t0, 2));
+        board.probed(N, at(t0, 1), true, at(t0, 3));
+        board.store_checked(N, &StoreCheck::Writable, at(t0, 3));
+        assert!(board.is_degraded(N, at(t0, 20)), "no probe since the last failure");
+        // A failed probe does not help either.
+        board.probed(N, at(t0, 20), false, at(t0, 20));
+        assert!(board.is_degraded(N, at(t0, 20)));
+        board.probed(N, at(t0, 21), true, at(t0, 21));
+        assert!(!board.is_degraded(N, at(t0, 21)));
+    }
+
+    #[test]
+    fn an_unwritable_store_degrades_by_itself_and_keeps_it_degraded() {
+        let board = HealthBoard::default();
+        let t0 = Instant::now();
+        assert!(!board.store_checked(N, &StoreCheck::Unchecked, t0));
+        assert!(!board.is_degraded(N, t0));
+        let ro = StoreCheck::Unwritable("annex/tmp: read-only file system".into());
+        assert!(board.store_checked(N, &ro, t0));
+        board.probed(N, at(t0, 1), true, at(t0, 1));
+        // Each heartbeat that finds it unwritable is a new failure.
+        assert!(!board.store_checked(N, &ro, at(t0, 20)));
+        let d = board.degradation(N, at(t0, 20)).unwrap();
+        assert_eq!(d.kind, Failure::Store);
+        assert!(!d.reached, "the new failure wants a new probe");
+        board.store_checked(N, &StoreCheck::Writable, at(t0, 22));
+        board.probed(N, at(t0, 22), true, at(t0, 22));
+        assert!(board.is_degraded(N, at(t0, 29)));
+        assert!(!board.is_degraded(N, at(t0, 30)));
+    }
+
+    #[test]
+    fn forgetting_a_node_forgets_its_degradation() {
+        let board = HealthBoard::default();
+        let t0 = Instant::now();
+        board.fail(N, Failure::Put, "x", t0);
+        board.forget(N);
+        assert!(!board.is_degraded(N, t0));
     }
 }

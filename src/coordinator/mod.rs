@@ -13,6 +13,7 @@ pub mod fsck;
 pub mod health;
 pub mod identity;
 pub mod placement;
+pub mod probe;
 pub mod repair;
 pub mod scrub;
 pub mod service;
@@ -99,6 +100,7 @@ pub struct Coordinator {
     pub service: CoordinatorService,
     pub admin: AdminService,
     repair: Arc<Repairer>,
+    core: Arc<Core>,
 }
 
 impl Coordinator {
@@ -136,8 +138,8 @@ impl Coordinator {
         let core = Arc::new(Core::new(store.clone(), reserve));
         let service = CoordinatorService::new(core.clone(), clock.clone());
         let repair = Arc::new(Repairer::new(core.clone(), repair));
-        let admin = AdminService::new(core, repair.clone());
-        Ok(Coordinator { store, clock, service, admin, repair })
+        let admin = AdminService::new(core.clone(), repair.clone());
+        Ok(Coordinator { store, clock, service, admin, repair, core })
     }
 
     pub async fn serve(
@@ -149,6 +151,7 @@ impl Coordinator {
         let tasks = Tasks::new(&shutdown);
         self.clock.spawn_renewal(self.store.clone(), &tasks);
         self.repair.start(&tasks);
+        probe::spawn(self.core.clone(), &tasks);
         let server = tonic::transport::Server::builder()
             .add_service(
                 CoordinatorServer::new(self.service)

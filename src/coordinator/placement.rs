@@ -1,6 +1,7 @@
 //! Which nodes of a cluster a PUT goes to.
 //!
-//! A node is eligible when it is up, not draining, and would keep at least
+//! A node is eligible when it is up, not degraded (a write or data call
+//! failed on it lately, see `super::health`), not draining, and would keep at least
 //! the cluster's reserve of free space after storing the key. The targets are
 //! the eligible nodes whose preferred content expression wants the key (a
 //! node without one wants everything, as in git-annex); when no eligible node
@@ -17,6 +18,9 @@ pub struct Candidate {
     pub uuid: String,
     pub name: String,
     pub healthy: bool,
+    /// A write or data call failed on it lately, or its store is not
+    /// writable: it gets no new content until it recovers.
+    pub degraded: bool,
     pub draining: bool,
     /// Free space from the last heartbeat; None until the first one.
     pub free_bytes: Option<u64>,
@@ -27,6 +31,7 @@ pub struct Candidate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skip {
     Down,
+    Degraded,
     Draining,
     ShortOfSpace { free: u64 },
 }
@@ -50,6 +55,7 @@ fn describe(skipped: &[(String, Skip)]) -> String {
         .iter()
         .map(|(name, why)| match why {
             Skip::Down => format!("{name} is down"),
+            Skip::Degraded => format!("{name} is degraded"),
             Skip::Draining => format!("{name} is draining"),
             Skip::ShortOfSpace { free } => format!("{name} is short of space ({free} bytes free)"),
         })
@@ -61,6 +67,9 @@ fn describe(skipped: &[(String, Skip)]) -> String {
 pub fn skip(c: &Candidate, size: u64, reserve: u64) -> Option<Skip> {
     if !c.healthy {
         return Some(Skip::Down);
+    }
+    if c.degraded {
+        return Some(Skip::Degraded);
     }
     if c.draining {
         return Some(Skip::Draining);
@@ -118,6 +127,7 @@ mod tests {
             uuid: format!("uuid-{name}"),
             name: name.into(),
             healthy: true,
+            degraded: false,
             draining: false,
             free_bytes: Some(10_000_000_000),
             wanted: wanted.map(|w| Arc::new(Expr::parse(w).unwrap())),
@@ -185,6 +195,25 @@ mod tests {
         {
             assert!(msg.contains(part), "{msg}");
         }
+    }
+
+    #[test]
+    fn degraded_nodes_get_no_new_content() {
+        let mut nodes = [node("n1", None), node("n2", None), node("n3", None)];
+        nodes[1].degraded = true;
+        assert_eq!(targets(&nodes, 10), ["uuid-n1", "uuid-n3"]);
+        // Not even when nobody eligible wants the key.
+        let mut unwanted = [node("n1", Some("nothing")), node("n2", Some("nothing"))];
+        unwanted[0].degraded = true;
+        assert_eq!(targets(&unwanted, 10), ["uuid-n2"]);
+        nodes[0].degraded = true;
+        nodes[2].degraded = true;
+        let msg = plan(&nodes, &key(10), None, 0, 100).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "no node of the cluster can take the content now \
+             (n1 is degraded, n2 is degraded, n3 is degraded)"
+        );
     }
 
     #[test]

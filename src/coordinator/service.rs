@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use super::clock::ClusterClock;
 use super::core::Core;
+use super::health::{Failure, StoreCheck};
 use super::identity;
 use super::placement::{self, Candidate};
 use super::store::{Node, NodeSettings, Registration};
@@ -36,6 +38,7 @@ impl CoordinatorService {
         nodes: &[Node],
         settings: &HashMap<String, NodeSettings>,
     ) -> Vec<Candidate> {
+        let now = Instant::now();
         nodes
             .iter()
             .map(|n| {
@@ -53,6 +56,7 @@ impl CoordinatorService {
                     uuid: n.uuid.clone(),
                     name: n.name.clone(),
                     healthy,
+                    degraded: self.core.health.is_degraded(&n.uuid, now),
                     draining: s.is_some_and(|s| s.draining),
                     free_bytes: health.and_then(|h| h.free_bytes),
                     wanted,
@@ -121,6 +125,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let known = self.core.store.node(&r.uuid)?.is_some();
         if known {
             self.core.health.touch(&r.uuid, &r.boot_id, Some(r.free_bytes), r.active_transfers);
+            let check = store_check(&r);
+            if self.core.health.store_checked(&r.uuid, &check, Instant::now()) {
+                warn!(node = %r.uuid, error = %r.store_error, "node degraded: its store is not writable");
+            }
         }
         Ok(Response::new(rpc::HeartbeatReply { known }))
     }
@@ -228,5 +236,141 @@ impl coordinator_server::Coordinator for CoordinatorService {
             None => rpc::CheckTokenReply::default(),
         };
         Ok(Response::new(reply))
+    }
+
+    async fn report_node_failure(
+        &self,
+        req: Request<rpc::ReportNodeFailureRequest>,
+    ) -> Result<Response<rpc::ReportNodeFailureReply>, Status> {
+        let r = req.into_inner();
+        valid_uuid(&r.node_uuid)?;
+        let kind = match rpc::FailureKind::try_from(r.kind) {
+            Ok(rpc::FailureKind::Put) => Failure::Put,
+            Ok(rpc::FailureKind::Data) => Failure::Data,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown failure kind {}: expected put or data",
+                    r.kind
+                )));
+            }
+        };
+        let node = self.core.store.node(&r.node_uuid)?.ok_or_else(|| {
+            Status::not_found(format!("unknown node {}: it may have been removed", r.node_uuid))
+        })?;
+        // Bounded, so a flood of reports cannot grow the board.
+        let error: String = r.error.chars().take(MAX_ERROR).collect();
+        if self.core.health.fail(&node.uuid, kind, &error, Instant::now()) {
+            warn!(node = %node.name, uuid = %node.uuid, kind = kind.as_str(), %error, "node degraded: a gateway reported a failure");
+        } else {
+            debug!(node = %node.name, kind = kind.as_str(), %error, "another failure on a degraded node");
+        }
+        Ok(Response::new(rpc::ReportNodeFailureReply {}))
+    }
+}
+
+/// The longest failure message kept, in characters.
+const MAX_ERROR: usize = 500;
+
+/// What a heartbeat says of the agent's store.
+fn store_check(r: &rpc::HeartbeatRequest) -> StoreCheck {
+    match (r.store_checked, r.writable) {
+        (false, _) => StoreCheck::Unchecked,
+        (true, true) => StoreCheck::Writable,
+        (true, false) => StoreCheck::Unwritable(r.store_error.chars().take(MAX_ERROR).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::{Code, Request};
+
+    use crate::coordinator::Coordinator;
+    use crate::rpc::{self, coordinator_server::Coordinator as _};
+
+    /// A coordinator with cluster "mesh" and nodes n1, n2, n3 registered.
+    async fn mesh() -> (tempfile::TempDir, Coordinator, String, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Coordinator::open(dir.path()).await.unwrap();
+        let cluster = c.store.create_cluster("mesh").await.unwrap();
+        let mut uuids = Vec::new();
+        for name in ["n1", "n2", "n3"] {
+            let uuid = uuid::Uuid::new_v4().to_string();
+            let req = rpc::RegisterRequest {
+                uuid: uuid.clone(),
+                name: name.into(),
+                cluster: "mesh".into(),
+                address: "http://127.0.0.1:1".into(),
+                boot_id: "boot".into(),
+            };
+            c.service.register(Request::new(req)).await.unwrap();
+            uuids.push(uuid);
+        }
+        (dir, c, cluster.0.uuid, uuids)
+    }
+
+    async fn planned(c: &Coordinator, cluster: &str) -> Vec<String> {
+        let req = rpc::PlanPutRequest {
+            cluster_uuid: cluster.into(),
+            key: "SHA256E-s10--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+                .into(),
+            associated_file: String::new(),
+        };
+        c.service.plan_put(Request::new(req)).await.unwrap().into_inner().node_uuids
+    }
+
+    async fn degraded(c: &Coordinator) -> Vec<bool> {
+        let t = c.service.topology(Request::new(rpc::TopologyRequest {})).await.unwrap();
+        let mut nodes = t.into_inner().nodes;
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes.iter().map(|n| n.degraded).collect()
+    }
+
+    #[tokio::test]
+    async fn a_reported_node_is_degraded_in_the_topology_and_left_out_of_placement() {
+        let (_dir, c, cluster, uuids) = mesh().await;
+        assert_eq!(planned(&c, &cluster).await.len(), 3);
+        let report = rpc::ReportNodeFailureRequest {
+            node_uuid: uuids[1].clone(),
+            kind: rpc::FailureKind::Put.into(),
+            error: "cannot open annex/tmp/KEY: Read-only file system".into(),
+        };
+        c.service.report_node_failure(Request::new(report)).await.unwrap();
+        assert_eq!(degraded(&c).await, [false, true, false]);
+        let mut want = vec![uuids[0].clone(), uuids[2].clone()];
+        want.sort();
+        let mut got = planned(&c, &cluster).await;
+        got.sort();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_with_an_unwritable_store_degrades_the_node() {
+        let (_dir, c, _, uuids) = mesh().await;
+        let hb = rpc::HeartbeatRequest {
+            uuid: uuids[2].clone(),
+            boot_id: "boot".into(),
+            free_bytes: 1 << 30,
+            active_transfers: 0,
+            writable: false,
+            store_error: "cannot create annex/tmp/.annexmesh-store-check: read-only".into(),
+            store_checked: true,
+        };
+        c.service.heartbeat(Request::new(hb)).await.unwrap();
+        assert_eq!(degraded(&c).await, [false, false, true]);
+    }
+
+    #[tokio::test]
+    async fn reports_of_unknown_nodes_or_kinds_are_refused_plainly() {
+        let (_dir, c, _, uuids) = mesh().await;
+        let report = |node_uuid: String, kind: i32| {
+            Request::new(rpc::ReportNodeFailureRequest { node_uuid, kind, error: "x".into() })
+        };
+        let e = c.service.report_node_failure(report(uuids[0].clone(), 0)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("expected put or data"), "{}", e.message());
+        let stranger = uuid::Uuid::new_v4().to_string();
+        let e = c.service.report_node_failure(report(stranger, 2)).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        assert_eq!(degraded(&c).await, [false, false, false]);
     }
 }

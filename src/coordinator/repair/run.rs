@@ -146,6 +146,9 @@ impl<'a> Pass<'a> {
                         uuid: n.uuid.clone(),
                         name: n.name.clone(),
                         healthy,
+                        // A degraded node is no destination (placement
+                        // skips it) until it recovers.
+                        degraded: core.health.is_degraded(&n.uuid, std::time::Instant::now()),
                         draining,
                         free_bytes: health.and_then(|h| h.free_bytes),
                         wanted,

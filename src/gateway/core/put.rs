@@ -65,6 +65,9 @@ struct Tally {
     failed: Vec<String>,
     /// The failures that were a full disk (also in `failed`).
     no_space: Vec<String>,
+    /// Targets that failed through no fault of the client's data: reported
+    /// to the coordinator once the PUT is over.
+    faulty: Vec<(rpc::NodeInfo, String)>,
 }
 
 /// What came of the client's body.
@@ -188,6 +191,7 @@ impl Core {
         let valid = body.broken.is_none() && (body.received == req.length || req.data_present);
         finish(&mut feeds, &body, valid).await;
         collect(feeds, &mut tally).await;
+        self.report_faulty(&mut tally, &body, valid);
         Metrics::add(&self.metrics.puts, 1);
         if let Some(why) = &body.broken {
             Metrics::add(&self.metrics.puts_interrupted, 1);
@@ -232,7 +236,8 @@ impl Core {
             match state {
                 TargetState::Has => tally.stored.push(node.uuid.clone()),
                 TargetState::Unreachable => {
-                    tally.failed.push(format!("{}: unreachable", node.name))
+                    tally.failed.push(format!("{}: unreachable", node.name));
+                    tally.faulty.push((node, "unreachable for PUTOFFSET".into()));
                 }
                 TargetState::Wants { .. } if req.data_present => {
                     tally.failed.push(format!("{}: content not present", node.name));
@@ -300,10 +305,23 @@ impl Core {
         Body { received, broken }
     }
 
+    /// Reports the targets that failed to the coordinator (counted, sent in
+    /// the background). Not when the client's body broke or was marked
+    /// invalid: then the agents' refusals are the client's doing.
+    fn report_faulty(&self, tally: &mut Tally, body: &Body, valid: bool) {
+        let faulty = std::mem::take(&mut tally.faulty);
+        if body.broken.is_some() || !valid {
+            return;
+        }
+        for (node, why) in faulty {
+            self.mesh.put_failed(&node, &why);
+        }
+    }
+
     /// Success takes the cluster's minimum number of copies; the nodes that
     /// did store are reported either way.
     fn put_outcome(&self, repo: &Repo, key: &Key, tally: Tally, min_copies: usize) -> Outcome {
-        let Tally { stored, failed, no_space } = tally;
+        let Tally { stored, failed, no_space, .. } = tally;
         let ok = !stored.is_empty() && stored.len() >= min_copies;
         let error = if stored.is_empty() {
             Some(failed.join("; "))
@@ -356,11 +374,25 @@ async fn collect(feeds: Vec<Feed>, tally: &mut Tally) {
                     tally.no_space.push(s.message().to_string());
                 }
                 tally.failed.push(format!("{}: {}", f.node.name, s.message()));
+                if node_at_fault(&s) {
+                    tally.faulty.push((f.node, s.message().to_string()));
+                }
             }
             Ok(None) => tally.failed.push(format!("{}: the gateway is stopping", f.node.name)),
             Err(e) => tally.failed.push(format!("{}: {e}", f.node.name)),
         }
     }
+}
+
+/// Whether an agent's error on an upload is the node's failure rather than
+/// a refusal of the request: a bad request or another upload of the key
+/// still under way says nothing about the node's health.
+fn node_at_fault(s: &Status) -> bool {
+    use tonic::Code;
+    !matches!(
+        s.code(),
+        Code::InvalidArgument | Code::Aborted | Code::Cancelled | Code::FailedPrecondition
+    )
 }
 
 /// Sends `data`, which starts at `start` in the client's stream, to every

@@ -108,7 +108,10 @@ impl Core {
         key: &Key,
         deadline: Option<u64>,
     ) -> std::result::Result<(), NotRemoved> {
-        let failed = |s: tonic::Status| NotRemoved::Unknown(format!("{}: {}", n.name, s.message()));
+        let failed = |s: tonic::Status| {
+            self.mesh.agent_failed(n, s.message());
+            NotRemoved::Unknown(format!("{}: {}", n.name, s.message()))
+        };
         let c = self.mesh.agent(n).map_err(failed)?;
         // One retry: the agent refuses a deadline tied to a clock run that
         // has since restarted, and then it is measured again.

@@ -72,4 +72,14 @@ pub trait Control: Send + Sync {
         &self,
         req: rpc::CheckTokenRequest,
     ) -> BoxFuture<'_, Result<rpc::CheckTokenReply, Status>>;
+    /// Tells the coordinator a node failed a write or a data call, so that
+    /// it degrades the node until it recovers. A coordinator that takes no
+    /// reports (a test double about other things) says so.
+    fn report_node_failure(
+        &self,
+        req: rpc::ReportNodeFailureRequest,
+    ) -> BoxFuture<'_, Result<(), Status>> {
+        let _ = req;
+        Box::pin(async { Err(Status::unimplemented("this coordinator takes no failure reports")) })
+    }
 }

@@ -72,6 +72,17 @@ impl Control for GrpcControl {
         let mut c = self.0.clone();
         Box::pin(async move { Ok(c.check_token(req).await?.into_inner()) })
     }
+
+    fn report_node_failure(
+        &self,
+        req: rpc::ReportNodeFailureRequest,
+    ) -> BoxFuture<'_, Result<(), Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move {
+            c.report_node_failure(req).await?;
+            Ok(())
+        })
+    }
 }
 
 /// Agents over gRPC: one lazily connected, multiplexed channel per node.

@@ -1,8 +1,10 @@
 //! What a gateway knows of the mesh: a topology snapshot refreshed from the
 //! coordinator, one client per agent (reused while the node keeps its
-//! address), and which agents failed a moment ago.
+//! address), which agents failed a moment ago, and the failures counted
+//! and reported per node (`failures`).
 
 pub mod api;
+pub mod failures;
 pub mod grpc;
 
 use std::collections::{BTreeSet, HashMap};
@@ -13,6 +15,7 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use self::api::{Control, NodeClient, Nodes};
+use self::failures::{Failures, Kind};
 use super::select::{Busy, Loads};
 use crate::rpc;
 use crate::tasks::Tasks;
@@ -121,6 +124,7 @@ pub struct Mesh {
     snapshot: RwLock<Arc<Snapshot>>,
     agents: Mutex<HashMap<String, Link>>,
     loads: Loads,
+    failures: Failures,
 }
 
 impl Mesh {
@@ -140,6 +144,7 @@ impl Mesh {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             agents: Mutex::new(HashMap::new()),
             loads: Loads::default(),
+            failures: Failures::default(),
         })
     }
 
@@ -179,8 +184,10 @@ impl Mesh {
         }
     }
 
-    /// Refreshes the snapshot in the background until the gateway stops.
+    /// Refreshes the snapshot, and sends the failure reports, in the
+    /// background until the gateway stops.
     pub fn spawn_refresh(self: &Arc<Self>, tasks: &Tasks) {
+        self.spawn_reports(tasks);
         let mesh = Arc::downgrade(self);
         tasks.spawn(async move {
             let mut failing = false;
@@ -250,8 +257,31 @@ impl Mesh {
         Ok(client)
     }
 
-    /// Notes that `node` could not be reached or failed mid-request.
+    /// Sends the failure reports to the coordinator until the gateway
+    /// stops (started by `spawn_refresh`; only the first call counts).
+    pub fn spawn_reports(&self, tasks: &Tasks) {
+        self.failures.spawn_sender(self.control.clone(), tasks);
+    }
+
+    /// Notes that a PUT target failed to store: counted, and reported to
+    /// the coordinator, which then places no new content on the node until
+    /// it recovers.
+    pub fn put_failed(&self, node: &rpc::NodeInfo, why: &str) {
+        warn!(node = %node.name, uuid = %node.uuid, "put failed on the node: {why}; reporting it degraded");
+        self.failures.note(node, Kind::Put, why);
+    }
+
+    /// The failures counted on the node `uuid`.
+    pub fn failures(&self, uuid: &str) -> failures::Counts {
+        self.failures.counts(uuid)
+    }
+
+    /// Notes that `node` could not be reached or failed mid-request (a GET,
+    /// CHECKPRESENT or REMOVE call failed or stalled): it is ranked last for
+    /// a backoff, and the failure is counted and reported to the
+    /// coordinator.
     pub fn agent_failed(&self, node: &rpc::NodeInfo, why: &str) {
+        self.failures.note(node, Kind::Data, why);
         let mut agents = self.agents.lock().unwrap();
         let Some(link) = agents.get_mut(&node.uuid) else { return };
         link.failures = link.failures.saturating_add(1);
@@ -294,36 +324,61 @@ impl Mesh {
         let snapshot = self.snapshot();
         let off = self.backing_off_set();
         let mut out = String::new();
-        type Gauge<'a> = (&'static str, &'static str, Box<dyn Fn(&rpc::NodeInfo) -> u64 + 'a>);
-        let gauges: [Gauge; 5] = [
+        type Series<'a> =
+            (&'static str, &'static str, &'static str, Box<dyn Fn(&rpc::NodeInfo) -> u64 + 'a>);
+        let gauge = "gauge";
+        let series: [Series; 8] = [
             (
                 "annexmesh_node_up",
+                gauge,
                 "1 when the coordinator reports the node healthy.",
                 Box::new(|n| u64::from(n.healthy)),
             ),
             (
+                "annexmesh_node_degraded",
+                gauge,
+                "1 when the coordinator reports the node degraded: no new content, asked last.",
+                Box::new(|n| u64::from(n.degraded)),
+            ),
+            (
                 "annexmesh_node_cost",
+                gauge,
                 "The node's cost; GETs prefer holders with a lower one.",
                 Box::new(|n| u64::from(n.cost)),
             ),
             (
                 "annexmesh_node_active_transfers",
+                gauge,
                 "Transfers in progress on the node, as of its last heartbeat.",
                 Box::new(|n| u64::from(n.active_transfers)),
             ),
             (
                 "annexmesh_node_gets_in_flight",
+                gauge,
                 "GETs this gateway is serving from the node.",
                 Box::new(|n| u64::from(self.loads.in_flight(&n.uuid))),
             ),
             (
                 "annexmesh_node_backoff",
+                gauge,
                 "1 while the gateway avoids the node after failing to reach it.",
                 Box::new(|n| u64::from(off.contains(&n.uuid))),
             ),
+            (
+                "annexmesh_node_put_failures_total",
+                "counter",
+                "PUTs to the node that failed to store (not cut short by the client).",
+                Box::new(|n| self.failures(&n.uuid).put),
+            ),
+            (
+                "annexmesh_node_data_failures_total",
+                "counter",
+                "GET, CHECKPRESENT and REMOVE calls to the node that failed or stalled.",
+                Box::new(|n| self.failures(&n.uuid).data),
+            ),
         ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (name, kind, help, value) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for n in &snapshot.nodes {
                 let _ =
                     writeln!(out, "{name}{{node=\"{}\",uuid=\"{}\"}} {}", n.name, n.uuid, value(n));
@@ -332,16 +387,19 @@ impl Mesh {
         out
     }
 
-    /// `nodes` best first for a GET or CHECKPRESENT (see `select`).
+    /// `nodes` best first for a GET or CHECKPRESENT (see `select`). Nodes
+    /// this gateway failed to reach a moment ago and nodes the coordinator
+    /// reports degraded come last, but are still asked when nothing else is
+    /// left (as a node addressed alone is).
     pub fn rank(&self, nodes: Vec<rpc::NodeInfo>) -> Vec<rpc::NodeInfo> {
         let off = self.backing_off_set();
-        self.loads.rank(nodes, |n| off.contains(&n.uuid))
+        self.loads.rank(nodes, |n| n.degraded || off.contains(&n.uuid))
     }
 
     /// The best of `nodes` to GET from, counted busy until the guard drops.
     pub fn pick(&self, nodes: &[rpc::NodeInfo]) -> Option<(rpc::NodeInfo, Busy)> {
         let off = self.backing_off_set();
-        self.loads.pick(nodes, |n| off.contains(&n.uuid))
+        self.loads.pick(nodes, |n| n.degraded || off.contains(&n.uuid))
     }
 }
 

@@ -1,5 +1,6 @@
 //! The mesh's own bookkeeping: one client per node and address, backoff
-//! after a failure, and a node coming back up.
+//! after a failure, a node coming back up, degraded nodes ranked last, and
+//! failures counted and reported.
 
 use std::sync::Mutex;
 
@@ -51,9 +52,10 @@ impl Nodes for Counting {
     }
 }
 
-/// A coordinator whose topology the test sets.
+/// A coordinator whose topology the test sets; it keeps the failure
+/// reports it receives.
 #[derive(Default)]
-struct Topology(Mutex<rpc::TopologyReply>);
+struct Topology(Mutex<rpc::TopologyReply>, Mutex<Vec<rpc::ReportNodeFailureRequest>>);
 
 impl Control for Topology {
     fn topology(&self) -> BoxFuture<'_, Result<rpc::TopologyReply, Status>> {
@@ -77,6 +79,13 @@ impl Control for Topology {
         _: rpc::CheckTokenRequest,
     ) -> BoxFuture<'_, Result<rpc::CheckTokenReply, Status>> {
         Box::pin(async { Ok(rpc::CheckTokenReply::default()) })
+    }
+    fn report_node_failure(
+        &self,
+        req: rpc::ReportNodeFailureRequest,
+    ) -> BoxFuture<'_, Result<(), Status>> {
+        self.1.lock().unwrap().push(req);
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -136,4 +145,58 @@ async fn a_node_back_up_is_tried_again_at_once() {
     set(true);
     mesh.refresh().await.unwrap();
     assert_eq!(uuids(&mesh.rank(vec![a, b])), ["a", "b"]);
+}
+
+#[test]
+fn degraded_nodes_are_ranked_last_but_still_asked_alone() {
+    let mesh = Mesh::with(Arc::new(Topology::default()), Arc::new(Counting::default()));
+    let a = rpc::NodeInfo { cost: 10, degraded: true, ..node("a", "http://a", true) };
+    let b = node("b", "http://b", true);
+    assert_eq!(uuids(&mesh.rank(vec![a.clone(), b.clone()])), ["b", "a"]);
+    let (picked, _busy) = mesh.pick(&[a.clone(), b]).unwrap();
+    assert_eq!(picked.uuid, "b");
+    let (picked, _busy) = mesh.pick(std::slice::from_ref(&a)).unwrap();
+    assert_eq!(picked.uuid, "a");
+}
+
+#[tokio::test]
+async fn failures_are_counted_per_node_reported_and_rendered() {
+    let control = Arc::new(Topology::default());
+    let mesh = Mesh::with(control.clone(), Arc::new(Counting::default()));
+    let (a, b) = (node("a", "http://a", true), node("b", "http://b", true));
+    *control.0.lock().unwrap() =
+        rpc::TopologyReply { clusters: vec![], nodes: vec![a.clone(), b.clone()] };
+    mesh.refresh().await.unwrap();
+    mesh.agent(&a).unwrap();
+    mesh.put_failed(&a, "read-only file system");
+    mesh.put_failed(&a, "read-only file system");
+    mesh.agent_failed(&a, "no answer in 30s");
+    assert_eq!(mesh.failures("a"), failures::Counts { put: 2, data: 1 });
+    assert_eq!(mesh.failures("b"), failures::Counts::default());
+    let text = mesh.render_metrics();
+    for line in [
+        "# TYPE annexmesh_node_put_failures_total counter",
+        "annexmesh_node_put_failures_total{node=\"a\",uuid=\"a\"} 2",
+        "annexmesh_node_data_failures_total{node=\"a\",uuid=\"a\"} 1",
+        "annexmesh_node_put_failures_total{node=\"b\",uuid=\"b\"} 0",
+        "annexmesh_node_degraded{node=\"a\",uuid=\"a\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    }
+    // Queued until the sender runs, then sent in order.
+    assert!(control.1.lock().unwrap().is_empty());
+    let tasks = Tasks::new(&Default::default());
+    mesh.spawn_reports(&tasks);
+    for _ in 0..100 {
+        if control.1.lock().unwrap().len() == 3 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let sent = control.1.lock().unwrap().clone();
+    let kinds: Vec<_> = sent.iter().map(|r| (r.node_uuid.as_str(), r.kind())).collect();
+    use rpc::FailureKind::{Data, Put};
+    assert_eq!(kinds, [("a", Put), ("a", Put), ("a", Data)]);
+    assert_eq!(sent[0].error, "read-only file system");
+    tasks.shutdown(std::time::Duration::from_secs(1)).await;
 }

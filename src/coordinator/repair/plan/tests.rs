@@ -9,6 +9,7 @@ fn node(name: &str, state: NodeState) -> NodeView {
             uuid: name.into(),
             name: name.into(),
             healthy: matches!(state, NodeState::Up | NodeState::Draining),
+            degraded: false,
             draining: state == NodeState::Draining,
             free_bytes: Some(1_000_000_000),
             wanted: None,
@@ -138,4 +139,24 @@ fn without_preferred_content_every_up_node_keeps_a_copy() {
     let p = plan_key(&key(), &nodes, &set(&["n2", "n3"]), 1, 0);
     assert_eq!(p.target, 2);
     assert!(!p.needs_work());
+}
+
+#[test]
+fn a_degraded_node_takes_no_copy_until_it_recovers() {
+    use NodeState::*;
+    let mut nodes = [node("n1", Up), node("n2", Up), node("n3", Up)];
+    nodes[1].candidate.degraded = true;
+    // A PUT stored on n1 and n3 while n2 was degraded: nothing to do yet,
+    // and even the cluster's minimum does not send a copy to n2.
+    let p = plan_key(&key(), &nodes, &set(&["n1", "n3"]), 1, 0);
+    assert_eq!(p.target, 2);
+    assert!(!p.needs_work());
+    let p = plan_key(&key(), &nodes, &set(&["n1", "n3"]), 3, 0);
+    assert!(p.copy_to.is_empty());
+    assert_eq!(p.short, 1);
+    // Recovered: n2 gets its copy back.
+    nodes[1].candidate.degraded = false;
+    let p = plan_key(&key(), &nodes, &set(&["n1", "n3"]), 1, 0);
+    assert_eq!(p.target, 3);
+    assert_eq!(p.copy_to, ["n2"]);
 }

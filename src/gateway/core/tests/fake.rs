@@ -36,6 +36,9 @@ pub enum Behaviour {
     WrongSize,
     /// Takes an upload's data but refuses to store it.
     RefusesWrites,
+    /// An upload fails at once, as on a store whose `annex/tmp` is
+    /// read-only.
+    FailsWrites,
     /// Refuses to remove.
     KeepsContent,
     /// Finds its copy corrupt before sending any: GET, CHECKPRESENT and
@@ -149,6 +152,12 @@ impl FakeNode {
             return Err(Status::invalid_argument("no header"));
         };
         self.put_headers.lock().unwrap().push(h.clone());
+        if self.behaviour == Behaviour::FailsWrites {
+            return Err(Status::internal(format!(
+                "cannot open annex/tmp/{}: Read-only file system (os error 30)",
+                h.key
+            )));
+        }
         let mut data = self.partial.lock().unwrap().remove(&h.key).unwrap_or_default();
         data.truncate(h.offset as usize);
         let end = loop {
@@ -286,6 +295,8 @@ pub struct FakeControl {
     pub records_fail: AtomicBool,
     /// Every batch of location changes that was recorded, in order.
     pub recorded: Mutex<Vec<Vec<rpc::LocationChange>>>,
+    /// Every node failure a gateway reported, in order.
+    pub failures: Mutex<Vec<rpc::ReportNodeFailureRequest>>,
 }
 
 impl FakeControl {
@@ -342,5 +353,13 @@ impl Control for FakeControl {
         _: rpc::CheckTokenRequest,
     ) -> BoxFuture<'_, Result<rpc::CheckTokenReply, Status>> {
         Box::pin(async move { Ok(rpc::CheckTokenReply::default()) })
+    }
+
+    fn report_node_failure(
+        &self,
+        req: rpc::ReportNodeFailureRequest,
+    ) -> BoxFuture<'_, Result<(), Status>> {
+        self.failures.lock().unwrap().push(req);
+        Box::pin(async move { Ok(()) })
     }
 }

@@ -367,3 +367,39 @@ async fn check(c: Case) {
     }
     assert_eq!(w.corrupt_copies(), c.corrupt, "{}: corrupt copies counted", c.name);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_that_fails_a_get_is_counted_and_reported() {
+    let c = case(
+        "a holder that stalls and one that refuses the connection",
+        checksum_key(),
+        vec![
+            n("a").has().cost(10).behaving(Unreachable),
+            n("b").has().cost(20).behaving(Stalls),
+            n("d").has().cost(30),
+        ],
+    );
+    let w = World::new(&c.nodes, &c.key);
+    let got = fetch(&w, &c).await;
+    assert_eq!((got.first.as_deref(), got.bytes.as_slice()), (Some("d"), CONTENT));
+    let data = |u: &str| w.core.mesh.failures(u).data;
+    assert_eq!((data("a"), data("b"), data("d")), (1, 1, 0));
+    w.core.mesh.spawn_reports(&w.core.tasks);
+    for _ in 0..100 {
+        if w.control.failures.lock().unwrap().len() >= 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut sent: Vec<_> = w
+        .control
+        .failures
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| (r.node_uuid.clone(), r.kind()))
+        .collect();
+    sent.sort();
+    use rpc::FailureKind::Data;
+    assert_eq!(sent, [("a".to_string(), Data), ("b".to_string(), Data)]);
+}

@@ -307,3 +307,55 @@ async fn a_size_that_does_not_match_the_key_is_refused() {
     assert!(matches!(got, Err(crate::gateway::core::CoreError::BadRequest(_))), "{got:?}");
     assert!(w.node("a").put_headers.lock().unwrap().is_empty());
 }
+
+/// Waits (a bounded number of turns) for `n` reports to reach the fake
+/// coordinator, and returns who and what they are.
+async fn reports(w: &World, n: usize) -> Vec<(String, rpc::FailureKind)> {
+    w.core.mesh.spawn_reports(&w.core.tasks);
+    for _ in 0..100 {
+        if w.control.failures.lock().unwrap().len() >= n {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let sent = w.control.failures.lock().unwrap();
+    sent.iter().map(|r| (r.node_uuid.clone(), r.kind())).collect()
+}
+
+#[tokio::test]
+async fn failed_targets_are_counted_and_reported_and_the_put_still_succeeds() {
+    let key = checksum_key();
+    let w = World::new(&[n("a"), n("b").behaving(FailsWrites), n("d").behaving(Unreachable)], &key);
+    let repo = w.repo("c").await;
+    let length = CONTENT.len() as u64;
+    let req =
+        PutRequest { repo: &repo, key: &key, file: None, offset: 0, length, data_present: false };
+    let body = futures::stream::iter([Ok::<_, String>(Bytes::from_static(CONTENT))]);
+    let out = w.core.put(req, body).await.unwrap();
+    assert!(out.ok, "one copy is the minimum: {out:?}");
+    assert_eq!(out.plus, ["a"]);
+    let put_failures = |u: &str| w.core.mesh.failures(u).put;
+    assert_eq!((put_failures("a"), put_failures("b"), put_failures("d")), (0, 1, 1));
+    let mut got = reports(&w, 2).await;
+    got.sort();
+    use rpc::FailureKind::Put;
+    assert_eq!(got, [("b".to_string(), Put), ("d".to_string(), Put)]);
+}
+
+#[tokio::test]
+async fn a_body_cut_short_reports_no_node() {
+    let key = checksum_key();
+    let w = World::new(&[n("a"), n("b").behaving(FailsWrites)], &key);
+    let repo = w.repo("c").await;
+    let length = CONTENT.len() as u64;
+    let req =
+        PutRequest { repo: &repo, key: &key, file: None, offset: 0, length, data_present: false };
+    let body = futures::stream::iter([
+        Ok(Bytes::from_static(&CONTENT[..4])),
+        Err("client connection lost".to_string()),
+    ]);
+    let out = w.core.put(req, body).await.unwrap();
+    assert!(!out.ok);
+    assert_eq!(w.core.mesh.failures("a").put + w.core.mesh.failures("b").put, 0);
+    assert!(reports(&w, 1).await.is_empty());
+}
