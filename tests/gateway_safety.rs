@@ -45,6 +45,8 @@ fn a_drop_without_the_coordinator_deletes_nothing_and_works_once_it_is_back() {
     for node in ["node1", "node2", "node3"] {
         assert!(listed.contains(&format!("-- {node}")), "{node} missing:\n{listed}");
     }
+    // The log and what the nodes hold agree: no difference, exit status 0.
+    assert_eq!(mesh.admin_ok(&["fsck"]).lines().count(), 0, "admin fsck found differences");
 
     client.ok(&["git", "annex", "drop", "--from", "mesh", "f.bin"]);
     for s in mesh.node_stores() {
