@@ -339,7 +339,10 @@ impl<'a> Pass<'a> {
     }
 
     /// Strikes the copy from the log, then asks the agent to delete it; when
-    /// the agent does not, the copy is listed again, since it is still there.
+    /// the agent refuses, the copy is listed again, since it is still there.
+    /// When the call itself fails the copy may or may not be gone, so it
+    /// stays struck: the log never claims a copy that may be gone (a later
+    /// probe or `admin fsck` lists it again if it is there).
     async fn drop_copy(
         &mut self,
         node: &NodeView,
@@ -353,13 +356,14 @@ impl<'a> Pass<'a> {
         self.record(key, uuid, false).await?;
         let req =
             rpc::RemoveRequest { key: key.to_string(), before_ms: None, boot_id: String::new() };
-        let outcome = match agent.remove(req).await {
-            Ok(r) if r.get_ref().removed => return Ok(Ok(())),
-            Ok(r) => r.into_inner().error,
-            Err(s) => s.message().to_string(),
-        };
-        self.record(key, uuid, true).await?;
-        Ok(Err(outcome))
+        match agent.remove(req).await {
+            Ok(r) if r.get_ref().removed => Ok(Ok(())),
+            Ok(r) => {
+                self.record(key, uuid, true).await?;
+                Ok(Err(r.into_inner().error))
+            }
+            Err(s) => Ok(Err(s.message().to_string())),
+        }
     }
 
     /// Asks `to` to fetch the key from `sources`; the bytes it received.
