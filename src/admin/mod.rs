@@ -302,7 +302,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 Ok(r) => r.into_inner().draining,
                 Err(_) => Vec::new(),
             };
-            println!("NAME\tUUID\tHEALTH\tADDRESS\tFREE\tTRANSFERS\tSTATE\tWANTED\tCOST\tLEFT");
+            println!(
+                "NAME\tUUID\tHEALTH\tADDRESS\tFREE\tTRANSFERS\tSTATE\tWANTED\tCOST\tLEFT\tPARTIAL\tQUARANTINED"
+            );
             for n in nodes {
                 let left = draining
                     .iter()
@@ -322,7 +324,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 };
                 let wanted = if n.wanted.is_empty() { "-" } else { n.wanted.as_str() };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     n.name,
                     n.uuid,
                     health,
@@ -332,7 +334,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     state,
                     wanted,
                     n.cost,
-                    left
+                    left,
+                    n.partial_bytes,
+                    n.quarantined
                 );
             }
         }

@@ -148,7 +148,9 @@ fn spawn_safety(tasks: &Tasks, cfg: &config::SafetyConfig, service: &AgentServic
         info!("scrubbing disabled");
     }
     let min_free = partials::min_free(&store, cfg.min_free);
-    tasks.spawn(partials::expire(store, service.uploads.clone(), cfg.partial_max_age, min_free));
+    let held = service.partial_bytes.clone();
+    let uploads = service.uploads.clone();
+    tasks.spawn(partials::expire(store, uploads, cfg.partial_max_age, min_free, held));
 }
 
 /// Registers, then heartbeats; registers again whenever the coordinator
@@ -198,6 +200,8 @@ async fn keep_registered(
                 writable: check.is_ok(),
                 store_error: check.err().unwrap_or_default(),
                 store_checked: true,
+                partial_bytes: service.partial_bytes.load(Ordering::Relaxed),
+                quarantined: service.integrity.quarantined(),
             };
             match c.heartbeat(hb).await {
                 Ok(r) => {

@@ -4,6 +4,8 @@
 //! sweep takes the key's upload slot before it removes anything.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tracing::{debug, info, warn};
@@ -102,7 +104,14 @@ pub fn min_free(store: &Store, configured: Option<u64>) -> u64 {
 
 /// Sweeps the partials periodically (often enough for `max_age`, at least
 /// every 10 s for space pressure) until the agent stops.
-pub async fn expire(store: Store, uploads: Uploads, max_age: Duration, min_free: u64) {
+/// `held` is kept at the bytes partials hold after each sweep.
+pub async fn expire(
+    store: Store,
+    uploads: Uploads,
+    max_age: Duration,
+    min_free: u64,
+    held: Arc<AtomicU64>,
+) {
     let period = (max_age / 2).clamp(Duration::from_millis(500), Duration::from_secs(10));
     let mut last_kept = None;
     loop {
@@ -114,6 +123,7 @@ pub async fn expire(store: Store, uploads: Uploads, max_age: Duration, min_free:
         })
         .await
         .expect("partial sweep panicked");
+        held.store(report.kept_bytes, Ordering::Relaxed);
         // The bytes partials hold, logged when they change.
         if last_kept != Some(report.kept_bytes) || report.removed > 0 {
             info!(

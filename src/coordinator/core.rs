@@ -62,6 +62,8 @@ impl Core {
             removed: false,
             lost: false,
             degraded: self.health.is_degraded(&n.uuid, std::time::Instant::now()),
+            partial_bytes: health.as_ref().map_or(0, |h| h.partial_bytes),
+            quarantined: health.as_ref().map_or(0, |h| h.quarantined),
         }
     }
 

@@ -30,6 +30,10 @@ pub struct Health {
     /// None until the first heartbeat reports it.
     pub free_bytes: Option<u64>,
     pub active_transfers: u32,
+    /// Bytes in partial uploads, and copies quarantined since the agent
+    /// started, as its last heartbeat said.
+    pub partial_bytes: u64,
+    pub quarantined: u64,
 }
 
 /// What failed on a node.
@@ -100,6 +104,18 @@ impl HealthBoard {
 
     /// Notes that the node was heard from now.
     pub fn touch(&self, uuid: &str, boot_id: &str, free_bytes: Option<u64>, active_transfers: u32) {
+        self.touch_with(uuid, boot_id, free_bytes, active_transfers, (0, 0));
+    }
+
+    /// As `touch`, with the store's `(partial_bytes, quarantined)`.
+    pub fn touch_with(
+        &self,
+        uuid: &str,
+        boot_id: &str,
+        free_bytes: Option<u64>,
+        active_transfers: u32,
+        (partial_bytes, quarantined): (u64, u64),
+    ) {
         self.nodes.lock().unwrap().insert(
             uuid.to_string(),
             Health {
@@ -108,6 +124,8 @@ impl HealthBoard {
                 boot_id: boot_id.to_string(),
                 free_bytes,
                 active_transfers,
+                partial_bytes,
+                quarantined,
             },
         );
     }

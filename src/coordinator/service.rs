@@ -124,7 +124,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let r = req.into_inner();
         let known = self.core.store.node(&r.uuid)?.is_some();
         if known {
-            self.core.health.touch(&r.uuid, &r.boot_id, Some(r.free_bytes), r.active_transfers);
+            let store = (r.partial_bytes, r.quarantined);
+            let h = &self.core.health;
+            h.touch_with(&r.uuid, &r.boot_id, Some(r.free_bytes), r.active_transfers, store);
             let check = store_check(&r);
             if self.core.health.store_checked(&r.uuid, &check, Instant::now()) {
                 warn!(node = %r.uuid, error = %r.store_error, "node degraded: its store is not writable");
@@ -354,9 +356,15 @@ mod tests {
             writable: false,
             store_error: "cannot create annex/tmp/.annexmesh-store-check: read-only".into(),
             store_checked: true,
+            partial_bytes: 4096,
+            quarantined: 2,
         };
         c.service.heartbeat(Request::new(hb)).await.unwrap();
         assert_eq!(degraded(&c).await, [false, false, true]);
+        // What the heartbeat said of the store is what operators see.
+        let nodes = c.core.all_nodes().unwrap();
+        let n = nodes.iter().find(|n| n.uuid == uuids[2]).unwrap();
+        assert_eq!((n.partial_bytes, n.quarantined), (4096, 2));
     }
 
     #[tokio::test]

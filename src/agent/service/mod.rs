@@ -36,6 +36,8 @@ pub struct AgentService {
     /// Verified stamps, quarantine and the count of quarantined copies.
     pub(crate) integrity: Integrity,
     pub(crate) active: Arc<AtomicU32>,
+    /// Bytes in partial uploads as of the last sweep, for the heartbeat.
+    pub(crate) partial_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Lock holders and GET readers: they end when the agent stops.
     tasks: Tasks,
 }
@@ -88,6 +90,7 @@ impl AgentService {
         coordinator: Option<CoordinatorClient<tonic::transport::Channel>>,
     ) -> AgentService {
         AgentService {
+            partial_bytes: Arc::default(),
             integrity: Integrity::new(store.clone(), uuid.clone(), name.clone(), coordinator),
             tasks,
             store,
