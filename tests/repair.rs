@@ -80,23 +80,25 @@ fn get_and_fsck(client: &Client) {
 
 #[test]
 fn copies_lost_with_a_node_are_made_again_from_the_survivors() {
+    let metrics = format!("127.0.0.1:{}", common::free_port());
     let mut mesh = Mesh::separate_with_coordinator_args(
         3,
-        &["--repair-grace", "2s", "--repair-interval", "1s"],
+        &["--repair-grace", "2s", "--repair-interval", "1s", "--metrics", &metrics],
     );
     mesh.admin_ok(&["cluster", "mincopies", "mesh", "2"]);
     let uuids = node_uuids(&mesh);
-    // With node3 draining the files go to node1 and node2 only.
-    mesh.admin_ok(&["node", "drain", "node3"]);
+    // node3 wants nothing, so the files go to node1 and node2 only, and
+    // repair, which keeps what placement asks for, leaves them there.
+    mesh.admin_ok(&["wanted", "node3", "nothing"]);
     let (client, files) = client_with(&mesh, 10);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "."]);
     for (name, data, key) in &files {
         assert_eq!(holders(&mesh, key, data), set(&["node1", "node2"]), "{name}");
     }
-    mesh.admin_ok(&["node", "undrain", "node3"]);
 
     // node1 crashes for good; once it is down past the grace, its copies
-    // are made again on node3 from node2.
+    // are made again from node2 on node3, which takes them for the
+    // cluster's minimum of 2 though it wants nothing.
     mesh.proc("node1").kill();
     wait_until("every key back on two up nodes", Duration::from_secs(90), || {
         files.iter().all(|(_, data, key)| holders(&mesh, key, data).contains("node3"))
@@ -110,6 +112,15 @@ fn copies_lost_with_a_node_are_made_again_from_the_survivors() {
     get_and_fsck(&client);
     let status = mesh.admin_ok(&["repair", "--status"]);
     assert!(status.contains("last pass:"), "{status}");
+    // The coordinator's metrics count the copies and show node1 down.
+    let (code, text) = common::http_get(&format!("http://{metrics}/metrics")).unwrap();
+    assert_eq!(code, 200, "{text}");
+    let value = |line: &str| -> u64 {
+        let l = text.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("{text}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("annexmesh_repair_copies_total ") >= files.len() as u64, "{text}");
+    assert_eq!(value(&format!("annexmesh_node_up{{node=\"node1\",uuid=\"{}\"}}", uuids[0].1)), 0);
 }
 
 #[test]

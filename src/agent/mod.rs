@@ -184,22 +184,28 @@ async fn keep_registered(
             }
         } else {
             let free = free_bytes(service.store.root());
-            let check = checker.check().await;
+            // The latest finished check; None says nothing of the store.
+            let check = checker.poll();
             // Said once per change, not every heartbeat.
             match &check {
-                Err(e) if store_ok => warn!(node = %reg.name, "store not writable: {e}"),
-                Ok(()) if !store_ok => info!(node = %reg.name, "store writable again"),
+                Some(Err(e)) if store_ok => warn!(node = %reg.name, "store not writable: {e}"),
+                Some(Ok(())) if !store_ok => info!(node = %reg.name, "store writable again"),
                 _ => {}
             }
-            store_ok = check.is_ok();
+            if let Some(c) = &check {
+                store_ok = c.is_ok();
+            }
             let hb = rpc::HeartbeatRequest {
                 uuid: reg.uuid.clone(),
                 boot_id: reg.boot_id.clone(),
                 free_bytes: free,
                 active_transfers: service.active.load(Ordering::Relaxed),
-                writable: check.is_ok(),
-                store_error: check.err().unwrap_or_default(),
-                store_checked: true,
+                writable: matches!(check, Some(Ok(()))),
+                store_error: match &check {
+                    Some(Err(e)) => e.clone(),
+                    _ => String::new(),
+                },
+                store_checked: check.is_some(),
                 partial_bytes: service.partial_bytes.load(Ordering::Relaxed),
                 quarantined: service.integrity.quarantined(),
             };

@@ -6,48 +6,73 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// How long a check may take before the store counts as unwritable: a disk
-/// that hangs is no better than one that refuses.
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// that hangs is no better than one that refuses. Generous, because a
+/// loaded disk may take seconds to fsync while it writes back uploads.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The name of the check's file: not a key, so partial expiry leaves it be.
 const CHECK_FILE: &str = ".annexmesh-store-check";
 
-/// Runs the check on a blocking thread, never more than one at a time.
+/// Runs the check on a blocking thread in the background, never more than
+/// one at a time, so a slow disk never holds a heartbeat up.
 #[derive(Debug, Clone)]
 pub struct StoreChecker {
     dir: PathBuf,
-    running: Arc<AtomicBool>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// When the check in progress started.
+    running_since: Option<Instant>,
+    /// The last finished check's result.
+    last: Option<Result<(), String>>,
 }
 
 impl StoreChecker {
     /// A checker for the store rooted at `root`.
     pub fn new(root: &Path) -> StoreChecker {
-        StoreChecker { dir: root.join("annex/tmp"), running: Arc::default() }
+        StoreChecker { dir: root.join("annex/tmp"), state: Arc::default() }
     }
 
-    /// Ok when the store is writable, else why not.
+    /// Starts a check unless one is running, and says what is known now:
+    /// the last finished check's result, a failure when the check in
+    /// progress has taken longer than `CHECK_TIMEOUT`, or None before the
+    /// first check finished. Needs a tokio runtime.
+    pub fn poll(&self) -> Option<Result<(), String>> {
+        let mut st = self.state.lock().unwrap();
+        match st.running_since {
+            Some(t) if t.elapsed() > CHECK_TIMEOUT => {
+                return Some(Err(format!(
+                    "writing a small file in {} has taken more than {CHECK_TIMEOUT:?}",
+                    self.dir.display()
+                )));
+            }
+            Some(_) => {}
+            None => {
+                st.running_since = Some(Instant::now());
+                let (dir, state) = (self.dir.clone(), self.state.clone());
+                tokio::task::spawn_blocking(move || {
+                    let r = check_dir(&dir);
+                    let mut st = state.lock().unwrap();
+                    st.last = Some(r);
+                    st.running_since = None;
+                });
+            }
+        }
+        st.last.clone()
+    }
+
+    /// Runs one check now and waits for its result (for tests and tools).
     pub async fn check(&self) -> Result<(), String> {
-        if self.running.swap(true, Ordering::AcqRel) {
-            return Err(format!("an earlier check of {} has not finished", self.dir.display()));
-        }
-        let (dir, running) = (self.dir.clone(), self.running.clone());
-        let job = tokio::task::spawn_blocking(move || {
-            let r = check_dir(&dir);
-            running.store(false, Ordering::Release);
-            r
-        });
-        match tokio::time::timeout(CHECK_TIMEOUT, job).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(format!("the store check failed: {e}")),
-            Err(_) => Err(format!(
-                "writing a small file in {} took more than {CHECK_TIMEOUT:?}",
-                self.dir.display()
-            )),
-        }
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || check_dir(&dir))
+            .await
+            .map_err(|e| format!("the store check failed: {e}"))?
     }
 }
 
@@ -72,6 +97,33 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("annex/tmp")).unwrap();
         StoreChecker::new(dir.path()).check().await.unwrap();
         assert_eq!(std::fs::read_dir(dir.path().join("annex/tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn polling_reports_the_last_finished_check_without_waiting_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("annex/tmp")).unwrap();
+        let checker = StoreChecker::new(dir.path());
+        assert_eq!(checker.poll(), None, "nothing is known before a check finished");
+        let mut known = None;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            known = checker.poll();
+            if known.is_some() {
+                break;
+            }
+        }
+        assert_eq!(known, Some(Ok(())));
+        std::fs::remove_dir(dir.path().join("annex/tmp")).unwrap();
+        let mut failed = None;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Some(Err(e)) = checker.poll() {
+                failed = Some(e);
+                break;
+            }
+        }
+        assert!(failed.is_some_and(|e| e.contains("cannot create")), "the failure is reported");
     }
 
     #[tokio::test]

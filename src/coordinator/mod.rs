@@ -12,6 +12,7 @@ pub mod core;
 pub mod fsck;
 pub mod health;
 pub mod identity;
+pub mod metrics;
 pub mod placement;
 pub mod probe;
 pub mod repair;
@@ -50,6 +51,11 @@ pub struct CoordinatorConfig {
     /// Address to serve gRPC (coordinator and admin API) on.
     #[arg(long, env = "ANNEXMESH_COORDINATOR_LISTEN", default_value = "127.0.0.1:7400")]
     pub listen: SocketAddr,
+    /// Address to serve Prometheus metrics on (`GET /metrics`: repair's
+    /// progress, each node's health, partial uploads and quarantined copies).
+    /// Off unless given.
+    #[arg(long, env = "ANNEXMESH_COORDINATOR_METRICS")]
+    pub metrics: Option<SocketAddr>,
     /// Directory for the coordinator's database.
     #[arg(long, env = "ANNEXMESH_DATA")]
     pub data: PathBuf,
@@ -101,6 +107,8 @@ pub struct Coordinator {
     pub admin: AdminService,
     repair: Arc<Repairer>,
     core: Arc<Core>,
+    /// Where to serve `/metrics`, when asked to.
+    metrics: Option<TcpListener>,
 }
 
 impl Coordinator {
@@ -139,7 +147,13 @@ impl Coordinator {
         let service = CoordinatorService::new(core.clone(), clock.clone());
         let repair = Arc::new(Repairer::new(core.clone(), repair));
         let admin = AdminService::new(core.clone(), repair.clone());
-        Ok(Coordinator { store, clock, service, admin, repair, core })
+        Ok(Coordinator { store, clock, service, admin, repair, core, metrics: None })
+    }
+
+    /// Also serves Prometheus metrics on `listener` (`GET /metrics`).
+    pub fn with_metrics(mut self, listener: TcpListener) -> Coordinator {
+        self.metrics = Some(listener);
+        self
     }
 
     pub async fn serve(
@@ -152,6 +166,9 @@ impl Coordinator {
         self.clock.spawn_renewal(self.store.clone(), &tasks);
         self.repair.start(&tasks);
         probe::spawn(self.core.clone(), &tasks);
+        if let Some(l) = self.metrics {
+            metrics::spawn(l, self.core.clone(), self.repair.clone(), &tasks);
+        }
         let server = tonic::transport::Server::builder()
             .add_service(
                 CoordinatorServer::new(self.service)
@@ -182,9 +199,15 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow:
         interval: cfg.repair_interval,
         rate: cfg.repair_rate.saturating_mul(1024 * 1024),
     };
-    let coordinator = Coordinator::open_with(&cfg.data, cfg.reserve, wall, repair).await?;
+    let mut coordinator = Coordinator::open_with(&cfg.data, cfg.reserve, wall, repair).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    if let Some(addr) = cfg.metrics {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        coordinator = coordinator.with_metrics(l);
+    }
     coordinator.serve(listener, shutdown).await
 }
