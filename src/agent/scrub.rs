@@ -148,11 +148,13 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
 
-    fn put_object(store: &Store, content: &[u8], stored: &[u8]) -> Key {
+    /// Stores `stored` as the object of `content`'s SHA256E key (`stored`
+    /// differing from `content` makes a corrupt copy); the key.
+    pub(crate) fn put_object(store: &Store, content: &[u8], stored: &[u8]) -> Key {
         let key: Key =
             format!("SHA256E-s{}--{}", content.len(), hex::encode(Sha256::digest(content)))
                 .parse()

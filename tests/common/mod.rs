@@ -246,6 +246,11 @@ impl Mesh {
     /// Starts an agent named `name` on the store at `store`, as process
     /// `proc_name` (e.g. a new node taking a removed node's name).
     pub fn start_agent_at(&mut self, proc_name: &str, name: &str, store: &Path) {
+        self.spawn_agent(proc_name, name, store, &[]);
+    }
+
+    /// Starts an agent of the cluster `mesh` as the process `proc_name`.
+    fn spawn_agent(&mut self, proc_name: &str, name: &str, store: &Path, extra: &[&str]) {
         let mut cmd = annexmesh();
         cmd.args([
             "agent",
@@ -258,7 +263,8 @@ impl Mesh {
         ])
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .arg("--store")
-        .arg(store);
+        .arg(store)
+        .args(extra);
         let p = Proc::spawn(proc_name, &mut cmd, self.dir.path());
         self.procs.push(p);
     }
@@ -278,49 +284,13 @@ impl Mesh {
     }
 
     pub fn start_agent(&mut self, name: &str) {
-        let store = self.dir.path().join("nodes").join(name);
-        let p = Proc::spawn(
-            name,
-            annexmesh()
-                .args([
-                    "agent",
-                    "--coordinator",
-                    &self.coordinator,
-                    "--cluster",
-                    "mesh",
-                    "--name",
-                    name,
-                ])
-                .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-                .arg("--store")
-                .arg(store),
-            self.dir.path(),
-        );
-        self.procs.push(p);
+        self.start_agent_with(name, &[]);
     }
 
     /// `start_agent` with extra arguments (e.g. `--scrub-rate 100`).
     pub fn start_agent_with(&mut self, name: &str, extra: &[&str]) {
         let store = self.dir.path().join("nodes").join(name);
-        let p = Proc::spawn(
-            name,
-            annexmesh()
-                .args([
-                    "agent",
-                    "--coordinator",
-                    &self.coordinator,
-                    "--cluster",
-                    "mesh",
-                    "--name",
-                    name,
-                ])
-                .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-                .arg("--store")
-                .arg(store)
-                .args(extra),
-            self.dir.path(),
-        );
-        self.procs.push(p);
+        self.spawn_agent(name, name, &store, extra);
     }
 
     /// A coordinator and gateway, then `names` agents started with `extra`

@@ -27,23 +27,10 @@ impl AgentService {
 
 #[cfg(test)]
 mod tests {
-    use sha2::{Digest, Sha256};
-
     use super::*;
+    use crate::agent::scrub::tests::put_object;
     use crate::agent::store::Store;
-    use crate::p2p::key::Key;
     use crate::tasks::Tasks;
-
-    fn put_object(store: &Store, content: &[u8], stored: &[u8]) -> Key {
-        let key: Key =
-            format!("SHA256E-s{}--{}", content.len(), hex::encode(Sha256::digest(content)))
-                .parse()
-                .unwrap();
-        let p = store.object_path(&key);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, stored).unwrap();
-        key
-    }
 
     #[tokio::test]
     async fn a_requested_pass_reports_and_quarantines_the_bad_keys() {
