@@ -97,16 +97,31 @@ impl Integrity {
         tonic::Status::data_loss(format!("{}: corrupt copy of {key} quarantined", self.node_name))
     }
 
-    /// Moves the corrupt copy of `key` out of `annex/objects`, then strikes
-    /// this node from the location log. A failed strike is logged only: the
-    /// copy is bad either way, and gateways strike nodes that answer
-    /// DATA_LOSS themselves.
-    pub async fn quarantine(&self, key: &Key) -> Result<Option<PathBuf>, StoreError> {
-        self.stamps.lock().unwrap().remove(&key.to_string());
-        let (store, k) = (self.store.clone(), key.clone());
-        let moved = tokio::task::spawn_blocking(move || store.quarantine(&k))
+    /// Moves the corrupt copy of `key` that was read as `read` out of
+    /// `annex/objects`, then strikes this node from the location log. A copy
+    /// stored since under the same key (another file) is left alone, and so
+    /// is its place in the log. A failed strike is logged only: the copy is
+    /// bad either way, and gateways strike nodes that answer DATA_LOSS
+    /// themselves.
+    pub async fn quarantine(
+        &self,
+        key: &Key,
+        read: &Metadata,
+    ) -> Result<Option<PathBuf>, StoreError> {
+        let (store, k, read) = (self.store.clone(), key.clone(), read.clone());
+        let moved =
+            tokio::task::spawn_blocking(move || match std::fs::metadata(store.object_path(&k)) {
+                Ok(now) if !same_file(&now, &read) => Err(()),
+                _ => Ok(store.quarantine(&k)),
+            })
             .await
-            .expect("quarantine task panicked")?;
+            .expect("quarantine task panicked");
+        let Ok(moved) = moved else {
+            info!(%key, node = %self.node_name, "the corrupt copy was replaced meanwhile; kept");
+            return Ok(None);
+        };
+        let moved = moved?;
+        self.stamps.lock().unwrap().remove(&key.to_string());
         if let Some(path) = &moved {
             self.quarantined.fetch_add(1, Ordering::Relaxed);
             warn!(%key, node = %self.node_name, path = %path.display(),
@@ -131,6 +146,11 @@ impl Integrity {
                 "cannot strike the corrupt copy from the location log"),
         }
     }
+}
+
+/// Whether two metadata describe the same file (not just the same name).
+pub(crate) fn same_file(a: &Metadata, b: &Metadata) -> bool {
+    a.ino() == b.ino() && a.dev() == b.dev()
 }
 
 /// Reads `file` from its current position to the end into `verifier`, and
@@ -189,13 +209,20 @@ mod tests {
             let p = store.object_path(&key);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, content).unwrap();
-            let moved = integrity.quarantine(&key).await.unwrap().unwrap();
+            let read = std::fs::metadata(&p).unwrap();
+            let moved = integrity.quarantine(&key, &read).await.unwrap().unwrap();
             assert!(!p.exists(), "the copy left annex/objects");
             assert_eq!(std::fs::read(&moved).unwrap(), content.to_vec(), "kept, not deleted");
             assert_eq!(integrity.quarantined(), i as u64 + 1);
         }
         assert!(store.bad_dir().join(key.to_string()).exists());
         assert!(store.bad_dir().join(format!("{key}.1")).exists());
-        assert_eq!(integrity.quarantine(&key).await.unwrap(), None, "already gone");
+        let read = std::fs::metadata(store.bad_dir().join(key.to_string())).unwrap();
+        assert_eq!(integrity.quarantine(&key, &read).await.unwrap(), None, "already gone");
+        // A good copy stored since under the key is another file: kept.
+        let p = store.object_path(&key);
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(integrity.quarantine(&key, &read).await.unwrap(), None);
+        assert_eq!(std::fs::read(&p).unwrap(), b"abc");
     }
 }

@@ -77,25 +77,21 @@ pub async fn scrub_pass(store: &Store, integrity: &Integrity, rate: f64) -> Pass
             Ok(Some((false, meta))) => {
                 pass.objects += 1;
                 pass.bytes += meta.len();
-                // Quarantine only the copy that was read, not one stored since.
-                let same = std::fs::metadata(&path).is_ok_and(|m| same_file(&m, &meta));
-                if same {
+                // Only the copy that was read goes, not one stored since.
+                let quarantined = integrity.quarantine(&key, &meta).await;
+                if let Err(e) = &quarantined {
+                    warn!(%key, error = %e, "cannot quarantine the corrupt copy");
+                }
+                // Ok(None): gone or replaced since it was read.
+                if !matches!(quarantined, Ok(None)) {
                     pass.bad += 1;
                     pass.bad_keys.push(key.to_string());
-                    if let Err(e) = integrity.quarantine(&key).await {
-                        warn!(%key, error = %e, "cannot quarantine the corrupt copy");
-                    }
                 }
             }
             Err(e) => warn!(path = %path.display(), error = %e, "scrub cannot read object"),
         }
     }
     pass
-}
-
-fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    a.ino() == b.ino() && a.dev() == b.dev()
 }
 
 /// Reads the object in chunks on blocking threads, pausing between them to

@@ -76,7 +76,7 @@ impl AgentService {
             .map_err(|e| Status::internal(format!("cannot read {}: {e}", path.display())))?;
         let (file, check) = match ready {
             Ready::Corrupt => {
-                self.integrity.quarantine(&key).await?;
+                self.integrity.quarantine(&key, &meta).await?;
                 return Err(self.integrity.corrupt_status(&key));
             }
             Ready::JustVerified(file) => {
@@ -185,7 +185,7 @@ async fn finish_check(key: &Key, c: Check) -> bool {
         return true;
     }
     warn!(%key, "content changed on disk since it was verified; the stream is marked invalid");
-    if let Err(e) = c.integrity.quarantine(key).await {
+    if let Err(e) = c.integrity.quarantine(key, &c.meta).await {
         warn!(%key, error = %e, "cannot quarantine the corrupt copy");
     }
     false
