@@ -8,6 +8,7 @@ pub mod line;
 pub mod mesh;
 pub mod metrics;
 pub mod select;
+pub mod throttle;
 
 use std::net::SocketAddr;
 
