@@ -162,8 +162,12 @@ fn bad_token_requests_get_clear_errors() {
     rt.block_on(async {
         let mut admin = AdminClient::connect(mesh.coordinator.clone()).await.unwrap();
         for (token_sha256, mode, label, want) in cases {
-            let req =
-                rpc::CreateTokenRequest { token_sha256, mode: mode.into(), label: label.into() };
+            let req = rpc::CreateTokenRequest {
+                token_sha256,
+                mode: mode.into(),
+                label: label.into(),
+                ..Default::default()
+            };
             let e = admin.create_token(req.clone()).await.expect_err(&format!("{req:?} accepted"));
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{req:?}: {e:?}");
             assert!(e.message().contains(want), "{req:?}: {}", e.message());
@@ -172,6 +176,7 @@ fn bad_token_requests_get_clear_errors() {
             token_sha256: good.clone(),
             mode: "readonly".into(),
             label: String::new(),
+            ..Default::default()
         };
         let info = admin.create_token(req.clone()).await.unwrap().into_inner();
         assert_eq!(info.id, token_id(&good));

@@ -2,6 +2,7 @@
 
 mod repair;
 mod scrub;
+mod users;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -32,6 +33,10 @@ pub enum AdminCommand {
     /// SHA-256.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Users of P2P over HTTP (basic auth): add, list, remove. A user's
+    /// password is also a line-protocol token.
+    #[command(subcommand)]
+    User(users::UserCommand),
     /// Which nodes hold a key, from the location log.
     Whereis { key: String },
     /// Compare the location log with the keys the agents hold and list
@@ -433,6 +438,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 token_sha256: auth::hash_token(&token),
                 mode: mode.as_str().to_string(),
                 label,
+                user: String::new(),
             };
             let info = c.create_token(req).await.map_err(status)?.into_inner();
             // stdout carries only the token, so that scripts can capture it.
@@ -456,6 +462,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 c.revoke_token(rpc::RevokeTokenRequest { id }).await.map_err(status)?.into_inner();
             println!("revoked {} token {}", t.mode, t.id);
         }
+        AdminCommand::User(cmd) => users::run(&mut c, cmd).await?,
         AdminCommand::Fsck { cluster, fix } => {
             let req = rpc::FsckRequest { cluster: cluster.unwrap_or_default(), fix };
             fsck_report(c.fsck(req).await.map_err(status)?.into_inner())?;

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::core::Core;
 use super::repair::{PassRequest, Repairer};
-use super::store::{Cluster, Node, NodeSettings, Removal, Revoked, Token};
+use super::store::{Cluster, Created, Node, NodeSettings, Removal, Revoked, Token};
 use super::validate::valid_token_sha256;
 use super::validate::{valid_key, valid_name, valid_token_id, valid_token_label};
 use crate::auth::Mode;
@@ -26,7 +26,18 @@ fn token_info(t: &Token) -> rpc::TokenInfo {
         mode: t.mode.as_str().to_string(),
         label: t.label.clone(),
         created_unix_ms: t.created_unix_ms,
+        user: t.user.clone().unwrap_or_default(),
     }
+}
+
+/// A user name for HTTP basic auth: a plain name as for clusters and nodes
+/// (so no ':' and nothing a URL or a credential file must escape).
+fn valid_user(s: &str) -> Result<(), Status> {
+    crate::names::validate(s).map_err(|_| {
+        Status::invalid_argument(format!(
+            "bad user name {s:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
+        ))
+    })
 }
 
 fn wanted_reply(n: &Node, settings: &NodeSettings) -> rpc::WantedReply {
@@ -288,19 +299,34 @@ impl admin_server::Admin for AdminService {
         valid_token_sha256(&r.token_sha256)?;
         let mode: Mode = r.mode.parse().map_err(Status::invalid_argument)?;
         valid_token_label(&r.label)?;
+        let user = if r.user.is_empty() { None } else { Some(r.user) };
+        if let Some(u) = &user {
+            valid_user(u)?;
+        }
         let token = Token {
             sha256: r.token_sha256,
             mode,
             label: r.label,
             created_unix_ms: crate::clock::unix_ms(),
+            user,
         };
-        if !self.core.store.create_token(token.clone()).await? {
-            return Err(Status::already_exists(format!(
-                "a token with this hash exists already ({})",
-                token.id()
-            )));
+        match self.core.store.create_token(token.clone()).await? {
+            Created::Done => {}
+            Created::HashTaken => {
+                return Err(Status::already_exists(format!(
+                    "a token with this hash exists already ({})",
+                    token.id()
+                )));
+            }
+            Created::UserTaken => {
+                return Err(Status::already_exists(format!(
+                    "a user named {:?} exists already (`annexmesh admin user remove` it first)",
+                    token.user.as_deref().unwrap_or_default()
+                )));
+            }
         }
-        info!(token = %token.id(), mode = %token.mode, label = %token.label, "access token created");
+        let user = token.user.as_deref().unwrap_or("-");
+        info!(token = %token.id(), mode = %token.mode, label = %token.label, user, "access token created");
         Ok(Response::new(token_info(&token)))
     }
 
@@ -335,6 +361,23 @@ impl admin_server::Admin for AdminService {
                     ids.join(", ")
                 )))
             }
+        }
+    }
+
+    async fn remove_user(
+        &self,
+        req: Request<rpc::RemoveUserRequest>,
+    ) -> Result<Response<rpc::TokenInfo>, Status> {
+        let name = &req.get_ref().user;
+        valid_user(name)?;
+        match self.core.store.remove_user(name).await? {
+            Some(t) => {
+                info!(token = %t.id(), mode = %t.mode, user = %name, "user removed");
+                Ok(Response::new(token_info(&t)))
+            }
+            None => Err(Status::not_found(format!(
+                "no user named {name:?} (`annexmesh admin user list` lists them)"
+            ))),
         }
     }
 

@@ -234,6 +234,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 valid: true,
                 mode: t.mode.as_str().to_string(),
                 id: t.id().to_string(),
+                user: t.user.clone().unwrap_or_default(),
             },
             None => rpc::CheckTokenReply::default(),
         };

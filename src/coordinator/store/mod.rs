@@ -34,7 +34,7 @@ pub use locations::{Change, LocationEntry, WallClock, system_clock};
 pub use registry::{Cluster, Node, Registration};
 pub use removal::{Removal, RemovedNode};
 pub use settings::{ClusterSettings, DEFAULT_NODE_COST, NodeSettings};
-pub use tokens::{Revoked, Token};
+pub use tokens::{Created, Revoked, Token};
 
 use locations::Stamps;
 use writer::Writer;

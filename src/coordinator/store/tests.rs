@@ -84,7 +84,8 @@ async fn an_existing_data_directory_opens_and_reads_as_before() {
                 sha256: hash.clone(),
                 mode: Mode::ReadOnly,
                 label: "ci".into(),
-                created_unix_ms: 1_700_000_000_000
+                created_unix_ms: 1_700_000_000_000,
+                user: None,
             })
         );
         // What this version writes, earlier versions read.

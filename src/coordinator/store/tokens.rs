@@ -1,5 +1,7 @@
-//! Access tokens of the line-protocol front-end, stored by the SHA-256 of
-//! the token: what each may do, never the token itself.
+//! Access tokens, stored by the SHA-256 of the token: what each may do,
+//! never the token itself. A token with a user name is a user of P2P over
+//! HTTP (basic auth, the token as password); every token also works as a
+//! line-protocol AUTH token.
 
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
@@ -15,6 +17,9 @@ pub struct Token {
     pub mode: Mode,
     pub label: String,
     pub created_unix_ms: u64,
+    /// The user name for HTTP basic auth, unique among tokens; None for a
+    /// token accepted with any user name.
+    pub user: Option<String>,
 }
 
 impl Token {
@@ -22,6 +27,16 @@ impl Token {
     pub fn id(&self) -> &str {
         auth::token_id(&self.sha256)
     }
+}
+
+/// Why a token could not be created.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    Done,
+    /// A token with the same hash exists.
+    HashTaken,
+    /// Another token has this user name.
+    UserTaken,
 }
 
 /// What revoking by an id prefix did.
@@ -39,6 +54,8 @@ struct TokenRecord {
     mode: String,
     label: String,
     created_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
 }
 
 fn decode_token(sha256: &str, v: &str) -> Result<Token> {
@@ -52,25 +69,59 @@ fn decode_token(sha256: &str, v: &str) -> Result<Token> {
         mode,
         label: r.label,
         created_unix_ms: r.created_unix_ms,
+        user: r.user,
     })
 }
 
 impl Store {
-    /// Stores a token's hash; false (and nothing changed) when that hash is
-    /// stored already.
-    pub async fn create_token(&self, token: Token) -> Result<bool> {
+    /// Stores a token's hash; nothing changes when that hash, or the
+    /// token's user name, is stored already.
+    pub async fn create_token(&self, token: Token) -> Result<Created> {
         self.write(move |txn| {
             let mut t = txn.open_table(TOKENS)?;
             if t.get(token.sha256.as_str())?.is_some() {
-                return Ok(false);
+                return Ok(Created::HashTaken);
+            }
+            // Checked in the same transaction, so two adds of one name
+            // cannot both succeed. Tokens are few; a scan is fine.
+            if let Some(user) = &token.user {
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    if decode_token(k.value(), v.value())?.user.as_ref() == Some(user) {
+                        return Ok(Created::UserTaken);
+                    }
+                }
             }
             let r = TokenRecord {
                 mode: token.mode.as_str().to_string(),
                 label: token.label,
                 created_unix_ms: token.created_unix_ms,
+                user: token.user,
             };
             t.insert(token.sha256.as_str(), encode(&r).as_str())?;
-            Ok(true)
+            Ok(Created::Done)
+        })
+        .await
+    }
+
+    /// Removes the token of user `name`; None when there is none.
+    pub async fn remove_user(&self, name: &str) -> Result<Option<Token>> {
+        let name = name.to_string();
+        self.write(move |txn| {
+            let mut t = txn.open_table(TOKENS)?;
+            let mut found = None;
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let token = decode_token(k.value(), v.value())?;
+                if token.user.as_deref() == Some(name.as_str()) {
+                    found = Some(token);
+                    break;
+                }
+            }
+            if let Some(token) = &found {
+                t.remove(token.sha256.as_str())?;
+            }
+            Ok(found)
         })
         .await
     }
@@ -130,6 +181,7 @@ mod tests {
             mode,
             label: label.into(),
             created_unix_ms: 1_700_000_000_000,
+            user: None,
         }
     }
 
@@ -140,18 +192,11 @@ mod tests {
         let ro = token("secret-ro", Mode::ReadOnly, "");
         {
             let s = Store::open(dir.path()).unwrap();
-            assert!(s.create_token(rw.clone()).await.unwrap());
-            assert!(s.create_token(ro.clone()).await.unwrap());
+            assert_eq!(s.create_token(rw.clone()).await.unwrap(), Created::Done);
+            assert_eq!(s.create_token(ro.clone()).await.unwrap(), Created::Done);
             // The same hash again changes nothing, whatever the mode.
-            assert!(
-                !s.create_token(Token {
-                    mode: Mode::ReadOnly,
-                    label: "other".into(),
-                    ..rw.clone()
-                })
-                .await
-                .unwrap()
-            );
+            let again = Token { mode: Mode::ReadOnly, label: "other".into(), ..rw.clone() };
+            assert_eq!(s.create_token(again).await.unwrap(), Created::HashTaken);
             assert_eq!(s.token(&rw.sha256).unwrap(), Some(rw.clone()));
         }
         let s = Store::open(dir.path()).unwrap();
@@ -201,5 +246,27 @@ mod tests {
         // The full hash is a prefix too.
         assert_eq!(s.revoke_token(&b.sha256).await.unwrap(), Revoked::Done(b));
         assert!(s.tokens().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn user_names_are_unique_kept_and_removed_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = Token { user: Some("alice".into()), ..token("pw-a", Mode::ReadOnly, "") };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(s.create_token(alice.clone()).await.unwrap(), Created::Done);
+            let twin = Token { user: Some("alice".into()), ..token("pw-b", Mode::ReadWrite, "") };
+            assert_eq!(s.create_token(twin).await.unwrap(), Created::UserTaken);
+            assert_eq!(
+                s.create_token(token("pw-c", Mode::ReadWrite, "")).await.unwrap(),
+                Created::Done
+            );
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.token(&alice.sha256).unwrap(), Some(alice.clone()));
+        assert_eq!(s.remove_user("bob").await.unwrap(), None);
+        assert_eq!(s.remove_user("alice").await.unwrap(), Some(alice.clone()));
+        assert_eq!(s.token(&alice.sha256).unwrap(), None);
+        assert_eq!(s.tokens().unwrap().len(), 1, "the token without a user stays");
     }
 }

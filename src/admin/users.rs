@@ -1,0 +1,91 @@
+//! `annexmesh admin user`: users of P2P over HTTP (basic auth). A user is an
+//! access token with a name: the token is the password, and it also works
+//! as a line-protocol AUTH token. The coordinator keeps only its hash.
+
+use clap::Subcommand;
+
+use super::{status, utc_time};
+use crate::auth::{self, Mode};
+use crate::rpc::{self, admin_client::AdminClient};
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user and print its password on stdout, once: it is generated
+    /// here and only its hash is sent. Default access: readwrite.
+    Add {
+        /// The user name clients give (letters, digits, '-', '_', '.').
+        name: String,
+        /// GET, CHECKPRESENT and locking only.
+        #[arg(long, conflicts_with = "appendonly")]
+        readonly: bool,
+        /// Also PUT, but no REMOVE.
+        #[arg(long)]
+        appendonly: bool,
+    },
+    /// Names, access modes, token ids and creation times (never passwords).
+    List,
+    /// Remove a user: its password stops working at once (gateways may
+    /// accept it for up to their cache time, 30 s by default).
+    Remove { name: String },
+}
+
+/// The access a `user add` asks for.
+fn mode(readonly: bool, appendonly: bool) -> Mode {
+    if readonly {
+        Mode::ReadOnly
+    } else if appendonly {
+        Mode::AppendOnly
+    } else {
+        Mode::ReadWrite
+    }
+}
+
+pub(super) async fn run(
+    c: &mut AdminClient<tonic::transport::Channel>,
+    cmd: UserCommand,
+) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Add { name, readonly, appendonly } => {
+            let password = auth::generate_token();
+            let req = rpc::CreateTokenRequest {
+                token_sha256: auth::hash_token(&password),
+                mode: mode(readonly, appendonly).as_str().to_string(),
+                label: String::new(),
+                user: name,
+            };
+            let info = c.create_token(req).await.map_err(status)?.into_inner();
+            // stdout carries only the password, so that scripts can capture it.
+            println!("{password}");
+            eprintln!(
+                "added {} user {} (token {}); the password cannot be shown again, so store it now",
+                info.mode, info.user, info.id
+            );
+        }
+        UserCommand::List => {
+            println!("USER\tMODE\tID\tCREATED");
+            let tokens =
+                c.list_tokens(rpc::ListTokensRequest {}).await.map_err(status)?.into_inner().tokens;
+            for t in tokens.iter().filter(|t| !t.user.is_empty()) {
+                println!("{}\t{}\t{}\t{}", t.user, t.mode, t.id, utc_time(t.created_unix_ms));
+            }
+        }
+        UserCommand::Remove { name } => {
+            let req = rpc::RemoveUserRequest { user: name };
+            let t = c.remove_user(req).await.map_err(status)?.into_inner();
+            println!("removed {} user {} (token {})", t.mode, t.user, t.id);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_access_is_readwrite() {
+        assert_eq!(mode(false, false), Mode::ReadWrite);
+        assert_eq!(mode(true, false), Mode::ReadOnly);
+        assert_eq!(mode(false, true), Mode::AppendOnly);
+    }
+}
