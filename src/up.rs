@@ -3,13 +3,14 @@
 //! the cluster `mesh`, all state under one directory.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentConfig};
+use crate::auth;
 use crate::coordinator::Coordinator;
 use crate::gateway;
 
@@ -30,6 +31,68 @@ pub struct UpConfig {
     /// Address for the gateway's line-based P2P protocol (AUTH with tokens).
     #[arg(long, default_value = "127.0.0.1:9418")]
     pub p2p: SocketAddr,
+    /// PEM certificate chain: serve P2P over HTTP as HTTPS. Needs
+    /// --http-tls-key.
+    #[arg(long, env = "ANNEXMESH_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key for --http-tls-cert.
+    #[arg(long, env = "ANNEXMESH_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
+}
+
+/// The user `up` makes for its client recipe.
+pub const USER: &str = "annexmesh";
+
+/// The git credential store file `up` writes, in its data directory.
+pub const CREDENTIALS: &str = "git-credentials";
+
+/// The password of `up`'s user: the one in the credential file when the
+/// coordinator still knows it, else a new one (replacing the old user).
+async fn up_user(store: &crate::coordinator::store::Store, file: &Path) -> anyhow::Result<String> {
+    use crate::coordinator::store::{Created, Token};
+    let old = std::fs::read_to_string(file).ok().and_then(|s| {
+        let line = s.lines().next()?.to_string();
+        let (_, rest) = line.split_once("://")?;
+        let (userinfo, _) = rest.rsplit_once('@')?;
+        let (user, password) = userinfo.split_once(':')?;
+        (user == USER).then(|| password.to_string())
+    });
+    if let Some(pw) = old
+        && store.token(&auth::hash_token(&pw))?.is_some_and(|t| t.user.as_deref() == Some(USER))
+    {
+        return Ok(pw);
+    }
+    store.remove_user(USER).await?;
+    let password = auth::generate_token();
+    let token = Token {
+        sha256: auth::hash_token(&password),
+        mode: auth::Mode::ReadWrite,
+        label: "annexmesh up".to_string(),
+        created_unix_ms: crate::clock::unix_ms(),
+        user: Some(USER.to_string()),
+    };
+    match store.create_token(token).await? {
+        Created::Done => Ok(password),
+        other => anyhow::bail!("cannot create the user {USER}: {other:?}"),
+    }
+}
+
+/// Writes `line` to `file`, readable by its owner only (it holds a password).
+fn write_private(file: &Path, line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = file.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(())
 }
 
 pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -37,6 +100,10 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         .with_context(|| format!("cannot create {}", cfg.data.display()))?;
     let coordinator = Coordinator::open(&cfg.data.join("coordinator")).await?;
     coordinator.store.create_cluster(CLUSTER).await?;
+    let data = std::fs::canonicalize(&cfg.data)
+        .with_context(|| format!("cannot resolve {}", cfg.data.display()))?;
+    let credentials = data.join(CREDENTIALS);
+    let password = up_user(&coordinator.store, &credentials).await?;
     let listener = TcpListener::bind(cfg.coordinator_listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.coordinator_listen))?;
@@ -73,8 +140,23 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
             default_repo: Some(CLUSTER.to_string()),
             ..Default::default()
         };
-        tasks.spawn(async move { gateway::serve(&url, http, Some((p2p, opts)), shutdown).await });
+        let policy =
+            gateway::http::auth::Policy::new(true, gateway::http::auth::Unauth::None, false)?;
+        let mut http_opts = gateway::http::HttpOptions::new(policy);
+        let tls = match (&cfg.http_tls_cert, &cfg.http_tls_key) {
+            (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
+            _ => None,
+        };
+        http_opts.tls = tls.is_some();
+        let serving =
+            gateway::http::HttpServing { opts: http_opts, limits: Default::default(), tls };
+        tasks.spawn(async move {
+            gateway::serve(&url, http, serving, Some((p2p, opts)), shutdown).await
+        });
     }
+    let scheme = if cfg.http_tls_cert.is_some() { "https" } else { "http" };
+    // git's store helper matches on scheme, host and port (not the path).
+    write_private(&credentials, &format!("{scheme}://{USER}:{password}@{http_addr}\n"))?;
     let info = serde_json::json!({ "http": http_addr.to_string(), "p2p": p2p_addr.to_string(), "coordinator": coordinator_url });
     std::fs::write(cfg.data.join("up.json"), info.to_string())?;
     println!(
@@ -83,10 +165,12 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     );
     println!("coordinator (admin API): {coordinator_url}");
     println!("In a git-annex repository, add the mesh with:");
-    println!("  git remote add {CLUSTER} http://{http_addr}/{CLUSTER}");
+    println!("  git remote add {CLUSTER} {scheme}://{http_addr}/{CLUSTER}");
     println!("  git config annex.security.allowed-ip-addresses {}", http_addr.ip());
+    println!("  git config credential.helper 'store --file={}'", credentials.display());
     println!(
-        "Or, over git-annex's P2P protocol, with a token from `annexmesh admin token create`:"
+        "Or, over git-annex's P2P protocol, with a token from `annexmesh admin token create` (or the password in {}):",
+        credentials.display()
     );
     println!(
         "  git annex p2p --link --name {CLUSTER}   # address: p2p-annex::annexmesh:{p2p_addr}/{CLUSTER}:TOKEN"

@@ -17,6 +17,9 @@ fn copy_drop_get_and_drop_from_mesh_with_annexmesh_up() {
     let mesh = Mesh::up();
     let client = Client::new();
     client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
+    // As `up` prints: its user's password from git's credential store.
+    let helper = format!("store --file={}", mesh.up_credentials().display());
+    client.ok(&["git", "config", "credential.helper", &helper]);
     let data = client.write_file("big.bin", 30 * 1024 * 1024, 1);
     client.ok(&["git", "annex", "add", "big.bin"]);
     client.ok(&["git", "commit", "-q", "-m", "add big.bin"]);

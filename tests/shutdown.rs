@@ -29,6 +29,10 @@ fn json(body: &str) -> serde_json::Value {
 fn open_request(mesh: &Mesh, path: &str, headers: &[&str], body: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(mesh.http).unwrap();
     let mut head = format!("POST {path} HTTP/1.1\r\nHost: {}\r\n", mesh.http);
+    // `up` needs its user's credentials.
+    if mesh.up_credentials().exists() {
+        head.push_str(&format!("Authorization: {}\r\n", mesh.up_auth_header()));
+    }
     for h in headers {
         head.push_str(h);
         head.push_str("\r\n");
@@ -46,15 +50,18 @@ fn keep_busy(mesh: &Mesh) -> Busy {
     let cluster = mesh.uuid_of("mesh");
     let base = format!("{}/git-annex/{cluster}/v3", mesh.url());
     let key = "WORM-s6-m1--locked";
+    let auth = if mesh.up_credentials().exists() { mesh.up_auth_header() } else { String::new() };
+    let auth: &[(&str, &str)] =
+        if auth.is_empty() { &[] } else { &[("Authorization", auth.as_str())] };
     let (status, body) = http_post(
         &format!("{base}/put?key={key}&clientuuid={CLIENT}"),
-        &[("X-git-annex-data-length", "6")],
+        &[auth, &[("X-git-annex-data-length", "6")]].concat(),
         b"locked",
     );
     assert_eq!(json(&body)["stored"], true, "{status} {body}");
 
     let (status, body) =
-        http_post(&format!("{base}/lockcontent?key={key}&clientuuid={CLIENT}"), &[], b"");
+        http_post(&format!("{base}/lockcontent?key={key}&clientuuid={CLIENT}"), auth, b"");
     let lock = json(&body);
     assert_eq!(lock["locked"], true, "{status} {body}");
     let lockid = lock["lockid"].as_str().unwrap().to_string();

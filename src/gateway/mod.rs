@@ -12,8 +12,6 @@ pub mod throttle;
 
 use std::net::SocketAddr;
 
-use std::future::IntoFuture;
-
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -48,9 +46,13 @@ pub struct GatewayConfig {
     /// PEM private key for --p2p-tls-cert.
     #[arg(long, requires = "p2p_tls_cert")]
     pub p2p_tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub http_args: http::HttpArgs,
 }
 
 pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before binding: a gateway without an access choice must not start.
+    let serving = cfg.http_args.serving()?;
     let listener = TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.http))?;
@@ -72,16 +74,21 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
             Some((l, opts))
         }
     };
-    serve(&cfg.coordinator, listener, line, shutdown).await
+    serve(&cfg.coordinator, listener, serving, line, shutdown).await
 }
 
 /// Serves P2P over HTTP on `listener` and, when given, the line protocol.
 pub async fn serve(
     coordinator: &str,
     listener: TcpListener,
+    http: http::HttpServing,
     line: Option<(TcpListener, line::LineOptions)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    match http::serve::raise_nofile_limit() {
+        Ok(n) => info!(open_files = n, "descriptor limit"),
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
     let tasks = Tasks::new(&shutdown);
     let mesh = mesh::Mesh::new(coordinator)?;
     mesh.spawn_refresh(&tasks);
@@ -91,11 +98,18 @@ pub async fn serve(
             std::sync::Arc::new(line::CoordinatorTokens(mesh.clone()));
         tasks.spawn_owned(line::serve(core.clone(), tokens, l, opts))
     });
-    let app = http::router(core).layer(tower_http::trace::TraceLayer::new_for_http());
-    info!(addr = %listener.local_addr()?, "gateway serving P2P over HTTP");
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(tasks.token().clone().cancelled_owned())
-        .into_future();
+    let passwords = std::sync::Arc::new(http::auth::CoordinatorPasswords(mesh.clone()));
+    let app = http::router(core, http.opts.clone(), passwords)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let scheme = if http.tls.is_some() { "HTTPS" } else { "HTTP" };
+    let policy = http.opts.policy;
+    info!(addr = %listener.local_addr()?, users = policy.users, anonymous = ?policy.anonymous, "gateway serving P2P over {scheme}");
+    if policy.users && http.tls.is_none() && http.opts.trusted_proxies.is_empty() {
+        warn!(
+            "basic-auth passwords travel in clear text over plain HTTP; use --http-tls-cert or a TLS proxy"
+        );
+    }
+    let server = http::serve::serve(listener, app, http.tls, http.limits, tasks.token().clone());
     let result = serve_until(server, tasks.token(), SHUTDOWN_GRACE, "gateway HTTP").await;
     let result = result.context("gateway HTTP server failed");
     if let Some(Ok(Err(e))) = match line {

@@ -127,12 +127,21 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 pub fn http_get(url: &str) -> Option<(u16, String)> {
+    http_get_with(url, &[])
+}
+
+/// `http_get` with request headers (e.g. `Authorization`).
+pub fn http_get_with(url: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
-    let mut r = agent.get(url).call().ok()?;
+    let mut req = agent.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut r = req.call().ok()?;
     let status = r.status().as_u16();
     Some((status, r.body_mut().read_to_string().unwrap_or_default()))
 }
@@ -150,6 +159,12 @@ pub fn http_post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Stri
     let mut r = req.send(body).unwrap_or_else(|e| panic!("POST {url}: {e}"));
     let status = r.status().as_u16();
     (status, r.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// An HTTP basic `Authorization` header value for "user:password".
+pub fn basic_auth(userinfo: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(userinfo))
 }
 
 /// A running mesh: its processes, addresses and state directory.
@@ -312,7 +327,15 @@ impl Mesh {
         mesh
     }
 
+    /// The gateway, open to anyone over HTTP (`--wideopen`: an explicit
+    /// choice, as the gateway requires one).
     pub fn start_gateway(&mut self) {
+        self.start_gateway_with(&["--wideopen"]);
+    }
+
+    /// The gateway with `args` in place of `--wideopen` (e.g.
+    /// `--auth-users`, `--unauth readonly`).
+    pub fn start_gateway_with(&mut self, args: &[&str]) {
         let p = Proc::spawn(
             "gateway",
             annexmesh()
@@ -323,10 +346,46 @@ impl Mesh {
                     "--http",
                     &self.http.to_string(),
                 ])
-                .args(["--p2p", &self.p2p.to_string()]),
+                .args(["--p2p", &self.p2p.to_string()])
+                .args(args),
             self.dir.path(),
         );
         self.procs.push(p);
+    }
+
+    /// Stops the gateway and starts it again with `args` (see
+    /// `start_gateway_with`); returns once it answers HTTP.
+    pub fn restart_gateway_with(&mut self, args: &[&str]) {
+        let i = self.procs.iter().position(|p| p.name == "gateway").expect("a gateway");
+        let mut old = self.procs.remove(i);
+        old.stop();
+        self.start_gateway_with(args);
+        let url = self.url();
+        wait_until("the restarted gateway", Duration::from_secs(30), || {
+            http_get(&format!("{url}/metrics")).is_some_and(|(s, _)| s == 200)
+        });
+    }
+
+    /// Adds a P2P over HTTP user (`extra`: `--readonly`, `--appendonly`);
+    /// returns its password.
+    pub fn user(&self, name: &str, extra: &[&str]) -> String {
+        let out = self.admin(&[&["user", "add", name], extra].concat());
+        assert!(out.status.success(), "user add: {}", String::from_utf8_lossy(&out.stderr));
+        let password = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(!password.is_empty() && password.bytes().all(|b| b.is_ascii_alphanumeric()));
+        password
+    }
+
+    /// For a mesh from `up`: the git credential store file it wrote.
+    pub fn up_credentials(&self) -> PathBuf {
+        self.dir.path().join("data").join("git-credentials")
+    }
+
+    /// For a mesh from `up`: an `Authorization` header with its user.
+    pub fn up_auth_header(&self) -> String {
+        let line = std::fs::read_to_string(self.up_credentials()).expect("up's git-credentials");
+        let userinfo = line.split("://").nth(1).and_then(|r| r.split('@').next()).unwrap();
+        basic_auth(userinfo)
     }
 
     /// Starts another gateway on the same coordinator; returns its URL.
@@ -334,7 +393,14 @@ impl Mesh {
         let http = format!("127.0.0.1:{}", free_port());
         let p = Proc::spawn(
             name,
-            annexmesh().args(["gateway", "--coordinator", &self.coordinator, "--http", &http]),
+            annexmesh().args([
+                "gateway",
+                "--coordinator",
+                &self.coordinator,
+                "--http",
+                &http,
+                "--wideopen",
+            ]),
             self.dir.path(),
         );
         self.procs.push(p);
@@ -415,10 +481,17 @@ impl Mesh {
             .count()
     }
 
+    /// Waits for the gateway to know the cluster and for `agents` healthy
+    /// nodes (for `up`, asking with its user's credentials).
     pub fn wait_ready(&self, agents: usize) {
         wait_until("the mesh to come up", Duration::from_secs(60), || {
-            matches!(http_get(&format!("{}/mesh/config", self.url())), Some((200, _)))
-                && self.healthy_nodes() == agents
+            let auth = self.up_credentials().exists().then(|| self.up_auth_header());
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+            matches!(
+                http_get_with(&format!("{}/mesh/config", self.url()), &headers),
+                Some((200, _))
+            ) && self.healthy_nodes() == agents
         });
     }
 

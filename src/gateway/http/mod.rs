@@ -1,21 +1,33 @@
 //! The P2P over HTTP front-end (`annex+http`), versions 0 to 4, plus client
 //! discovery (`/<name>/config`) and the plain `GET /git-annex/$uuid/key/$key`.
+//! Access is decided in [`auth`]; [`serve`] bounds connections.
+
+mod args;
+pub mod auth;
+pub mod forwarded;
+mod params;
+pub mod serve;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
+pub use self::args::{ArgsError, HttpArgs, HttpServing};
+use self::auth::{Action, Authenticator, Caller, Denied, PasswordCheck, Policy};
+use self::forwarded::Proxy;
+use self::params::{Params, parse_key, parse_version, unwrap_b64};
 use super::core::{Core, CoreError, HeldLock, PutOffset, PutRequest};
 use super::mesh::Repo;
 use crate::p2p::key::Key;
@@ -30,19 +42,56 @@ pub const DATA_LENGTH: &str = "x-git-annex-data-length";
 /// another node have to continue it).
 pub const SERVING_NODE: &str = "x-annexmesh-node";
 
+/// Default cap on `lockcontent` locks held at once.
+pub const DEFAULT_MAX_LOCKS: usize = 1024;
+/// Default cap on locks held at once for one client address.
+pub const DEFAULT_MAX_LOCKS_PER_CLIENT: usize = 64;
+
+/// How the HTTP front-end decides access and builds its URL.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    pub policy: Policy,
+    /// Whether the listener speaks TLS (`annex+https` in `/NAME/config`).
+    pub tls: bool,
+    /// Peers whose `Forwarded`/`X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<Proxy>,
+    pub max_locks: usize,
+    pub max_locks_per_client: usize,
+}
+
+impl HttpOptions {
+    /// Options with `policy` and the default limits, no TLS, no proxies.
+    pub fn new(policy: Policy) -> HttpOptions {
+        HttpOptions {
+            policy,
+            tls: false,
+            trusted_proxies: Vec::new(),
+            max_locks: DEFAULT_MAX_LOCKS,
+            max_locks_per_client: DEFAULT_MAX_LOCKS_PER_CLIENT,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct HttpState {
     core: Core,
+    opts: Arc<HttpOptions>,
+    auth: Arc<Authenticator>,
     locks: Arc<Mutex<HashMap<String, LockEntry>>>,
 }
 
 struct LockEntry {
     lock: HeldLock,
     expiry: tokio::task::AbortHandle,
+    /// Who took it, for the per-client cap.
+    client: IpAddr,
 }
 
-pub fn router(core: Core) -> Router {
-    let state = HttpState { core, locks: Arc::new(Mutex::new(HashMap::new())) };
+/// The router; `passwords` checks basic-auth passwords (tokens).
+pub fn router(core: Core, opts: HttpOptions, passwords: Arc<dyn PasswordCheck>) -> Router {
+    let auth = Arc::new(Authenticator::new(opts.policy, passwords));
+    let opts = Arc::new(opts);
+    let state = HttpState { core, opts, auth, locks: Arc::new(Mutex::new(HashMap::new())) };
     Router::new()
         .route("/metrics", get(metrics))
         .route("/{name}/config", get(config))
@@ -52,36 +101,86 @@ pub fn router(core: Core) -> Router {
         .with_state(state)
 }
 
-/// An error answer: a status and a message for the client.
+/// An error answer: a status and a message for the client, or an access
+/// denial.
 #[derive(Debug)]
-pub struct Failure(StatusCode, String);
+pub enum Failure {
+    Status(StatusCode, String),
+    Denied(Denied),
+}
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        debug!(status = %self.0, "{}", self.1);
-        (self.0, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", self.1))
-            .into_response()
+        match self {
+            Failure::Status(status, msg) => {
+                debug!(%status, "{msg}");
+                (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{msg}\n"))
+                    .into_response()
+            }
+            Failure::Denied(d) => {
+                debug!("access denied: {d:?}");
+                d.into_response()
+            }
+        }
     }
 }
 
 impl From<CoreError> for Failure {
     fn from(e: CoreError) -> Failure {
         match e {
-            CoreError::BadRequest(m) => Failure(StatusCode::BAD_REQUEST, m),
-            CoreError::Unavailable(m) => Failure(StatusCode::SERVICE_UNAVAILABLE, m),
+            CoreError::BadRequest(m) => Failure::Status(StatusCode::BAD_REQUEST, m),
+            CoreError::Unavailable(m) => Failure::Status(StatusCode::SERVICE_UNAVAILABLE, m),
         }
     }
 }
 
 fn bad(msg: impl Into<String>) -> Failure {
-    Failure(StatusCode::BAD_REQUEST, msg.into())
+    Failure::Status(StatusCode::BAD_REQUEST, msg.into())
 }
 
 fn not_found(msg: impl Into<String>) -> Failure {
-    Failure(StatusCode::NOT_FOUND, msg.into())
+    Failure::Status(StatusCode::NOT_FOUND, msg.into())
 }
 
 type HttpResult = std::result::Result<Response, Failure>;
+
+impl From<Denied> for Failure {
+    fn from(d: Denied) -> Failure {
+        // Keeps the status and headers (realm, Retry-After) of the denial.
+        Failure::Denied(d)
+    }
+}
+
+/// The client of a request: where it connects from and who it is.
+pub struct Who {
+    pub peer: SocketAddr,
+    pub caller: Caller,
+}
+
+impl FromRequestParts<HttpState> for Who {
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HttpState,
+    ) -> std::result::Result<Who, Failure> {
+        // The accept loop adds the peer; a router used without it (tests)
+        // sees an unspecified address.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+        let caller = state.auth.caller(&parts.headers, peer.ip()).await?;
+        Ok(Who { peer, caller })
+    }
+}
+
+impl Who {
+    /// Ok when this caller may do `action`.
+    fn may(&self, state: &HttpState, action: Action) -> std::result::Result<(), Failure> {
+        Ok(state.auth.policy.check(&self.caller, action)?)
+    }
+}
 
 /// Longest reason phrase sent: enough for a node's full-disk message.
 const MAX_REASON: usize = 300;
@@ -90,7 +189,7 @@ const MAX_REASON: usize = 300;
 /// shows a failed request's status code and reason phrase, not its body,
 /// so the reason phrase carries the node's message.
 fn insufficient_storage(msg: &str) -> Response {
-    let mut r = Failure(StatusCode::INSUFFICIENT_STORAGE, msg.to_string()).into_response();
+    let mut r = Failure::Status(StatusCode::INSUFFICIENT_STORAGE, msg.to_string()).into_response();
     if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason_phrase(msg)) {
         r.extensions_mut().insert(reason);
     }
@@ -111,93 +210,6 @@ fn reason_phrase(msg: &str) -> String {
         .collect();
     s.truncate(MAX_REASON);
     s
-}
-
-/// Values may be wrapped as `[base64url]` (for keys, UUIDs and file names
-/// that are not UTF-8 or would be ambiguous).
-fn unwrap_b64(v: &str) -> std::result::Result<String, Failure> {
-    match v.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-        None => Ok(v.to_string()),
-        Some(inner) => {
-            let bytes = base64::engine::general_purpose::URL_SAFE
-                .decode(inner)
-                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(inner))
-                .map_err(|e| bad(format!("bad base64url value {v:?}: {e}")))?;
-            String::from_utf8(bytes).map_err(|_| bad(format!("value {v:?} is not UTF-8")))
-        }
-    }
-}
-
-fn parse_key(v: &str) -> std::result::Result<Key, Failure> {
-    let s = unwrap_b64(v)?;
-    s.parse::<Key>().map_err(|e| bad(format!("bad key {s:?}: {e}")))
-}
-
-/// The query parameters of one request.
-struct Params(Vec<(String, String)>);
-
-impl Params {
-    fn parse(q: Option<String>) -> Params {
-        Params(form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect())
-    }
-
-    fn one(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
-    fn required(&self, name: &str) -> std::result::Result<&str, Failure> {
-        self.one(name).ok_or_else(|| bad(format!("missing parameter {name}")))
-    }
-
-    fn key(&self) -> std::result::Result<Key, Failure> {
-        parse_key(self.required("key")?)
-    }
-
-    fn number(&self, name: &str) -> std::result::Result<Option<u64>, Failure> {
-        self.one(name)
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| bad(format!("parameter {name} is not a number: {v:?}")))
-            })
-            .transpose()
-    }
-
-    fn file(&self) -> std::result::Result<Option<String>, Failure> {
-        self.one("associatedfile").map(unwrap_b64).transpose()
-    }
-
-    /// BYPASS (v2+): UUIDs the request must not go through.
-    fn bypass(&self) -> std::result::Result<std::collections::BTreeSet<String>, Failure> {
-        let mut set = std::collections::BTreeSet::new();
-        for (_, v) in self.0.iter().filter(|(k, _)| k == "bypass") {
-            let u = unwrap_b64(v)?;
-            if u.is_empty() || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(bad(format!("bad bypass UUID {u:?}")));
-            }
-            set.insert(u);
-        }
-        Ok(set)
-    }
-
-    /// clientuuid is required on every versioned request but the key download.
-    fn client_uuid(&self) -> std::result::Result<String, Failure> {
-        let u = unwrap_b64(self.required("clientuuid")?)?;
-        if u.is_empty() || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(bad(format!("bad clientuuid {u:?}")));
-        }
-        Ok(u)
-    }
-}
-
-fn parse_version(v: &str) -> Option<u32> {
-    match v {
-        "v0" => Some(0),
-        "v1" => Some(1),
-        "v2" => Some(2),
-        "v3" => Some(3),
-        "v4" => Some(4),
-        _ => None,
-    }
 }
 
 async fn repo(state: &HttpState, uuid: &str) -> std::result::Result<Repo, Failure> {
@@ -222,30 +234,30 @@ fn with_plus(mut v: Value, version: u32, plus: &[String]) -> Value {
     v
 }
 
-/// Git config that makes git-annex use this API for the named repository.
 async fn metrics(State(state): State<HttpState>) -> Response {
     let body = state.core.metrics.render() + &state.core.mesh.render_metrics();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
+/// Git config that makes git-annex use this API for the named repository.
 async fn config(
     State(state): State<HttpState>,
     Path(name): Path<String>,
+    who: Who,
     headers: HeaderMap,
 ) -> HttpResult {
+    who.may(&state, Action::Read)?;
     let repo = state
         .core
         .mesh
         .repo_by_name(&name)
         .await
         .ok_or_else(|| not_found(format!("no cluster or node named {name:?}")))?;
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()))
-        .ok_or_else(|| bad("missing Host header"))?;
+    let trusted = state.opts.trusted_proxies.iter().any(|p| p.contains(who.peer.ip()));
+    let (scheme, host) = forwarded::origin(&headers, state.opts.tls, trusted)
+        .ok_or_else(|| bad("missing or bad Host header"))?;
     let body = format!(
-        "[core]\n\tbare = true\n[annex]\n\tuuid = {}\n\turl = annex+http://{host}/git-annex/\n",
+        "[core]\n\tbare = true\n[annex]\n\tuuid = {}\n\turl = annex+{scheme}://{host}/git-annex/\n",
         repo.uuid()
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
@@ -254,20 +266,24 @@ async fn config(
 async fn plain_get(
     State(state): State<HttpState>,
     Path((uuid, key)): Path<(String, String)>,
+    who: Who,
     RawQuery(q): RawQuery,
 ) -> HttpResult {
-    let params = Params::parse(q);
+    who.may(&state, Action::Read)?;
+    let params = Params::parse(q)?;
     download(&state, &uuid, &key, &params, 1).await
 }
 
 async fn versioned_get(
     State(state): State<HttpState>,
     Path((uuid, version, key)): Path<(String, String, String)>,
+    who: Who,
     RawQuery(q): RawQuery,
 ) -> HttpResult {
+    who.may(&state, Action::Read)?;
     let version = parse_version(&version)
         .ok_or_else(|| not_found(format!("unsupported version {version}")))?;
-    download(&state, &uuid, &key, &Params::parse(q), version).await
+    download(&state, &uuid, &key, &Params::parse(q)?, version).await
 }
 
 async fn download(
@@ -303,22 +319,28 @@ async fn download(
 async fn operation(
     State(state): State<HttpState>,
     Path((uuid, version, op)): Path<(String, String, String)>,
+    who: Who,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> HttpResult {
     let version = parse_version(&version)
         .ok_or_else(|| not_found(format!("unsupported version {version}")))?;
-    let since = match op.as_str() {
-        "checkpresent" | "lockcontent" | "keeplocked" | "remove" | "put" => 0,
-        "putoffset" => 1,
-        "remove-before" | "gettimestamp" => 3,
+    let (since, action) = match op.as_str() {
+        "checkpresent" => (0, Action::Read),
+        "lockcontent" | "keeplocked" => (0, Action::Lock),
+        "remove" => (0, Action::Remove),
+        "put" => (0, Action::Write),
+        "putoffset" => (1, Action::Write),
+        "remove-before" => (3, Action::Remove),
+        "gettimestamp" => (3, Action::Read),
         _ => return Err(not_found(format!("unknown operation {op}"))),
     };
+    who.may(&state, action)?;
     if version < since {
         return Err(not_found(format!("{op} needs protocol version {since} or later")));
     }
-    let params = Params::parse(q);
+    let params = Params::parse(q)?;
     if op != "keeplocked" {
         params.client_uuid()?;
     }
@@ -331,7 +353,7 @@ async fn operation(
             let present = core.checkpresent(&repo, &params.key()?).await?;
             Ok(json(json!({ "present": present })))
         }
-        "lockcontent" => lockcontent(&state, &repo, &params.key()?).await,
+        "lockcontent" => lockcontent(&state, &repo, &params.key()?, who.peer.ip()).await,
         "keeplocked" => keeplocked(&state, params.required("lockid")?, body).await,
         "remove" | "remove-before" => {
             let key = params.key()?;
@@ -383,7 +405,17 @@ async fn operation(
     }
 }
 
-async fn lockcontent(state: &HttpState, repo: &Repo, key: &Key) -> HttpResult {
+async fn lockcontent(state: &HttpState, repo: &Repo, key: &Key, client: IpAddr) -> HttpResult {
+    // Over a cap, answer as git-annex's server does when it has no lock to
+    // spare: not locked (the client then does not count this copy).
+    {
+        let locks = state.locks.lock().unwrap();
+        let mine = locks.values().filter(|e| e.client == client).count();
+        if locks.len() >= state.opts.max_locks || mine >= state.opts.max_locks_per_client {
+            info!(%client, held = locks.len(), by_client = mine, "lock refused: too many locks");
+            return Ok(json(json!({ "locked": false })));
+        }
+    }
     let Some(lock) = state.core.lock(repo, key).await? else {
         return Ok(json(json!({ "locked": false })));
     };
@@ -401,7 +433,7 @@ async fn lockcontent(state: &HttpState, repo: &Repo, key: &Key) -> HttpResult {
             }
         })
         .abort_handle();
-    state.locks.lock().unwrap().insert(lockid.clone(), LockEntry { lock, expiry });
+    state.locks.lock().unwrap().insert(lockid.clone(), LockEntry { lock, expiry, client });
     Ok(json(json!({ "locked": true, "lockid": lockid })))
 }
 
