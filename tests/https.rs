@@ -1,0 +1,142 @@
+//! The real git-annex over `https://` with basic auth from git's credential
+//! store, and `/NAME/config` behind a TLS-terminating proxy.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Client, Mesh, objects_named};
+
+/// A test CA and a certificate for 127.0.0.1 it signed: (ca.pem, cert, key).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "annexmesh test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("gateway.pem"), dir.join("gateway.key"));
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    (paths.0, paths.1, paths.2)
+}
+
+/// A client that trusts `ca` and finds `user`'s password for `url`'s host in
+/// a git credential store file.
+fn client_with_credentials(ca: &Path, url: &str, user: &str, password: &str) -> Client {
+    with_credentials(Client::new(), ca, url, user, password)
+}
+
+fn with_credentials(mut client: Client, ca: &Path, url: &str, user: &str, pw: &str) -> Client {
+    let password = pw;
+    // git-annex's TLS (Haskell x509-system) reads its roots from here.
+    client.env.push(("SYSTEM_CERTIFICATE_PATH".into(), ca.display().to_string()));
+    client.env.push(("GIT_SSL_CAINFO".into(), ca.display().to_string()));
+    let store = client.path().join(".git").join("test-credentials");
+    let (scheme, host) = url.split_once("://").unwrap();
+    std::fs::write(&store, format!("{scheme}://{user}:{password}@{host}\n")).unwrap();
+    client.ok(&[
+        "git",
+        "config",
+        "credential.helper",
+        &format!("store --file={}", store.display()),
+    ]);
+    client
+}
+
+#[test]
+fn git_annex_over_https_with_credentials_from_the_store() {
+    let mut mesh = Mesh::separate(3);
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(certs.path());
+    mesh.restart_gateway_with(&[
+        "--auth-users",
+        "--http-tls-cert",
+        cert.to_str().unwrap(),
+        "--http-tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let password = mesh.user("alice", &[]);
+    let url = format!("https://{}", mesh.http);
+    let client = client_with_credentials(&ca, &url, "alice", &password);
+    client.add_remote("mesh", &format!("{url}/mesh"));
+
+    let (data, key) = client.annex_file("big.bin", 5 * 1024 * 1024, 3);
+    client.ok(&["git", "annex", "copy", "--to", "mesh", "big.bin"]);
+    let annexurl = client.ok(&["git", "config", "remote.mesh.annexurl"]);
+    assert_eq!(annexurl.trim(), format!("annex+https://{}/git-annex/", mesh.http));
+    let stores = mesh.assert_held_everywhere(&key, &data);
+    client.ok(&["git", "annex", "drop", "big.bin"]);
+    client.ok(&["git", "annex", "get", "--from", "mesh", "big.bin"]);
+    assert_eq!(std::fs::read(client.path().join("big.bin")).unwrap(), data);
+    client.ok(&["git", "annex", "drop", "--from", "mesh", "big.bin"]);
+    for s in &stores {
+        assert!(objects_named(s, &key).is_empty(), "{} still holds {key}", s.display());
+    }
+
+    let report = common::testremote(&client, "mesh");
+    // git-annex fails these three against any P2P over HTTP server, its
+    // own included (see tests/e2e_http.rs).
+    assert!(report.failed.len() <= 3, "{}", report.output);
+    for f in &report.failed {
+        assert!(f.starts_with("unavailable remote / "), "{f} failed:\n{}", report.output);
+    }
+}
+
+#[test]
+fn a_readonly_user_over_https_gets_but_cannot_copy() {
+    let mut mesh = Mesh::separate(3);
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(certs.path());
+    mesh.restart_gateway_with(&[
+        "--auth-users",
+        "--http-tls-cert",
+        cert.to_str().unwrap(),
+        "--http-tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let url = format!("https://{}", mesh.http);
+    let rw = mesh.user("writer", &[]);
+    let writer = client_with_credentials(&ca, &url, "writer", &rw);
+    writer.add_remote("mesh", &format!("{url}/mesh"));
+    let (data, _) = writer.annex_file("a.bin", 100_000, 4);
+    writer.ok(&["git", "annex", "copy", "--to", "mesh", "a.bin"]);
+
+    let ro = mesh.user("reader", &["--readonly"]);
+    let reader = with_credentials(Client::clone_of(&writer), &ca, &url, "reader", &ro);
+    reader.add_remote("mesh", &format!("{url}/mesh"));
+    reader.ok(&["git", "annex", "get", "--from", "mesh", "a.bin"]);
+    assert_eq!(std::fs::read(reader.path().join("a.bin")).unwrap(), data);
+    let (_, b_key) = reader.annex_file("b.bin", 1000, 5);
+    let out = reader.run(&["git", "annex", "copy", "--to", "mesh", "b.bin"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("readonly copy: {err}");
+    assert!(!out.status.success(), "a readonly user stored content");
+    for s in mesh.node_stores() {
+        assert!(objects_named(&s, &b_key).is_empty(), "{} holds {b_key}", s.display());
+    }
+}
+
+#[test]
+fn config_names_https_only_for_trusted_proxies() {
+    let mut mesh = Mesh::separate(1);
+    mesh.restart_gateway_with(&["--wideopen", "--trusted-proxy", "10.9.9.9,127.0.0.0/8"]);
+    let url = format!("{}/mesh/config", mesh.url());
+    let config = |headers: &[(&str, &str)]| common::http_get_with(&url, headers).unwrap().1;
+    assert!(config(&[]).contains(&format!("url = annex+http://{}/git-annex/", mesh.http)));
+    let behind = config(&[("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "annex.example")]);
+    assert!(behind.contains("url = annex+https://annex.example:443/git-annex/"), "{behind}");
+    let behind = config(&[("Forwarded", "proto=https;host=annex.example:8443")]);
+    assert!(behind.contains("url = annex+https://annex.example:8443/git-annex/"), "{behind}");
+
+    // From an address that is not a trusted proxy, the headers count for nothing.
+    mesh.restart_gateway_with(&["--wideopen", "--trusted-proxy", "10.9.9.9"]);
+    let direct = config(&[("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil.example")]);
+    assert!(direct.contains(&format!("url = annex+http://{}/git-annex/", mesh.http)), "{direct}");
+}
