@@ -275,3 +275,38 @@ fn a_gateway_without_an_access_choice_refuses_to_start() {
     }
     assert!(std::net::TcpStream::connect(&http).is_err(), "it listened anyway");
 }
+
+#[test]
+fn up_writes_its_users_credentials_once_and_the_recipe_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut mesh = Mesh::up();
+    let file = mesh.up_credentials();
+    let line = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let prefix = "http://annexmesh:";
+    let suffix = format!("@{}\n", mesh.http);
+    assert!(line.starts_with(prefix) && line.ends_with(&suffix), "{line:?}");
+    let log = std::fs::read_to_string(mesh.dir.path().join("up.log")).unwrap();
+    let recipe = format!("git config credential.helper 'store --file={}'", file.display());
+    assert!(log.contains(&recipe), "up did not print {recipe:?}:\n{log}");
+
+    // A restart on the same data keeps the same user and password.
+    mesh.proc("up").stop();
+    let cport = mesh.coordinator.rsplit(':').next().unwrap().to_string();
+    let p = common::Proc::spawn(
+        "up-again",
+        annexmesh()
+            .arg("up")
+            .arg("--data")
+            .arg(mesh.dir.path().join("data"))
+            .args(["--http", &mesh.http.to_string()])
+            .args(["--coordinator-listen", &format!("127.0.0.1:{cport}")])
+            .args(["--p2p", &mesh.p2p.to_string()]),
+        mesh.dir.path(),
+    );
+    mesh.procs.push(p);
+    mesh.wait_ready(3);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), line);
+    let users = mesh.admin_ok(&["user", "list"]);
+    assert_eq!(users.lines().filter(|l| l.starts_with("annexmesh\t")).count(), 1, "{users}");
+}

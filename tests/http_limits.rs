@@ -163,3 +163,35 @@ fn a_copy_and_get_complete_while_idle_and_slowloris_connections_are_held() {
     assert!(peak.0 < 400 * 1024, "gateway RSS reached {} kB", peak.0);
     assert!(peak.1 < 4096 + 200, "gateway held {} descriptors", peak.1);
 }
+
+#[test]
+fn locks_over_the_per_client_cap_answer_not_locked() {
+    let mut mesh = Mesh::separate(3);
+    let cluster = mesh.uuid_of("mesh");
+    mesh.restart_gateway_with(&["--wideopen", "--max-locks-per-client", "2"]);
+    let base = format!("{}/git-annex/{cluster}/v4", mesh.url());
+    let client = "0a1b2c3d-0000-4000-8000-000000000003";
+    let json = |(status, body): (u16, String)| -> serde_json::Value {
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {status} {body}"))
+    };
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let key = format!("WORM-s5-m1--lock{i}");
+        let put = format!("{base}/put?key={key}&clientuuid={client}");
+        let stored = json(common::http_post(&put, &[("X-git-annex-data-length", "5")], b"lock!"));
+        assert_eq!(stored["stored"], true, "{stored}");
+        let lock = format!("{base}/lockcontent?key={key}&clientuuid={client}");
+        let r = json(common::http_post(&lock, &[], b""));
+        if i < 2 {
+            assert_eq!(r["locked"], true, "lock {i}: {r}");
+            ids.push(r["lockid"].as_str().unwrap().to_string());
+        } else {
+            assert_eq!(r["locked"], false, "a third lock from one client: {r}");
+        }
+    }
+    // Releasing one makes room again.
+    let unlock = format!("{base}/keeplocked?lockid={}&clientuuid={client}", ids[0]);
+    common::http_post(&unlock, &[], br#"{"unlock": true}"#);
+    let lock = format!("{base}/lockcontent?key=WORM-s5-m1--lock2&clientuuid={client}");
+    assert_eq!(json(common::http_post(&lock, &[], b""))["locked"], true);
+}
