@@ -527,9 +527,14 @@ impl Mesh {
         stores
     }
 
-    /// The UUID of a cluster or node, from its config.
+    /// The UUID of a cluster or node, from its config (for `up`, asked
+    /// with its user's credentials).
     pub fn uuid_of(&self, name: &str) -> String {
-        let (status, body) = http_get(&format!("{}/{name}/config", self.url())).unwrap();
+        let auth = self.up_credentials().exists().then(|| self.up_auth_header());
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let url = format!("{}/{name}/config", self.url());
+        let (status, body) = http_get_with(&url, &headers).unwrap();
         assert_eq!(status, 200, "config of {name}: {body}");
         body.lines()
             .find_map(|l| l.trim().strip_prefix("uuid = "))
