@@ -35,8 +35,7 @@ fn client_with_credentials(ca: &Path, url: &str, user: &str, password: &str) -> 
 
 fn with_credentials(mut client: Client, ca: &Path, url: &str, user: &str, pw: &str) -> Client {
     let password = pw;
-    // git-annex's TLS (Haskell x509-system) reads its roots from here.
-    client.env.push(("SYSTEM_CERTIFICATE_PATH".into(), ca.display().to_string()));
+    // git-annex takes extra roots from git's http.sslCAInfo / GIT_SSL_CAINFO.
     client.env.push(("GIT_SSL_CAINFO".into(), ca.display().to_string()));
     let store = client.path().join(".git").join("test-credentials");
     let (scheme, host) = url.split_once("://").unwrap();
@@ -139,4 +138,55 @@ fn config_names_https_only_for_trusted_proxies() {
     mesh.restart_gateway_with(&["--wideopen", "--trusted-proxy", "10.9.9.9"]);
     let direct = config(&[("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil.example")]);
     assert!(direct.contains(&format!("url = annex+http://{}/git-annex/", mesh.http)), "{direct}");
+}
+
+#[test]
+fn up_serves_https_and_its_printed_recipe_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let data = dir.path().join("data");
+    let _up = common::Proc::spawn(
+        "up",
+        common::annexmesh()
+            .arg("up")
+            .arg("--data")
+            .arg(&data)
+            .args(["--http", &http])
+            .args(["--coordinator-listen", &format!("127.0.0.1:{}", common::free_port())])
+            .args(["--p2p", &format!("127.0.0.1:{}", common::free_port())])
+            .arg("--http-tls-cert")
+            .arg(&cert)
+            .arg("--http-tls-key")
+            .arg(&key),
+        dir.path(),
+    );
+    let log = dir.path().join("up.log");
+    common::wait_until("up to print its recipe", std::time::Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Stop with Ctrl-C"))
+    });
+    let printed = std::fs::read_to_string(&log).unwrap();
+    let recipe: Vec<&str> = printed
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("git remote add") || l.starts_with("git config"))
+        .collect();
+    assert_eq!(recipe.len(), 3, "{printed}");
+    assert_eq!(recipe[0], format!("git remote add mesh https://{http}/mesh"));
+    let credentials = std::fs::read_to_string(data.join("git-credentials")).unwrap();
+    assert!(credentials.starts_with("https://annexmesh:"), "{credentials}");
+
+    // The printed lines, as a user runs them.
+    let mut client = Client::new();
+    client.env.push(("GIT_SSL_CAINFO".into(), ca.display().to_string()));
+    for line in &recipe {
+        let args = shlex::split(line).unwrap();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        client.ok(&args);
+    }
+    let (content, _) = client.annex_file("f.bin", 200_000, 6);
+    client.ok(&["git", "annex", "copy", "--to", "mesh", "f.bin"]);
+    client.ok(&["git", "annex", "drop", "f.bin"]);
+    client.ok(&["git", "annex", "get", "--from", "mesh", "f.bin"]);
+    assert_eq!(std::fs::read(client.path().join("f.bin")).unwrap(), content);
 }
