@@ -640,7 +640,7 @@ fn the_line_protocol_over_tls() {
     let p = common::Proc::spawn(
         "tls-gateway",
         common::annexmesh()
-            .args(["gateway", "--coordinator", &mesh.coordinator])
+            .args(["gateway", "--coordinator", &mesh.coordinator, "--wideopen"])
             .args([
                 "--http",
                 &format!("127.0.0.1:{}", common::free_port()),
