@@ -278,6 +278,38 @@ mod tests {
         h.await.unwrap();
     }
 
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_is_closed_and_https_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&c, cert.cert.pem()).unwrap();
+        std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+        let tls = crate::tls::acceptor(&c, &k).unwrap();
+        let app = Router::new().route("/", get(|| async { "hi" }));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let limits =
+            Limits { tls_handshake_timeout: Duration::from_millis(300), ..Limits::default() };
+        let s = stop.clone();
+        let h = tokio::spawn(async move { serve(l, app, Some(tls), limits, s).await.unwrap() });
+        // A client that connects and never starts the handshake.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut silent).await.is_some(), "a stalled handshake stayed open");
+        // A client that trusts the certificate is served.
+        let connector = crate::tls::connector(Some(&c)).unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let sock = TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector.connect(name, sock).await.unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut resp = Vec::new();
+        let _ = tls.read_to_end(&mut resp).await;
+        assert!(String::from_utf8_lossy(&resp).contains("hi"));
+        stop.cancel();
+        h.await.unwrap();
+    }
+
     #[test]
     fn the_descriptor_limit_is_raised_to_the_hard_limit() {
         let soft = raise_nofile_limit().unwrap();
