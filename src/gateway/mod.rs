@@ -104,7 +104,8 @@ pub async fn serve(
     let scheme = if http.tls.is_some() { "HTTPS" } else { "HTTP" };
     let policy = http.opts.policy;
     info!(addr = %listener.local_addr()?, users = policy.users, anonymous = ?policy.anonymous, "gateway serving P2P over {scheme}");
-    if policy.users && http.tls.is_none() && http.opts.trusted_proxies.is_empty() {
+    let public = !listener.local_addr()?.ip().is_loopback();
+    if policy.users && public && http.tls.is_none() && http.opts.trusted_proxies.is_empty() {
         warn!(
             "basic-auth passwords travel in clear text over plain HTTP; use --http-tls-cert or a TLS proxy"
         );
