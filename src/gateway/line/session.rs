@@ -29,6 +29,8 @@ pub(super) struct Session<'a> {
     pub bypass: BTreeSet<String>,
     pub mode: Mode,
     pub version: u64,
+    /// How long the client may leave the connection idle between requests.
+    pub idle: std::time::Duration,
 }
 
 pub(super) fn uuids(list: &[String]) -> Vec<Uuid> {
@@ -38,7 +40,8 @@ pub(super) fn uuids(list: &[String]) -> Vec<Uuid> {
 impl<'a> Session<'a> {
     /// A session at protocol version 0 until the client sends VERSION.
     pub fn new(core: &'a Core, repo: Repo, mode: Mode) -> Self {
-        Session { core, repo, bypass: BTreeSet::new(), mode, version: 0 }
+        let idle = super::DEFAULT_IDLE_TIMEOUT;
+        Session { core, repo, bypass: BTreeSet::new(), mode, version: 0, idle }
     }
 
     /// Serves requests until the client leaves.
@@ -47,7 +50,12 @@ impl<'a> Session<'a> {
         conn: &mut Conn<S>,
     ) -> Res<()> {
         loop {
-            let msg = match conn.next().await? {
+            let Ok(next) = tokio::time::timeout(self.idle, conn.next()).await else {
+                let why = format!("idle for {} s", self.idle.as_secs());
+                let _ = conn.send(&Message::Error(why.clone())).await;
+                return Err(Close::Protocol(why));
+            };
+            let msg = match next? {
                 Some(Inbound::Message(m)) => m,
                 None => return Ok(()),
                 Some(Inbound::Unparsable(e)) => {

@@ -1,0 +1,120 @@
+//! The gateway's limits: deadlines on the calls it makes to the coordinator
+//! and to agents, the stall timeout of content streams, and the
+//! line-protocol listener's connection limits.
+//!
+//! The deadlines are process-wide (set once by `gateway::run` before
+//! serving, defaults otherwise): every call site in the request core and
+//! the mesh reads them, and a gateway process serves one configuration.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use super::line::{self, LineOptions};
+use super::throttle::AuthThrottle;
+use crate::clock::parse_duration;
+
+/// Deadlines on the gateway's calls to the rest of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Any unary call to the coordinator.
+    pub coordinator: Duration,
+    /// A unary call to an agent (CheckPresent, PutOffset, Remove,
+    /// GetTimestamp, a lock's first answer).
+    pub node: Duration,
+    /// A content stream (PUT, GET) that makes no progress for this long
+    /// fails on that node.
+    pub stall: Duration,
+}
+
+pub const DEFAULT_COORDINATOR_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            coordinator: DEFAULT_COORDINATOR_TIMEOUT,
+            node: DEFAULT_NODE_TIMEOUT,
+            stall: DEFAULT_STALL_TIMEOUT,
+        }
+    }
+}
+
+static DEADLINES: OnceLock<Deadlines> = OnceLock::new();
+
+/// The process's deadlines: those `set_deadlines` gave, else the defaults.
+pub fn deadlines() -> Deadlines {
+    DEADLINES.get().copied().unwrap_or_default()
+}
+
+/// Sets the process's deadlines; only the first call counts (a process
+/// runs one gateway). Returns whether this call set them.
+pub fn set_deadlines(d: Deadlines) -> bool {
+    DEADLINES.set(d).is_ok()
+}
+
+/// The gateway's limit flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayLimits {
+    /// Deadline on every call to the coordinator (topology, placement,
+    /// location log, token checks, cluster clock).
+    #[arg(long, env = "ANNEXMESH_COORDINATOR_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub coordinator_timeout: Duration,
+    /// Deadline on every unary call to an agent (CHECKPRESENT, PUTOFFSET,
+    /// REMOVE, a lock's first answer, the agent's clock).
+    #[arg(long, env = "ANNEXMESH_NODE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub node_timeout: Duration,
+    /// A PUT or GET stream to a node that makes no progress for this long
+    /// fails on that node; a PUT completes with the other targets.
+    #[arg(long, env = "ANNEXMESH_STALL_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+    /// Most authenticated line-protocol connections open at once; more are
+    /// refused.
+    #[arg(long, env = "ANNEXMESH_P2P_MAX_CONNECTIONS", default_value_t = line::DEFAULT_MAX_CONNECTIONS)]
+    pub p2p_max_connections: usize,
+    /// Most line-protocol connections waiting to authenticate, in all; more
+    /// are refused at once with an ERROR line.
+    #[arg(long, env = "ANNEXMESH_P2P_MAX_UNAUTHENTICATED", default_value_t = line::DEFAULT_MAX_UNAUTHENTICATED)]
+    pub p2p_max_unauthenticated: usize,
+    /// Most line-protocol connections waiting to authenticate from one
+    /// source address.
+    #[arg(long, env = "ANNEXMESH_P2P_MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = line::DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS)]
+    pub p2p_max_unauthenticated_per_address: usize,
+    /// Time a line-protocol connection has from connecting (TLS included)
+    /// to a successful AUTH.
+    #[arg(long, env = "ANNEXMESH_P2P_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub p2p_auth_timeout: Duration,
+    /// How long an authenticated line-protocol connection may sit idle
+    /// between requests (git-annex keeps connections open between the
+    /// commands of one run).
+    #[arg(long, env = "ANNEXMESH_P2P_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub p2p_idle_timeout: Duration,
+}
+
+impl GatewayLimits {
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines {
+            coordinator: self.coordinator_timeout,
+            node: self.node_timeout,
+            stall: self.stall_timeout,
+        }
+    }
+
+    /// The line listener's options with these limits.
+    pub fn line_options(
+        &self,
+        default_repo: Option<String>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> LineOptions {
+        LineOptions {
+            default_repo,
+            max_connections: self.p2p_max_connections,
+            max_unauthenticated: self.p2p_max_unauthenticated,
+            max_unauthenticated_per_address: self.p2p_max_unauthenticated_per_address,
+            auth_timeout: self.p2p_auth_timeout,
+            idle_timeout: self.p2p_idle_timeout,
+            throttle: Arc::new(AuthThrottle::default()),
+            tls,
+        }
+    }
+}
