@@ -145,8 +145,15 @@ impl<'a> Session<'a> {
         // The lock is held on one node's stream until UNLOCKCONTENT, which
         // goes down that same stream. Dropping the lock any other way (the
         // client vanishes or says something else) leaves the node holding it
-        // for the safety window, as git-annex requires.
-        match conn.message().await {
+        // for the safety window, as git-annex requires. A client that says
+        // nothing for the idle timeout gives the lock up too.
+        let Ok(next) = tokio::time::timeout(self.idle, conn.message()).await else {
+            drop(lock);
+            let why = format!("held a lock idle for {} s", self.idle.as_secs());
+            let _ = conn.send(&Message::Error(why.clone())).await;
+            return Err(Close::Protocol(why));
+        };
+        match next {
             Ok(Next::Msg(Message::UnlockContent)) => {
                 lock.unlock().await;
                 Ok(())
