@@ -87,11 +87,13 @@ pub(super) fn parse(source: &str) -> Result<Tree, ParseError> {
     if tokens.is_empty() {
         return Err(ParseError::Empty);
     }
-    let mut p = Parser { tokens: &tokens, pos: 0, depth: 0, terms: 0 };
+    // Too long: the structure alone is read first (bounded by the depth
+    // and term limits, compiling no glob), so that a deeply nested
+    // expression is refused for what is wrong with it.
+    let too_long = source.len() > MAX_LEN;
+    let mut p = Parser { tokens: &tokens, pos: 0, depth: 0, terms: 0, structure_only: too_long };
     let tree = p.sequence()?;
-    // Checked after parsing, whose depth and term limits already bound the
-    // work, so a deeply nested expression gets the error that says why.
-    if source.len() > MAX_LEN {
+    if too_long {
         return Err(ParseError::TooLong);
     }
     // `sequence` only stops early at a ")".
@@ -129,6 +131,8 @@ struct Parser<'t, 's> {
     depth: usize,
     /// Terms read so far.
     terms: usize,
+    /// Checks the structure only: terms are not read.
+    structure_only: bool,
 }
 
 impl<'s> Parser<'_, 's> {
@@ -194,6 +198,9 @@ impl<'s> Parser<'_, 's> {
                 self.terms += 1;
                 if self.terms > MAX_TERMS {
                     return Err(ParseError::TooManyTerms);
+                }
+                if self.structure_only {
+                    return Ok(Tree::Term(Term::Anything));
                 }
                 Ok(Tree::Term(term(t)?))
             }

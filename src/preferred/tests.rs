@@ -302,8 +302,10 @@ fn long_expressions_are_refused() {
     let more = vec!["anything"; parse::MAX_TERMS + 1].join(" or ");
     assert_eq!(err(&more), ParseError::TooManyTerms);
     // Within the term limit but over the length limit.
-    let long = format!("include={}", "a".repeat(parse::MAX_LEN));
+    let long = vec![format!("include={}", "a".repeat(glob::MAX_GLOB)); 20].join(" or ");
     assert_eq!(err(&long), ParseError::TooLong);
+    let glob = format!("include={}", "*".repeat(glob::MAX_GLOB + 1));
+    assert!(matches!(err(&glob), ParseError::BadGlob { .. }));
     // A chain of 50,000 terms is cut off at the limit, not built and dropped.
     let huge = vec!["anything"; 50_000].join(" ");
     assert_eq!(err(&huge), ParseError::TooManyTerms);
