@@ -188,8 +188,9 @@ fn connections_that_never_authenticate_do_not_keep_a_token_holder_out() {
     println!("before the client: {}", attack.report());
     let took = copy_and_get(&client, "small.bin", 1024 * 1024);
     println!("copy and get took {took:?} with the attackers connected; {}", attack.report());
-    let t = &attack.tally;
-    assert!(t.refused.load(Ordering::Relaxed) >= 500, "{}", attack.report());
+    // The per-address cap refused nearly all of them, at once.
+    let refused = || attack.tally.refused.load(Ordering::Relaxed);
+    common::wait_until("the attackers to be refused", Duration::from_secs(30), || refused() >= 500);
     let (_, fds) = usage(mesh.proc("gateway").pid());
     assert!(fds < 300, "the gateway holds {fds} descriptors");
     attack.stop();

@@ -25,15 +25,24 @@ pub(super) struct PreAuth {
 pub(super) enum Refused {
     Total(usize),
     Address(usize),
+    /// The address failed AUTH too often; it may try again after this.
+    Throttled(std::time::Duration),
 }
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refused::Total(n) => write!(f, "{n} connections are waiting to authenticate"),
-            Refused::Address(n) => {
-                write!(f, "{n} connections from this address are waiting to authenticate")
+            Refused::Total(n) => {
+                write!(f, "too many connections: {n} are waiting to authenticate")
             }
+            Refused::Address(n) => {
+                write!(f, "too many connections: {n} from this address are waiting to authenticate")
+            }
+            Refused::Throttled(wait) => write!(
+                f,
+                "too many failed AUTH attempts from this address; wait {} s",
+                wait.as_secs() + 1
+            ),
         }
     }
 }

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::LineOptions;
-use super::admission::{PreAuth, PreAuthSlot, Throttled};
+use super::admission::{PreAuth, PreAuthSlot, Refused, Throttled};
 use super::conn::{Close, Conn};
 use super::handshake::{Served, TokenCheck, handshake};
 use super::session::Session;
@@ -50,20 +50,34 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let admitted = pre_auth.admit(
-            peer.ip(),
-            opts.max_unauthenticated,
-            opts.max_unauthenticated_per_address,
-        );
+        // An address that failed AUTH too often is turned away before it
+        // takes a place or any work.
+        let admitted = match opts.throttle.check(peer.ip()) {
+            Err(wait) => Err(Refused::Throttled(wait)),
+            Ok(()) => pre_auth.admit(
+                peer.ip(),
+                opts.max_unauthenticated,
+                opts.max_unauthenticated_per_address,
+            ),
+        };
         let pre = match admitted {
             Ok(slot) => slot,
             Err(why) => {
                 debug!(%peer, "refusing connection: {why}");
-                let line = format!("ERROR too many connections: {why}; try again later\n");
+                let line = format!("ERROR {why}; try again later\n");
                 core.tasks.spawn(async move {
                     // Bounded: a peer that reads nothing cannot keep this.
                     let write = stream.write_all(line.as_bytes());
                     let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+                    // What the peer already sent (its AUTH) is read before
+                    // closing, briefly: closing with unread input resets
+                    // the connection, and the peer may lose the ERROR.
+                    let _ = stream.shutdown().await;
+                    let drain = async {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(1..) = stream.read(&mut buf).await {}
+                    };
+                    let _ = tokio::time::timeout(Duration::from_millis(250), drain).await;
                 });
                 continue;
             }
