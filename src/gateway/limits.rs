@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::line::{self, LineOptions};
-use super::throttle::AuthThrottle;
+use super::throttle::{self, AuthThrottle};
 use crate::clock::parse_duration;
 
 /// Deadlines on the gateway's calls to the rest of the mesh.
@@ -89,6 +89,13 @@ pub struct GatewayLimits {
     /// commands of one run).
     #[arg(long, env = "ANNEXMESH_P2P_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub p2p_idle_timeout: Duration,
+    /// Failed authentication attempts from one source address that cost
+    /// nothing; after them each failure makes the address wait.
+    #[arg(long, env = "ANNEXMESH_AUTH_THROTTLE_BURST", default_value_t = throttle::DEFAULT_BURST)]
+    pub auth_throttle_burst: u32,
+    /// The wait each failed authentication costs once the burst is spent.
+    #[arg(long, env = "ANNEXMESH_AUTH_THROTTLE_PENALTY", default_value = "1s", value_parser = parse_duration)]
+    pub auth_throttle_penalty: Duration,
 }
 
 impl GatewayLimits {
@@ -98,6 +105,11 @@ impl GatewayLimits {
             node: self.node_timeout,
             stall: self.stall_timeout,
         }
+    }
+
+    /// A throttle of failed authentication with these settings.
+    pub fn throttle(&self) -> Arc<AuthThrottle> {
+        Arc::new(AuthThrottle::new(self.auth_throttle_burst, self.auth_throttle_penalty))
     }
 
     /// The line listener's options with these limits.
@@ -113,7 +125,7 @@ impl GatewayLimits {
             max_unauthenticated_per_address: self.p2p_max_unauthenticated_per_address,
             auth_timeout: self.p2p_auth_timeout,
             idle_timeout: self.p2p_idle_timeout,
-            throttle: Arc::new(AuthThrottle::default()),
+            throttle: self.throttle(),
             tls,
         }
     }
