@@ -2,7 +2,7 @@
 //! and to agents, the stall timeout of content streams, and the
 //! line-protocol listener's connection limits.
 //!
-//! The deadlines are process-wide (set once by `gateway::run` before
+//! The call limits are process-wide (set once by `gateway::run` before
 //! serving, defaults otherwise): every call site in the request core and
 //! the mesh reads them, and a gateway process serves one configuration.
 
@@ -13,9 +13,9 @@ use super::line::{self, LineOptions};
 use super::throttle::{self, AuthThrottle};
 use crate::clock::parse_duration;
 
-/// Deadlines on the gateway's calls to the rest of the mesh.
+/// Limits on the gateway's calls to the rest of the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadlines {
+pub struct CallLimits {
     /// Any unary call to the coordinator.
     pub coordinator: Duration,
     /// A unary call to an agent (CheckPresent, PutOffset, Remove,
@@ -24,33 +24,46 @@ pub struct Deadlines {
     /// A content stream (PUT, GET) that makes no progress for this long
     /// fails on that node.
     pub stall: Duration,
+    /// Bytes a PUT queues for each target beyond what its link has taken.
+    pub put_buffer: usize,
 }
 
 pub const DEFAULT_COORDINATOR_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// 16 MiB: a few hundred milliseconds of a fast link, so a healthy target
+/// never waits on it; the chunks are shared between targets, so only a
+/// lagging target's backlog costs memory.
+pub const DEFAULT_PUT_BUFFER: usize = 16 * 1024 * 1024;
 
-impl Default for Deadlines {
+impl Default for CallLimits {
     fn default() -> Self {
-        Deadlines {
+        CallLimits {
             coordinator: DEFAULT_COORDINATOR_TIMEOUT,
             node: DEFAULT_NODE_TIMEOUT,
             stall: DEFAULT_STALL_TIMEOUT,
+            put_buffer: DEFAULT_PUT_BUFFER,
         }
     }
 }
 
-static DEADLINES: OnceLock<Deadlines> = OnceLock::new();
+static CALL_LIMITS: OnceLock<CallLimits> = OnceLock::new();
 
-/// The process's deadlines: those `set_deadlines` gave, else the defaults.
-pub fn deadlines() -> Deadlines {
-    DEADLINES.get().copied().unwrap_or_default()
+/// The process's call limits: those `set_call_limits` gave, else the
+/// defaults.
+pub fn call_limits() -> CallLimits {
+    CALL_LIMITS.get().copied().unwrap_or_default()
 }
 
-/// Sets the process's deadlines; only the first call counts (a process
+/// Sets the process's call limits; only the first call counts (a process
 /// runs one gateway). Returns whether this call set them.
-pub fn set_deadlines(d: Deadlines) -> bool {
-    DEADLINES.set(d).is_ok()
+pub fn set_call_limits(l: CallLimits) -> bool {
+    CALL_LIMITS.set(l).is_ok()
+}
+
+fn parse_buffer(s: &str) -> Result<usize, String> {
+    let n = crate::preferred::parse_size(s)?;
+    usize::try_from(n).map_err(|_| format!("{s} is too large"))
 }
 
 /// The gateway's limit flags.
@@ -68,6 +81,11 @@ pub struct GatewayLimits {
     /// fails on that node; a PUT completes with the other targets.
     #[arg(long, env = "ANNEXMESH_STALL_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub stall_timeout: Duration,
+    /// Data a PUT queues for each target beyond what its link has taken
+    /// (bytes or a size such as 16MiB); a target that far behind holds the
+    /// others back until it moves again or the stall timeout drops it.
+    #[arg(long, env = "ANNEXMESH_PUT_TARGET_BUFFER", default_value = "16MiB", value_parser = parse_buffer)]
+    pub put_target_buffer: usize,
     /// Most authenticated line-protocol connections open at once; more are
     /// refused.
     #[arg(long, env = "ANNEXMESH_P2P_MAX_CONNECTIONS", default_value_t = line::DEFAULT_MAX_CONNECTIONS)]
@@ -99,11 +117,12 @@ pub struct GatewayLimits {
 }
 
 impl GatewayLimits {
-    pub fn deadlines(&self) -> Deadlines {
-        Deadlines {
+    pub fn call_limits(&self) -> CallLimits {
+        CallLimits {
             coordinator: self.coordinator_timeout,
             node: self.node_timeout,
             stall: self.stall_timeout,
+            put_buffer: self.put_target_buffer,
         }
     }
 

@@ -51,7 +51,7 @@ pub struct GatewayConfig {
 }
 
 pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    limits::set_deadlines(cfg.limits.deadlines());
+    limits::set_call_limits(cfg.limits.call_limits());
     let listener = TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.http))?;

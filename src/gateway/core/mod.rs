@@ -39,7 +39,7 @@ pub use put::{PutRequest, TargetState};
 /// `--stall-timeout`. A slow client does not count: the gateway only waits
 /// for a node while it has data for it or room for more.
 pub fn stall() -> Duration {
-    super::limits::deadlines().stall
+    super::limits::call_limits().stall
 }
 
 #[derive(Debug, thiserror::Error)]

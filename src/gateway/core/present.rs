@@ -67,7 +67,7 @@ impl Core {
                     continue;
                 }
             };
-            let limit = crate::gateway::limits::deadlines().node;
+            let limit = crate::gateway::limits::call_limits().node;
             let Ok(first) = tokio::time::timeout(limit, replies.next()).await else {
                 let why = format!("no answer to LOCKCONTENT within {} s", limit.as_secs());
                 self.mesh.agent_failed(&node, &why);

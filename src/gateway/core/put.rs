@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::locations::LocationChange;
 use super::{Core, CoreError, Outcome, PutOffset, Result, stall, unavailable};
+use crate::gateway::limits::call_limits;
 use crate::gateway::mesh::Repo;
 use crate::gateway::metrics::Metrics;
 use crate::p2p::key::Key;
@@ -47,12 +48,6 @@ struct Targets {
     nodes: Vec<rpc::NodeInfo>,
     min_copies: usize,
 }
-
-/// Data a PUT queues for each target beyond what its link has taken: a
-/// target this far behind holds the others back until it moves again or
-/// is dropped after the stall timeout. The chunks are shared between
-/// targets, so only a lagging target's backlog costs memory.
-pub const TARGET_BUFFER: usize = 16 * 1024 * 1024;
 
 /// One target being fed the client's data.
 struct Feed {
@@ -167,7 +162,7 @@ impl Core {
 
     /// PUT: streams the client's data (`length` bytes from `offset`) to every
     /// target at once, each from its own resume offset, through a bounded
-    /// buffer per target ([`TARGET_BUFFER`]): a slow target sets the pace
+    /// buffer per target (`--put-target-buffer`): a slow target sets the pace
     /// once it is that far behind, but one that then takes nothing for the
     /// stall timeout is dropped and the PUT goes on with the others. A body that fails
     /// (client gone) closes every agent stream without an end marker, so each
@@ -265,7 +260,9 @@ impl Core {
         let (offset, length) = (req.offset, req.length);
         // A node holding less than the client skipped cannot be fed.
         let own = if own < offset || own > offset + length { offset } else { own };
-        let (tx, rx) = mpsc::channel::<rpc::PutRequest>(TARGET_BUFFER / rpc::CHUNK_SIZE);
+        // Messages are at most a chunk each (`pump_body`).
+        let chunks = (call_limits().put_buffer / rpc::CHUNK_SIZE).max(1);
+        let (tx, rx) = mpsc::channel::<rpc::PutRequest>(chunks);
         let header = rpc::PutHeader {
             key: req.key.to_string(),
             offset: own,
@@ -397,7 +394,7 @@ async fn send_or_stall(
         Err(_) => Err(format!(
             "took no data for {} s with {} MiB queued; dropped from the PUT (--stall-timeout)",
             limit.as_secs_f64(),
-            TARGET_BUFFER >> 20
+            call_limits().put_buffer >> 20
         )),
     }
 }
@@ -406,7 +403,7 @@ async fn send_or_stall(
 /// is not waited for; the others get the node deadline plus the stall
 /// timeout to drain what is queued for them and answer.
 async fn collect(feeds: Vec<Feed>, tally: &mut Tally) {
-    let limit = crate::gateway::limits::deadlines().node + stall();
+    let limit = call_limits().node + stall();
     let answers = feeds.into_iter().map(|mut f| async move {
         if f.stalled.is_some() {
             f.call.abort();

@@ -11,7 +11,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use super::api::{Control, NodeClient, Nodes, Replies};
-use crate::gateway::limits::deadlines;
+use crate::gateway::limits::call_limits;
 use crate::rpc::{self, agent_client::AgentClient, coordinator_client::CoordinatorClient};
 
 /// `call`, failed with DEADLINE_EXCEEDED when it takes longer than `limit`:
@@ -35,12 +35,12 @@ async fn within<T>(
 async fn coordinator<T>(
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    within(deadlines().coordinator, "the coordinator", "--coordinator-timeout", call).await
+    within(call_limits().coordinator, "the coordinator", "--coordinator-timeout", call).await
 }
 
 /// A unary call to an agent, within `--node-timeout`.
 async fn agent<T>(call: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
-    within(deadlines().node, "the node", "--node-timeout", call).await
+    within(call_limits().node, "the node", "--node-timeout", call).await
 }
 
 /// The coordinator over gRPC.

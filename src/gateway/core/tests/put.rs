@@ -392,8 +392,8 @@ cases! {
 }
 
 async fn check_stall(c: StallCase) {
-    use crate::gateway::core::put::TARGET_BUFFER;
-    let size = (TARGET_BUFFER + 4 * 1024 * 1024) as u64;
+    let buffer = crate::gateway::limits::call_limits().put_buffer;
+    let size = (buffer + 4 * 1024 * 1024) as u64;
     let key: Key = format!("WORM-s{size}-m1700000000--big").parse().unwrap();
     let all = c.nodes.iter().map(|n| n.name).collect();
     let w = World::planned(&c.nodes, &key, all, c.min, 0);
