@@ -3,9 +3,10 @@
 //! UNAVAILABLE rather than queued without bound; HTTP/2 stream and
 //! per-connection caps; and keepalives that find dead peers.
 //!
-//! The concurrency limit counts requests being handled: a unary call until
-//! it answers, a streaming call until its response starts. Streams are
-//! bounded per connection by `--grpc-max-concurrent-streams`.
+//! The concurrency limit counts requests being handled: a unary call, or a
+//! client-streaming one (an agent's PUT), until it answers; a
+//! server-streaming call (GET, a lock) until its response starts. Streams
+//! are bounded per connection by `--grpc-max-concurrent-streams`.
 
 use std::time::Duration;
 
