@@ -40,6 +40,7 @@ async fn start_agent(name: &str, store: std::path::PathBuf, stop: &CancellationT
         cluster: "bench".into(),
         // No scrubbing: it would compete with the copies being measured.
         safety: agent::config::SafetyConfig { scrub_rate: 0.0, ..Default::default() },
+        grpc: Default::default(),
     };
     tokio::spawn(agent::serve(cfg, listener, stop.clone()));
     url

@@ -10,6 +10,7 @@ pub mod client;
 pub mod clock;
 pub mod coordinator;
 pub mod gateway;
+pub mod limits;
 pub mod names;
 pub mod p2p;
 pub mod preferred;

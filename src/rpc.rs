@@ -33,7 +33,9 @@ pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::transpor
     Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(3))
-        .http2_keep_alive_interval(Duration::from_secs(20))
+        // A dead link or a frozen peer is found within about 20 s.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))

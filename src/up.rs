@@ -130,6 +130,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
             name,
             cluster: CLUSTER.to_string(),
             safety: Default::default(),
+            grpc: Default::default(),
         };
         tasks.spawn(agent::serve(cfg, listener, shutdown.clone()));
     }

@@ -20,6 +20,10 @@ pub struct SafetyConfig {
     /// first (default: the larger of 1% of the filesystem and 64 MiB).
     #[arg(long, env = "ANNEXMESH_MIN_FREE")]
     pub min_free: Option<u64>,
+    /// Most content locks held at once on this node; past it, lock
+    /// requests are answered "cannot lock".
+    #[arg(long, env = "ANNEXMESH_MAX_LOCKS", default_value_t = crate::agent::locks::DEFAULT_MAX_LOCKS)]
+    pub max_locks: usize,
 }
 
 impl Default for SafetyConfig {
@@ -29,6 +33,7 @@ impl Default for SafetyConfig {
             scrub_interval: Duration::from_secs(24 * 3600),
             partial_max_age: Duration::from_secs(24 * 3600),
             min_free: None,
+            max_locks: crate::agent::locks::DEFAULT_MAX_LOCKS,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Content locks and the one-upload-per-key rule.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::p2p::key::Key;
@@ -10,21 +11,47 @@ use super::store::Store;
 /// Shared locks on content. A remove holds the table while it checks and
 /// deletes, so a lock is either taken before the remove looks (and blocks it)
 /// or after it finished (and then finds the content gone).
-#[derive(Default, Clone)]
+///
+/// Each lock holds a stream and a task for as long as its holder keeps it,
+/// so their number is capped ([`DEFAULT_MAX_LOCKS`], `--max-locks`).
+#[derive(Clone)]
 pub struct ContentLocks {
     table: Arc<tokio::sync::Mutex<HashMap<String, usize>>>,
+    /// Locks held, on all keys.
+    held: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// Default cap on the content locks an agent holds at once.
+pub const DEFAULT_MAX_LOCKS: usize = 4096;
+
+impl Default for ContentLocks {
+    fn default() -> Self {
+        ContentLocks::with_max(DEFAULT_MAX_LOCKS)
+    }
 }
 
 pub struct LockGuard {
     table: Arc<tokio::sync::Mutex<HashMap<String, usize>>>,
+    held: Arc<AtomicUsize>,
     key: String,
 }
 
 impl ContentLocks {
-    pub async fn lock(&self, key: &Key) -> LockGuard {
+    /// A table holding at most `max` locks at once.
+    pub fn with_max(max: usize) -> ContentLocks {
+        ContentLocks { table: Arc::default(), held: Arc::default(), max: max.max(1) }
+    }
+
+    /// A lock on `key`, or None when the node holds as many as it may.
+    pub async fn lock(&self, key: &Key) -> Option<LockGuard> {
+        let max = self.max;
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()?;
         let key = key.to_string();
         *self.table.lock().await.entry(key.clone()).or_insert(0) += 1;
-        LockGuard { table: self.table.clone(), key }
+        Some(LockGuard { table: self.table.clone(), held: self.held.clone(), key })
     }
 
     /// Runs `check` and removes the content, unless the content is locked or
@@ -46,6 +73,7 @@ impl ContentLocks {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
         let table = self.table.clone();
         let key = std::mem::take(&mut self.key);
         let release = async move {
@@ -140,5 +168,16 @@ mod tests {
         drop(first);
         assert!(second.await.unwrap());
         assert!(uploads.keys.lock().unwrap().is_empty(), "slots are cleaned up");
+    }
+
+    #[tokio::test]
+    async fn locks_are_capped_in_all_and_given_back() {
+        let locks = ContentLocks::with_max(2);
+        let (a, b): (Key, Key) = ("WORM-s1--a".parse().unwrap(), "WORM-s1--b".parse().unwrap());
+        let first = locks.lock(&a).await.unwrap();
+        let _second = locks.lock(&b).await.unwrap();
+        assert!(locks.lock(&a).await.is_none(), "a third lock is refused");
+        drop(first);
+        assert!(locks.lock(&a).await.is_some(), "a released lock frees its place");
     }
 }

@@ -52,6 +52,8 @@ pub struct AgentConfig {
     pub cluster: String,
     #[command(flatten)]
     pub safety: config::SafetyConfig,
+    #[command(flatten)]
+    pub grpc: crate::limits::GrpcLimits,
 }
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -79,14 +81,16 @@ pub async fn serve(
         .map(CoordinatorClient::new)
         .with_context(|| format!("bad coordinator URL {}", cfg.coordinator))?;
     let tasks = Tasks::new(&shutdown);
-    let service = Arc::new(AgentService::new(
+    let mut service = AgentService::new(
         store.clone(),
         uuid.clone(),
         cfg.name.clone(),
         cfg.cluster.clone(),
         tasks.clone(),
         Some(coordinator.clone()),
-    ));
+    );
+    service.limit_locks(cfg.safety.max_locks);
+    let service = Arc::new(service);
     info!(%uuid, name = %cfg.name, cluster = %cfg.cluster, %local, "agent serving");
 
     let reg = rpc::RegisterRequest {
@@ -114,7 +118,9 @@ pub async fn serve(
         .max_encoding_message_size(rpc::MAX_MESSAGE);
     // The agent receives whole objects over one HTTP/2 stream: the default
     // 64 KiB flow-control window would stall every upload on window updates.
-    let server = tonic::transport::Server::builder()
+    let server = cfg
+        .grpc
+        .server()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(rpc::STREAM_WINDOW))
         .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW))

@@ -75,7 +75,12 @@ impl AdminService {
             return Ok(None);
         }
         let e = self.core.expr(text).map_err(|e| {
-            Status::invalid_argument(format!("bad preferred content expression {text:?}: {e}"))
+            // A hostile expression can be huge: quote only its start.
+            let shown: String = text.chars().take(60).collect();
+            let more = if shown.len() < text.len() { "…" } else { "" };
+            Status::invalid_argument(format!(
+                "bad preferred content expression {shown:?}{more}: {e}"
+            ))
         })?;
         Ok(Some(e.as_str().to_string()))
     }

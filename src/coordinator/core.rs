@@ -23,6 +23,11 @@ impl From<StoreError> for Status {
     }
 }
 
+/// Most parsed expressions kept; past this the cache starts afresh. Each
+/// node's expression is one entry, so a real mesh stays far below it, and a
+/// caller cycling through distinct expressions cannot grow memory.
+const MAX_CACHED_EXPRS: usize = 1024;
+
 /// The state behind both services.
 pub struct Core {
     pub store: Arc<Store>,
@@ -118,13 +123,35 @@ impl Core {
             .collect())
     }
 
-    /// The parsed form of `text`, parsed once.
+    /// The parsed form of `text`, parsed once while the cache holds it.
     pub fn expr(&self, text: &str) -> Result<Arc<Expr>, preferred::ParseError> {
         if let Some(e) = self.exprs.lock().unwrap().get(text) {
             return Ok(e.clone());
         }
         let e = Arc::new(Expr::parse(text)?);
-        self.exprs.lock().unwrap().insert(text.to_string(), e.clone());
+        let mut exprs = self.exprs.lock().unwrap();
+        if exprs.len() >= MAX_CACHED_EXPRS {
+            // Rarely hit, and re-parsing is cheap: no need for LRU order.
+            exprs.clear();
+        }
+        exprs.insert(text.to_string(), e.clone());
         Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod expr_cache_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_expression_cache_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let core = Core::new(store, DEFAULT_RESERVE);
+        for n in 0..(MAX_CACHED_EXPRS * 3) {
+            core.expr(&format!("copies={n}")).unwrap();
+        }
+        assert!(core.exprs.lock().unwrap().len() <= MAX_CACHED_EXPRS);
+        assert!(core.expr("copies=1").is_ok());
     }
 }

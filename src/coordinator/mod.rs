@@ -85,6 +85,8 @@ pub struct CoordinatorConfig {
         allow_negative_numbers = true
     )]
     pub test_clock_offset_ms: i64,
+    #[command(flatten)]
+    pub grpc: crate::limits::GrpcLimits,
 }
 
 /// The system's wall clock shifted by `offset_ms`.
@@ -109,6 +111,8 @@ pub struct Coordinator {
     core: Arc<Core>,
     /// Where to serve `/metrics`, when asked to.
     metrics: Option<TcpListener>,
+    /// Limits of the gRPC server.
+    limits: crate::limits::GrpcLimits,
 }
 
 impl Coordinator {
@@ -147,7 +151,14 @@ impl Coordinator {
         let service = CoordinatorService::new(core.clone(), clock.clone());
         let repair = Arc::new(Repairer::new(core.clone(), repair));
         let admin = AdminService::new(core.clone(), repair.clone());
-        Ok(Coordinator { store, clock, service, admin, repair, core, metrics: None })
+        let limits = Default::default();
+        Ok(Coordinator { store, clock, service, admin, repair, core, metrics: None, limits })
+    }
+
+    /// Serves with these gRPC limits rather than the defaults.
+    pub fn with_limits(mut self, limits: crate::limits::GrpcLimits) -> Coordinator {
+        self.limits = limits;
+        self
     }
 
     /// Also serves Prometheus metrics on `listener` (`GET /metrics`).
@@ -169,7 +180,9 @@ impl Coordinator {
         if let Some(l) = self.metrics {
             metrics::spawn(l, self.core.clone(), self.repair.clone(), &tasks);
         }
-        let server = tonic::transport::Server::builder()
+        let server = self
+            .limits
+            .server()
             .add_service(
                 CoordinatorServer::new(self.service)
                     .max_decoding_message_size(rpc::MAX_MESSAGE)
@@ -199,7 +212,8 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow:
         interval: cfg.repair_interval,
         rate: cfg.repair_rate.saturating_mul(1024 * 1024),
     };
-    let mut coordinator = Coordinator::open_with(&cfg.data, cfg.reserve, wall, repair).await?;
+    let mut coordinator =
+        Coordinator::open_with(&cfg.data, cfg.reserve, wall, repair).await?.with_limits(cfg.grpc);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

@@ -4,6 +4,7 @@
 pub mod clocks;
 pub mod core;
 pub mod http;
+pub mod limits;
 pub mod line;
 pub mod mesh;
 pub mod metrics;
@@ -36,9 +37,6 @@ pub struct GatewayConfig {
     /// name one; by default the only cluster, when there is exactly one.
     #[arg(long, env = "ANNEXMESH_P2P_REPO")]
     pub p2p_repo: Option<String>,
-    /// Most line-protocol connections open at once; more are refused.
-    #[arg(long, default_value_t = 512)]
-    pub p2p_max_connections: usize,
     /// PEM certificate chain: serve the line protocol over TLS (clients use
     /// addresses `tls:HOST:PORT/NAME`). Needs --p2p-tls-key.
     #[arg(long, requires = "p2p_tls_key")]
@@ -48,11 +46,14 @@ pub struct GatewayConfig {
     pub p2p_tls_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub http_args: http::HttpArgs,
+    #[command(flatten)]
+    pub limits: limits::GatewayLimits,
 }
 
 pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Before binding: a gateway without an access choice must not start.
     let serving = cfg.http_args.serving()?;
+    limits::set_call_limits(cfg.limits.call_limits());
     let listener = TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.http))?;
@@ -66,11 +67,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
                 (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
                 _ => None,
             };
-            let opts = line::LineOptions {
-                default_repo: cfg.p2p_repo.clone(),
-                max_connections: cfg.p2p_max_connections,
-                tls,
-            };
+            let opts = cfg.limits.line_options(cfg.p2p_repo.clone(), tls);
             Some((l, opts))
         }
     };

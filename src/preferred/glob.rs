@@ -20,8 +20,16 @@ fn class_char(c: char, out: &mut String) {
     out.push(c);
 }
 
+/// Longest glob accepted, in bytes. Matching costs up to its length times
+/// the path's, for every key an expression is evaluated on; real globs are
+/// a few dozen bytes.
+pub const MAX_GLOB: usize = 4096;
+
 impl Glob {
     pub fn new(glob: &str) -> Result<Glob, String> {
+        if glob.len() > MAX_GLOB {
+            return Err(format!("longer than {MAX_GLOB} bytes"));
+        }
         let mut re = String::from(r"\A(?:");
         let chars: Vec<char> = glob.chars().collect();
         let mut i = 0;

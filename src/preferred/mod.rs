@@ -58,7 +58,7 @@ use std::str::FromStr;
 use crate::p2p::key::Key;
 
 pub use glob::Glob;
-pub use parse::ParseError;
+pub use parse::{MAX_DEPTH, MAX_LEN, MAX_TERMS, ParseError};
 pub use size::parse_size;
 
 /// What an expression is evaluated against.

@@ -35,7 +35,28 @@ pub enum ParseError {
     UnexpectedClose,
     #[error("empty parentheses")]
     EmptyGroup,
+    #[error("expression nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("expression has more than {MAX_TERMS} terms")]
+    TooManyTerms,
+    #[error("expression is longer than {MAX_LEN} bytes")]
+    TooLong,
 }
+
+/// Deepest nesting of `not` and parentheses accepted. Parsing recurses once
+/// per level, so this bounds the stack whatever the input; real expressions
+/// (git-annex's standard ones included) nest a handful of levels.
+pub const MAX_DEPTH: usize = 100;
+
+/// Most terms in one expression. `and`/`or` chains fold into a tree as deep
+/// as they are long, and evaluating or dropping it recurses that deep, so
+/// this bounds the stack too; git-annex's longest standard expression has
+/// about twenty.
+pub const MAX_TERMS: usize = 1000;
+
+/// Longest expression accepted, in bytes: far beyond any real one (the
+/// standard expressions are under 300 bytes).
+pub const MAX_LEN: usize = 64 * 1024;
 
 /// git-annex preferred content terms annexmesh does not evaluate.
 const UNSUPPORTED: &[&str] = &[
@@ -66,8 +87,15 @@ pub(super) fn parse(source: &str) -> Result<Tree, ParseError> {
     if tokens.is_empty() {
         return Err(ParseError::Empty);
     }
-    let mut p = Parser { tokens: &tokens, pos: 0 };
+    // Too long: the structure alone is read first (bounded by the depth
+    // and term limits, compiling no glob), so that a deeply nested
+    // expression is refused for what is wrong with it.
+    let too_long = source.len() > MAX_LEN;
+    let mut p = Parser { tokens: &tokens, pos: 0, depth: 0, terms: 0, structure_only: too_long };
     let tree = p.sequence()?;
+    if too_long {
+        return Err(ParseError::TooLong);
+    }
     // `sequence` only stops early at a ")".
     match tree {
         Some(t) if p.pos == tokens.len() => Ok(t),
@@ -99,6 +127,12 @@ fn tokenize(s: &str) -> Vec<&str> {
 struct Parser<'t, 's> {
     tokens: &'t [&'s str],
     pos: usize,
+    /// Levels of `not` and parentheses open at `pos`.
+    depth: usize,
+    /// Terms read so far.
+    terms: usize,
+    /// Checks the structure only: terms are not read.
+    structure_only: bool,
 }
 
 impl<'s> Parser<'_, 's> {
@@ -150,21 +184,43 @@ impl<'s> Parser<'_, 's> {
         let tok = self.peek().expect("callers check for a token");
         self.pos += 1;
         match tok {
-            "not" => Ok(Tree::Not(Box::new(self.operand("not")?))),
-            "(" => {
-                if self.peek() == Some(")") {
-                    return Err(ParseError::EmptyGroup);
+            "not" | "(" => {
+                if self.depth >= MAX_DEPTH {
+                    return Err(ParseError::TooDeep);
                 }
-                let inner = self.sequence()?.ok_or(ParseError::EmptyGroup)?;
-                if self.peek() != Some(")") {
-                    return Err(ParseError::Unclosed);
-                }
-                self.pos += 1;
-                Ok(inner)
+                self.depth += 1;
+                let r = self.nested(tok);
+                self.depth -= 1;
+                r
             }
             ")" => Err(ParseError::UnexpectedClose),
-            t => Ok(Tree::Term(term(t)?)),
+            t => {
+                self.terms += 1;
+                if self.terms > MAX_TERMS {
+                    return Err(ParseError::TooManyTerms);
+                }
+                if self.structure_only {
+                    return Ok(Tree::Term(Term::Anything));
+                }
+                Ok(Tree::Term(term(t)?))
+            }
         }
+    }
+
+    /// What follows a `not` or a "(", one level deeper.
+    fn nested(&mut self, tok: &str) -> Result<Tree, ParseError> {
+        if tok == "not" {
+            return Ok(Tree::Not(Box::new(self.operand("not")?)));
+        }
+        if self.peek() == Some(")") {
+            return Err(ParseError::EmptyGroup);
+        }
+        let inner = self.sequence()?.ok_or(ParseError::EmptyGroup)?;
+        if self.peek() != Some(")") {
+            return Err(ParseError::Unclosed);
+        }
+        self.pos += 1;
+        Ok(inner)
     }
 }
 

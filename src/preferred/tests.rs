@@ -279,3 +279,34 @@ proptest! {
         let _ = Expr::parse(&s);
     }
 }
+
+#[test]
+fn hostile_nesting_is_refused_without_deep_recursion() {
+    // Far deeper than any stack could take if parsing recursed per level.
+    let deep = format!("{}anything", "not ".repeat(50_000));
+    assert_eq!(err(&deep), ParseError::TooDeep);
+    assert_eq!(err(&deep).to_string(), "expression nests deeper than 100 levels");
+    let parens = format!("{}anything{}", "(".repeat(50_000), ")".repeat(50_000));
+    assert_eq!(err(&parens), ParseError::TooDeep);
+    // Exactly the limit is fine, and evaluates.
+    let ok = format!("{}anything", "not ".repeat(parse::MAX_DEPTH));
+    assert!(eval(&ok, None, None, 0));
+    let over = format!("{}anything", "not ".repeat(parse::MAX_DEPTH + 1));
+    assert_eq!(err(&over), ParseError::TooDeep);
+}
+
+#[test]
+fn long_expressions_are_refused() {
+    let chain = vec!["anything"; parse::MAX_TERMS].join(" and ");
+    assert!(eval(&chain, None, None, 0), "the most terms allowed evaluate");
+    let more = vec!["anything"; parse::MAX_TERMS + 1].join(" or ");
+    assert_eq!(err(&more), ParseError::TooManyTerms);
+    // Within the term limit but over the length limit.
+    let long = vec![format!("include={}", "a".repeat(glob::MAX_GLOB)); 20].join(" or ");
+    assert_eq!(err(&long), ParseError::TooLong);
+    let glob = format!("include={}", "*".repeat(glob::MAX_GLOB + 1));
+    assert!(matches!(err(&glob), ParseError::BadGlob { .. }));
+    // A chain of 50,000 terms is cut off at the limit, not built and dropped.
+    let huge = vec!["anything"; 50_000].join(" ");
+    assert_eq!(err(&huge), ParseError::TooManyTerms);
+}

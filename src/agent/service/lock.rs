@@ -29,7 +29,13 @@ impl AgentService {
         };
         let (tx, rx) = mpsc::channel(1);
         // Take the lock before looking, so a remove cannot slip in between.
-        let guard = self.locks.lock(&key).await;
+        let Some(guard) = self.locks.lock(&key).await else {
+            info!(%key, "not locked: this node holds as many locks as it may (--max-locks)");
+            let _ = tx
+                .send(Ok(rpc::LockReply { locked: false, error: "too many locks held".into() }))
+                .await;
+            return Ok(ReceiverStream::new(rx));
+        };
         let present = self.store.object_size(&key).await?.is_some();
         let reply = |locked| Ok(rpc::LockReply { locked, error: String::new() });
         if !present {

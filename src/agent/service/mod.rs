@@ -105,6 +105,11 @@ impl AgentService {
         }
     }
 
+    /// Holds at most `max` content locks at once.
+    pub fn limit_locks(&mut self, max: usize) {
+        self.locks = ContentLocks::with_max(max);
+    }
+
     /// Milliseconds of the agent's monotonic clock; it starts at zero when the
     /// process starts, and `boot_id` tells clock readings of different runs
     /// apart.

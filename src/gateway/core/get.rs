@@ -19,7 +19,7 @@ use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use super::locations::LocationChange;
-use super::{Core, CoreError, Download, Result, STALL};
+use super::{Core, CoreError, Download, Result, stall};
 use crate::gateway::mesh::Repo;
 use crate::gateway::mesh::api::Replies;
 use crate::gateway::metrics::Metrics;
@@ -104,8 +104,8 @@ impl Sources {
                 continue;
             };
             self.tried.insert(node.uuid.clone());
-            match tokio::time::timeout(STALL, self.start(&node, offset)).await {
-                Err(_) => self.failed(&node, &format!("no answer in {STALL:?}")),
+            match tokio::time::timeout(stall(), self.start(&node, offset)).await {
+                Err(_) => self.failed(&node, &format!("no answer in {:?}", stall())),
                 Ok(Ok((replies, length))) => match expect {
                     Some(l) if l != length => {
                         // Same key, different size: not the same content.
@@ -248,7 +248,7 @@ impl Pump {
     async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
         loop {
             let src = self.source.as_mut()?;
-            let stop = match tokio::time::timeout(STALL, src.replies.next()).await {
+            let stop = match tokio::time::timeout(stall(), src.replies.next()).await {
                 Ok(Some(Ok(rpc::GetReply { msg: Some(get_reply::Msg::Data(d)) }))) => {
                     match self.take(d) {
                         Ok(Some(d)) => return Some(Ok(d)),
@@ -274,7 +274,7 @@ impl Pump {
                     Stop::Corrupt(format!("found its copy corrupt: {}", s.message()))
                 }
                 Ok(Some(Err(s))) => Stop::Failed(format!("failed: {}", s.message())),
-                Err(_) => Stop::Failed(format!("sent nothing for {STALL:?}")),
+                Err(_) => Stop::Failed(format!("sent nothing for {:?}", stall())),
             };
             if let Some(e) = self.stopped(stop).await {
                 return Some(Err(e));

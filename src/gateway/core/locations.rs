@@ -6,7 +6,7 @@ use futures::future::join_all;
 use tonic::{Code, Status};
 use tracing::warn;
 
-use super::{Core, CoreError, Result, STALL, unavailable};
+use super::{Core, CoreError, Result, stall, unavailable};
 use crate::gateway::mesh::Repo;
 use crate::gateway::metrics::Metrics;
 use crate::p2p::key::Key;
@@ -121,9 +121,9 @@ impl Core {
             let c = self.mesh.agent(node)?;
             c.check_present(key.to_string()).await
         };
-        let r = tokio::time::timeout(STALL, ask)
-            .await
-            .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer in {STALL:?}"))));
+        let r = tokio::time::timeout(stall(), ask).await.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!("no answer in {:?}", stall())))
+        });
         match r {
             Ok(present) => {
                 self.mesh.agent_ok(node);

@@ -34,10 +34,13 @@ pub use locations::LocationChange;
 pub use put::{PutRequest, TargetState};
 
 /// How long a node may keep a request waiting (a CHECKPRESENT answer, a
-/// GET's first answer or its next chunk while the gateway is ready for it)
-/// before it counts as failed. A slow client does not count: the gateway
-/// only waits for a node while it has room for more data.
-pub const STALL: Duration = Duration::from_secs(30);
+/// GET's first answer or its next chunk while the gateway is ready for it,
+/// room for a PUT's next chunk) before it counts as failed: the gateway's
+/// `--stall-timeout`. A slow client does not count: the gateway only waits
+/// for a node while it has data for it or room for more.
+pub fn stall() -> Duration {
+    super::limits::call_limits().stall
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {

@@ -67,7 +67,12 @@ impl Core {
                     continue;
                 }
             };
-            let first = replies.next().await;
+            let limit = crate::gateway::limits::call_limits().node;
+            let Ok(first) = tokio::time::timeout(limit, replies.next()).await else {
+                let why = format!("no answer to LOCKCONTENT within {} s", limit.as_secs());
+                self.mesh.agent_failed(&node, &why);
+                continue;
+            };
             if let Some(Err(s)) = first {
                 self.lock_refused(&node, key, s).await;
                 continue;

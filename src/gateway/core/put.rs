@@ -12,7 +12,8 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use super::locations::LocationChange;
-use super::{Core, CoreError, Outcome, PutOffset, Result, unavailable};
+use super::{Core, CoreError, Outcome, PutOffset, Result, stall, unavailable};
+use crate::gateway::limits::call_limits;
 use crate::gateway::mesh::Repo;
 use crate::gateway::metrics::Metrics;
 use crate::p2p::key::Key;
@@ -54,6 +55,8 @@ struct Feed {
     /// Bytes of the client's stream this node already holds.
     skip: u64,
     tx: Option<mpsc::Sender<rpc::PutRequest>>,
+    /// Why the target was dropped mid-PUT (it made no progress).
+    stalled: Option<String>,
     /// None when the gateway stopped before the agent answered.
     call: tokio::task::JoinHandle<Option<std::result::Result<rpc::PutReply, Status>>>,
 }
@@ -158,8 +161,10 @@ impl Core {
     }
 
     /// PUT: streams the client's data (`length` bytes from `offset`) to every
-    /// target at once, each from its own resume offset, through bounded
-    /// channels so the slowest target sets the pace. A body that fails
+    /// target at once, each from its own resume offset, through a bounded
+    /// buffer per target (`--put-target-buffer`): a slow target sets the pace
+    /// once it is that far behind, but one that then takes nothing for the
+    /// stall timeout is dropped and the PUT goes on with the others. A body that fails
     /// (client gone) closes every agent stream without an end marker, so each
     /// agent keeps its partial file for resume.
     pub async fn put<S, E>(&self, req: PutRequest<'_>, body: S) -> Result<Outcome>
@@ -255,7 +260,9 @@ impl Core {
         let (offset, length) = (req.offset, req.length);
         // A node holding less than the client skipped cannot be fed.
         let own = if own < offset || own > offset + length { offset } else { own };
-        let (tx, rx) = mpsc::channel::<rpc::PutRequest>(4);
+        // Messages are at most a chunk each (`pump_body`).
+        let chunks = (call_limits().put_buffer / rpc::CHUNK_SIZE).max(1);
+        let (tx, rx) = mpsc::channel::<rpc::PutRequest>(chunks);
         let header = rpc::PutHeader {
             key: req.key.to_string(),
             offset: own,
@@ -266,7 +273,7 @@ impl Core {
         let client = self.mesh.agent(&node).map_err(|s| unavailable(&node.name, s))?;
         let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::Header(header)) }).await;
         let call = self.tasks.spawn(client.put(rx));
-        Ok(Feed { node, skip: own - offset, tx: Some(tx), call })
+        Ok(Feed { node, skip: own - offset, tx: Some(tx), stalled: None, call })
     }
 
     /// Reads the client's body and fans it out, coalescing small reads into
@@ -291,9 +298,12 @@ impl Core {
             pending.extend_from_slice(&chunk);
             received += chunk.len() as u64;
             Metrics::add(&self.metrics.put_client_bytes, chunk.len() as u64);
-            if pending.len() >= rpc::CHUNK_SIZE || received == length {
-                let data = pending.split().freeze();
-                let sent = fan_out(feeds, received - data.len() as u64, data).await;
+            // Messages of at most a chunk, so each target's buffer, counted
+            // in messages, holds a known number of bytes.
+            while pending.len() >= rpc::CHUNK_SIZE || (received == length && !pending.is_empty()) {
+                let n = pending.len().min(rpc::CHUNK_SIZE);
+                let start = received - pending.len() as u64;
+                let sent = fan_out(feeds, start, pending.split_to(n).freeze()).await;
                 Metrics::add(&self.metrics.put_agent_bytes, sent);
             }
         };
@@ -351,21 +361,77 @@ impl Core {
 /// Ends every feed: with the client's verdict when the body arrived whole,
 /// without an end marker when it broke, so the agents keep partial data.
 async fn finish(feeds: &mut [Feed], body: &Body, valid: bool) {
-    for f in feeds.iter_mut() {
+    let ends = feeds.iter_mut().map(|f| async move {
         if let Some(tx) = f.tx.take()
             && body.broken.is_none()
         {
             let end = rpc::PutEnd { valid };
-            let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::End(end)) }).await;
+            let end = rpc::PutRequest { msg: Some(put_request::Msg::End(end)) };
+            if let Err(why) = send_or_stall(&tx, end).await {
+                f.stalled = Some(why);
+            }
         }
         // Dropping the sender ends the agent's stream.
+    });
+    join_all(ends).await;
+}
+
+/// Sends one message to a target, waiting for room at most the stall
+/// timeout; Err says why the target is to be dropped.
+async fn send_or_stall(
+    tx: &mpsc::Sender<rpc::PutRequest>,
+    msg: rpc::PutRequest,
+) -> std::result::Result<(), String> {
+    let msg = match tx.try_send(msg) {
+        Ok(()) => return Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+        Err(mpsc::error::TrySendError::Full(msg)) => msg,
+    };
+    let limit = stall();
+    match tokio::time::timeout(limit, tx.send(msg)).await {
+        // A closed stream is the agent ending its side: its reply says why.
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "took no data for {} s with {} MiB queued; dropped from the PUT (--stall-timeout)",
+            limit.as_secs_f64(),
+            call_limits().put_buffer >> 20
+        )),
     }
 }
 
-/// Waits for every target's answer.
+/// Waits for every target's answer, at once. A target dropped as stalled
+/// is not waited for; the others get the node deadline plus the stall
+/// timeout to drain what is queued for them and answer.
 async fn collect(feeds: Vec<Feed>, tally: &mut Tally) {
-    for f in feeds {
-        match f.call.await {
+    let limit = call_limits().node + stall();
+    let answers = feeds.into_iter().map(|mut f| async move {
+        if f.stalled.is_some() {
+            f.call.abort();
+            return (f, None);
+        }
+        let r = tokio::time::timeout(limit, &mut f.call).await;
+        if r.is_err() {
+            f.call.abort();
+        }
+        (f, Some(r))
+    });
+    for (f, r) in join_all(answers).await {
+        let r = match (r, &f.stalled) {
+            (_, Some(why)) => {
+                warn!(node = %f.node.name, "put target stalled: {why}");
+                tally.failed.push(format!("{}: {why}", f.node.name));
+                tally.faulty.push((f.node, why.clone()));
+                continue;
+            }
+            (Some(Ok(r)), None) => r,
+            (Some(Err(_)), None) | (None, None) => {
+                let why = format!("no answer within {} s of the end of the data", limit.as_secs());
+                tally.failed.push(format!("{}: {why}", f.node.name));
+                tally.faulty.push((f.node, why));
+                continue;
+            }
+        };
+        match r {
             Ok(Some(Ok(r))) if r.stored => tally.stored.push(f.node.uuid.clone()),
             Ok(Some(Ok(r))) => tally.failed.push(format!("{}: {}", f.node.name, r.error)),
             Ok(Some(Err(s))) => {
@@ -404,10 +470,18 @@ async fn fan_out(feeds: &mut [Feed], start: u64, data: Bytes) -> u64 {
         let part = data.slice(from..);
         async move {
             let tx = f.tx.as_ref().expect("filtered on live feeds");
-            let len = part.len() as u64;
-            if tx.send(rpc::PutRequest { msg: Some(put_request::Msg::Data(part)) }).await.is_err() {
+            if tx.is_closed() {
                 // The agent ended its side; its reply says why.
                 f.tx = None;
+                return 0;
+            }
+            let len = part.len() as u64;
+            let msg = rpc::PutRequest { msg: Some(put_request::Msg::Data(part)) };
+            if let Err(why) = send_or_stall(tx, msg).await {
+                // Dropping the sender ends the target's stream; its call
+                // is abandoned in `collect`.
+                f.tx = None;
+                f.stalled = Some(why);
                 return 0;
             }
             len

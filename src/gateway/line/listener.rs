@@ -1,23 +1,27 @@
 //! The accept loop: a bounded number of connections, each optionally over
-//! TLS, each served to its end and counted, until shutdown.
+//! TLS, each served to its end and counted, until shutdown. Connections wait
+//! for AUTH in a smaller pool of their own (`admission`) and must
+//! authenticate within a deadline; only then do they join the main pool.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::LineOptions;
+use super::admission::{PreAuth, PreAuthSlot, Refused, Throttled};
 use super::conn::{Close, Conn};
-use super::handshake::{HANDSHAKE, TokenCheck, handshake};
+use super::handshake::{Served, TokenCheck, handshake};
 use super::session::Session;
 use crate::gateway::core::Core;
 use crate::gateway::mesh::Repo;
 use crate::gateway::metrics::Metrics;
+use crate::p2p::message::Message;
 use crate::tasks::SHUTDOWN_GRACE;
 
 /// Accepts line-protocol connections until the gateway stops; connections
@@ -30,6 +34,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let shutdown = core.tasks.token().clone();
     let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let pre_auth = Arc::new(PreAuth::default());
     info!(addr = %listener.local_addr()?, tls = opts.tls.is_some(), "gateway serving the P2P line protocol");
     loop {
         let (mut stream, peer) = tokio::select! {
@@ -45,36 +50,84 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, "refusing connection: {} connections open", opts.max_connections);
-            core.tasks.spawn(async move {
-                let _ = stream.write_all(b"ERROR too many connections; try again later\n").await;
-            });
-            continue;
+        // An address that failed AUTH too often is turned away before it
+        // takes a place or any work.
+        let admitted = match opts.throttle.check(peer.ip()) {
+            Err(wait) => Err(Refused::Throttled(wait)),
+            Ok(()) => pre_auth.admit(
+                peer.ip(),
+                opts.max_unauthenticated,
+                opts.max_unauthenticated_per_address,
+            ),
         };
-        let (tasks, core, tokens, opts) =
-            (core.tasks.clone(), core.clone(), tokens.clone(), opts.clone());
+        let pre = match admitted {
+            Ok(slot) => slot,
+            Err(why) => {
+                debug!(%peer, "refusing connection: {why}");
+                let line = format!("ERROR {why}; try again later\n");
+                core.tasks.spawn(async move {
+                    // Bounded: a peer that reads nothing cannot keep this.
+                    let write = stream.write_all(line.as_bytes());
+                    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+                    // What the peer already sent (its AUTH) is read before
+                    // closing, briefly: closing with unread input resets
+                    // the connection, and the peer may lose the ERROR.
+                    let _ = stream.shutdown().await;
+                    let drain = async {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(1..) = stream.read(&mut buf).await {}
+                    };
+                    let _ = tokio::time::timeout(Duration::from_millis(250), drain).await;
+                });
+                continue;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + opts.auth_timeout;
+        let (tasks, core, tokens, opts, slots) =
+            (core.tasks.clone(), core.clone(), tokens.clone(), opts.clone(), slots.clone());
         let serve_one = async move {
+            let admit = Admit { tokens: tokens.as_ref(), slots, pre, deadline };
             match opts.tls.clone() {
-                None => connection(&core, tokens.as_ref(), &opts, stream, peer).await,
+                None => connection(&core, admit, &opts, stream, peer).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => connection(&core, tokens.as_ref(), &opts, s, peer).await,
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => connection(&core, admit, &opts, s, peer).await,
                         Ok(Err(e)) => info!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => info!(%peer, "TLS handshake timed out"),
                     }
                 }
             }
-            drop(permit);
         };
         tasks.spawn_graceful(serve_one, SHUTDOWN_GRACE);
+    }
+}
+
+/// What a connection needs to get past AUTH: its pre-AUTH slot (given back
+/// once it authenticates or leaves), the main pool it then joins, and when
+/// it must have authenticated by.
+struct Admit<'a> {
+    tokens: &'a dyn TokenCheck,
+    slots: Arc<Semaphore>,
+    pre: PreAuthSlot,
+    deadline: tokio::time::Instant,
+}
+
+/// A repository with the main-pool slot its connection holds.
+struct Admitted {
+    repo: Repo,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Served for Admitted {
+    fn uuid(&self) -> &str {
+        self.repo.uuid()
     }
 }
 
 /// Serves one connection to its end and accounts for it.
 async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
     core: &Core,
-    tokens: &dyn TokenCheck,
+    admit: Admit<'_>,
     opts: &LineOptions,
     stream: S,
     peer: SocketAddr,
@@ -83,7 +136,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
     Metrics::add(&metrics.connections, 1);
     metrics.active.fetch_add(1, Ordering::Relaxed);
     let mut conn = Conn::new(stream);
-    match session(core, tokens, opts, &mut conn).await {
+    match session(core, admit, opts, &mut conn, peer).await {
         Ok(()) => debug!(%peer, "connection closed"),
         Err(Close::Auth) => {
             Metrics::add(&metrics.auth_failures, 1);
@@ -99,17 +152,40 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
     metrics.active.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// A whole session: the handshake, then requests.
+/// A whole session: the handshake within the AUTH deadline, then requests.
 async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     core: &Core,
-    tokens: &dyn TokenCheck,
+    admit: Admit<'_>,
     opts: &LineOptions,
     conn: &mut Conn<S>,
+    peer: SocketAddr,
 ) -> Result<(), Close> {
-    let resolve = |name: Option<String>| resolve(core, opts, name);
-    let Some(authed) = handshake(conn, tokens, resolve).await? else { return Ok(()) };
+    let Admit { tokens, slots, pre, deadline } = admit;
+    let tokens = Throttled { inner: tokens, throttle: &opts.throttle, ip: peer.ip() };
+    // The main pool's slot is taken before AUTH-SUCCESS, so a full gateway
+    // says so in answer to AUTH rather than to the first request.
+    let resolve = |name: Option<String>| async move {
+        let repo = resolve(core, opts, name).await?;
+        let slot = slots.try_acquire_owned().map_err(|_| {
+            format!("too many connections ({} open); try again later", opts.max_connections)
+        })?;
+        Ok(Admitted { repo, _slot: slot })
+    };
+    let authed = match tokio::time::timeout_at(deadline, handshake(conn, &tokens, resolve)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            let why = format!("no AUTH within {} s", opts.auth_timeout.as_secs());
+            let _ = conn.send(&Message::Error(why.clone())).await;
+            return Err(Close::Protocol(why));
+        }
+    };
+    let Some(authed) = authed else { return Ok(()) };
+    drop(pre);
     debug!(client = %authed.client, repo = %authed.repo.uuid(), mode = %authed.mode, "authenticated");
-    Session::new(core, authed.repo, authed.mode).serve(conn).await
+    let Admitted { repo, _slot } = authed.repo;
+    let mut session = Session::new(core, repo, authed.mode);
+    session.idle = opts.idle_timeout;
+    session.serve(conn).await
 }
 
 /// The repository a connection asked for by name, or the default one: the

@@ -29,6 +29,8 @@ pub(super) struct Session<'a> {
     pub bypass: BTreeSet<String>,
     pub mode: Mode,
     pub version: u64,
+    /// How long the client may leave the connection idle between requests.
+    pub idle: std::time::Duration,
 }
 
 pub(super) fn uuids(list: &[String]) -> Vec<Uuid> {
@@ -38,7 +40,8 @@ pub(super) fn uuids(list: &[String]) -> Vec<Uuid> {
 impl<'a> Session<'a> {
     /// A session at protocol version 0 until the client sends VERSION.
     pub fn new(core: &'a Core, repo: Repo, mode: Mode) -> Self {
-        Session { core, repo, bypass: BTreeSet::new(), mode, version: 0 }
+        let idle = super::DEFAULT_IDLE_TIMEOUT;
+        Session { core, repo, bypass: BTreeSet::new(), mode, version: 0, idle }
     }
 
     /// Serves requests until the client leaves.
@@ -47,7 +50,12 @@ impl<'a> Session<'a> {
         conn: &mut Conn<S>,
     ) -> Res<()> {
         loop {
-            let msg = match conn.next().await? {
+            let Ok(next) = tokio::time::timeout(self.idle, conn.next()).await else {
+                let why = format!("idle for {} s", self.idle.as_secs());
+                let _ = conn.send(&Message::Error(why.clone())).await;
+                return Err(Close::Protocol(why));
+            };
+            let msg = match next? {
                 Some(Inbound::Message(m)) => m,
                 None => return Ok(()),
                 Some(Inbound::Unparsable(e)) => {
@@ -137,8 +145,15 @@ impl<'a> Session<'a> {
         // The lock is held on one node's stream until UNLOCKCONTENT, which
         // goes down that same stream. Dropping the lock any other way (the
         // client vanishes or says something else) leaves the node holding it
-        // for the safety window, as git-annex requires.
-        match conn.message().await {
+        // for the safety window, as git-annex requires. A client that says
+        // nothing for the idle timeout gives the lock up too.
+        let Ok(next) = tokio::time::timeout(self.idle, conn.message()).await else {
+            drop(lock);
+            let why = format!("held a lock idle for {} s", self.idle.as_secs());
+            let _ = conn.send(&Message::Error(why.clone())).await;
+            return Err(Close::Protocol(why));
+        };
+        match next {
             Ok(Next::Msg(Message::UnlockContent)) => {
                 lock.unlock().await;
                 Ok(())

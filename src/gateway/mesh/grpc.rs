@@ -11,7 +11,37 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use super::api::{Control, NodeClient, Nodes, Replies};
+use crate::gateway::limits::call_limits;
 use crate::rpc::{self, agent_client::AgentClient, coordinator_client::CoordinatorClient};
+
+/// `call`, failed with DEADLINE_EXCEEDED when it takes longer than `limit`:
+/// a hung peer or a stalled disk behind it gives a clear error rather than
+/// a hung client.
+async fn within<T>(
+    limit: std::time::Duration,
+    who: &str,
+    flag: &str,
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(Status::deadline_exceeded(format!(
+            "{who} did not answer within {} s ({flag})",
+            limit.as_secs_f64()
+        )))
+    })
+}
+
+/// A call to the coordinator, within `--coordinator-timeout`.
+async fn coordinator<T>(
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    within(call_limits().coordinator, "the coordinator", "--coordinator-timeout", call).await
+}
+
+/// A unary call to an agent, within `--node-timeout`.
+async fn agent<T>(call: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    within(call_limits().node, "the node", "--node-timeout", call).await
+}
 
 /// The coordinator over gRPC.
 pub struct GrpcControl(CoordinatorClient<Channel>);
@@ -27,14 +57,16 @@ impl GrpcControl {
 impl Control for GrpcControl {
     fn topology(&self) -> BoxFuture<'_, Result<rpc::TopologyReply, Status>> {
         let mut c = self.0.clone();
-        Box::pin(async move { Ok(c.topology(rpc::TopologyRequest {}).await?.into_inner()) })
+        Box::pin(coordinator(
+            async move { Ok(c.topology(rpc::TopologyRequest {}).await?.into_inner()) },
+        ))
     }
 
     fn locate(&self, key: String) -> BoxFuture<'_, Result<Vec<String>, Status>> {
         let mut c = self.0.clone();
-        Box::pin(
-            async move { Ok(c.locate(rpc::LocateRequest { key }).await?.into_inner().node_uuids) },
-        )
+        Box::pin(coordinator(async move {
+            Ok(c.locate(rpc::LocateRequest { key }).await?.into_inner().node_uuids)
+        }))
     }
 
     fn record_locations(
@@ -42,10 +74,10 @@ impl Control for GrpcControl {
         changes: Vec<rpc::LocationChange>,
     ) -> BoxFuture<'_, Result<(), Status>> {
         let mut c = self.0.clone();
-        Box::pin(async move {
+        Box::pin(coordinator(async move {
             c.record_locations(rpc::RecordLocationsRequest { changes }).await?;
             Ok(())
-        })
+        }))
     }
 
     fn plan_put(
@@ -53,7 +85,7 @@ impl Control for GrpcControl {
         req: rpc::PlanPutRequest,
     ) -> BoxFuture<'_, Result<rpc::PlanPutReply, Status>> {
         let mut c = self.0.clone();
-        Box::pin(async move { Ok(c.plan_put(req).await?.into_inner()) })
+        Box::pin(coordinator(async move { Ok(c.plan_put(req).await?.into_inner()) }))
     }
 
     fn cluster_timestamp(
@@ -62,7 +94,7 @@ impl Control for GrpcControl {
     ) -> BoxFuture<'_, Result<rpc::TimestampReply, Status>> {
         let mut c = self.0.clone();
         let req = rpc::ClusterTimestampRequest { cluster_uuid };
-        Box::pin(async move { Ok(c.cluster_timestamp(req).await?.into_inner()) })
+        Box::pin(coordinator(async move { Ok(c.cluster_timestamp(req).await?.into_inner()) }))
     }
 
     fn check_token(
@@ -70,7 +102,7 @@ impl Control for GrpcControl {
         req: rpc::CheckTokenRequest,
     ) -> BoxFuture<'_, Result<rpc::CheckTokenReply, Status>> {
         let mut c = self.0.clone();
-        Box::pin(async move { Ok(c.check_token(req).await?.into_inner()) })
+        Box::pin(coordinator(async move { Ok(c.check_token(req).await?.into_inner()) }))
     }
 
     fn report_node_failure(
@@ -78,10 +110,10 @@ impl Control for GrpcControl {
         req: rpc::ReportNodeFailureRequest,
     ) -> BoxFuture<'_, Result<(), Status>> {
         let mut c = self.0.clone();
-        Box::pin(async move {
+        Box::pin(coordinator(async move {
             c.report_node_failure(req).await?;
             Ok(())
-        })
+        }))
     }
 }
 
@@ -106,16 +138,20 @@ struct GrpcAgent(AgentClient<Channel>);
 impl NodeClient for GrpcAgent {
     fn check_present(&self, key: String) -> BoxFuture<'_, Result<bool, Status>> {
         let mut c = self.0.clone();
-        Box::pin(
-            async move { Ok(c.check_present(rpc::KeyRequest { key }).await?.into_inner().present) },
-        )
+        Box::pin(agent(async move {
+            Ok(c.check_present(rpc::KeyRequest { key }).await?.into_inner().present)
+        }))
     }
 
     fn put_offset(&self, key: String) -> BoxFuture<'_, Result<rpc::PutOffsetReply, Status>> {
         let mut c = self.0.clone();
-        Box::pin(async move { Ok(c.put_offset(rpc::KeyRequest { key }).await?.into_inner()) })
+        Box::pin(agent(
+            async move { Ok(c.put_offset(rpc::KeyRequest { key }).await?.into_inner()) },
+        ))
     }
 
+    /// No overall deadline: a PUT takes as long as its data; the request
+    /// core fails a target that stops making progress.
     fn put(
         &self,
         requests: mpsc::Receiver<rpc::PutRequest>,
@@ -124,6 +160,7 @@ impl NodeClient for GrpcAgent {
         Box::pin(async move { Ok(c.put(ReceiverStream::new(requests)).await?.into_inner()) })
     }
 
+    /// The request core bounds the wait for each answer of the stream.
     fn get(&self, req: rpc::GetRequest) -> BoxFuture<'_, Result<Replies<rpc::GetReply>, Status>> {
         let mut c = self.0.clone();
         Box::pin(async move { Ok(c.get(req).await?.into_inner().boxed()) })
@@ -131,21 +168,25 @@ impl NodeClient for GrpcAgent {
 
     fn remove(&self, req: rpc::RemoveRequest) -> BoxFuture<'_, Result<rpc::RemoveReply, Status>> {
         let mut c = self.0.clone();
-        Box::pin(async move { Ok(c.remove(req).await?.into_inner()) })
+        Box::pin(agent(async move { Ok(c.remove(req).await?.into_inner()) }))
     }
 
+    /// Bounded until the stream opens; the lock's first answer is awaited
+    /// within the same deadline by the request core.
     fn lock_content(
         &self,
         requests: mpsc::Receiver<rpc::LockRequest>,
     ) -> BoxFuture<'_, Result<Replies<rpc::LockReply>, Status>> {
         let mut c = self.0.clone();
-        Box::pin(async move {
+        Box::pin(agent(async move {
             Ok(c.lock_content(ReceiverStream::new(requests)).await?.into_inner().boxed())
-        })
+        }))
     }
 
     fn clock(&self) -> BoxFuture<'_, Result<rpc::TimestampReply, Status>> {
         let mut c = self.0.clone();
-        Box::pin(async move { Ok(c.get_timestamp(rpc::TimestampRequest {}).await?.into_inner()) })
+        Box::pin(agent(
+            async move { Ok(c.get_timestamp(rpc::TimestampRequest {}).await?.into_inner()) },
+        ))
     }
 }

@@ -125,7 +125,16 @@ pub struct Mesh {
     agents: Mutex<HashMap<String, Link>>,
     loads: Loads,
     failures: Failures,
+    /// When a lookup that missed last refreshed the snapshot; the lock also
+    /// keeps such refreshes to one at a time.
+    missed: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+/// Lookups that miss (a name nobody serves, or one just created) refresh
+/// the snapshot at most this often; in between they answer from it, so
+/// requests naming unknown repositories cannot make the coordinator read
+/// the whole topology for each.
+const MISS_REFRESH: Duration = Duration::from_secs(1);
 
 impl Mesh {
     /// The real mesh: the coordinator at `coordinator_url` and agents over
@@ -145,6 +154,7 @@ impl Mesh {
             agents: Mutex::new(HashMap::new()),
             loads: Loads::default(),
             failures: Failures::default(),
+            missed: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -210,6 +220,13 @@ impl Mesh {
         if let Some(r) = self.snapshot().repo(&pred) {
             return Some(r);
         }
+        // Concurrent misses wait for the one refresh in flight, then read
+        // what it brought.
+        let mut missed = self.missed.lock().await;
+        if missed.is_some_and(|t| t.elapsed() < MISS_REFRESH) {
+            return self.snapshot().repo(&pred);
+        }
+        *missed = Some(tokio::time::Instant::now());
         if self.refresh().await.is_ok() {
             return self.snapshot().repo(&pred);
         }

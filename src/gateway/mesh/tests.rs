@@ -200,3 +200,56 @@ async fn failures_are_counted_per_node_reported_and_rendered() {
     assert_eq!(sent[0].error, "read-only file system");
     tasks.shutdown(std::time::Duration::from_secs(1)).await;
 }
+
+/// A coordinator that counts topology reads, each taking a moment.
+#[derive(Default)]
+struct Reads(std::sync::atomic::AtomicUsize);
+
+impl Control for Reads {
+    fn topology(&self) -> BoxFuture<'_, Result<rpc::TopologyReply, Status>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(rpc::TopologyReply::default())
+        })
+    }
+    fn locate(&self, _: String) -> BoxFuture<'_, Result<Vec<String>, Status>> {
+        unreachable!("not called by these tests")
+    }
+    fn record_locations(&self, _: Vec<rpc::LocationChange>) -> BoxFuture<'_, Result<(), Status>> {
+        unreachable!("not called by these tests")
+    }
+    fn plan_put(&self, _: rpc::PlanPutRequest) -> BoxFuture<'_, Result<rpc::PlanPutReply, Status>> {
+        unreachable!("not called by these tests")
+    }
+    fn cluster_timestamp(&self, _: String) -> BoxFuture<'_, Result<rpc::TimestampReply, Status>> {
+        unreachable!("not called by these tests")
+    }
+    fn check_token(
+        &self,
+        _: rpc::CheckTokenRequest,
+    ) -> BoxFuture<'_, Result<rpc::CheckTokenReply, Status>> {
+        unreachable!("not called by these tests")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_names_refresh_the_topology_at_most_once_a_second() {
+    let control = Arc::new(Reads::default());
+    let mesh = Mesh::with(control.clone(), Arc::new(Counting::default()));
+    let reads = || control.0.load(std::sync::atomic::Ordering::SeqCst);
+    // A burst of lookups for names nobody serves: one read between them.
+    let burst = (0..100).map(|i| {
+        let mesh = mesh.clone();
+        async move { mesh.repo_by_name(&format!("nosuch{i}")).await }
+    });
+    let found = futures::future::join_all(burst).await;
+    assert!(found.iter().all(Option::is_none));
+    assert_eq!(reads(), 1);
+    // Still within the second: answered from the snapshot.
+    assert!(mesh.repo_by_name("nosuch").await.is_none());
+    assert_eq!(reads(), 1);
+    tokio::time::sleep(MISS_REFRESH).await;
+    assert!(mesh.repo_by_name("nosuch").await.is_none());
+    assert_eq!(reads(), 2);
+}

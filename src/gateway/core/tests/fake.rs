@@ -41,6 +41,9 @@ pub enum Behaviour {
     FailsWrites,
     /// Refuses to remove.
     KeepsContent,
+    /// Takes an upload's header, then nothing more: a frozen node or a
+    /// link that stopped accepting data.
+    StopsReading,
     /// Finds its copy corrupt before sending any: GET, CHECKPRESENT and
     /// LOCKCONTENT answer DATA_LOSS.
     Corrupt,
@@ -152,6 +155,11 @@ impl FakeNode {
             return Err(Status::invalid_argument("no header"));
         };
         self.put_headers.lock().unwrap().push(h.clone());
+        if self.behaviour == Behaviour::StopsReading {
+            // Holds the stream open without reading, so its buffer fills.
+            let _rx = rx;
+            return futures::future::pending().await;
+        }
         if self.behaviour == Behaviour::FailsWrites {
             return Err(Status::internal(format!(
                 "cannot open annex/tmp/{}: Read-only file system (os error 30)",

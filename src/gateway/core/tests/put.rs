@@ -359,3 +359,73 @@ async fn a_body_cut_short_reports_no_node() {
     assert_eq!(w.core.mesh.failures("a").put + w.core.mesh.failures("b").put, 0);
     assert!(reports(&w, 1).await.is_empty());
 }
+
+/// A PUT larger than a target's buffer, with one target that stops taking
+/// data after its header.
+struct StallCase {
+    name: &'static str,
+    nodes: Vec<N>,
+    min: u32,
+    ok: bool,
+    plus: Vec<&'static str>,
+    error: Option<&'static str>,
+}
+
+cases! {
+    #[tokio::test(start_paused = true)] check_stall;
+    a_stalled_target_is_dropped_and_the_others_complete => StallCase {
+        name: "a stalled target is dropped after the stall timeout; the PUT completes without it",
+        nodes: vec![n("a"), n("b"), n("s").behaving(StopsReading)],
+        min: 1,
+        ok: true,
+        plus: vec!["a", "b"],
+        error: None,
+    },
+    a_stalled_target_that_was_needed_fails_the_put_clearly => StallCase {
+        name: "without the stalled target the minimum is not met",
+        nodes: vec![n("a"), n("b"), n("s").behaving(StopsReading)],
+        min: 3,
+        ok: false,
+        plus: vec!["a", "b"],
+        error: Some("took no data for 15 s"),
+    },
+}
+
+async fn check_stall(c: StallCase) {
+    let buffer = crate::gateway::limits::call_limits().put_buffer;
+    let size = (buffer + 4 * 1024 * 1024) as u64;
+    let key: Key = format!("WORM-s{size}-m1700000000--big").parse().unwrap();
+    let all = c.nodes.iter().map(|n| n.name).collect();
+    let w = World::planned(&c.nodes, &key, all, c.min, 0);
+    let repo = w.repo("c").await;
+    let req = PutRequest {
+        repo: &repo,
+        key: &key,
+        file: None,
+        offset: 0,
+        length: size,
+        data_present: false,
+    };
+    let chunk = Bytes::from(vec![7u8; 1024 * 1024]);
+    let body = futures::stream::iter(
+        (0..size / chunk.len() as u64).map(|_| Ok::<_, String>(chunk.clone())),
+    );
+    let started = tokio::time::Instant::now();
+    let out = w.core.put(req, body).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.ok, c.ok, "{}: {out:?}", c.name);
+    assert_eq!(sorted(out.plus.clone()), names(&c.plus), "{}", c.name);
+    match (&out.error, c.error) {
+        (None, None) => {}
+        (Some(e), Some(want)) => assert!(e.contains(want), "{}: {e}", c.name),
+        (e, want) => panic!("{}: error {e:?}, want {want:?}", c.name),
+    }
+    let stored = names(&c.plus);
+    assert_eq!(w.holders(&key), stored, "{}: holders", c.name);
+    assert_eq!(w.control.listed(&key.to_string()), stored, "{}: listed", c.name);
+    // Paused time: the stalled target held the PUT for the stall timeout,
+    // not for good.
+    let stall = crate::gateway::core::stall();
+    assert!(took >= stall && took < stall * 2, "{}: took {took:?}", c.name);
+    assert_eq!(w.core.mesh.failures("s").put, 1, "{}: the stalled node is reported", c.name);
+}
