@@ -12,6 +12,7 @@ pub mod coordinator;
 pub mod gateway;
 pub mod names;
 pub mod p2p;
+pub mod pki;
 pub mod preferred;
 pub mod rpc;
 pub mod tasks;

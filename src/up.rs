@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{self, AgentConfig};
 use crate::coordinator::Coordinator;
 use crate::gateway;
+use crate::pki::{Identity, MemberTlsArgs};
 
 pub const CLUSTER: &str = "mesh";
 pub const NODES: usize = 3;
@@ -30,17 +31,39 @@ pub struct UpConfig {
     /// Address for the gateway's line-based P2P protocol (AUTH with tokens).
     #[arg(long, default_value = "127.0.0.1:9418")]
     pub p2p: SocketAddr,
+    /// Plaintext gRPC between the roles instead of mutually authenticated
+    /// TLS with the mesh CA in the data directory.
+    #[arg(long, env = "ANNEXMESH_INSECURE")]
+    pub insecure: bool,
 }
 
 pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("cannot create {}", cfg.data.display()))?;
-    let coordinator = Coordinator::open(&cfg.data.join("coordinator")).await?;
+    let coordinator_data = cfg.data.join("coordinator");
+    let mut coordinator = Coordinator::open(&coordinator_data).await?;
+    if !cfg.insecure {
+        coordinator = coordinator.with_tls(&coordinator_data, None, None)?;
+    }
+    // The roles here are issued certificates directly, without joining.
+    let ca = coordinator.ca();
+    // Where `annexmesh admin` looks for them by itself.
+    let admin_token = cfg.data.join(crate::coordinator::join::ADMIN_TOKEN_FILE);
+    let token =
+        std::fs::read_to_string(coordinator_data.join(crate::coordinator::join::ADMIN_TOKEN_FILE))
+            .context("cannot read the coordinator's admin token")?;
+    crate::pki::write_private(&admin_token, &token)?;
+    let ca_file = cfg.data.join(crate::coordinator::join::CA_FILE);
+    if let Some(ca) = &ca {
+        std::fs::write(&ca_file, ca.cert_pem())
+            .with_context(|| format!("cannot write {}", ca_file.display()))?;
+    }
     coordinator.store.create_cluster(CLUSTER).await?;
     let listener = TcpListener::bind(cfg.coordinator_listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.coordinator_listen))?;
-    let coordinator_url = format!("http://{}", listener.local_addr()?);
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let coordinator_url = format!("{scheme}://{}", listener.local_addr()?);
     let http = TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.http))?;
@@ -55,25 +78,38 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     for i in 1..=NODES {
         let name = format!("node{i}");
         let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let store = cfg.data.join("nodes").join(&name);
+        if let Some(ca) = &ca {
+            let uuid = agent::store::Store::open(&store)?.uuid()?;
+            ca.issue_new(&Identity::Agent(uuid))?.save_dir(&agent::tls_dir(&store))?;
+        }
         let cfg = AgentConfig {
             coordinator: coordinator_url.clone(),
             listen: listener.local_addr()?,
             advertise: None,
-            store: cfg.data.join("nodes").join(&name),
+            store,
             name,
             cluster: CLUSTER.to_string(),
             safety: Default::default(),
+            tls: MemberTlsArgs { insecure: cfg.insecure, ..Default::default() },
         };
         tasks.spawn(agent::serve(cfg, listener, shutdown.clone()));
     }
     {
+        let creds = match &ca {
+            Some(ca) => Some(ca.issue_new(&Identity::Gateway("up".into()))?),
+            None => None,
+        };
+        let dialer = crate::rpc::Dialer::new(creds, cfg.insecure);
         let url = coordinator_url.clone();
         let shutdown = shutdown.clone();
         let opts = gateway::line::LineOptions {
             default_repo: Some(CLUSTER.to_string()),
             ..Default::default()
         };
-        tasks.spawn(async move { gateway::serve(&url, http, Some((p2p, opts)), shutdown).await });
+        tasks.spawn(async move {
+            gateway::serve(&url, dialer, http, Some((p2p, opts)), shutdown).await
+        });
     }
     let info = serde_json::json!({ "http": http_addr.to_string(), "p2p": p2p_addr.to_string(), "coordinator": coordinator_url });
     std::fs::write(cfg.data.join("up.json"), info.to_string())?;
@@ -82,6 +118,15 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         cfg.data.display()
     );
     println!("coordinator (admin API): {coordinator_url}");
+    println!(
+        "The admin CLI finds this mesh's admin token ({}) by itself when run here; elsewhere:",
+        admin_token.display()
+    );
+    let ca_arg = if ca.is_some() { format!(" --ca {}", ca_file.display()) } else { String::new() };
+    println!(
+        "  annexmesh admin --coordinator {coordinator_url}{ca_arg} --admin-token-file {} node list",
+        admin_token.display()
+    );
     println!("In a git-annex repository, add the mesh with:");
     println!("  git remote add {CLUSTER} http://{http_addr}/{CLUSTER}");
     println!("  git config annex.security.allowed-ip-addresses {}", http_addr.ip());
