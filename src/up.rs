@@ -33,7 +33,7 @@ pub struct UpConfig {
     pub p2p: SocketAddr,
     /// Plaintext gRPC between the roles instead of mutually authenticated
     /// TLS with the mesh CA in the data directory.
-    #[arg(long, env = "ANNEXMESH_INSECURE")]
+    #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
 }
 

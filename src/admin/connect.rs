@@ -35,7 +35,7 @@ pub struct ConnectArgs {
     #[arg(long, env = "ANNEXMESH_ADMIN_TOKEN", hide = true, hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Allow a plaintext http:// coordinator URL.
-    #[arg(long, env = "ANNEXMESH_INSECURE")]
+    #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
 }
 

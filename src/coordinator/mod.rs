@@ -88,7 +88,7 @@ pub struct CoordinatorConfig {
     pub test_clock_offset_ms: i64,
     /// Serve plaintext gRPC: only on a network where every host is trusted.
     /// The admin API still needs the admin token.
-    #[arg(long, env = "ANNEXMESH_INSECURE")]
+    #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
     /// PEM certificate of the operator's own CA for the mesh (default: a CA
     /// created in the data directory on first start). Needs --ca-key.

@@ -149,7 +149,7 @@ pub struct MemberTlsArgs {
     /// Talk plaintext gRPC (http:// URLs, a plaintext server): only on a
     /// network where every host is trusted. Without it, http:// URLs are
     /// refused.
-    #[arg(long, env = "ANNEXMESH_INSECURE")]
+    #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
     /// A join token from `annexmesh admin join-token create --role ROLE`,
     /// needed once: the certificate it obtains is kept (agents: in the
