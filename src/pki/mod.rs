@@ -161,15 +161,16 @@ pub struct MemberTlsArgs {
     #[arg(long, env = "ANNEXMESH_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// PEM certificate from an operator's own PKI, instead of joining; needs
-    /// --tls-key and --tls-ca.
-    #[arg(long, env = "ANNEXMESH_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, env = "ANNEXMESH_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    /// --mesh-tls-key and --mesh-tls-ca. It must name the member as the
+    /// mesh CA's certificates do (see docs/security.md).
+    #[arg(long, env = "ANNEXMESH_MESH_TLS_CERT", requires_all = ["mesh_tls_key", "mesh_tls_ca"])]
+    pub mesh_tls_cert: Option<PathBuf>,
+    /// PEM private key for --mesh-tls-cert.
+    #[arg(long, env = "ANNEXMESH_MESH_TLS_KEY", requires = "mesh_tls_cert")]
+    pub mesh_tls_key: Option<PathBuf>,
     /// PEM CA certificate that every mesh member's certificate is signed by.
-    #[arg(long, env = "ANNEXMESH_TLS_CA", requires = "tls_cert")]
-    pub tls_ca: Option<PathBuf>,
+    #[arg(long, env = "ANNEXMESH_MESH_TLS_CA", requires = "mesh_tls_cert")]
+    pub mesh_tls_ca: Option<PathBuf>,
 }
 
 impl MemberTlsArgs {
@@ -183,7 +184,9 @@ impl MemberTlsArgs {
         role: Role,
         node_uuid: &str,
     ) -> Result<Option<Credentials>, PkiError> {
-        if let (Some(c), Some(k), Some(a)) = (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+        if let (Some(c), Some(k), Some(a)) =
+            (&self.mesh_tls_cert, &self.mesh_tls_key, &self.mesh_tls_ca)
+        {
             return Credentials::load_files(c, k, a).map(Some);
         }
         if let Some(dir) = dir
@@ -206,7 +209,7 @@ impl MemberTlsArgs {
         let flag = if role == Role::Gateway { " (with --state-dir)" } else { "" };
         Err(PkiError::Bad(format!(
             "no TLS credentials: pass --join-token{flag} from `annexmesh admin join-token create \
-             --role {}`, or --tls-cert/--tls-key/--tls-ca, or --insecure for plaintext",
+             --role {}`, or --mesh-tls-cert/--mesh-tls-key/--mesh-tls-ca, or --insecure for plaintext",
             role.as_str()
         )))
     }
