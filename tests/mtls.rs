@@ -322,3 +322,25 @@ fn https_means_tls_and_http_needs_insecure() {
     // With --insecure the plaintext mesh works.
     assert!(mesh.admin_ok(&["node", "list"]).contains("node1"));
 }
+
+#[test]
+fn a_certificate_near_its_end_is_renewed_at_start() {
+    let mut mesh = Mesh::separate(1);
+    mesh.proc("gateway").stop();
+    mesh.procs.retain(|p| p.name != "gateway");
+    let data = mesh.dir.path().join("coordinator");
+    let ca = Ca::load(&data.join("ca.pem"), &data.join("ca-key.pem")).unwrap();
+    let state = mesh.gateway_state("gateway");
+    let short = Duration::from_secs(120);
+    let old = ca.issue_new_for(&Identity::Gateway("renew-me".into()), short).unwrap();
+    assert!(old.needs_renewal());
+    old.save_dir(&state).unwrap();
+    mesh.start_gateway();
+    mesh.wait_ready(1);
+    let new = annexmesh::pki::Credentials::load_dir(&state).unwrap().unwrap();
+    assert!(!new.needs_renewal(), "the certificate was not renewed");
+    assert_ne!(new.key_pem, old.key_pem, "renewal makes a new key");
+    assert_eq!(new.identity(), Some(Identity::Gateway("renew-me".into())));
+    let (from, to) = new.validity().unwrap();
+    assert!(to - from > 300 * 24 * 3600, "{from}..{to}");
+}

@@ -138,3 +138,25 @@ pub async fn join(core: &Core, req: rpc::JoinRequest) -> Result<rpc::JoinReply, 
     info!(member = %identity, "member joined");
     Ok(rpc::JoinReply { cert_pem, ca_pem: ca.cert_pem().to_string() })
 }
+
+/// The `Renew` RPC: a new certificate for the caller's own identity. A
+/// removed node gets none.
+pub async fn renew(
+    core: &Core,
+    caller: Option<Identity>,
+    req: rpc::RenewRequest,
+) -> Result<rpc::JoinReply, Status> {
+    let ca = core
+        .ca()
+        .ok_or_else(|| Status::failed_precondition("this coordinator serves plaintext"))?;
+    let id = caller.ok_or_else(|| Status::permission_denied("renewal needs a mesh certificate"))?;
+    if let Identity::Agent(uuid) = &id
+        && core.store.removed_nodes()?.iter().any(|r| &r.node.uuid == uuid)
+    {
+        return Err(Status::permission_denied(format!("node {uuid} was removed from the mesh")));
+    }
+    let cert_pem =
+        ca.issue_csr(&id, &req.csr_pem).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    info!(member = %id, "certificate renewed");
+    Ok(rpc::JoinReply { cert_pem, ca_pem: ca.cert_pem().to_string() })
+}

@@ -287,6 +287,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(super::join::join(&self.core, req.into_inner()).await?))
     }
 
+    async fn renew(
+        &self,
+        req: Request<rpc::RenewRequest>,
+    ) -> Result<Response<rpc::JoinReply>, Status> {
+        let caller = crate::pki::guard::Caller::of(&req).cloned();
+        Ok(Response::new(super::join::renew(&self.core, caller, req.into_inner()).await?))
+    }
+
     async fn report_node_failure(
         &self,
         req: Request<rpc::ReportNodeFailureRequest>,

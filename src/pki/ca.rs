@@ -102,6 +102,16 @@ impl Ca {
         id: &Identity,
         public_key: &impl PublicKeyData,
     ) -> Result<String, PkiError> {
+        self.issue_for(id, public_key, CERT_VALIDITY)
+    }
+
+    /// As `issue`, valid for `lifetime`.
+    pub fn issue_for(
+        &self,
+        id: &Identity,
+        public_key: &impl PublicKeyData,
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
         let mut params = CertificateParams::new(vec![id.dns_name()]).map_err(PkiError::Rcgen)?;
         let uri = id.uri().try_into().map_err(PkiError::Rcgen)?;
         params.subject_alt_names.push(SanType::URI(uri));
@@ -110,7 +120,7 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        validity(&mut params, CERT_VALIDITY);
+        validity(&mut params, lifetime);
         Ok(params.signed_by(public_key, &self.issuer).map_err(PkiError::Rcgen)?.pem())
     }
 
@@ -125,8 +135,17 @@ impl Ca {
     /// A new key and a certificate naming `id`: for the coordinator itself
     /// and for the members `annexmesh up` runs in its own process.
     pub fn issue_new(&self, id: &Identity) -> Result<Credentials, PkiError> {
+        self.issue_new_for(id, CERT_VALIDITY)
+    }
+
+    /// As `issue_new`, valid for `lifetime`.
+    pub fn issue_new_for(
+        &self,
+        id: &Identity,
+        lifetime: Duration,
+    ) -> Result<Credentials, PkiError> {
         let key = key_pair()?;
-        let cert_pem = self.issue(id, &key)?;
+        let cert_pem = self.issue_for(id, &key, lifetime)?;
         Ok(Credentials { ca_pem: self.cert_pem.clone(), cert_pem, key_pem: key.serialize_pem() })
     }
 }

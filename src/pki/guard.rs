@@ -176,6 +176,7 @@ pub fn coordinator_policy(path: &str) -> Option<Allow> {
     let method = path.strip_prefix("/annexmesh.v1.Coordinator/")?;
     Some(match method {
         "Join" => Allow::Anyone,
+        "Renew" => Allow::Roles(&[Role::Agent, Role::Gateway]),
         "Register" | "Heartbeat" => Allow::Roles(AGENT),
         "RecordLocations" => Allow::Roles(MEMBER),
         "Topology" | "Locate" | "PlanPut" | "CheckToken" | "ClusterTimestamp"

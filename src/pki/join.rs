@@ -49,6 +49,30 @@ pub async fn join(
     Ok(Credentials { ca_pem, cert_pem: reply.cert_pem, key_pem: key.serialize_pem() })
 }
 
+/// A new certificate for the member `creds` names, for a new key, asked
+/// for with the current certificate.
+pub async fn renew(url: &str, creds: &Credentials) -> Result<Credentials, PkiError> {
+    let fail = |why: String| PkiError::Join { url: url.to_string(), why };
+    let dialer = rpc::Dialer::new(Some(creds.clone()), false);
+    let channel = dialer
+        .endpoint(url, rpc::Peer::Coordinator)
+        .map_err(|e| fail(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| fail(rpc::explain_connect(url, &e)))?;
+    let (key, csr_pem) = ca::new_request()?;
+    let reply = CoordinatorClient::new(channel)
+        .renew(rpc::RenewRequest { csr_pem })
+        .await
+        .map_err(|s| fail(format!("renewal refused: {}", s.message())))?
+        .into_inner();
+    Ok(Credentials {
+        ca_pem: creds.ca_pem.clone(),
+        cert_pem: reply.cert_pem,
+        key_pem: key.serialize_pem(),
+    })
+}
+
 /// The CA certificate (PEM) the server at `authority` presents at the end
 /// of its chain, if its SHA-256 is `pin`.
 async fn pinned_ca(authority: &str, pin: &str) -> Result<String, String> {

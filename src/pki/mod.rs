@@ -91,6 +91,23 @@ impl Credentials {
         Identity::from_certificate(&der)
     }
 
+    /// The certificate's validity: (not before, not after), Unix seconds.
+    pub fn validity(&self) -> Option<(i64, i64)> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        use x509_parser::prelude::FromDer;
+        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).ok()?;
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).ok()?;
+        let v = cert.validity();
+        Some((v.not_before.timestamp(), v.not_after.timestamp()))
+    }
+
+    /// Whether less than a third of the certificate's lifetime is left.
+    pub fn needs_renewal(&self) -> bool {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.validity().is_none_or(|(from, to)| (to - now) * 3 < to - from)
+    }
+
     /// Reads `cert.pem`, `key.pem` and `ca.pem` from `dir`; None when the
     /// directory holds none yet.
     pub fn load_dir(dir: &Path) -> Result<Option<Credentials>, PkiError> {
@@ -192,7 +209,22 @@ impl MemberTlsArgs {
         if let Some(dir) = dir
             && let Some(c) = Credentials::load_dir(dir)?
         {
-            return Ok(Some(c));
+            if !c.needs_renewal() {
+                return Ok(Some(c));
+            }
+            // Renewed at start; a member that runs for most of a year
+            // without a restart must be restarted to renew.
+            return match join::renew(coordinator, &c).await {
+                Ok(new) => {
+                    new.save_dir(dir)?;
+                    tracing::info!(dir = %dir.display(), "renewed the mesh certificate");
+                    Ok(Some(new))
+                }
+                Err(e) => {
+                    tracing::warn!("cannot renew the mesh certificate, using the old one: {e}");
+                    Ok(Some(c))
+                }
+            };
         }
         if let Some(token) = &self.join_token {
             let token = JoinToken::parse(token)?;
