@@ -125,6 +125,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
             cluster_uuid: cluster.uuid.clone(),
             address: r.address,
         };
+        if self.core.ca().is_some() && !node.address.starts_with("https://") {
+            return Err(Status::invalid_argument(format!(
+                "address {} is not https://: this mesh talks TLS (use --advertise https://HOST:PORT)",
+                node.address
+            )));
+        }
         self.check_address_free(&node)?;
         if let Some(old) = store.node(&node.uuid)? {
             identity::check_move(&self.core.dialer(), &self.core.health, &old, &node, &r.boot_id)
