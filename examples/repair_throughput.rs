@@ -41,6 +41,8 @@ async fn start_agent(name: &str, store: std::path::PathBuf, stop: &CancellationT
         // No scrubbing: it would compete with the copies being measured.
         safety: agent::config::SafetyConfig { scrub_rate: 0.0, ..Default::default() },
         grpc: Default::default(),
+        // A plaintext baseline on loopback.
+        tls: annexmesh::pki::MemberTlsArgs { insecure: true, ..Default::default() },
     };
     tokio::spawn(agent::serve(cfg, listener, stop.clone()));
     url
@@ -73,12 +75,16 @@ fn fill(root: &std::path::Path, n: usize, size: usize) -> Vec<String> {
 /// MiB/s.
 async fn run(target: &str, source: &str, keys: &[String], parallel: usize, mib: usize) -> f64 {
     use futures::StreamExt;
-    let client = AgentClient::new(rpc::channel(target).unwrap());
+    let client = AgentClient::new(rpc::endpoint(target).unwrap().connect_lazy());
     let started = Instant::now();
     futures::stream::iter(keys.iter().cloned())
         .map(|key| {
             let mut c = client.clone();
-            let req = rpc::ReplicateRequest { key, sources: vec![source.to_string()] };
+            let req = rpc::ReplicateRequest {
+                key,
+                sources: vec![source.to_string()],
+                source_uuids: Vec::new(),
+            };
             async move {
                 let r = c.replicate(req).await.expect("replicate").into_inner();
                 assert_eq!(r.outcome(), ReplicateOutcome::Stored, "{}", r.error);

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod limits;
 pub mod names;
 pub mod p2p;
+pub mod pki;
 pub mod preferred;
 pub mod rpc;
 pub mod tasks;

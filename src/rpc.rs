@@ -20,14 +20,8 @@ pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// per-frame work on both ends of every content stream.
 pub const MAX_FRAME: u32 = CHUNK_SIZE as u32 + 1024;
 
-/// The one way a mesh member opens a gRPC channel to another (coordinator or
-/// agent): connected lazily, so a peer that is down is retried on the next
-/// call, with the content-stream windows and frame size on our side too.
-pub fn channel(url: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    Ok(endpoint(url)?.connect_lazy())
-}
-
-/// The endpoint behind `channel`, for a caller that connects eagerly.
+/// An endpoint with the mesh's transport settings (windows, frame size,
+/// keep-alives); `Dialer` adds TLS.
 pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     use std::time::Duration;
     Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
@@ -40,4 +34,123 @@ pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::transpor
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .max_frame_size(Some(MAX_FRAME)))
+}
+
+/// Who a client expects to answer at a URL: TLS checks the server's
+/// certificate names exactly that member, wherever it listens.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer<'a> {
+    Coordinator,
+    /// The agent of this node UUID.
+    Agent(&'a str),
+}
+
+impl Peer<'_> {
+    /// The DNS name in the expected server certificate.
+    pub fn dns_name(&self) -> String {
+        match self {
+            Peer::Coordinator => crate::pki::identity::COORDINATOR_NAME.to_string(),
+            Peer::Agent(uuid) => crate::pki::identity::agent_name(uuid),
+        }
+    }
+}
+
+/// Why a channel could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("refusing plaintext URL {0}: use https:// or pass --insecure")]
+    Plaintext(String),
+    #[error("{0} needs TLS credentials, but this member has none (it runs with --insecure)")]
+    NoCredentials(String),
+    #[error("URL {0} must start with https:// (or http:// with --insecure)")]
+    Scheme(String),
+    #[error("bad URL {url}: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// How this member opens channels to others: mutually authenticated TLS
+/// with its mesh certificate for `https://` URLs; plaintext `http://` only
+/// when it runs with `--insecure`.
+#[derive(Debug, Clone, Default)]
+pub struct Dialer {
+    tls: Option<std::sync::Arc<crate::pki::Credentials>>,
+    insecure: bool,
+}
+
+impl Dialer {
+    pub fn new(tls: Option<crate::pki::Credentials>, insecure: bool) -> Dialer {
+        Dialer { tls: tls.map(std::sync::Arc::new), insecure }
+    }
+
+    /// Plaintext only: for tests and `--insecure` meshes.
+    pub fn insecure() -> Dialer {
+        Dialer { tls: None, insecure: true }
+    }
+
+    pub fn credentials(&self) -> Option<&crate::pki::Credentials> {
+        self.tls.as_deref()
+    }
+
+    pub fn is_insecure(&self) -> bool {
+        self.insecure
+    }
+
+    /// A lazily connected channel to `peer` at `url`.
+    pub fn channel(
+        &self,
+        url: &str,
+        peer: Peer<'_>,
+    ) -> Result<tonic::transport::Channel, DialError> {
+        Ok(self.endpoint(url, peer)?.connect_lazy())
+    }
+
+    /// The endpoint behind `channel`, for a caller that connects eagerly.
+    pub fn endpoint(
+        &self,
+        url: &str,
+        peer: Peer<'_>,
+    ) -> Result<tonic::transport::Endpoint, DialError> {
+        let bad = |source| DialError::Url { url: url.to_string(), source };
+        if url.starts_with("http://") {
+            if !self.insecure {
+                return Err(DialError::Plaintext(url.to_string()));
+            }
+            return endpoint(url).map_err(bad);
+        }
+        if !url.starts_with("https://") {
+            return Err(DialError::Scheme(url.to_string()));
+        }
+        let creds = self.tls.as_ref().ok_or_else(|| DialError::NoCredentials(url.to_string()))?;
+        endpoint(url).and_then(|e| e.tls_config(creds.client_tls(&peer.dns_name()))).map_err(bad)
+    }
+}
+
+/// Why a connection could not be made, in words an operator can act on:
+/// tonic says only "transport error" when a TLS handshake fails, which is
+/// what an `https://` URL against a plaintext server gives.
+pub fn explain_connect(url: &str, e: &tonic::transport::Error) -> String {
+    use std::error::Error;
+    let mut chain = String::new();
+    let mut cur: Option<&dyn Error> = Some(e);
+    while let Some(c) = cur {
+        chain.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    let tls = chain.contains("InvalidContentType")
+        || chain.contains("invalid content type")
+        || chain.contains("CorruptMessage")
+        || chain.contains("corrupt message")
+        || chain.contains("HandshakeFailure");
+    if url.starts_with("https://") && tls {
+        format!(
+            "TLS handshake with {url} failed{chain}; is the server plaintext (started with \
+             --insecure)? Then use an http:// URL with --insecure"
+        )
+    } else {
+        format!("cannot connect to {url}{chain}")
+    }
 }

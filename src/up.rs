@@ -13,6 +13,7 @@ use crate::agent::{self, AgentConfig};
 use crate::auth;
 use crate::coordinator::Coordinator;
 use crate::gateway;
+use crate::pki::{Identity, MemberTlsArgs};
 
 pub const CLUSTER: &str = "mesh";
 pub const NODES: usize = 3;
@@ -38,6 +39,10 @@ pub struct UpConfig {
     /// PEM private key for --http-tls-cert.
     #[arg(long, env = "ANNEXMESH_HTTP_TLS_KEY", requires = "http_tls_cert")]
     pub http_tls_key: Option<PathBuf>,
+    /// Plaintext gRPC between the roles instead of mutually authenticated
+    /// TLS with the mesh CA in the data directory.
+    #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
 }
 
 /// The user `up` makes for its client recipe.
@@ -77,28 +82,27 @@ async fn up_user(store: &crate::coordinator::store::Store, file: &Path) -> anyho
     }
 }
 
-/// Writes `line` to `file`, readable by its owner only (it holds a password).
-fn write_private(file: &Path, line: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = file.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, file).with_context(|| format!("cannot write {}", file.display()))?;
-    Ok(())
-}
-
 pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("cannot create {}", cfg.data.display()))?;
-    let coordinator = Coordinator::open(&cfg.data.join("coordinator")).await?;
+    let coordinator_data = cfg.data.join("coordinator");
+    let mut coordinator = Coordinator::open(&coordinator_data).await?;
+    if !cfg.insecure {
+        coordinator = coordinator.with_tls(&coordinator_data, None, None)?;
+    }
+    // The roles here are issued certificates directly, without joining.
+    let ca = coordinator.ca();
+    // Where `annexmesh admin` looks for them by itself.
+    let admin_token = cfg.data.join(crate::coordinator::join::ADMIN_TOKEN_FILE);
+    let token =
+        std::fs::read_to_string(coordinator_data.join(crate::coordinator::join::ADMIN_TOKEN_FILE))
+            .context("cannot read the coordinator's admin token")?;
+    crate::pki::write_private(&admin_token, &token)?;
+    let ca_file = cfg.data.join(crate::coordinator::join::CA_FILE);
+    if let Some(ca) = &ca {
+        std::fs::write(&ca_file, ca.cert_pem())
+            .with_context(|| format!("cannot write {}", ca_file.display()))?;
+    }
     coordinator.store.create_cluster(CLUSTER).await?;
     let data = std::fs::canonicalize(&cfg.data)
         .with_context(|| format!("cannot resolve {}", cfg.data.display()))?;
@@ -107,7 +111,8 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     let listener = TcpListener::bind(cfg.coordinator_listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.coordinator_listen))?;
-    let coordinator_url = format!("http://{}", listener.local_addr()?);
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let coordinator_url = format!("{scheme}://{}", listener.local_addr()?);
     let http = TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.http))?;
@@ -122,19 +127,30 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     for i in 1..=NODES {
         let name = format!("node{i}");
         let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let store = cfg.data.join("nodes").join(&name);
+        if let Some(ca) = &ca {
+            let uuid = agent::store::Store::open(&store)?.uuid()?;
+            ca.issue_new(&Identity::Agent(uuid))?.save_dir(&agent::tls_dir(&store))?;
+        }
         let cfg = AgentConfig {
             coordinator: coordinator_url.clone(),
             listen: listener.local_addr()?,
             advertise: None,
-            store: cfg.data.join("nodes").join(&name),
+            store,
             name,
             cluster: CLUSTER.to_string(),
             safety: Default::default(),
             grpc: Default::default(),
+            tls: MemberTlsArgs { insecure: cfg.insecure, ..Default::default() },
         };
         tasks.spawn(agent::serve(cfg, listener, shutdown.clone()));
     }
     {
+        let creds = match &ca {
+            Some(ca) => Some(ca.issue_new(&Identity::Gateway("up".into()))?),
+            None => None,
+        };
+        let dialer = crate::rpc::Dialer::new(creds, cfg.insecure);
         let url = coordinator_url.clone();
         let shutdown = shutdown.clone();
         let opts = gateway::line::LineOptions {
@@ -152,12 +168,15 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         let serving =
             gateway::http::HttpServing { opts: http_opts, limits: Default::default(), tls };
         tasks.spawn(async move {
-            gateway::serve(&url, http, serving, Some((p2p, opts)), shutdown).await
+            gateway::serve(&url, dialer, http, serving, Some((p2p, opts)), shutdown).await
         });
     }
     let scheme = if cfg.http_tls_cert.is_some() { "https" } else { "http" };
     // git's store helper matches on scheme, host and port (not the path).
-    write_private(&credentials, &format!("{scheme}://{USER}:{password}@{http_addr}\n"))?;
+    crate::pki::write_private(
+        &credentials,
+        &format!("{scheme}://{USER}:{password}@{http_addr}\n"),
+    )?;
     let info = serde_json::json!({ "http": http_addr.to_string(), "p2p": p2p_addr.to_string(), "coordinator": coordinator_url });
     std::fs::write(cfg.data.join("up.json"), info.to_string())?;
     println!(
@@ -165,6 +184,15 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         cfg.data.display()
     );
     println!("coordinator (admin API): {coordinator_url}");
+    println!(
+        "The admin CLI finds this mesh's admin token ({}) by itself when run here; elsewhere:",
+        admin_token.display()
+    );
+    let ca_arg = if ca.is_some() { format!(" --ca {}", ca_file.display()) } else { String::new() };
+    println!(
+        "  annexmesh admin --coordinator {coordinator_url}{ca_arg} --admin-token-file {} node list",
+        admin_token.display()
+    );
     println!("In a git-annex repository, add the mesh with:");
     println!("  git remote add {CLUSTER} {scheme}://{http_addr}/{CLUSTER}");
     println!("  git config annex.security.allowed-ip-addresses {}", http_addr.ip());

@@ -347,6 +347,7 @@ fn a_second_agent_on_a_live_store_refuses_to_start() {
         .args(["--name", "intruder", "--listen", &format!("127.0.0.1:{}", free_port())])
         .arg("--store")
         .arg(mesh.store_of("node1"))
+        .args(mesh.agent_tls_args(&mesh.store_of("node1")))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -139,6 +139,12 @@ fn location_log_survives_a_coordinator_crash() {
     for name in ["node1", "node2", "node3"] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
-    let (_, body) = checkpresent(&mesh, &cluster, &key);
+    // The gateway sees the restarted coordinator's node health on its next
+    // topology refresh (every second); until then it may not vouch for it.
+    let mut body = String::new();
+    common::wait_until("the gateway to see the nodes again", Duration::from_secs(10), || {
+        body = checkpresent(&mesh, &cluster, &key).1;
+        body.trim() == r#"{"present":true}"#
+    });
     assert_eq!(body.trim(), r#"{"present":true}"#);
 }

@@ -42,10 +42,7 @@ fn client_of(mesh: &Mesh) -> Client {
 fn restart_coordinator(mesh: &mut Mesh, env: &[(&str, &str)], agents: usize) {
     mesh.proc("coordinator").stop();
     mesh.procs.retain(|p| p.name != "coordinator");
-    let listen = mesh.coordinator.trim_start_matches("http://").to_string();
-    let data = mesh.dir.path().join("coordinator");
-    let mut cmd = annexmesh();
-    cmd.args(["coordinator", "--listen", &listen]).arg("--data").arg(data);
+    let mut cmd = mesh.coordinator_command();
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -83,6 +80,7 @@ fn run_agent_to_exit(mesh: &Mesh, name: &str, store: &std::path::Path) -> (bool,
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .arg("--store")
         .arg(store)
+        .args(mesh.agent_tls_args(store))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -112,6 +110,12 @@ fn a_second_agent_under_a_taken_name_or_identity_exits_and_changes_nothing() {
     let copy = mesh.dir.path().join("copy");
     std::fs::create_dir_all(copy.join("annex/objects")).unwrap();
     std::fs::copy(mesh.store_of("node1").join("uuid"), copy.join("uuid")).unwrap();
+    // With the certificate it obtained: a store copied whole.
+    let tls = copy.join(".annexmesh/tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    for f in ["cert.pem", "key.pem", "ca.pem"] {
+        std::fs::copy(mesh.store_of("node1").join(".annexmesh/tls").join(f), tls.join(f)).unwrap();
+    }
     let (ok, log) = run_agent_to_exit(&mesh, "node9", &copy);
     assert!(!ok, "the agent should exit non-zero:\n{log}");
     assert!(log.contains("claims the same identity"), "{log}");
@@ -163,7 +167,8 @@ fn a_node_gone_for_good_is_removed_and_its_name_taken_by_a_new_one() {
     cmd.args(["agent", "--coordinator", &mesh.coordinator, "--cluster", "mesh", "--name", "node3"])
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .arg("--store")
-        .arg(&store);
+        .arg(&store)
+        .args(mesh.agent_tls_args(&store));
     let p = Proc::spawn("node3-new", &mut cmd, mesh.dir.path());
     mesh.procs.push(p);
     wait_until("the new node3", Duration::from_secs(30), || mesh.healthy_nodes() == 3);

@@ -650,7 +650,8 @@ fn the_line_protocol_over_tls() {
             .arg("--p2p-tls-cert")
             .arg(&cert_pem)
             .arg("--p2p-tls-key")
-            .arg(&key_pem),
+            .arg(&key_pem)
+            .args(mesh.gateway_tls_args("tls-gateway")),
         mesh.dir.path(),
     );
     mesh.procs.push(p);

@@ -6,7 +6,7 @@ mod common;
 use std::process::Output;
 
 use annexmesh::auth::{hash_token, token_id};
-use annexmesh::rpc::{self, admin_client::AdminClient, coordinator_client::CoordinatorClient};
+use annexmesh::rpc::{self, coordinator_client::CoordinatorClient};
 use common::Mesh;
 
 fn stdout(out: &Output) -> String {
@@ -49,7 +49,7 @@ fn create(mesh: &Mesh, args: &[&str]) -> String {
 /// What CheckToken says of a token: (valid, mode, id).
 fn check(rt: &tokio::runtime::Runtime, mesh: &Mesh, token: &str) -> (bool, String, String) {
     rt.block_on(async {
-        let mut c = CoordinatorClient::connect(mesh.coordinator.clone()).await.unwrap();
+        let mut c = CoordinatorClient::new(mesh.gateway_channel().await);
         let r = c
             .check_token(rpc::CheckTokenRequest { token_sha256: hash_token(token) })
             .await
@@ -160,7 +160,7 @@ fn bad_token_requests_get_clear_errors() {
         (good.clone(), "readonly", "line\nbreak", "control characters"),
     ];
     rt.block_on(async {
-        let mut admin = AdminClient::connect(mesh.coordinator.clone()).await.unwrap();
+        let mut admin = mesh.admin_client().await;
         for (token_sha256, mode, label, want) in cases {
             let req = rpc::CreateTokenRequest {
                 token_sha256,
@@ -191,7 +191,7 @@ fn bad_token_requests_get_clear_errors() {
             .expect_err("unknown id");
         assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 
-        let mut coord = CoordinatorClient::connect(mesh.coordinator.clone()).await.unwrap();
+        let mut coord = CoordinatorClient::new(mesh.gateway_channel().await);
         let e = coord
             .check_token(rpc::CheckTokenRequest { token_sha256: "some token".into() })
             .await

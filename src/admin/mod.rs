@@ -1,21 +1,20 @@
 //! `annexmesh admin`: the operators' command line over the admin API.
 
+mod connect;
 mod repair;
 mod scrub;
 mod users;
 
-use anyhow::Context;
 use clap::Subcommand;
 
 use crate::auth::{self, Mode};
 use crate::names::Named;
-use crate::rpc::{self, admin_client::AdminClient};
+use crate::rpc;
 
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
-    /// Coordinator gRPC URL.
-    #[arg(long, env = "ANNEXMESH_COORDINATOR", default_value = "http://127.0.0.1:7400")]
-    pub coordinator: String,
+    #[command(flatten)]
+    pub connect: connect::ConnectArgs,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -37,6 +36,9 @@ pub enum AdminCommand {
     /// password is also a line-protocol token.
     #[command(subcommand)]
     User(users::UserCommand),
+    /// Join tokens for new agents and gateways (`--join-token`).
+    #[command(subcommand)]
+    JoinToken(JoinTokenCommand),
     /// Which nodes hold a key, from the location log.
     Whereis { key: String },
     /// Compare the location log with the keys the agents hold and list
@@ -158,6 +160,22 @@ pub enum NodeCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Make a join token and print it (it cannot be shown again).
+    Create {
+        /// agent or gateway.
+        #[arg(long)]
+        role: String,
+        /// How long it may be used (e.g. 10m, 1h, 2d; at most 7 days).
+        #[arg(long, default_value = "1h", value_parser = crate::clock::parse_duration)]
+        ttl: std::time::Duration,
+        /// How many members may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Make a new token and print it on stdout. It is generated here and
     /// only its hash is sent, so it cannot be shown again. Default access:
@@ -208,10 +226,7 @@ fn utc_time(unix_ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-async fn find_cluster(
-    c: &mut AdminClient<tonic::transport::Channel>,
-    cluster: &str,
-) -> anyhow::Result<rpc::ClusterInfo> {
+async fn find_cluster(c: &mut connect::Client, cluster: &str) -> anyhow::Result<rpc::ClusterInfo> {
     c.list_clusters(rpc::ListClustersRequest {})
         .await
         .map_err(status)?
@@ -255,10 +270,14 @@ fn fsck_report(r: rpc::FsckReply) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let reach = || format!("cannot reach the coordinator at {}", args.coordinator);
-    let channel = rpc::endpoint(&args.coordinator).with_context(reach)?.connect().await;
-    let mut c = AdminClient::new(channel.with_context(reach)?);
+    let mut c = connect::connect(&args.connect).await?;
     match args.command {
+        AdminCommand::JoinToken(JoinTokenCommand::Create { role, ttl, uses }) => {
+            let req = rpc::CreateJoinTokenRequest { role, ttl_seconds: ttl.as_secs(), uses };
+            let t = c.create_join_token(req).await.map_err(status)?.into_inner();
+            println!("{}", t.token);
+            eprintln!("valid until {}", utc_time(t.expires_unix_ms));
+        }
         AdminCommand::Cluster(ClusterCommand::Create { name }) => {
             let c = c
                 .create_cluster(rpc::CreateClusterRequest { name })

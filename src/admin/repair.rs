@@ -5,10 +5,9 @@
 use std::io::{IsTerminal, Write};
 
 use anyhow::bail;
-use tonic::transport::Channel;
 
 use super::status;
-use crate::rpc::{self, admin_client::AdminClient};
+use crate::rpc;
 
 /// Passes `drain --wait` runs at most; each moves every key it can, so more
 /// are needed only when copies failed or nodes came and went.
@@ -29,7 +28,7 @@ fn counts_line(c: &rpc::RepairCounts) -> String {
 
 /// Runs one pass and prints what it does; its totals.
 pub async fn pass(
-    c: &mut AdminClient<Channel>,
+    c: &mut super::connect::Client,
     cluster: String,
     dry_run: bool,
 ) -> anyhow::Result<rpc::RepairCounts> {
@@ -63,7 +62,7 @@ pub async fn pass(
 
 /// `admin repair`: one pass; an error when keys stay short of their target.
 pub async fn repair(
-    c: &mut AdminClient<Channel>,
+    c: &mut super::connect::Client,
     cluster: String,
     dry_run: bool,
 ) -> anyhow::Result<()> {
@@ -78,7 +77,7 @@ pub async fn repair(
 }
 
 /// `admin repair --status`: the last pass and the draining nodes.
-pub async fn show_status(c: &mut AdminClient<Channel>) -> anyhow::Result<()> {
+pub async fn show_status(c: &mut super::connect::Client) -> anyhow::Result<()> {
     let s = c.repair_status(rpc::RepairStatusRequest {}).await.map_err(status)?.into_inner();
     if s.passes == 0 {
         println!("no repair pass has finished since the coordinator started");
@@ -111,7 +110,7 @@ pub fn keys_left(d: &rpc::DrainProgress) -> String {
 /// `admin node drain NODE --wait`: passes over the node's cluster until it
 /// holds nothing the log lists, or a pass gets no further.
 pub async fn wait_drained(
-    c: &mut AdminClient<Channel>,
+    c: &mut super::connect::Client,
     node: &rpc::NodeInfo,
 ) -> anyhow::Result<()> {
     for _ in 0..DRAIN_PASSES {
@@ -132,7 +131,7 @@ pub async fn wait_drained(
     bail!("{} is not drained after {DRAIN_PASSES} passes; it stays draining", node.name)
 }
 
-async fn drain_left(c: &mut AdminClient<Channel>, uuid: &str) -> anyhow::Result<u64> {
+async fn drain_left(c: &mut super::connect::Client, uuid: &str) -> anyhow::Result<u64> {
     let s = c.repair_status(rpc::RepairStatusRequest {}).await.map_err(status)?.into_inner();
     Ok(s.draining.iter().find(|d| d.node_uuid == uuid).map_or(0, |d| d.keys_left))
 }

@@ -4,7 +4,7 @@
 use tokio_stream::StreamExt;
 
 use super::status;
-use crate::rpc::{self, admin_client::AdminClient};
+use crate::rpc;
 
 /// The rate to ask for, in bytes per second, from MB/s (10^6 bytes); 0 for
 /// full speed.
@@ -19,7 +19,7 @@ pub(super) fn rate_bytes(mb_per_s: Option<f64>) -> anyhow::Result<u64> {
 /// Runs the passes and prints each node's summary; an error when a node
 /// held a bad copy or could not be asked.
 pub(super) async fn scrub(
-    c: &mut AdminClient<tonic::transport::Channel>,
+    c: &mut super::connect::Client,
     req: rpc::ScrubNodesRequest,
 ) -> anyhow::Result<()> {
     let mut stream = c.scrub_nodes(req).await.map_err(status)?.into_inner();

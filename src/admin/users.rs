@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use super::{status, utc_time};
 use crate::auth::{self, Mode};
-use crate::rpc::{self, admin_client::AdminClient};
+use crate::rpc;
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -40,10 +40,7 @@ fn mode(readonly: bool, appendonly: bool) -> Mode {
     }
 }
 
-pub(super) async fn run(
-    c: &mut AdminClient<tonic::transport::Channel>,
-    cmd: UserCommand,
-) -> anyhow::Result<()> {
+pub(super) async fn run(c: &mut super::connect::Client, cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Add { name, readonly, appendonly } => {
             let password = auth::generate_token();

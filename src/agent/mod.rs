@@ -25,6 +25,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::pki::guard::GuardLayer;
+use crate::pki::{Identity, Role};
 use crate::rpc::{self, agent_server::AgentServer, coordinator_client::CoordinatorClient};
 use crate::tasks::{SHUTDOWN_GRACE, Tasks, serve_until};
 use service::AgentService;
@@ -38,7 +40,8 @@ pub struct AgentConfig {
     /// Address to serve gRPC on.
     #[arg(long, env = "ANNEXMESH_AGENT_LISTEN", default_value = "127.0.0.1:7500")]
     pub listen: SocketAddr,
-    /// URL gateways use to reach this agent (default: http://<listen address>).
+    /// URL gateways use to reach this agent (default: https://<listen
+    /// address>, or http:// with --insecure).
     #[arg(long, env = "ANNEXMESH_AGENT_ADVERTISE")]
     pub advertise: Option<String>,
     /// The node's store: objects in git-annex's bare layout under annex/objects.
@@ -54,6 +57,13 @@ pub struct AgentConfig {
     pub safety: config::SafetyConfig,
     #[command(flatten)]
     pub grpc: crate::limits::GrpcLimits,
+    #[command(flatten)]
+    pub tls: crate::pki::MemberTlsArgs,
+}
+
+/// Where an agent keeps the credentials it obtained by joining.
+pub fn tls_dir(store: &std::path::Path) -> PathBuf {
+    store.join(".annexmesh").join("tls")
 }
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -76,10 +86,27 @@ pub async fn serve(
     let store = Store::open(&cfg.store)?;
     let uuid = store.uuid()?;
     let local = listener.local_addr()?;
-    let advertise = cfg.advertise.clone().unwrap_or_else(|| format!("http://{local}"));
-    let coordinator = rpc::channel(&cfg.coordinator)
+    let creds = cfg
+        .tls
+        .credentials(&cfg.coordinator, Some(&tls_dir(&cfg.store)), Role::Agent, &uuid)
+        .await?;
+    if let Some(c) = &creds {
+        let want = Identity::Agent(uuid.clone());
+        match c.identity() {
+            Some(id) if id == want => {}
+            other => anyhow::bail!(
+                "the TLS certificate names {}, not this node ({uuid})",
+                other.map_or("no mesh member".to_string(), |i| i.to_string())
+            ),
+        }
+    }
+    let scheme = if creds.is_some() { "https" } else { "http" };
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
+    let dialer = rpc::Dialer::new(creds.clone(), cfg.tls.insecure);
+    let coordinator = dialer
+        .channel(&cfg.coordinator, rpc::Peer::Coordinator)
         .map(CoordinatorClient::new)
-        .with_context(|| format!("bad coordinator URL {}", cfg.coordinator))?;
+        .with_context(|| format!("cannot use coordinator URL {}", cfg.coordinator))?;
     let tasks = Tasks::new(&shutdown);
     let mut service = AgentService::new(
         store.clone(),
@@ -90,6 +117,7 @@ pub async fn serve(
         Some(coordinator.clone()),
     );
     service.limit_locks(cfg.safety.max_locks);
+    service.dialer = dialer;
     let service = Arc::new(service);
     info!(%uuid, name = %cfg.name, cluster = %cfg.cluster, %local, "agent serving");
 
@@ -118,13 +146,18 @@ pub async fn serve(
         .max_encoding_message_size(rpc::MAX_MESSAGE);
     // The agent receives whole objects over one HTTP/2 stream: the default
     // 64 KiB flow-control window would stall every upload on window updates.
-    let server = cfg
-        .grpc
-        .server()
+    let mut builder = cfg.grpc.server();
+    if let Some(c) = &creds {
+        // Every caller shows a mesh certificate; the guard checks its role.
+        builder = builder.tls_config(c.server_tls(false)).context("bad TLS configuration")?;
+    }
+    let guard = GuardLayer::new(crate::pki::guard::agent_policy, creds.is_some());
+    let server = builder
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(rpc::STREAM_WINDOW))
         .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW))
         .max_frame_size(Some(rpc::MAX_FRAME))
+        .layer(guard)
         .add_service(svc)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
@@ -239,10 +272,18 @@ async fn keep_registered(
 }
 
 /// Codes with which the coordinator refuses a registration that retrying
-/// cannot fix: a taken name or identity, an unknown cluster, a bad request.
+/// cannot fix: a taken name, identity or address, an unknown cluster, a bad
+/// request, a certificate for another node.
 fn refused_for_good(code: tonic::Code) -> bool {
     use tonic::Code;
-    matches!(code, Code::AlreadyExists | Code::FailedPrecondition | Code::InvalidArgument)
+    matches!(
+        code,
+        Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+    )
 }
 
 /// Free space on the filesystem holding `path` (0 when unknown).

@@ -409,6 +409,13 @@ impl admin_server::Admin for AdminService {
         Ok(Response::new(self.repair.status()?))
     }
 
+    async fn create_join_token(
+        &self,
+        req: Request<rpc::CreateJoinTokenRequest>,
+    ) -> Result<Response<rpc::JoinTokenInfo>, Status> {
+        Ok(Response::new(super::join::create_token(&self.core, req.into_inner()).await?))
+    }
+
     type ScrubNodesStream = super::scrub::ScrubStream;
 
     async fn scrub_nodes(
@@ -432,6 +439,6 @@ impl admin_server::Admin for AdminService {
             }
         }
         info!(nodes = nodes.len(), rate = r.rate_bytes_per_s, "scrub requested");
-        Ok(Response::new(super::scrub::scrub_nodes(nodes, r.rate_bytes_per_s)))
+        Ok(Response::new(super::scrub::scrub_nodes(self.core.dialer(), nodes, r.rate_bytes_per_s)))
     }
 }

@@ -36,6 +36,8 @@ pub struct Core {
     pub reserve_default: u64,
     /// Parsed preferred content expressions by their text.
     exprs: Mutex<HashMap<String, Arc<Expr>>>,
+    /// The mesh CA and how to reach agents; unset on a plaintext coordinator.
+    tls: std::sync::OnceLock<(Arc<crate::pki::Ca>, rpc::Dialer)>,
 }
 
 impl Core {
@@ -46,7 +48,24 @@ impl Core {
             health: HealthBoard::default(),
             reserve_default,
             exprs: Mutex::new(HashMap::new()),
+            tls: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Serves TLS from now on: the CA signs joining members' certificates
+    /// and `dialer` reaches agents.
+    pub fn set_tls(&self, ca: Arc<crate::pki::Ca>, dialer: rpc::Dialer) {
+        let _ = self.tls.set((ca, dialer));
+    }
+
+    /// The mesh CA, when serving TLS.
+    pub fn ca(&self) -> Option<&Arc<crate::pki::Ca>> {
+        self.tls.get().map(|(ca, _)| ca)
+    }
+
+    /// How to open channels to agents: plaintext unless serving TLS.
+    pub fn dialer(&self) -> rpc::Dialer {
+        self.tls.get().map_or_else(rpc::Dialer::insecure, |(_, d)| d.clone())
     }
 
     /// A node as replies show it, with its health and settings.

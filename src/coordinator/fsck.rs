@@ -17,7 +17,7 @@ pub async fn fsck(core: &Core, nodes: Vec<Node>, fix: bool) -> Result<rpc::FsckR
     let listed = core.store.present_by_node()?;
     let mut reply = rpc::FsckReply::default();
     for n in nodes {
-        let held = match held_keys(&n.address).await {
+        let held = match held_keys(core, &n).await {
             Ok(held) => held,
             Err(e) => {
                 reply.unreachable.push(format!("{}: {}", n.name, e.message()));
@@ -51,7 +51,7 @@ pub async fn fsck(core: &Core, nodes: Vec<Node>, fix: bool) -> Result<rpc::FsckR
 /// just before, so that a change since the listing is not undone: the log
 /// must never claim a copy the node no longer has.
 async fn fix_node(core: &Core, n: &Node, diffs: &[(String, bool)]) -> Result<(), Status> {
-    let mut client = AgentClient::new(rpc::channel(&n.address).map_err(unreachable)?);
+    let mut client = agent(core, n)?;
     let mut changes = Vec::with_capacity(diffs.len());
     for (key, _) in diffs {
         let req = rpc::KeyRequest { key: key.clone() };
@@ -63,9 +63,9 @@ async fn fix_node(core: &Core, n: &Node, diffs: &[(String, bool)]) -> Result<(),
     Ok(())
 }
 
-/// Every key the agent at `address` holds.
-async fn held_keys(address: &str) -> Result<HashSet<String>, Status> {
-    let mut client = AgentClient::new(rpc::channel(address).map_err(unreachable)?);
+/// Every key node `n` holds.
+async fn held_keys(core: &Core, n: &Node) -> Result<HashSet<String>, Status> {
+    let mut client = agent(core, n)?;
     let mut stream = client.list_keys(rpc::ListKeysRequest {}).await?.into_inner();
     let mut keys = HashSet::new();
     while let Some(batch) = stream.next().await {
@@ -74,6 +74,7 @@ async fn held_keys(address: &str) -> Result<HashSet<String>, Status> {
     Ok(keys)
 }
 
-fn unreachable(e: tonic::transport::Error) -> Status {
-    Status::unavailable(format!("bad agent address: {e}"))
+fn agent(core: &Core, n: &Node) -> Result<AgentClient<tonic::transport::Channel>, Status> {
+    let channel = core.dialer().channel(&n.address, rpc::Peer::Agent(&n.uuid));
+    Ok(AgentClient::new(channel.map_err(|e| Status::unavailable(e.to_string()))?))
 }

@@ -24,6 +24,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// heard from within the health timeout by another boot id, and answering
 /// at its old address with its UUID.
 pub async fn check_move(
+    dialer: &rpc::Dialer,
     health: &HealthBoard,
     old: &Node,
     new: &Node,
@@ -36,7 +37,7 @@ pub async fn check_move(
     if !healthy || last.is_some_and(|h| h.boot_id == boot_id) {
         return Ok(());
     }
-    if agent_uuid(&old.address).await.as_deref() != Some(old.uuid.as_str()) {
+    if agent_uuid(dialer, &old.address, &old.uuid).await.as_deref() != Some(old.uuid.as_str()) {
         info!(node = %old.uuid, from = %old.address, to = %new.address, "node moved; its old address no longer answers for it");
         return Ok(());
     }
@@ -48,9 +49,10 @@ pub async fn check_move(
     )))
 }
 
-/// The UUID of the agent answering at `address`, if one does in time.
-pub async fn agent_uuid(address: &str) -> Option<String> {
-    let channel = rpc::channel(address).ok()?;
+/// The UUID of the agent answering at `address`, if one does in time;
+/// over TLS, only node `expected` can answer.
+pub async fn agent_uuid(dialer: &rpc::Dialer, address: &str, expected: &str) -> Option<String> {
+    let channel = dialer.channel(address, rpc::Peer::Agent(expected)).ok()?;
     let mut client = AgentClient::new(channel);
     let reply = tokio::time::timeout(PROBE_TIMEOUT, client.info(rpc::InfoRequest {})).await;
     Some(reply.ok()?.ok()?.into_inner().uuid)

@@ -12,6 +12,7 @@ pub mod core;
 pub mod fsck;
 pub mod health;
 pub mod identity;
+pub mod join;
 pub mod metrics;
 pub mod placement;
 pub mod probe;
@@ -87,6 +88,17 @@ pub struct CoordinatorConfig {
     pub test_clock_offset_ms: i64,
     #[command(flatten)]
     pub grpc: crate::limits::GrpcLimits,
+    /// Serve plaintext gRPC: only on a network where every host is trusted.
+    /// The admin API still needs the admin token.
+    #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
+    /// PEM certificate of the operator's own CA for the mesh (default: a CA
+    /// created in the data directory on first start). Needs --ca-key.
+    #[arg(long, env = "ANNEXMESH_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM private key of --ca-cert.
+    #[arg(long, env = "ANNEXMESH_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
 }
 
 /// The system's wall clock shifted by `offset_ms`.
@@ -113,6 +125,10 @@ pub struct Coordinator {
     metrics: Option<TcpListener>,
     /// Limits of the gRPC server.
     limits: crate::limits::GrpcLimits,
+    /// This coordinator's certificate, when it serves TLS.
+    tls: Option<crate::pki::Credentials>,
+    /// Where the admin token was written, for refusals to point at.
+    admin_token_file: PathBuf,
 }
 
 impl Coordinator {
@@ -151,14 +167,45 @@ impl Coordinator {
         let service = CoordinatorService::new(core.clone(), clock.clone());
         let repair = Arc::new(Repairer::new(core.clone(), repair));
         let admin = AdminService::new(core.clone(), repair.clone());
-        let limits = Default::default();
-        Ok(Coordinator { store, clock, service, admin, repair, core, metrics: None, limits })
+        let admin_token_file = join::bootstrap_admin(&store, data).await?;
+        Ok(Coordinator {
+            store,
+            clock,
+            service,
+            admin,
+            repair,
+            core,
+            metrics: None,
+            tls: None,
+            admin_token_file,
+            limits: Default::default(),
+        })
     }
 
     /// Serves with these gRPC limits rather than the defaults.
     pub fn with_limits(mut self, limits: crate::limits::GrpcLimits) -> Coordinator {
         self.limits = limits;
         self
+    }
+
+    /// Serves mutually authenticated TLS with the mesh CA: the operator's
+    /// (`ca_cert`, `ca_key`) or the one kept in `data`, created if missing.
+    pub fn with_tls(
+        mut self,
+        data: &std::path::Path,
+        ca_cert: Option<&std::path::Path>,
+        ca_key: Option<&std::path::Path>,
+    ) -> anyhow::Result<Coordinator> {
+        let (ca, own) = join::coordinator_tls(data, ca_cert, ca_key)?;
+        self.core.set_tls(ca, rpc::Dialer::new(Some(own.clone()), false));
+        self.tls = Some(own);
+        Ok(self)
+    }
+
+    /// The mesh CA, when serving TLS: `annexmesh up` issues its members'
+    /// certificates with it.
+    pub fn ca(&self) -> Option<Arc<crate::pki::Ca>> {
+        self.core.ca().cloned()
     }
 
     /// Also serves Prometheus metrics on `listener` (`GET /metrics`).
@@ -180,9 +227,28 @@ impl Coordinator {
         if let Some(l) = self.metrics {
             metrics::spawn(l, self.core.clone(), self.repair.clone(), &tasks);
         }
-        let server = self
-            .limits
-            .server()
+        let hint = format!(
+            "the coordinator wrote one to {}; give it with --admin-token-file FILE or \
+             ANNEXMESH_ADMIN_TOKEN_FILE",
+            self.admin_token_file.display()
+        );
+        let guard = crate::pki::guard::GuardLayer::with_admin(
+            crate::pki::guard::coordinator_policy,
+            self.tls.is_some(),
+            join::admin_check(self.store.clone()),
+            hint,
+        );
+        let mut builder = self.limits.server();
+        if let Some(own) = &self.tls {
+            // Client certificates are optional here only so that joining
+            // members can call Join; the guard requires one everywhere else.
+            builder = builder.tls_config(own.server_tls(true)).context("bad TLS configuration")?;
+            info!("serving mutually authenticated TLS");
+        } else {
+            tracing::warn!("serving plaintext gRPC (--insecure)");
+        }
+        let server = builder
+            .layer(guard)
             .add_service(
                 CoordinatorServer::new(self.service)
                     .max_decoding_message_size(rpc::MAX_MESSAGE)
@@ -222,6 +288,10 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow:
             .await
             .with_context(|| format!("cannot listen on {addr} for metrics"))?;
         coordinator = coordinator.with_metrics(l);
+    }
+    if !cfg.insecure {
+        coordinator =
+            coordinator.with_tls(&cfg.data, cfg.ca_cert.as_deref(), cfg.ca_key.as_deref())?;
     }
     coordinator.serve(listener, shutdown).await
 }

@@ -34,29 +34,33 @@ pub fn spawn(core: Arc<Core>, tasks: &Tasks) {
 
 /// One round: the nodes to probe, in parallel.
 pub async fn round(core: &Core) {
-    let probes = core.health.unreached().into_iter().map(|uuid| async move {
-        let address = match core.store.node(&uuid) {
-            Ok(Some(n)) => n.address,
-            // Removed meanwhile, or the store cannot say: try next round.
-            _ => return,
-        };
-        let started = Instant::now();
-        let reached = match tokio::time::timeout(PROBE_TIMEOUT, info(&address, &uuid)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer in {PROBE_TIMEOUT:?}")),
-        };
-        if let Err(e) = &reached {
-            debug!(node = %uuid, %address, "degraded node's data address not reached: {e}");
-        }
-        core.health.probed(&uuid, started, reached.is_ok(), Instant::now());
-    });
+    let probes =
+        core.health.unreached().into_iter().map(|uuid| async move {
+            let address = match core.store.node(&uuid) {
+                Ok(Some(n)) => n.address,
+                // Removed meanwhile, or the store cannot say: try next round.
+                _ => return,
+            };
+            let started = Instant::now();
+            let reached =
+                match tokio::time::timeout(PROBE_TIMEOUT, info(&core.dialer(), &address, &uuid))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("no answer in {PROBE_TIMEOUT:?}")),
+                };
+            if let Err(e) = &reached {
+                debug!(node = %uuid, %address, "degraded node's data address not reached: {e}");
+            }
+            core.health.probed(&uuid, started, reached.is_ok(), Instant::now());
+        });
     join_all(probes).await;
 }
 
 /// Asks the agent at `address` who it is, over a new connection; Ok when
 /// it is the node `uuid`.
-async fn info(address: &str, uuid: &str) -> Result<(), String> {
-    let channel = rpc::channel(address).map_err(|e| format!("bad address: {e}"))?;
+async fn info(dialer: &rpc::Dialer, address: &str, uuid: &str) -> Result<(), String> {
+    let channel = dialer.channel(address, rpc::Peer::Agent(uuid)).map_err(|e| e.to_string())?;
     let reply = AgentClient::new(channel)
         .info(rpc::InfoRequest {})
         .await

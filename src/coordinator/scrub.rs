@@ -17,18 +17,19 @@ pub type ScrubStream = Pin<Box<dyn Stream<Item = Result<rpc::NodeScrubResult, St
 
 /// Asks every node in `nodes` for a pass at `rate` bytes per second (0: full
 /// speed).
-pub fn scrub_nodes(nodes: Vec<Node>, rate: u64) -> ScrubStream {
-    let passes: FuturesUnordered<_> = nodes.into_iter().map(|n| scrub_node(n, rate)).collect();
+pub fn scrub_nodes(dialer: rpc::Dialer, nodes: Vec<Node>, rate: u64) -> ScrubStream {
+    let passes: FuturesUnordered<_> =
+        nodes.into_iter().map(|n| scrub_node(dialer.clone(), n, rate)).collect();
     Box::pin(passes.map(Ok))
 }
 
-async fn scrub_node(n: Node, rate: u64) -> rpc::NodeScrubResult {
+async fn scrub_node(dialer: rpc::Dialer, n: Node, rate: u64) -> rpc::NodeScrubResult {
     let mut result = rpc::NodeScrubResult {
         node_uuid: n.uuid.clone(),
         node_name: n.name.clone(),
         ..Default::default()
     };
-    match ask(&n.address, rate).await {
+    match ask(&dialer, &n, rate).await {
         Ok(r) => {
             if !r.bad_keys.is_empty() {
                 warn!(node = %n.name, bad = r.bad_keys.len(), "scrub found bad copies");
@@ -46,9 +47,10 @@ async fn scrub_node(n: Node, rate: u64) -> rpc::NodeScrubResult {
     result
 }
 
-async fn ask(address: &str, rate: u64) -> Result<rpc::ScrubReply, Status> {
-    let channel = rpc::channel(address)
-        .map_err(|e| Status::unavailable(format!("bad agent address {address:?}: {e}")))?;
+async fn ask(dialer: &rpc::Dialer, n: &Node, rate: u64) -> Result<rpc::ScrubReply, Status> {
+    let channel = dialer
+        .channel(&n.address, rpc::Peer::Agent(&n.uuid))
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     let req = rpc::ScrubRequest { rate_bytes_per_s: rate };
     Ok(AgentClient::new(channel).scrub(req).await?.into_inner())
 }

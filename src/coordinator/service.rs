@@ -66,12 +66,49 @@ impl CoordinatorService {
     }
 }
 
+impl CoordinatorService {
+    /// Refuses to register `node` at an address where another live node
+    /// answers: its traffic would go to the newcomer.
+    fn check_address_free(&self, node: &Node) -> Result<(), Status> {
+        let holder = self.core.store.nodes()?.into_iter().find(|n| {
+            n.address == node.address && n.uuid != node.uuid && self.core.health.get(&n.uuid).0
+        });
+        match holder {
+            Some(h) => {
+                warn!(node = %node.uuid, address = %node.address, holder = %h.uuid, "refused a registration at a live node's address");
+                Err(Status::already_exists(format!(
+                    "address {} belongs to live node {} ({}); advertise an address of this agent's own",
+                    node.address, h.name, h.uuid
+                )))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// On a TLS coordinator, an agent speaks only for the node its certificate
+/// names.
+fn bind_caller<T>(req: &Request<T>, uuid: &str) -> Result<(), Status> {
+    use crate::pki::{Identity, guard::Caller};
+    match Caller::of(req) {
+        None => Ok(()),
+        Some(Identity::Agent(u)) if u == uuid => Ok(()),
+        Some(who) => {
+            warn!(%who, claimed = %uuid, "refused a call for another node");
+            Err(Status::permission_denied(format!(
+                "{who} may not speak for node {uuid}: its certificate names another node"
+            )))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for CoordinatorService {
     async fn register(
         &self,
         req: Request<rpc::RegisterRequest>,
     ) -> Result<Response<rpc::RegisterReply>, Status> {
+        bind_caller(&req, &req.get_ref().uuid)?;
         let r = req.into_inner();
         valid_uuid(&r.uuid)?;
         valid_name(&r.name)?;
@@ -88,8 +125,16 @@ impl coordinator_server::Coordinator for CoordinatorService {
             cluster_uuid: cluster.uuid.clone(),
             address: r.address,
         };
+        if self.core.ca().is_some() && !node.address.starts_with("https://") {
+            return Err(Status::invalid_argument(format!(
+                "address {} is not https://: this mesh talks TLS (use --advertise https://HOST:PORT)",
+                node.address
+            )));
+        }
+        self.check_address_free(&node)?;
         if let Some(old) = store.node(&node.uuid)? {
-            identity::check_move(&self.core.health, &old, &node, &r.boot_id).await?;
+            identity::check_move(&self.core.dialer(), &self.core.health, &old, &node, &r.boot_id)
+                .await?;
         }
         match store.register_node(node.clone()).await? {
             Registration::NameTaken(other) => {
@@ -121,6 +166,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         req: Request<rpc::HeartbeatRequest>,
     ) -> Result<Response<rpc::HeartbeatReply>, Status> {
+        bind_caller(&req, &req.get_ref().uuid)?;
         let r = req.into_inner();
         let known = self.core.store.node(&r.uuid)?.is_some();
         if known {
@@ -241,6 +287,21 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(reply))
     }
 
+    async fn join(
+        &self,
+        req: Request<rpc::JoinRequest>,
+    ) -> Result<Response<rpc::JoinReply>, Status> {
+        Ok(Response::new(super::join::join(&self.core, req.into_inner()).await?))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<rpc::RenewRequest>,
+    ) -> Result<Response<rpc::JoinReply>, Status> {
+        let caller = crate::pki::guard::Caller::of(&req).cloned();
+        Ok(Response::new(super::join::renew(&self.core, caller, req.into_inner()).await?))
+    }
+
     async fn report_node_failure(
         &self,
         req: Request<rpc::ReportNodeFailureRequest>,
@@ -296,13 +357,14 @@ mod tests {
         let c = Coordinator::open(dir.path()).await.unwrap();
         let cluster = c.store.create_cluster("mesh").await.unwrap();
         let mut uuids = Vec::new();
-        for name in ["n1", "n2", "n3"] {
+        for (port, name) in ["n1", "n2", "n3"].into_iter().enumerate() {
             let uuid = uuid::Uuid::new_v4().to_string();
             let req = rpc::RegisterRequest {
                 uuid: uuid.clone(),
                 name: name.into(),
                 cluster: "mesh".into(),
-                address: "http://127.0.0.1:1".into(),
+                // One address each: a live node's address is its own.
+                address: format!("http://127.0.0.1:{}", port + 1),
                 boot_id: "boot".into(),
             };
             c.service.register(Request::new(req)).await.unwrap();

@@ -48,6 +48,9 @@ pub struct GatewayConfig {
     pub http_args: http::HttpArgs,
     #[command(flatten)]
     pub limits: limits::GatewayLimits,
+    /// TLS to the coordinator and agents (the mesh's own certificates).
+    #[command(flatten)]
+    pub mesh_tls: crate::pki::MemberTlsArgs,
 }
 
 pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -71,12 +74,23 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
             Some((l, opts))
         }
     };
-    serve(&cfg.coordinator, listener, serving, line, shutdown).await
+    let t = &cfg.mesh_tls;
+    if t.join_token.is_some() && t.state_dir.is_none() {
+        warn!(
+            "--join-token without --state-dir: the certificate is not kept, join again on restart"
+        );
+    }
+    let creds = t
+        .credentials(&cfg.coordinator, t.state_dir.as_deref(), crate::pki::Role::Gateway, "")
+        .await?;
+    let dialer = crate::rpc::Dialer::new(creds, t.insecure);
+    serve(&cfg.coordinator, dialer, listener, serving, line, shutdown).await
 }
 
 /// Serves P2P over HTTP on `listener` and, when given, the line protocol.
 pub async fn serve(
     coordinator: &str,
+    dialer: crate::rpc::Dialer,
     listener: TcpListener,
     http: http::HttpServing,
     line: Option<(TcpListener, line::LineOptions)>,
@@ -87,7 +101,7 @@ pub async fn serve(
         Err(e) => warn!("cannot raise the open-file limit: {e}"),
     }
     let tasks = Tasks::new(&shutdown);
-    let mesh = mesh::Mesh::new(coordinator)?;
+    let mesh = mesh::Mesh::new(coordinator, dialer)?;
     mesh.spawn_refresh(&tasks);
     let core = core::Core::new(mesh.clone(), tasks.clone());
     let line = line.map(|(l, opts)| {

@@ -175,6 +175,50 @@ pub struct Mesh {
     pub p2p: SocketAddr,
     pub coordinator: String,
     pub procs: Vec<Proc>,
+    /// Plaintext between the roles (`--insecure`) rather than mTLS.
+    pub insecure: bool,
+    /// Where the admin CLI finds the mesh CA and the admin token.
+    pub credentials: PathBuf,
+}
+
+/// The mesh CA's certificate and a member's certificate and key (PEM),
+/// as a member keeps them after joining.
+pub struct MemberFiles {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl MemberFiles {
+    pub fn read(dir: &Path) -> MemberFiles {
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()))
+        };
+        MemberFiles { ca: read("ca.pem"), cert: read("cert.pem"), key: read("key.pem") }
+    }
+}
+
+/// A gRPC channel to `url`: TLS trusting `ca` and expecting the server name
+/// `domain`, with `identity` (certificate, key) as client certificate when
+/// given.
+pub async fn tls_channel(
+    url: &str,
+    ca: &str,
+    identity: Option<(&str, &str)>,
+    domain: &str,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name(domain);
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tls_config(tls)?
+        .connect()
+        .await
 }
 
 impl Mesh {
@@ -202,12 +246,15 @@ impl Mesh {
                 .arg(p2p.to_string()),
             dir.path(),
         );
+        let credentials = dir.path().join("data");
         let mesh = Mesh {
             dir,
             http,
             p2p,
-            coordinator: format!("http://127.0.0.1:{cport}"),
+            coordinator: format!("https://127.0.0.1:{cport}"),
             procs: vec![p],
+            insecure: false,
+            credentials,
         };
         mesh.wait_ready(3);
         mesh
@@ -222,14 +269,27 @@ impl Mesh {
     /// 2s`). A coordinator restarted with `start_coordinator` runs without
     /// them; `start_coordinator_with` takes them again.
     pub fn separate_with_coordinator_args(agents: usize, coordinator_args: &[&str]) -> Mesh {
+        Mesh::separate_full(agents, coordinator_args, false)
+    }
+
+    /// As `separate`, with every role plaintext (`--insecure`).
+    pub fn separate_insecure(agents: usize) -> Mesh {
+        Mesh::separate_full(agents, &[], true)
+    }
+
+    fn separate_full(agents: usize, coordinator_args: &[&str], insecure: bool) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let cport = free_port();
+        let scheme = if insecure { "http" } else { "https" };
+        let credentials = dir.path().join("coordinator");
         let mut mesh = Mesh {
             http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             p2p: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            coordinator: format!("http://127.0.0.1:{cport}"),
+            coordinator: format!("{scheme}://127.0.0.1:{cport}"),
             procs: Vec::new(),
             dir,
+            insecure,
+            credentials,
         };
         mesh.start_coordinator_with(coordinator_args);
         wait_until("the coordinator", Duration::from_secs(20), || {
@@ -279,6 +339,7 @@ impl Mesh {
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .arg("--store")
         .arg(store)
+        .args(self.agent_tls_args(store))
         .args(extra);
         let p = Proc::spawn(proc_name, &mut cmd, self.dir.path());
         self.procs.push(p);
@@ -290,10 +351,8 @@ impl Mesh {
 
     /// Starts the coordinator with extra options (e.g. `--repair-grace 2s`).
     pub fn start_coordinator_with(&mut self, args: &[&str]) {
-        let listen = self.coordinator.trim_start_matches("http://").to_string();
-        let data = self.dir.path().join("coordinator");
-        let mut cmd = annexmesh();
-        cmd.args(["coordinator", "--listen", &listen]).arg("--data").arg(data).args(args);
+        let mut cmd = self.coordinator_command();
+        cmd.args(args);
         let p = Proc::spawn("coordinator", &mut cmd, self.dir.path());
         self.procs.push(p);
     }
@@ -336,6 +395,7 @@ impl Mesh {
     /// The gateway with `args` in place of `--wideopen` (e.g.
     /// `--auth-users`, `--unauth readonly`).
     pub fn start_gateway_with(&mut self, args: &[&str]) {
+        let tls = self.gateway_tls_args("gateway");
         let p = Proc::spawn(
             "gateway",
             annexmesh()
@@ -347,7 +407,8 @@ impl Mesh {
                     &self.http.to_string(),
                 ])
                 .args(["--p2p", &self.p2p.to_string()])
-                .args(args),
+                .args(args)
+                .args(tls),
             self.dir.path(),
         );
         self.procs.push(p);
@@ -392,16 +453,13 @@ impl Mesh {
     /// Starts another gateway on the same coordinator; returns its URL.
     pub fn add_gateway(&mut self, name: &str) -> String {
         let http = format!("127.0.0.1:{}", free_port());
+        let tls = self.gateway_tls_args(name);
         let p = Proc::spawn(
             name,
-            annexmesh().args([
-                "gateway",
-                "--coordinator",
-                &self.coordinator,
-                "--http",
-                &http,
-                "--wideopen",
-            ]),
+            annexmesh()
+                .args(["gateway", "--coordinator", &self.coordinator, "--http", &http])
+                .arg("--wideopen")
+                .args(tls),
             self.dir.path(),
         );
         self.procs.push(p);
@@ -471,7 +529,123 @@ impl Mesh {
     }
 
     pub fn admin(&self, args: &[&str]) -> Output {
-        annexmesh().args(["admin", "--coordinator", &self.coordinator]).args(args).output().unwrap()
+        let mut cmd = annexmesh();
+        cmd.args(["admin", "--coordinator", &self.coordinator]).args(args);
+        for (k, v) in self.admin_env() {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// The environment that gives the admin CLI this mesh's credentials.
+    pub fn admin_env(&self) -> Vec<(&'static str, String)> {
+        let file = |f: &str| self.credentials.join(f).to_string_lossy().into_owned();
+        let mut env = vec![("ANNEXMESH_ADMIN_TOKEN_FILE", file("admin-token"))];
+        if self.insecure {
+            env.push(("ANNEXMESH_INSECURE", "1".into()));
+        } else {
+            env.push(("ANNEXMESH_CA", file("ca.pem")));
+        }
+        env
+    }
+
+    /// The admin token.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.credentials.join("admin-token")).unwrap().trim().to_string()
+    }
+
+    /// The coordinator's command line as the harness starts it, for tests
+    /// that start it by hand.
+    pub fn coordinator_command(&self) -> Command {
+        let listen = self.coordinator.split_once("://").unwrap().1.to_string();
+        let data = self.dir.path().join("coordinator");
+        let mut cmd = annexmesh();
+        cmd.args(["coordinator", "--listen", &listen]).arg("--data").arg(data);
+        if self.insecure {
+            cmd.arg("--insecure");
+        }
+        cmd
+    }
+
+    /// A new join token for `role` (agent or gateway).
+    pub fn join_token(&self, role: &str) -> String {
+        self.admin_ok(&["join-token", "create", "--role", role]).trim().to_string()
+    }
+
+    /// The TLS arguments of an agent on `store`: a join token unless it
+    /// joined before (or --insecure).
+    pub fn agent_tls_args(&self, store: &Path) -> Vec<String> {
+        if self.insecure {
+            return vec!["--insecure".into()];
+        }
+        if store.join(".annexmesh/tls/cert.pem").exists() {
+            return Vec::new();
+        }
+        vec!["--join-token".into(), self.join_token("agent")]
+    }
+
+    /// Where the gateway started as process `name` keeps its credentials.
+    pub fn gateway_state(&self, name: &str) -> PathBuf {
+        self.dir.path().join("gateway-state").join(name)
+    }
+
+    /// The TLS arguments of the gateway process `name`.
+    pub fn gateway_tls_args(&self, name: &str) -> Vec<String> {
+        if self.insecure {
+            return vec!["--insecure".into()];
+        }
+        let state = self.gateway_state(name);
+        let mut args = vec!["--state-dir".to_string(), state.to_string_lossy().into_owned()];
+        if !state.join("cert.pem").exists() {
+            args.extend(["--join-token".into(), self.join_token("gateway")]);
+        }
+        args
+    }
+
+    /// A channel to the coordinator with the first gateway's certificate
+    /// (plaintext on an insecure mesh).
+    pub async fn gateway_channel(&self) -> tonic::transport::Channel {
+        if self.insecure {
+            return tonic::transport::Endpoint::from_shared(self.coordinator.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        }
+        let f = MemberFiles::read(&self.gateway_state("gateway"));
+        tls_channel(&self.coordinator, &f.ca, Some((&f.cert, &f.key)), "coordinator.annexmesh")
+            .await
+            .unwrap()
+    }
+
+    /// An admin API client that presents the admin token.
+    pub async fn admin_client(
+        &self,
+    ) -> annexmesh::rpc::admin_client::AdminClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            impl tonic::service::Interceptor + Clone,
+        >,
+    > {
+        let channel = if self.insecure {
+            tonic::transport::Endpoint::from_shared(self.coordinator.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        } else {
+            let ca = std::fs::read_to_string(self.credentials.join("ca.pem")).unwrap();
+            tls_channel(&self.coordinator, &ca, None, "coordinator.annexmesh").await.unwrap()
+        };
+        let bearer: tonic::metadata::AsciiMetadataValue =
+            format!("Bearer {}", self.admin_token()).parse().unwrap();
+        annexmesh::rpc::admin_client::AdminClient::with_interceptor(
+            channel,
+            move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            },
+        )
     }
 
     pub fn healthy_nodes(&self) -> usize {

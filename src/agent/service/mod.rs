@@ -25,6 +25,8 @@ use crate::rpc::{self, agent_server, coordinator_client::CoordinatorClient};
 use crate::tasks::Tasks;
 
 pub struct AgentService {
+    /// How this agent reaches other agents (repair copies).
+    pub dialer: rpc::Dialer,
     pub(crate) store: Store,
     pub(crate) uuid: String,
     pub(crate) name: String,
@@ -90,6 +92,7 @@ impl AgentService {
         coordinator: Option<CoordinatorClient<tonic::transport::Channel>>,
     ) -> AgentService {
         AgentService {
+            dialer: rpc::Dialer::insecure(),
             partial_bytes: Arc::default(),
             integrity: Integrity::new(store.clone(), uuid.clone(), name.clone(), coordinator),
             tasks,

@@ -27,7 +27,7 @@ const WRITER_QUEUE: usize = 8;
 #[derive(Debug, thiserror::Error)]
 enum PullError {
     #[error("cannot reach the source: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    Connect(#[from] rpc::DialError),
     #[error("{}", .0.message())]
     Status(#[from] Status),
     #[error("the source sent {0} where its header was due")]
@@ -59,8 +59,9 @@ impl AgentService {
             Status::aborted(format!("another upload of {key} to this node is still under way"))
         })?;
         let mut errors = Vec::new();
-        for source in &req.sources {
-            match self.pull(&key, source).await {
+        for (i, source) in req.sources.iter().enumerate() {
+            let uuid = req.source_uuids.get(i).map_or("", |u| u.as_str());
+            match self.pull(&key, source, uuid).await {
                 Ok(bytes) => {
                     info!(%key, %source, bytes, "replicated");
                     return Ok(reply(
@@ -81,13 +82,13 @@ impl AgentService {
 
     /// One transfer from `source`, resumed from the partial file; the bytes
     /// received once the object is committed.
-    async fn pull(&self, key: &Key, source: &str) -> Result<u64, PullError> {
+    async fn pull(&self, key: &Key, source: &str, uuid: &str) -> Result<u64, PullError> {
         let mut offset = self.store.partial_len(key).await.map_err(Status::from)?;
         if key.size.is_some_and(|size| offset > size) {
             self.discard_partial(key).await?;
             offset = 0;
         }
-        let mut client = AgentClient::new(rpc::channel(source)?)
+        let mut client = AgentClient::new(self.dialer.channel(source, rpc::Peer::Agent(uuid))?)
             .max_decoding_message_size(rpc::MAX_MESSAGE)
             .max_encoding_message_size(rpc::MAX_MESSAGE);
         let get = rpc::GetRequest { key: key.to_string(), offset, associated_file: String::new() };

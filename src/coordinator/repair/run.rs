@@ -229,7 +229,7 @@ impl<'a> Pass<'a> {
                 continue;
             }
             self.pacer.admit(key.size.unwrap_or(0)).await;
-            match self.replicate(to, key, &sources).await {
+            match self.replicate(to, key, &sources, &plan.sources).await {
                 Ok(bytes) => {
                     self.record(key, target, true).await?;
                     made += 1;
@@ -324,7 +324,7 @@ impl<'a> Pass<'a> {
             if node.state != NodeState::Up {
                 continue;
             }
-            let Ok(mut agent) = self.agent(&node.address) else { continue };
+            let Ok(mut agent) = self.agent(node) else { continue };
             let req = rpc::KeyRequest { key: key.to_string() };
             match agent.check_present(req).await {
                 Ok(r) if r.get_ref().present => confirmed += 1,
@@ -349,7 +349,7 @@ impl<'a> Pass<'a> {
         key: &Key,
     ) -> Result<Result<(), String>, RepairError> {
         let uuid = &node.candidate.uuid;
-        let mut agent = match self.agent(&node.address) {
+        let mut agent = match self.agent(node) {
             Ok(a) => a,
             Err(e) => return Ok(Err(e)),
         };
@@ -372,9 +372,14 @@ impl<'a> Pass<'a> {
         to: &NodeView,
         key: &Key,
         sources: &[String],
+        source_uuids: &[String],
     ) -> Result<u64, String> {
-        let req = rpc::ReplicateRequest { key: key.to_string(), sources: sources.to_vec() };
-        let mut agent = self.agent(&to.address)?;
+        let req = rpc::ReplicateRequest {
+            key: key.to_string(),
+            sources: sources.to_vec(),
+            source_uuids: source_uuids.to_vec(),
+        };
+        let mut agent = self.agent(to)?;
         let r = agent.replicate(req).await.map_err(|s| s.message().to_string())?.into_inner();
         match r.outcome() {
             ReplicateOutcome::Stored | ReplicateOutcome::AlreadyHad => Ok(r.bytes),
@@ -383,12 +388,14 @@ impl<'a> Pass<'a> {
     }
 
     /// A client for the agent at `address`, one channel per agent.
-    fn agent(&mut self, address: &str) -> Result<AgentClient<Channel>, String> {
+    fn agent(&mut self, node: &NodeView) -> Result<AgentClient<Channel>, String> {
+        let address = &node.address;
         if let Some(c) = self.agents.get(address) {
             return Ok(c.clone());
         }
+        let peer = rpc::Peer::Agent(&node.candidate.uuid);
         let channel =
-            rpc::channel(address).map_err(|e| format!("bad agent address {address:?}: {e}"))?;
+            self.repairer.core.dialer().channel(address, peer).map_err(|e| e.to_string())?;
         let client = AgentClient::new(channel);
         self.agents.insert(address.to_string(), client.clone());
         Ok(client)

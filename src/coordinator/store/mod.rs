@@ -10,6 +10,7 @@
 //! a check and the write it guards share one transaction, and location
 //! changes are committed in groups.
 
+mod credentials;
 mod locations;
 mod meta;
 mod registry;
@@ -30,6 +31,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use credentials::{JoinCheck, JoinTokenRecord};
 pub use locations::{Change, LocationEntry, WallClock, system_clock};
 pub use registry::{Cluster, Node, Registration};
 pub use removal::{Removal, RemovedNode};
@@ -62,6 +64,12 @@ const CLUSTER_SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("clus
 /// Hex SHA-256 of an access token -> TokenRecord as JSON. Only the hash is
 /// kept, so the database alone grants no access.
 const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
+/// Hex SHA-256 of a join token's secret -> JoinTokenRecord as JSON.
+const JOIN_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("join_tokens");
+/// Hex SHA-256 of an admin token -> created unix ms.
+const ADMIN_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("admin_tokens");
+/// Node UUID -> unix ms a certificate was issued for it by joining.
+const JOINED_AGENTS: TableDefinition<&str, u64> = TableDefinition::new("joined_agents");
 
 /// Why a store operation failed. Clone, so that one failed group commit can
 /// answer every write in the group.
@@ -129,6 +137,9 @@ impl Store {
         txn.open_table(CLUSTER_SETTINGS)?;
         txn.open_table(TOKENS)?;
         txn.open_table(REMOVED_NODES)?;
+        txn.open_table(JOIN_TOKENS)?;
+        txn.open_table(ADMIN_TOKENS)?;
+        txn.open_table(JOINED_AGENTS)?;
         let stamps = Arc::new(Stamps::new(locations::last_stamp(&txn)?, wall));
         txn.commit()?;
         let db = Arc::new(db);

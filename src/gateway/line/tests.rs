@@ -18,7 +18,10 @@ const KEY: &str = "SHA256E-s5--2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e7
 fn core() -> Core {
     // Port 1 on loopback: nothing listens, so every lookup fails at once
     // and the session keeps the repository it was given.
-    Core::new(Mesh::new("http://127.0.0.1:1").unwrap(), Tasks::new(&Default::default()))
+    Core::new(
+        Mesh::new("http://127.0.0.1:1", crate::rpc::Dialer::insecure()).unwrap(),
+        Tasks::new(&Default::default()),
+    )
 }
 
 fn cluster() -> Repo {

@@ -47,9 +47,9 @@ async fn agent<T>(call: impl std::future::Future<Output = Result<T, Status>>) ->
 pub struct GrpcControl(CoordinatorClient<Channel>);
 
 impl GrpcControl {
-    pub fn new(url: &str) -> Result<GrpcControl, tonic::transport::Error> {
-        let client =
-            CoordinatorClient::new(rpc::channel(url)?).max_decoding_message_size(rpc::MAX_MESSAGE);
+    pub fn new(url: &str, dialer: &rpc::Dialer) -> Result<GrpcControl, rpc::DialError> {
+        let channel = dialer.channel(url, rpc::Peer::Coordinator)?;
+        let client = CoordinatorClient::new(channel).max_decoding_message_size(rpc::MAX_MESSAGE);
         Ok(GrpcControl(client))
     }
 }
@@ -118,12 +118,13 @@ impl Control for GrpcControl {
 }
 
 /// Agents over gRPC: one lazily connected, multiplexed channel per node.
-pub struct GrpcNodes;
+pub struct GrpcNodes(pub rpc::Dialer);
 
 impl Nodes for GrpcNodes {
     fn connect(&self, node: &rpc::NodeInfo) -> Result<Arc<dyn NodeClient>, Status> {
-        let channel = rpc::channel(&node.address)
-            .map_err(|e| Status::internal(format!("bad agent address {:?}: {e}", node.address)))?;
+        let channel = self.0.channel(&node.address, rpc::Peer::Agent(&node.uuid)).map_err(|e| {
+            Status::internal(format!("cannot use agent address {:?}: {e}", node.address))
+        })?;
         let client = AgentClient::new(channel)
             .max_decoding_message_size(rpc::MAX_MESSAGE)
             .max_encoding_message_size(rpc::MAX_MESSAGE);

@@ -139,9 +139,9 @@ const MISS_REFRESH: Duration = Duration::from_secs(1);
 impl Mesh {
     /// The real mesh: the coordinator at `coordinator_url` and agents over
     /// gRPC.
-    pub fn new(coordinator_url: &str) -> anyhow::Result<Arc<Mesh>> {
-        let control = grpc::GrpcControl::new(coordinator_url)?;
-        Ok(Mesh::with(Arc::new(control), Arc::new(grpc::GrpcNodes)))
+    pub fn new(coordinator_url: &str, dialer: crate::rpc::Dialer) -> anyhow::Result<Arc<Mesh>> {
+        let control = grpc::GrpcControl::new(coordinator_url, &dialer)?;
+        Ok(Mesh::with(Arc::new(control), Arc::new(grpc::GrpcNodes(dialer))))
     }
 
     /// A mesh reaching the coordinator and the agents through `control` and

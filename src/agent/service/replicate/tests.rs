@@ -48,6 +48,7 @@ fn request(key: &Key, sources: &[&str]) -> rpc::ReplicateRequest {
     rpc::ReplicateRequest {
         key: key.to_string(),
         sources: sources.iter().map(|s| s.to_string()).collect(),
+        source_uuids: Vec::new(),
     }
 }
 

@@ -1,0 +1,111 @@
+//! How `annexmesh admin` reaches the coordinator: TLS against the mesh CA
+//! (plaintext only with --insecure) and the admin token on every call,
+//! found by itself next to a local `annexmesh up` or coordinator.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+use crate::coordinator::join::{ADMIN_TOKEN_FILE, CA_FILE};
+use crate::rpc::{self, admin_client::AdminClient};
+
+/// The admin API client every subcommand uses.
+pub type Client = AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// Where to reach the coordinator and with what.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// Coordinator gRPC URL (https://, or http:// with --insecure).
+    #[arg(long, env = "ANNEXMESH_COORDINATOR", default_value = "https://127.0.0.1:7400")]
+    pub coordinator: String,
+    /// PEM certificate of the mesh CA (the coordinator's DATA/ca.pem);
+    /// default: the one of a local `annexmesh up` or coordinator, found in
+    /// $ANNEXMESH_DATA or ./annexmesh-data.
+    #[arg(long, env = "ANNEXMESH_CA")]
+    pub ca: Option<PathBuf>,
+    /// File holding the admin token (the coordinator's DATA/admin-token);
+    /// default: ANNEXMESH_ADMIN_TOKEN, else the one of a local `annexmesh up`
+    /// or coordinator, found as --ca is.
+    #[arg(long, env = "ANNEXMESH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin token itself (from the environment only).
+    #[arg(long, env = "ANNEXMESH_ADMIN_TOKEN", hide = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Allow a plaintext http:// coordinator URL.
+    #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
+}
+
+/// Puts the admin token on every call.
+#[derive(Clone)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Where a local `up` (DATA/...) or coordinator (DATA/coordinator/... for
+/// up, DATA/... for a coordinator) keeps `file`.
+fn local(file: &str) -> Option<PathBuf> {
+    let dirs = std::env::var_os("ANNEXMESH_DATA")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("annexmesh-data")]);
+    dirs.flat_map(|d| [d.join(file), d.join("coordinator").join(file)]).find(|p| p.is_file())
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+/// A connected client, or an error that says what to pass.
+pub async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
+    let url = &args.coordinator;
+    let token = match (&args.admin_token_file, &args.admin_token) {
+        (Some(f), _) => Some(read(f, "admin token file")?),
+        (None, Some(t)) => Some(t.clone()),
+        (None, None) => {
+            local(ADMIN_TOKEN_FILE).map(|f| read(&f, "admin token file")).transpose()?
+        }
+    };
+    let bearer = token
+        .map(|t| AsciiMetadataValue::try_from(format!("Bearer {}", t.trim())))
+        .transpose()
+        .context("the admin token is not plain text")?;
+    let endpoint = if url.starts_with("http://") {
+        if !args.insecure {
+            anyhow::bail!("refusing plaintext URL {url}: use https:// or pass --insecure");
+        }
+        rpc::endpoint(url).with_context(|| format!("bad coordinator URL {url}"))?
+    } else if url.starts_with("https://") {
+        let ca = match args.ca.clone().or_else(|| local(CA_FILE)) {
+            Some(ca) => read(&ca, "CA certificate")?,
+            None => anyhow::bail!(
+                "no CA certificate for {url}: pass --ca FILE (the coordinator's DATA/ca.pem) \
+                 or set ANNEXMESH_CA"
+            ),
+        };
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name(crate::pki::identity::COORDINATOR_NAME);
+        rpc::endpoint(url)
+            .and_then(|e| e.tls_config(tls))
+            .with_context(|| format!("bad coordinator URL {url}"))?
+    } else {
+        anyhow::bail!(
+            "coordinator URL {url} must start with https:// (or http:// with --insecure)"
+        );
+    };
+    let channel =
+        endpoint.connect().await.map_err(|e| anyhow::anyhow!(rpc::explain_connect(url, &e)))?;
+    Ok(AdminClient::with_interceptor(channel, Bearer(bearer)))
+}
