@@ -191,8 +191,16 @@ fn connections_that_never_authenticate_do_not_keep_a_token_holder_out() {
     // The per-address cap refused nearly all of them, at once.
     let refused = || attack.tally.refused.load(Ordering::Relaxed);
     common::wait_until("the attackers to be refused", Duration::from_secs(30), || refused() >= 500);
-    let (_, fds) = usage(mesh.proc("gateway").pid());
-    assert!(fds < 300, "the gateway holds {fds} descriptors");
+    // Refused connections are closed after a bounded goodbye (the ERROR
+    // line, then up to 250 ms for the peer's input): on a busy machine some
+    // are still closing when the count is reached.
+    let pid = mesh.proc("gateway").pid();
+    let mut fds = 0;
+    common::wait_until("the gateway to close refused connections", Duration::from_secs(30), || {
+        fds = usage(pid).1;
+        fds < 300
+    });
+    println!("the gateway holds {fds} descriptors");
     attack.stop();
 }
 

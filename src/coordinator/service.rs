@@ -242,11 +242,18 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         req: Request<rpc::RecordLocationsRequest>,
     ) -> Result<Response<rpc::RecordLocationsReply>, Status> {
-        let changes = req.into_inner().changes;
-        for c in &changes {
+        // An agent records (or strikes) only its own copies; gateways
+        // record for the nodes they stored on.
+        let agent =
+            matches!(crate::pki::guard::Caller::of(&req), Some(crate::pki::Identity::Agent(_)));
+        for c in &req.get_ref().changes {
             valid_key(&c.key)?;
             valid_uuid(&c.node_uuid)?;
+            if agent {
+                bind_caller(&req, &c.node_uuid)?;
+            }
         }
+        let changes = req.into_inner().changes;
         let changes: Vec<_> =
             changes.into_iter().map(|c| (c.key, c.node_uuid, c.present)).collect();
         self.core.store.record(changes).await?;
