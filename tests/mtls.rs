@@ -145,6 +145,16 @@ fn an_agent_certificate_speaks_only_for_its_own_node() {
         let e = c.register(r).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
         assert!(e.message().contains("belongs to live node node2"), "{e:?}");
+        // node1 rewriting node2's entries in the location log.
+        let strike = rpc::RecordLocationsRequest {
+            changes: vec![rpc::LocationChange {
+                key: format!("SHA256E-s1--{}", "0".repeat(64)),
+                node_uuid: uuid2.clone(),
+                present: false,
+            }],
+        };
+        let e = c.record_locations(strike).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
         // An agent certificate is no gateway's.
         let e = c.topology(rpc::TopologyRequest {}).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
