@@ -17,19 +17,7 @@ fn sha256(data: &[u8]) -> String {
 
 /// `git annex p2p --link`, answering its address prompt on stdin.
 fn link(client: &Client, name: &str, address: &str) -> String {
-    let mut child = client
-        .command(&["git", "annex", "p2p", "--link", "--name", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{address}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "p2p --link failed:\n{text}");
-    text
+    client.p2p_link(name, address)
 }
 
 /// copy --to, drop (the mesh must lock its copy), get --from, drop --from.

@@ -49,8 +49,9 @@ fn with_credentials(mut client: Client, ca: &Path, url: &str, user: &str, pw: &s
     client
 }
 
-#[test]
-fn git_annex_over_https_with_credentials_from_the_store() {
+/// A mesh whose gateway checks users and serves HTTPS; the directory with
+/// its certificates (kept while in use) and the CA clients must trust.
+fn https_mesh() -> (Mesh, tempfile::TempDir, PathBuf) {
     let mut mesh = Mesh::separate(3);
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = certificates(certs.path());
@@ -61,6 +62,12 @@ fn git_annex_over_https_with_credentials_from_the_store() {
         "--http-tls-key",
         key.to_str().unwrap(),
     ]);
+    (mesh, certs, ca)
+}
+
+#[test]
+fn git_annex_over_https_with_credentials_from_the_store() {
+    let (mesh, _certs, ca) = https_mesh();
     let password = mesh.user("alice", &[]);
     let url = format!("https://{}", mesh.http);
     let client = client_with_credentials(&ca, &url, "alice", &password);
@@ -90,16 +97,7 @@ fn git_annex_over_https_with_credentials_from_the_store() {
 
 #[test]
 fn a_readonly_user_over_https_gets_but_cannot_copy() {
-    let mut mesh = Mesh::separate(3);
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(certs.path());
-    mesh.restart_gateway_with(&[
-        "--auth-users",
-        "--http-tls-cert",
-        cert.to_str().unwrap(),
-        "--http-tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let (mesh, _certs, ca) = https_mesh();
     let url = format!("https://{}", mesh.http);
     let rw = mesh.user("writer", &[]);
     let writer = client_with_credentials(&ca, &url, "writer", &rw);

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -148,17 +146,7 @@ impl Attack {
 fn linked_client(mesh: &Mesh) -> Client {
     let token = mesh.token(&[]);
     let client = Client::new();
-    let mut child = client
-        .command(&["git", "annex", "p2p", "--link", "--name", "mesh"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "p2p-annex::annexmesh:{}/mesh:{token}", mesh.p2p)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "p2p --link: {}", String::from_utf8_lossy(&out.stderr));
+    client.p2p_link("mesh", &format!("p2p-annex::annexmesh:{}/mesh:{token}", mesh.p2p));
     client
 }
 

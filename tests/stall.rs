@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -38,16 +37,7 @@ fn a_frozen_node_is_dropped_from_a_put_and_the_others_complete() {
     let mut mesh = Mesh::separate(3);
     let token = mesh.token(&[]);
     let client = Client::new();
-    let mut link = client
-        .command(&["git", "annex", "p2p", "--link", "--name", "mesh"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(link.stdin.take().unwrap(), "p2p-annex::annexmesh:{}/mesh:{token}", mesh.p2p).unwrap();
-    let out = link.wait_with_output().unwrap();
-    assert!(out.status.success(), "p2p --link: {}", String::from_utf8_lossy(&out.stderr));
+    client.p2p_link("mesh", &format!("p2p-annex::annexmesh:{}/mesh:{token}", mesh.p2p));
 
     let size = 100 * 1024 * 1024;
     let (_data, key) = client.annex_file("big.bin", size, 11);

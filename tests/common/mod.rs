@@ -834,6 +834,28 @@ impl Client {
         self.ok(&["git", "remote", "add", name, url]);
     }
 
+    /// `git annex p2p --link --name NAME`, answering its address prompt on
+    /// stdin; returns what it printed.
+    pub fn p2p_link(&self, name: &str, address: &str) -> String {
+        use std::io::Write;
+        let mut child = self
+            .command(&["git", "annex", "p2p", "--link", "--name", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{address}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "p2p --link failed:\n{text}");
+        text
+    }
+
     /// Writes `len` bytes of deterministic pseudo-random data.
     pub fn write_file(&self, name: &str, len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
