@@ -55,8 +55,11 @@ pub struct GatewayConfig {
 
 pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Before binding: a gateway without an access choice must not start.
-    let serving = cfg.http_args.serving()?;
+    let mut serving = cfg.http_args.serving()?;
     limits::set_call_limits(cfg.limits.call_limits());
+    // One count of failed logins per address, whichever front-end they try.
+    let throttle = cfg.limits.throttle();
+    serving.opts.throttle = throttle.clone();
     let listener = TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.http))?;
@@ -70,7 +73,8 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
                 (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
                 _ => None,
             };
-            let opts = cfg.limits.line_options(cfg.p2p_repo.clone(), tls);
+            let mut opts = cfg.limits.line_options(cfg.p2p_repo.clone(), tls);
+            opts.throttle = throttle.clone();
             Some((l, opts))
         }
     };

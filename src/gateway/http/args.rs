@@ -92,6 +92,8 @@ impl HttpArgs {
             trusted_proxies: self.trusted_proxy.clone(),
             max_locks: self.max_locks,
             max_locks_per_client: self.max_locks_per_client,
+            // The gateway puts its shared one here (`--auth-throttle-*`).
+            throttle: Default::default(),
         };
         let limits = Limits {
             max_connections: self.http_max_connections,

@@ -212,19 +212,18 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 pub struct Authenticator {
     pub policy: Policy,
     passwords: Arc<dyn PasswordCheck>,
-    throttle: AuthThrottle,
+    throttle: Arc<AuthThrottle>,
     /// SHA-256 of "user\0password" → mode, until when.
     cache: Mutex<HashMap<[u8; 32], (Mode, Instant)>>,
 }
 
 impl Authenticator {
-    pub fn new(policy: Policy, passwords: Arc<dyn PasswordCheck>) -> Authenticator {
-        Authenticator {
-            policy,
-            passwords,
-            throttle: AuthThrottle::default(),
-            cache: Mutex::new(HashMap::new()),
-        }
+    pub fn new(
+        policy: Policy,
+        passwords: Arc<dyn PasswordCheck>,
+        throttle: Arc<AuthThrottle>,
+    ) -> Authenticator {
+        Authenticator { policy, passwords, throttle, cache: Mutex::new(HashMap::new()) }
     }
 
     /// Who sent a request with these headers from `ip`. Wrong credentials
@@ -373,7 +372,11 @@ mod tests {
     #[tokio::test]
     async fn users_are_checked_cached_and_failures_throttled() {
         let checks = Arc::new(Fixed(Default::default()));
-        let a = Authenticator::new(Policy::new(true, Unauth::None, false).unwrap(), checks.clone());
+        let a = Authenticator::new(
+            Policy::new(true, Unauth::None, false).unwrap(),
+            checks.clone(),
+            Arc::default(),
+        );
         let ip = IpAddr::from([127, 0, 0, 1]);
         let count = || checks.0.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(a.caller(&HeaderMap::new(), ip).await, Ok(Caller::Anonymous));

@@ -57,6 +57,9 @@ pub struct HttpOptions {
     pub trusted_proxies: Vec<Proxy>,
     pub max_locks: usize,
     pub max_locks_per_client: usize,
+    /// Failed basic-auth attempts per source address; the gateway shares
+    /// it with the line protocol's AUTH.
+    pub throttle: Arc<crate::gateway::throttle::AuthThrottle>,
 }
 
 impl HttpOptions {
@@ -68,6 +71,7 @@ impl HttpOptions {
             trusted_proxies: Vec::new(),
             max_locks: DEFAULT_MAX_LOCKS,
             max_locks_per_client: DEFAULT_MAX_LOCKS_PER_CLIENT,
+            throttle: Arc::default(),
         }
     }
 }
@@ -89,7 +93,7 @@ struct LockEntry {
 
 /// The router; `passwords` checks basic-auth passwords (tokens).
 pub fn router(core: Core, opts: HttpOptions, passwords: Arc<dyn PasswordCheck>) -> Router {
-    let auth = Arc::new(Authenticator::new(opts.policy, passwords));
+    let auth = Arc::new(Authenticator::new(opts.policy, passwords, opts.throttle.clone()));
     let opts = Arc::new(opts);
     let state = HttpState { core, opts, auth, locks: Arc::new(Mutex::new(HashMap::new())) };
     Router::new()
