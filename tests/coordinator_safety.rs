@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{Client, Mesh, Proc, annexmesh, free_port, http_get, wait_until};
 
@@ -75,24 +75,22 @@ fn changes_after_the_clock_was_set_back_across_a_restart_are_recorded() {
 /// Runs an agent with `store` under `name` until it exits (at most 60 s);
 /// returns its exit status and log.
 fn run_agent_to_exit(mesh: &Mesh, name: &str, store: &std::path::Path) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_annexmesh"))
-        .args(["agent", "--coordinator", &mesh.coordinator, "--cluster", "mesh", "--name", name])
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .arg("--store")
-        .arg(store)
-        .args(mesh.agent_tls_args(store))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut status = None;
-    wait_until("the refused agent to exit", Duration::from_secs(60), || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    let out = child.wait_with_output().unwrap();
-    (status.unwrap().success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    common::run_to_exit(
+        Command::new(env!("CARGO_BIN_EXE_annexmesh"))
+            .args([
+                "agent",
+                "--coordinator",
+                &mesh.coordinator,
+                "--cluster",
+                "mesh",
+                "--name",
+                name,
+            ])
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--store")
+            .arg(store)
+            .args(mesh.agent_tls_args(store)),
+    )
 }
 
 #[test]

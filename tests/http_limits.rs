@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, Mesh};
+use common::{Client, Mesh, usage};
 use sha2::{Digest, Sha256};
 
 const IDLE: usize = 2000;
@@ -32,18 +32,6 @@ fn raise_own_nofile_limit() {
         "the hard open-file limit ({}) is too low for this test",
         lim.rlim_max
     );
-}
-
-/// RSS in kB and open descriptors of a process.
-fn usage(pid: u32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
-    (rss, fds)
 }
 
 /// Whether the server closed `s` (EOF or an error); `s` is non-blocking.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, Mesh};
+use common::{Client, Mesh, usage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[test]
@@ -27,18 +27,6 @@ fn a_50000_deep_expression_is_refused_and_the_coordinator_stays_up() {
     mesh.admin_ok(&["wanted", "node1", "not", "not", "anything"]);
     let now = mesh.admin_ok(&["wanted", "node1"]);
     assert!(now.contains("not not anything"), "{now}");
-}
-
-/// What a gateway process uses: resident memory (kB) and open descriptors.
-fn usage(pid: u32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
-    (rss, fds)
 }
 
 /// How the attackers' connections ended, counted.

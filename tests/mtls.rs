@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use annexmesh::pki::{Ca, Identity, JoinToken};
@@ -14,23 +14,13 @@ use common::{MemberFiles, Mesh, free_port, tls_channel, wait_until};
 
 /// Runs `annexmesh ARGS` until it exits (at most 60 s): success and stderr.
 fn run_to_exit(args: &[&str], extra: &[String], env: &[(&str, &str)]) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_annexmesh"))
-        .args(args)
-        .args(extra)
-        .envs(env.iter().copied())
-        .env_remove("ANNEXMESH_INSECURE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut status = None;
-    wait_until("the process to exit", Duration::from_secs(60), || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    let out = child.wait_with_output().unwrap();
-    (status.unwrap().success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    common::run_to_exit(
+        Command::new(env!("CARGO_BIN_EXE_annexmesh"))
+            .args(args)
+            .args(extra)
+            .envs(env.iter().copied())
+            .env_remove("ANNEXMESH_INSECURE"),
+    )
 }
 
 /// Runs an agent named `name` on `store` with `extra` arguments until it

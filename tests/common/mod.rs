@@ -115,6 +115,32 @@ impl Drop for Proc {
     }
 }
 
+/// Resident memory (kB) and open descriptors of a process.
+pub fn usage(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    (rss, fds)
+}
+
+/// Runs `cmd` (stdout discarded) until it exits, at most 60 s: whether it
+/// succeeded, and its stderr.
+pub fn run_to_exit(cmd: &mut Command) -> (bool, String) {
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut status = None;
+    wait_until("the process to exit", Duration::from_secs(60), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let out = child.wait_with_output().unwrap();
+    (status.unwrap().success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
