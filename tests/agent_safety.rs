@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-use common::{Client, Mesh, annexmesh, free_port, objects_named, wait_until};
+use common::{Client, Mesh, objects_named, wait_until};
 use sha2::{Digest, Sha256};
 
 const MIB: usize = 1024 * 1024;
@@ -342,14 +342,9 @@ fn a_second_agent_on_a_live_store_refuses_to_start() {
     let before = list(&mesh);
     let node1 = |l: &str| l.lines().find(|l| l.starts_with("node1")).map(str::to_owned);
     assert!(node1(&before).is_some(), "{before}");
-    let out = annexmesh()
-        .args(["agent", "--coordinator", &mesh.coordinator, "--cluster", "mesh"])
-        .args(["--name", "intruder", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .arg("--store")
-        .arg(mesh.store_of("node1"))
-        .args(mesh.agent_tls_args(&mesh.store_of("node1")))
-        .output()
-        .unwrap();
+    let store = mesh.store_of("node1");
+    let out =
+        mesh.agent_command("intruder", &store).args(mesh.agent_tls_args(&store)).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the second agent started:\n{stderr}");
     assert!(stderr.contains("annexmesh.lock"), "the lock is not named:\n{stderr}");

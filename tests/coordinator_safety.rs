@@ -6,8 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use std::process::Command;
-
 use common::{Client, Mesh, Proc, annexmesh, free_port, http_get, wait_until};
 
 /// How many copies `admin whereis` counts for `key`.
@@ -75,22 +73,7 @@ fn changes_after_the_clock_was_set_back_across_a_restart_are_recorded() {
 /// Runs an agent with `store` under `name` until it exits (at most 60 s);
 /// returns its exit status and log.
 fn run_agent_to_exit(mesh: &Mesh, name: &str, store: &std::path::Path) -> (bool, String) {
-    common::run_to_exit(
-        Command::new(env!("CARGO_BIN_EXE_annexmesh"))
-            .args([
-                "agent",
-                "--coordinator",
-                &mesh.coordinator,
-                "--cluster",
-                "mesh",
-                "--name",
-                name,
-            ])
-            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-            .arg("--store")
-            .arg(store)
-            .args(mesh.agent_tls_args(store)),
-    )
+    common::run_to_exit(mesh.agent_command(name, store).args(mesh.agent_tls_args(store)))
 }
 
 #[test]

@@ -26,11 +26,9 @@ fn run_to_exit(args: &[&str], extra: &[String], env: &[(&str, &str)]) -> (bool, 
 /// Runs an agent named `name` on `store` with `extra` arguments until it
 /// exits; it must fail. Its stderr.
 fn agent_fails(mesh: &Mesh, name: &str, store: &Path, extra: &[String]) -> String {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let store = store.to_str().unwrap();
-    let args = ["agent", "--coordinator", &mesh.coordinator, "--cluster", "mesh", "--name", name];
-    let (ok, log) =
-        run_to_exit(&[&args[..], &["--listen", &listen, "--store", store]].concat(), extra, &[]);
+    let (ok, log) = common::run_to_exit(
+        mesh.agent_command(name, store).args(extra).env_remove("ANNEXMESH_INSECURE"),
+    );
     assert!(!ok, "agent {name} started:\n{log}");
     log
 }

@@ -350,23 +350,21 @@ impl Mesh {
         self.spawn_agent(proc_name, name, store, &[]);
     }
 
+    /// `annexmesh agent` for node `name` of the cluster `mesh` on `store`,
+    /// on a free port, without its TLS arguments (`agent_tls_args`).
+    pub fn agent_command(&self, name: &str, store: &Path) -> Command {
+        let mut cmd = annexmesh();
+        cmd.args(["agent", "--coordinator", &self.coordinator, "--cluster", "mesh"])
+            .args(["--name", name, "--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--store")
+            .arg(store);
+        cmd
+    }
+
     /// Starts an agent of the cluster `mesh` as the process `proc_name`.
     fn spawn_agent(&mut self, proc_name: &str, name: &str, store: &Path, extra: &[&str]) {
-        let mut cmd = annexmesh();
-        cmd.args([
-            "agent",
-            "--coordinator",
-            &self.coordinator,
-            "--cluster",
-            "mesh",
-            "--name",
-            name,
-        ])
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .arg("--store")
-        .arg(store)
-        .args(self.agent_tls_args(store))
-        .args(extra);
+        let mut cmd = self.agent_command(name, store);
+        cmd.args(self.agent_tls_args(store)).args(extra);
         let p = Proc::spawn(proc_name, &mut cmd, self.dir.path());
         self.procs.push(p);
     }
