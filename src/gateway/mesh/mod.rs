@@ -131,9 +131,9 @@ pub struct Mesh {
 }
 
 /// Lookups that miss (a name nobody serves, or one just created) refresh
-/// the snapshot at most this often; in between they answer from it, so
-/// requests naming unknown repositories cannot make the coordinator read
-/// the whole topology for each.
+/// the snapshot at most this often, waiting for the next refresh when the
+/// last one is older than they are, so requests naming unknown repositories
+/// cannot make the coordinator read the whole topology for each.
 const MISS_REFRESH: Duration = Duration::from_secs(1);
 
 impl Mesh {
@@ -220,11 +220,16 @@ impl Mesh {
         if let Some(r) = self.snapshot().repo(&pred) {
             return Some(r);
         }
-        // Concurrent misses wait for the one refresh in flight, then read
-        // what it brought.
+        // A miss is answered from a snapshot read after it arrived, so a
+        // node or cluster that exists by then is found; misses share those
+        // reads, and there is at most one a second.
+        let asked = tokio::time::Instant::now();
         let mut missed = self.missed.lock().await;
-        if missed.is_some_and(|t| t.elapsed() < MISS_REFRESH) {
-            return self.snapshot().repo(&pred);
+        if let Some(last) = *missed {
+            if last >= asked {
+                return self.snapshot().repo(&pred);
+            }
+            tokio::time::sleep_until(last + MISS_REFRESH).await;
         }
         *missed = Some(tokio::time::Instant::now());
         if self.refresh().await.is_ok() {
