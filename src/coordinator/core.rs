@@ -38,13 +38,16 @@ pub struct Core {
     exprs: Mutex<HashMap<String, Arc<Expr>>>,
     /// The mesh CA and how to reach agents; unset on a plaintext coordinator.
     tls: std::sync::OnceLock<(Arc<crate::pki::Ca>, rpc::Dialer)>,
+    /// The clusters' git repositories.
+    pub repos: Arc<super::git::Repos>,
 }
 
 impl Core {
     /// `reserve_default`: the reserve of clusters that set none.
-    pub fn new(store: Arc<Store>, reserve_default: u64) -> Core {
+    pub fn new(store: Arc<Store>, reserve_default: u64, repos: Arc<super::git::Repos>) -> Core {
         Core {
             store,
+            repos,
             health: HealthBoard::default(),
             reserve_default,
             exprs: Mutex::new(HashMap::new()),
@@ -166,7 +169,9 @@ mod expr_cache_tests {
     async fn the_expression_cache_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
-        let core = Core::new(store, DEFAULT_RESERVE);
+        let repos =
+            Arc::new(crate::coordinator::git::Repos::new(std::path::Path::new("/nonexistent")));
+        let core = Core::new(store, DEFAULT_RESERVE, repos);
         for n in 0..(MAX_CACHED_EXPRS * 3) {
             core.expr(&format!("copies={n}")).unwrap();
         }

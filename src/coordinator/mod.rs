@@ -10,6 +10,7 @@ pub mod admin;
 pub mod clock;
 pub mod core;
 pub mod fsck;
+pub mod git;
 pub mod health;
 pub mod identity;
 pub mod join;
@@ -163,11 +164,22 @@ impl Coordinator {
             .with_context(cannot_open)?;
         let store = Arc::new(store);
         let clock = Arc::new(ClusterClock::open(&store).await?);
-        let core = Arc::new(Core::new(store.clone(), reserve));
+        let repos = Arc::new(git::Repos::new(data));
+        let core = Arc::new(Core::new(store.clone(), reserve, repos));
         let service = CoordinatorService::new(core.clone(), clock.clone());
         let repair = Arc::new(Repairer::new(core.clone(), repair));
         let admin = AdminService::new(core.clone(), repair.clone());
         let admin_token_file = join::bootstrap_admin(&store, data).await?;
+        for c in store.clusters()? {
+            if !store::is_cluster_uuid(&c.uuid) {
+                tracing::warn!(
+                    cluster = %c.name,
+                    uuid = %c.uuid,
+                    "this cluster's UUID is not in git-annex's form for clusters, so clients \
+                     count it as a copy of its own; clusters created now get one that is"
+                );
+            }
+        }
         Ok(Coordinator {
             store,
             clock,

@@ -33,7 +33,7 @@ use serde::de::DeserializeOwned;
 
 pub use credentials::{JoinCheck, JoinTokenRecord};
 pub use locations::{Change, LocationEntry, WallClock, system_clock};
-pub use registry::{Cluster, Node, Registration};
+pub use registry::{Cluster, Node, Registration, is_cluster_uuid, new_cluster_uuid};
 pub use removal::{Removal, RemovedNode};
 pub use settings::{ClusterSettings, DEFAULT_NODE_COST, NodeSettings};
 pub use tokens::{Created, Revoked, Token};

@@ -75,7 +75,7 @@ impl Store {
             if let Some(c) = existing {
                 return Ok((c, false));
             }
-            let c = Cluster { uuid: uuid::Uuid::new_v4().to_string(), name };
+            let c = Cluster { uuid: new_cluster_uuid(), name };
             t.insert(c.uuid.as_str(), encode(&c).as_str())?;
             Ok((c, true))
         })
@@ -114,6 +114,23 @@ impl Store {
     }
 }
 
+/// A fresh cluster UUID in git-annex's form for clusters: it begins with
+/// `ac` and is a version 8 UUID (`8` as its 15th character). Clients that
+/// see that form never count the cluster as a copy of its own and never
+/// write it to location logs; they count its nodes instead.
+pub fn new_cluster_uuid() -> String {
+    let mut u = uuid::Uuid::new_v4().to_string().into_bytes();
+    u[0] = b'a';
+    u[1] = b'c';
+    u[14] = b'8';
+    String::from_utf8(u).expect("ASCII")
+}
+
+/// Whether `uuid` has git-annex's form for cluster UUIDs.
+pub fn is_cluster_uuid(uuid: &str) -> bool {
+    uuid.starts_with("ac") && uuid.as_bytes().get(14) == Some(&b'8')
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -138,6 +155,10 @@ mod tests {
         let (b, created) = s.create_cluster("mesh").await.unwrap();
         assert!(!created);
         assert_eq!(a, b);
+        // In git-annex's form for cluster UUIDs, and still a UUID.
+        assert!(is_cluster_uuid(&a.uuid), "{}", a.uuid);
+        assert!(uuid::Uuid::parse_str(&a.uuid).is_ok());
+        assert!(!is_cluster_uuid(&uuid::Uuid::new_v4().to_string().replacen(|_| true, "b", 1)));
         assert_eq!(s.cluster_by_uuid(&a.uuid).unwrap(), Some(a));
     }
 
