@@ -193,10 +193,17 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         "  annexmesh admin --coordinator {coordinator_url}{ca_arg} --admin-token-file {} node list",
         admin_token.display()
     );
-    println!("In a git-annex repository, add the mesh with:");
+    let ip = http_addr.ip();
+    let helper = format!("store --file={}", credentials.display());
+    println!("Clone the cluster's repository and get its files:");
+    println!(
+        "  git clone -c annex.security.allowed-ip-addresses={ip} -c credential.helper='{helper}' \\\n    {scheme}://{http_addr}/{CLUSTER} && cd {CLUSTER} && git annex init"
+    );
+    println!("Or, in a git-annex repository you have, add the mesh with:");
     println!("  git remote add {CLUSTER} {scheme}://{http_addr}/{CLUSTER}");
-    println!("  git config annex.security.allowed-ip-addresses {}", http_addr.ip());
-    println!("  git config credential.helper 'store --file={}'", credentials.display());
+    println!("  git config annex.security.allowed-ip-addresses {ip}");
+    println!("  git config credential.helper '{helper}'");
+    println!("  git annex pull {CLUSTER}");
     println!(
         "Or, over git-annex's P2P protocol, with a token from `annexmesh admin token create` (or the password in {}):",
         credentials.display()
