@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod annex_cluster;
+
 pub const GIT_ANNEX_VERSION: &str = "10.20261026";
 
 /// The directory holding the pinned git-annex, or a panic that says how to
@@ -786,7 +788,9 @@ impl Client {
         c
     }
 
-    fn new_uninit() -> Client {
+    /// A client with no repository yet, for a test that makes one itself
+    /// (e.g. with `git clone`).
+    pub fn new_uninit() -> Client {
         // The generic P2P transport program, as a user installs it on PATH.
         let links = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(
