@@ -325,14 +325,18 @@ where
                     return Ok(());
                 }
             }
-            Some(git_request::Msg::Eof(_)) => break,
+            Some(git_request::Msg::Eof(_)) => {
+                let _ = stdin.shutdown().await;
+                return Ok(());
+            }
             Some(git_request::Msg::Start(_)) | None => {
                 return Err(Stopped::Gone("a second start".into()));
             }
         }
     }
-    let _ = stdin.shutdown().await;
-    Ok(())
+    // Without `eof` the input may be cut short (the client went away
+    // mid-request): git must not act on it.
+    Err(Stopped::Gone("the input ended without eof".into()))
 }
 
 /// Standard error, logged line by line and its head kept for the error.

@@ -117,11 +117,12 @@ async fn input_beyond_the_limit_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let limits = GitLimits { git_max_push: 1000, ..GitLimits::default() };
     let server = GitServer::new(Arc::new(Repos::new(dir.path())), limits);
-    // A pack header that promises objects, so git keeps reading.
+    // Whichever comes first: the limit, or git refusing the garbage.
     let mut reqs = vec![start_request(start(GitService::ReceivePack, false, false))];
     for _ in 0..10 {
-        reqs.push(stdin(&[b'0'; 400]));
+        reqs.push(stdin(&[b'z'; 400]));
     }
+    reqs.push(eof());
     let (_, exit) = call(&server, reqs).await.unwrap();
     match exit {
         Err(e) => assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}"),
