@@ -241,3 +241,43 @@ fn bad_requests_change_nothing() {
     assert_fsck_clean(&repo);
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn slash_and_dot_git_urls_are_git_annex_remotes() {
+    let mesh = Mesh::separate(3);
+    let url = mesh.url();
+    let cluster = mesh.uuid_of("mesh");
+    let a = Client::new();
+    a.add_remote("origin", &format!("{url}/mesh/"));
+    a.add_remote("dotgit", &format!("{url}/mesh.git"));
+    let (data, key) = a.annex_file("file.bin", 100_000, 7);
+    a.ok(&["git", "annex", "copy", "--to", "origin", "file.bin"]);
+    mesh.assert_held_everywhere(&key, &data);
+    a.ok(&["git", "push", "-q", "origin", "main", "git-annex"]);
+    // Which nodes hold what reaches clients through the git-annex branch's
+    // cluster records; this test is about the URLs, so it asks each remote
+    // directly.
+    for remote in ["origin", "dotgit"] {
+        a.ok(&["git", "annex", "checkpresentkey", &key, remote]);
+    }
+    a.ok(&["git", "annex", "drop", "--force", "file.bin"]);
+    a.ok(&["git", "annex", "transferkey", &key, "--from", "dotgit", "--file", "file.bin"]);
+    assert_eq!(std::fs::read(a.path().join("file.bin")).unwrap(), data);
+    for remote in ["origin", "dotgit"] {
+        let key = format!("remote.{remote}.annex-uuid");
+        assert_eq!(a.ok(&["git", "config", &key]).trim(), cluster, "{remote}");
+    }
+
+    // A clone of the .git form has the commits and git-annex branch pushed
+    // through the slash form, and stores content through it.
+    let b = Client::new();
+    let w = Work::clone(&b, &format!("{url}/mesh.git"), "w");
+    w.ok(&["annex", "init", "second"]);
+    w.ok(&["config", "annex.security.allowed-ip-addresses", "all"]);
+    assert!(w.dir.join("file.bin").symlink_metadata().unwrap().file_type().is_symlink());
+    w.ok(&["rev-parse", "--verify", "origin/git-annex"]);
+    std::fs::write(w.dir.join("second.bin"), b"second file\n").unwrap();
+    w.ok(&["annex", "add", "second.bin"]);
+    w.ok(&["annex", "copy", "--to", "origin", "second.bin"]);
+    assert_eq!(w.ok(&["config", "remote.origin.annex-uuid"]), cluster);
+}
