@@ -281,3 +281,138 @@ fn slash_and_dot_git_urls_are_git_annex_remotes() {
     w.ok(&["annex", "copy", "--to", "origin", "second.bin"]);
     assert_eq!(w.ok(&["config", "remote.origin.annex-uuid"]), cluster);
 }
+
+/// A stand-in for ssh to a gateway host whose sshd runs `annexmesh shell`
+/// as ForceCommand: the command git asks for arrives in
+/// SSH_ORIGINAL_COMMAND.
+fn fake_ssh(dir: &Path, mesh: &Mesh, token: &str) -> String {
+    let script = dir.join("fake-ssh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -p|-o|-l|-i|-F) shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+shift
+echo "$*" >> '{log}'
+export SSH_ORIGINAL_COMMAND="$*"
+export ANNEXMESH_P2P='{p2p}'
+export ANNEXMESH_TOKEN='{token}'
+exec '{bin}' shell
+"#,
+            log = dir.join("ssh.log").display(),
+            p2p = mesh.p2p,
+            bin = env!("CARGO_BIN_EXE_annexmesh"),
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script.display().to_string()
+}
+
+#[test]
+fn ssh_through_annexmesh_shell_clones_and_pushes_over_connect() {
+    let mesh = Mesh::separate(1);
+    let ssh_dir = tempfile::tempdir().unwrap();
+    let mut client = Client::new();
+    client.env.push(("GIT_SSH_VARIANT".into(), "simple".into()));
+    client.env.push(("GIT_SSH_COMMAND".into(), fake_ssh(ssh_dir.path(), &mesh, &mesh.token(&[]))));
+
+    // Empty, then with commits; pushes over ssh are seen over HTTP.
+    let w = Work::clone(&client, "ssh://gateway.invalid/~/mesh", "w");
+    // Over CONNECT git speaks protocol v0, which cannot name the empty
+    // repository's unborn branch.
+    w.ok(&["symbolic-ref", "HEAD", "refs/heads/main"]);
+    let first = w.commit("f", "1");
+    w.ok(&["push", "-q", "origin", "main"]);
+    let second = w.commit("f", "2");
+    w.ok(&["push", "-q", "origin", "main"]);
+    assert_eq!(served_ref(&served_repo(&mesh), "refs/heads/main"), Some(second.clone()));
+    let h = Work::clone(&client, &format!("{}/mesh", mesh.url()), "h");
+    assert_eq!(h.ok(&["rev-parse", "HEAD"]), second);
+    let s = Work::clone(&client, "gateway.invalid:mesh.git", "s");
+    assert_eq!(s.ok(&["rev-parse", "HEAD~1"]), first);
+    let log = std::fs::read_to_string(ssh_dir.path().join("ssh.log")).unwrap();
+    assert!(log.contains("git-upload-pack '~/mesh'"), "{log}");
+    assert!(log.contains("git-receive-pack '~/mesh'"), "{log}");
+
+    // A readonly token fetches but may not push.
+    let mut reader = Client::new();
+    reader.env.push(("GIT_SSH_VARIANT".into(), "simple".into()));
+    let ro = mesh.token(&["--readonly"]);
+    reader.env.push(("GIT_SSH_COMMAND".into(), fake_ssh(ssh_dir.path(), &mesh, &ro)));
+    let r = Work::clone(&reader, "ssh://gateway.invalid/mesh", "r");
+    r.commit("g", "3");
+    let out = r.run(&["push", "origin", "main"]);
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("read-only"), "{why}");
+    assert_eq!(served_ref(&served_repo(&mesh), "refs/heads/main"), Some(second));
+    assert_fsck_clean(&served_repo(&mesh));
+}
+
+#[test]
+fn access_modes_as_for_content() {
+    let mut mesh = Mesh::separate(0);
+    mesh.restart_gateway_with(&["--auth-users", "--unauth", "readonly"]);
+    let rw = mesh.user("writer", &[]);
+    let ro = mesh.user("reader", &["--readonly"]);
+    let ao = mesh.user("appender", &["--appendonly"]);
+    let host = mesh.http;
+    let url = |cred: &str| format!("http://{cred}@{host}/mesh");
+    let mut client = Client::new();
+    client.env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
+    let repo = served_repo(&mesh);
+
+    let w = Work::clone(&client, &url(&format!("writer:{rw}")), "w");
+    let base = w.commit("f", "base");
+    w.ok(&["push", "-q", "origin", "main", "main:refs/heads/doomed"]);
+
+    // Anonymous: clones; a push is asked for credentials (401).
+    let anon = Work::clone(&client, &format!("http://{host}/mesh"), "anon");
+    assert_eq!(anon.ok(&["rev-parse", "HEAD"]), base);
+    anon.commit("f", "anon");
+    let out = anon.run(&["push", "origin", "main"]);
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains("Authentication failed") || why.contains("could not read Username"),
+        "{why}"
+    );
+
+    // Readonly user: clones; pushing is forbidden (403).
+    let r = Work::clone(&client, &url(&format!("reader:{ro}")), "r");
+    r.commit("f", "reader");
+    let out = r.run(&["push", "origin", "main"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"), "{out:?}");
+    assert_eq!(served_ref(&repo, "refs/heads/main").as_deref(), Some(base.as_str()));
+
+    // Appendonly user: pushes forward, but neither forces nor deletes.
+    let a = Work::clone(&client, &url(&format!("appender:{ao}")), "a");
+    let next = a.commit("f", "appended");
+    a.ok(&["push", "-q", "origin", "main"]);
+    assert_eq!(served_ref(&repo, "refs/heads/main").as_deref(), Some(next.as_str()));
+    a.ok(&["reset", "-q", "--hard", &base]);
+    let forced = a.commit("f", "rewritten");
+    let out = a.run(&["push", "--force", "origin", "main"]);
+    assert!(!out.status.success(), "a force push is refused");
+    assert_eq!(served_ref(&repo, "refs/heads/main").as_deref(), Some(next.as_str()));
+    let out = a.run(&["push", "origin", ":doomed"]);
+    assert!(!out.status.success(), "a deletion is refused");
+    assert_eq!(served_ref(&repo, "refs/heads/doomed").as_deref(), Some(base.as_str()));
+    let _ = forced;
+
+    // A read-write user may do both.
+    w.ok(&["fetch", "-q", "origin"]);
+    w.ok(&["push", "-q", "--force", "origin", "main", ":doomed"]);
+    assert_eq!(served_ref(&repo, "refs/heads/main").as_deref(), Some(base.as_str()));
+    assert_eq!(served_ref(&repo, "refs/heads/doomed"), None);
+    assert_fsck_clean(&repo);
+}
