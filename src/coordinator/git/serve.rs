@@ -92,7 +92,7 @@ pub fn git_args(start: &GitStart, dir: &std::path::Path, max_push: u64) -> Vec<S
     if start.stateless {
         args.push("--stateless-rpc".into());
         if start.advertise_refs {
-            args.push("--http-backend-info-refs".into());
+            args.push("--advertise-refs".into());
         }
     }
     args.push(dir.display().to_string());

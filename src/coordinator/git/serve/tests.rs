@@ -56,7 +56,7 @@ fn arguments_per_service_and_access() {
     let a = git_args(&start(GitService::UploadPack, true, true), dir, 10);
     assert_eq!(
         a,
-        ["upload-pack", "--strict", "--stateless-rpc", "--http-backend-info-refs", "/d/x.git"]
+        ["upload-pack", "--strict", "--stateless-rpc", "--advertise-refs", "/d/x.git"]
     );
     let mut s = start(GitService::ReceivePack, false, false);
     s.append_only = true;
