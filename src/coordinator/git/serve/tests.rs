@@ -54,10 +54,7 @@ fn git_protocol_values() {
 fn arguments_per_service_and_access() {
     let dir = std::path::Path::new("/d/x.git");
     let a = git_args(&start(GitService::UploadPack, true, true), dir, 10);
-    assert_eq!(
-        a,
-        ["upload-pack", "--strict", "--stateless-rpc", "--advertise-refs", "/d/x.git"]
-    );
+    assert_eq!(a, ["upload-pack", "--strict", "--stateless-rpc", "--advertise-refs", "/d/x.git"]);
     let mut s = start(GitService::ReceivePack, false, false);
     s.append_only = true;
     let a = git_args(&s, dir, 10).join(" ");
