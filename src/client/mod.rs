@@ -20,6 +20,7 @@
 
 mod address;
 mod connect;
+mod git;
 mod links;
 mod relay;
 mod shell;
@@ -104,7 +105,7 @@ async fn p2p_program(args: &[String]) -> anyhow::Result<()> {
 pub fn shell_main(args: &[String]) -> i32 {
     let env = ShellEnv::from_process();
     match block_on(shell(args, &env)) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("annexmesh shell: {e:#}");
             1
@@ -112,7 +113,8 @@ pub fn shell_main(args: &[String]) -> i32 {
     }
 }
 
-async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<()> {
+/// The exit code: git's, for git's commands.
+async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<i32> {
     // The original command only counts when we were given no arguments: that
     // is how sshd runs a ForceCommand.
     let original = if args.is_empty() { env.ssh_original_command.as_deref() } else { None };
@@ -123,6 +125,7 @@ async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<()> {
     let client = match &req.command {
         ShellCommand::ConfigList => Uuid::new(NIL_UUID).expect("nil UUID is valid"),
         ShellCommand::P2pStdio { client } => client.clone(),
+        ShellCommand::Git(_) => Uuid::new(NIL_UUID).expect("nil UUID is valid"),
     };
     // The login's restriction applies to every connection it makes.
     let session = Session::open(&gateway, &req.repo, env.mode(), client, token).await?;
@@ -139,7 +142,7 @@ async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<()> {
             )
             .await?;
             out.flush().await?;
-            Ok(())
+            Ok(0)
         }
         ShellCommand::P2pStdio { .. } => {
             let mut out = tokio::io::stdout();
@@ -149,7 +152,11 @@ async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<()> {
                 .await?;
             out.write_all(b"\n").await?;
             out.flush().await?;
-            relay(tokio::io::stdin(), out, session.reader, session.writer).await
+            relay(tokio::io::stdin(), out, session.reader, session.writer).await?;
+            Ok(0)
+        }
+        ShellCommand::Git(service) => {
+            git::connect(session, service, tokio::io::stdin(), tokio::io::stdout()).await
         }
     }
 }

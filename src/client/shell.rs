@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::address::{GatewayAddress, valid_repo_name};
 use super::links::SHELL_PROGRAM;
 use crate::auth::Mode;
-use crate::p2p::message::{AuthToken, Uuid};
+use crate::p2p::message::{AuthToken, Service, Uuid};
 
 /// Gateway listener `annexmesh shell` uses without `ANNEXMESH_P2P`.
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:9418";
@@ -30,7 +30,12 @@ pub struct ShellRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShellCommand {
     ConfigList,
-    P2pStdio { client: Uuid },
+    P2pStdio {
+        client: Uuid,
+    },
+    /// `git-upload-pack DIR` or `git-receive-pack DIR`: git over ssh, for
+    /// the cluster's repository.
+    Git(Service),
 }
 
 /// Parse git-annex-shell's command line: `[-c] CMD DIR [params...]
@@ -63,12 +68,35 @@ pub fn parse_shell_args(
             }
             words
         }
+        // As the login shell: one string, `git-annex-shell ...` or git's
+        // `git-upload-pack 'DIR'`.
         [one] if one.starts_with("git-annex-shell ") => split_command_line(one)?.split_off(1),
+        [one] if one.starts_with("git-upload-pack ") || one.starts_with("git-receive-pack ") => {
+            split_command_line(one)?
+        }
         _ => args.to_vec(),
     };
     let Some((cmd, rest)) = words.split_first() else {
         return Err("bad parameters: no command".into());
     };
+    // git runs `git-upload-pack 'DIR'` (sshd hands it over as one string).
+    let git = match cmd.rsplit('/').next().unwrap_or(cmd) {
+        "git-upload-pack" => Some(Service::UploadPack),
+        "git-receive-pack" => Some(Service::ReceivePack),
+        _ => None,
+    };
+    if let Some(service) = git {
+        let [dir] = rest else {
+            return Err(format!("{cmd}: expected one directory, got {rest:?}"));
+        };
+        let repo = repo_name_from_dir(dir)?;
+        return Ok(ShellRequest {
+            command: ShellCommand::Git(service),
+            repo,
+            expected_uuid: None,
+            fields: Vec::new(),
+        });
+    }
     if cmd != "configlist" && cmd != "p2pstdio" {
         return Err(unsupported(cmd));
     }
@@ -131,9 +159,8 @@ fn split_command_line(s: &str) -> Result<Vec<String>, String> {
 
 fn unsupported(cmd: &str) -> String {
     format!(
-        "only configlist and p2pstdio are served here, not {cmd:?}: git-annex uses p2pstdio \
-         for annexed content when the server supports it, and git push/pull to an annexmesh \
-         cluster is not served"
+        "only configlist, p2pstdio, git-upload-pack and git-receive-pack are served here, not \
+         {cmd:?}: git-annex uses p2pstdio for annexed content when the server supports it"
     )
 }
 
@@ -306,9 +333,16 @@ mod tests {
         assert_eq!(r.expected_uuid.as_deref(), Some(U));
         let r = parse_shell_args(&[], Some("/usr/bin/git-annex-shell configlist mesh")).unwrap();
         assert_eq!(r.command, ShellCommand::ConfigList);
-        // git fetch/push over the same login is refused with the reason.
-        let e = parse_shell_args(&[], Some("git-upload-pack '/mesh'")).unwrap_err();
-        assert!(e.contains("only configlist and p2pstdio"), "{e}");
+        // git fetch/push over the same login reach the cluster's repository.
+        let r = parse_shell_args(&[], Some("git-upload-pack '/~/mesh'")).unwrap();
+        assert_eq!((r.command, r.repo.as_str()), (ShellCommand::Git(Service::UploadPack), "mesh"));
+        let r = parse_shell_args(&[], Some("git-receive-pack 'mesh.git'")).unwrap();
+        assert_eq!((r.command, r.repo.as_str()), (ShellCommand::Git(Service::ReceivePack), "mesh"));
+        let r = parse_shell_args(&s(&["-c", "git-upload-pack '/node1.git'"]), None);
+        assert_eq!(r.unwrap().repo, "node1");
+        assert!(parse_shell_args(&[], Some("git-upload-pack")).is_err());
+        assert!(parse_shell_args(&[], Some("git-upload-pack /srv/x/mesh")).is_err());
+        assert!(parse_shell_args(&[], Some("git-upload-pack a b")).is_err());
         assert!(parse_shell_args(&[], None).is_err());
         assert!(parse_shell_args(&[], Some("  ")).is_err());
     }
@@ -322,10 +356,10 @@ mod tests {
             "dropkey",
             "notifychanges",
             "gcryptsetup",
-            "git-receive-pack",
+            "git-upload-archive",
         ] {
             let e = parse_shell_args(&s(&[cmd, "/mesh", "k"]), None).unwrap_err();
-            assert!(e.contains("only configlist and p2pstdio"), "{e}");
+            assert!(e.contains("only configlist, p2pstdio"), "{e}");
         }
         assert!(parse_shell_args(&s(&["configlist"]), None).is_err());
         assert!(parse_shell_args(&s(&["configlist", "/mesh", "extra"]), None).is_err());

@@ -112,6 +112,9 @@ impl admin_server::Admin for AdminService {
             )));
         }
         info!(cluster = %c.name, uuid = %c.uuid, "cluster created");
+        if let Err(e) = self.core.repos.ensure(&c.uuid).await {
+            tracing::warn!(cluster = %c.name, "cannot create the cluster's git repository: {e:#}");
+        }
         Ok(Response::new(self.core.cluster_info(&c, None)))
     }
 

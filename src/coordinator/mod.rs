@@ -89,6 +89,8 @@ pub struct CoordinatorConfig {
     pub test_clock_offset_ms: i64,
     #[command(flatten)]
     pub grpc: crate::limits::GrpcLimits,
+    #[command(flatten)]
+    pub git: git::serve::GitLimits,
     /// Serve plaintext gRPC: only on a network where every host is trusted.
     /// The admin API still needs the admin token.
     #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
@@ -194,6 +196,12 @@ impl Coordinator {
         })
     }
 
+    /// Runs git processes for gateways within `limits`.
+    pub fn with_git_limits(mut self, limits: git::serve::GitLimits) -> Coordinator {
+        self.service.set_git_limits(limits);
+        self
+    }
+
     /// Serves with these gRPC limits rather than the defaults.
     pub fn with_limits(mut self, limits: crate::limits::GrpcLimits) -> Coordinator {
         self.limits = limits;
@@ -236,6 +244,7 @@ impl Coordinator {
         self.clock.spawn_renewal(self.store.clone(), &tasks);
         self.repair.start(&tasks);
         probe::spawn(self.core.clone(), &tasks);
+        ensure_repositories(&self.core).await;
         if let Some(l) = self.metrics {
             metrics::spawn(l, self.core.clone(), self.repair.clone(), &tasks);
         }
@@ -277,6 +286,20 @@ impl Coordinator {
     }
 }
 
+/// Every cluster's git repository, made if missing. A coordinator that
+/// cannot run git still serves content; git requests then fail with why.
+async fn ensure_repositories(core: &Core) {
+    let clusters = match core.store.clusters() {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!("cannot list clusters for their git repositories: {e}"),
+    };
+    for c in clusters {
+        if let Err(e) = core.repos.ensure(&c.uuid).await {
+            tracing::warn!(cluster = %c.name, "cannot create the cluster's git repository: {e:#}");
+        }
+    }
+}
+
 pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     if cfg.test_clock_offset_ms != 0 {
         tracing::warn!(
@@ -290,8 +313,10 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow:
         interval: cfg.repair_interval,
         rate: cfg.repair_rate.saturating_mul(1024 * 1024),
     };
-    let mut coordinator =
-        Coordinator::open_with(&cfg.data, cfg.reserve, wall, repair).await?.with_limits(cfg.grpc);
+    let mut coordinator = Coordinator::open_with(&cfg.data, cfg.reserve, wall, repair)
+        .await?
+        .with_limits(cfg.grpc)
+        .with_git_limits(cfg.git);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::clock::ClusterClock;
 use super::core::Core;
+use super::git::serve::{GitLimits, GitServer};
 use super::health::{Failure, StoreCheck};
 use super::identity;
 use super::placement::{self, Candidate};
@@ -25,11 +26,18 @@ pub use super::health::HEALTH_TIMEOUT;
 pub struct CoordinatorService {
     core: Arc<Core>,
     clock: Arc<ClusterClock>,
+    git: GitServer,
 }
 
 impl CoordinatorService {
     pub fn new(core: Arc<Core>, clock: Arc<ClusterClock>) -> CoordinatorService {
-        CoordinatorService { core, clock }
+        let git = GitServer::new(core.repos.clone(), GitLimits::default());
+        CoordinatorService { core, clock, git }
+    }
+
+    /// Runs git processes within `limits` rather than the defaults.
+    pub fn set_git_limits(&mut self, limits: GitLimits) {
+        self.git = GitServer::new(self.core.repos.clone(), limits);
     }
 
     /// What placement knows of each of `nodes`.
@@ -104,6 +112,17 @@ fn bind_caller<T>(req: &Request<T>, uuid: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for CoordinatorService {
+    type GitStream = tokio_stream::wrappers::ReceiverStream<Result<rpc::GitReply, Status>>;
+
+    async fn git(
+        &self,
+        req: Request<tonic::Streaming<rpc::GitRequest>>,
+    ) -> Result<Response<Self::GitStream>, Status> {
+        let store = self.core.store.clone();
+        let known = move |uuid: &str| Ok(store.cluster_by_uuid(uuid)?.is_some());
+        Ok(Response::new(self.git.serve(req.into_inner(), known).await?))
+    }
+
     async fn register(
         &self,
         req: Request<rpc::RegisterRequest>,

@@ -3,6 +3,7 @@
 
 pub mod clocks;
 pub mod core;
+pub mod git;
 pub mod http;
 pub mod limits;
 pub mod line;

@@ -3,6 +3,8 @@
 //! to clients through every gateway, so that a push through one gateway is
 //! seen through all of them and no gateway holds state of its own.
 
+pub mod serve;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};

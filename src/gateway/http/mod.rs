@@ -5,6 +5,7 @@
 mod args;
 pub mod auth;
 pub mod forwarded;
+mod git;
 mod params;
 pub mod serve;
 
@@ -96,13 +97,43 @@ pub fn router(core: Core, opts: HttpOptions, passwords: Arc<dyn PasswordCheck>) 
     let auth = Arc::new(Authenticator::new(opts.policy, passwords, opts.throttle.clone()));
     let opts = Arc::new(opts);
     let state = HttpState { core, opts, auth, locks: Arc::new(Mutex::new(HashMap::new())) };
-    Router::new()
+    let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/{name}/config", get(config))
+        .route("/{name}/info/refs", get(git::info_refs))
+        .route("/{name}/{service}", post(git::rpc))
         .route("/git-annex/{uuid}/key/{key}", get(plain_get))
         .route("/git-annex/{uuid}/{version}/key/{key}", get(versioned_get))
         .route("/git-annex/{uuid}/{version}/{op}", post(operation))
-        .with_state(state)
+        .with_state(state);
+    Router::new().fallback_service(tower::util::MapRequest::new(app, single_slashes))
+}
+
+/// A remote URL ending in `/` makes clients ask for `NAME//config`: runs of
+/// slashes in the path count as one, as a file system would have them.
+fn single_slashes(mut req: axum::extract::Request) -> axum::extract::Request {
+    let uri = req.uri();
+    if !uri.path().contains("//") {
+        return req;
+    }
+    let mut path = String::with_capacity(uri.path().len());
+    for c in uri.path().chars() {
+        if !(c == '/' && path.ends_with('/')) {
+            path.push(c);
+        }
+    }
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    if let Ok(p) = pq.parse() {
+        parts.path_and_query = Some(p);
+        if let Ok(u) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
+    }
+    req
 }
 
 /// An error answer: a status and a message for the client, or an access
@@ -251,10 +282,12 @@ async fn config(
     headers: HeaderMap,
 ) -> HttpResult {
     who.may(&state, Action::Read)?;
+    // `NAME.git` as git's own repositories are named.
+    let bare = name.strip_suffix(".git").filter(|n| !n.is_empty()).unwrap_or(&name);
     let repo = state
         .core
         .mesh
-        .repo_by_name(&name)
+        .repo_by_name(bare)
         .await
         .ok_or_else(|| not_found(format!("no cluster or node named {name:?}")))?;
     let trusted = state.opts.trusted_proxies.iter().any(|p| p.contains(who.peer.ip()));

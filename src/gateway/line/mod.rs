@@ -11,7 +11,7 @@
 //!
 //! `listener` accepts connections; `conn` frames them with the shared line
 //! codec; `handshake` reads the preamble and AUTH; `session` serves
-//! requests, with PUT's body in `put`.
+//! requests, with PUT's body in `put` and git's CONNECT in `connect`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use crate::gateway::throttle::AuthThrottle;
 
 mod admission;
 mod conn;
+mod connect;
 mod handshake;
 mod listener;
 mod put;

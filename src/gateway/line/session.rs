@@ -56,6 +56,12 @@ impl<'a> Session<'a> {
                 return Err(Close::Protocol(why));
             };
             let msg = match next? {
+                Some(Inbound::Message(Message::Connect(service))) => {
+                    if self.connect(conn, service).await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 Some(Inbound::Message(m)) => m,
                 None => return Ok(()),
                 Some(Inbound::Unparsable(e)) => {
@@ -312,13 +318,6 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin + Send>(
     msg: Message,
 ) -> Res<()> {
     match msg {
-        Message::Connect(service) => {
-            conn.send(&Message::Error(format!(
-                "CONNECT {} is not served: annexmesh serves annexed content, not git repositories",
-                service.as_str()
-            )))
-            .await?;
-        }
         Message::NotifyChange => {
             conn.send(&Message::Error(
                 "NOTIFYCHANGE is not served: annexmesh has no git refs to watch".into(),

@@ -55,7 +55,8 @@ async fn versions_and_refused_commands_keep_the_session() {
     let (r, sent) = serve(Mode::ReadWrite, input).await;
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(sent[0], "VERSION 4");
-    assert!(sent[1].starts_with("ERROR CONNECT git-upload-pack is not served"), "{sent:?}");
+    // A coordinator without git repositories: refused, and the session goes on.
+    assert!(sent[1].starts_with("ERROR cannot reach the cluster's repository"), "{sent:?}");
     assert!(sent[2].starts_with("ERROR NOTIFYCHANGE is not served"), "{sent:?}");
     assert_eq!(sent[3], "ERROR already authenticated");
     assert!(sent[4].starts_with("ERROR unknown command: "), "{sent:?}");
@@ -72,6 +73,9 @@ async fn access_modes_refuse_before_reaching_a_node() {
     let (r, sent) = serve(Mode::ReadOnly, &format!("{put}{remove}{remove_before}")).await;
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(sent, vec!["ERROR this repository is read-only; write access denied"; 3]);
+    let (r, sent) = serve(Mode::ReadOnly, "CONNECT git-receive-pack\n").await;
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(sent, vec!["ERROR this repository is read-only; git push denied"]);
     let (r, sent) = serve(Mode::AppendOnly, &format!("{remove}{remove_before}")).await;
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(sent, vec!["ERROR this repository is append-only; removal denied"; 2]);

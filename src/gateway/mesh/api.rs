@@ -72,6 +72,19 @@ pub trait Control: Send + Sync {
         &self,
         req: rpc::CheckTokenRequest,
     ) -> BoxFuture<'_, Result<rpc::CheckTokenReply, Status>>;
+    /// A git process on a cluster's repository: `requests` starts with
+    /// `start`, then its standard input; the replies carry its standard
+    /// output and its exit. A coordinator without git says so.
+    fn git(
+        &self,
+        requests: mpsc::Receiver<rpc::GitRequest>,
+    ) -> BoxFuture<'_, Result<Replies<rpc::GitReply>, Status>> {
+        let _ = requests;
+        Box::pin(async {
+            Err(Status::unimplemented("this coordinator serves no git repositories"))
+        })
+    }
+
     /// Tells the coordinator a node failed a write or a data call, so that
     /// it degrades the node until it recovers. A coordinator that takes no
     /// reports (a test double about other things) says so.

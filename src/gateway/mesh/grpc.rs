@@ -105,6 +105,19 @@ impl Control for GrpcControl {
         Box::pin(coordinator(async move { Ok(c.check_token(req).await?.into_inner()) }))
     }
 
+    fn git(
+        &self,
+        requests: mpsc::Receiver<rpc::GitRequest>,
+    ) -> BoxFuture<'_, Result<Replies<rpc::GitReply>, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move {
+            // Only the start is bounded by --coordinator-timeout: a clone
+            // or push may take long, and the coordinator bounds idleness.
+            let replies = coordinator(c.git(ReceiverStream::new(requests))).await?.into_inner();
+            Ok(replies.boxed())
+        })
+    }
+
     fn report_node_failure(
         &self,
         req: rpc::ReportNodeFailureRequest,
