@@ -109,11 +109,11 @@ fn parse_old(line: &str) -> Option<(&str, Entry)> {
     };
     // The timestamp ends the line; whatever comes before it is the value.
     let with_space = format!(" {rest}");
-    if let Some(pos) = with_space.rfind(" timestamp=") {
-        if let Some(stamp) = Stamp::parse(&with_space[pos + " timestamp=".len()..]) {
-            let value = with_space[..pos].strip_prefix(' ').unwrap_or("").to_string();
-            return Some((uuid, Entry { stamp: Some(stamp), value }));
-        }
+    if let Some(pos) = with_space.rfind(" timestamp=")
+        && let Some(stamp) = Stamp::parse(&with_space[pos + " timestamp=".len()..])
+    {
+        let value = with_space[..pos].strip_prefix(' ').unwrap_or("").to_string();
+        return Some((uuid, Entry { stamp: Some(stamp), value }));
     }
     Some((uuid, Entry { stamp: None, value: rest.to_string() }))
 }

@@ -7,6 +7,7 @@
 //! PUT with the pure `crate::preferred` expressions.
 
 pub mod admin;
+pub mod branch;
 pub mod clock;
 pub mod core;
 pub mod fsck;
@@ -89,6 +90,8 @@ pub struct CoordinatorConfig {
     pub test_clock_offset_ms: i64,
     #[command(flatten)]
     pub grpc: crate::limits::GrpcLimits,
+    #[command(flatten)]
+    pub branch: branch::BranchConfig,
     /// Serve plaintext gRPC: only on a network where every host is trusted.
     /// The admin API still needs the admin token.
     #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
@@ -130,6 +133,8 @@ pub struct Coordinator {
     tls: Option<crate::pki::Credentials>,
     /// Where the admin token was written, for refusals to point at.
     admin_token_file: PathBuf,
+    /// How the git-annex branch writer paces itself.
+    branch: branch::BranchConfig,
 }
 
 impl Coordinator {
@@ -191,12 +196,19 @@ impl Coordinator {
             tls: None,
             admin_token_file,
             limits: Default::default(),
+            branch: Default::default(),
         })
     }
 
     /// Serves with these gRPC limits rather than the defaults.
     pub fn with_limits(mut self, limits: crate::limits::GrpcLimits) -> Coordinator {
         self.limits = limits;
+        self
+    }
+
+    /// Paces the git-annex branch writer so rather than by default.
+    pub fn with_branch(mut self, branch: branch::BranchConfig) -> Coordinator {
+        self.branch = branch;
         self
     }
 
@@ -236,6 +248,7 @@ impl Coordinator {
         self.clock.spawn_renewal(self.store.clone(), &tasks);
         self.repair.start(&tasks);
         probe::spawn(self.core.clone(), &tasks);
+        branch::spawn(self.core.clone(), self.branch.clone(), &tasks);
         if let Some(l) = self.metrics {
             metrics::spawn(l, self.core.clone(), self.repair.clone(), &tasks);
         }
@@ -290,8 +303,10 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow:
         interval: cfg.repair_interval,
         rate: cfg.repair_rate.saturating_mul(1024 * 1024),
     };
-    let mut coordinator =
-        Coordinator::open_with(&cfg.data, cfg.reserve, wall, repair).await?.with_limits(cfg.grpc);
+    let mut coordinator = Coordinator::open_with(&cfg.data, cfg.reserve, wall, repair)
+        .await?
+        .with_limits(cfg.grpc)
+        .with_branch(cfg.branch);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
