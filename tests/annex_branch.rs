@@ -86,6 +86,18 @@ fn clients_learn_the_cluster_and_its_nodes_from_the_git_annex_branch() {
 
     b.ok(&["git", "annex", "get", "f.bin"]);
     assert_eq!(std::fs::read(b.path().join("f.bin")).unwrap(), data);
+
+    // With only node1 holding a file, numcopies 2 refuses the drop: node1
+    // and the cluster it is in are one copy, not two.
+    b.annex_file("g.bin", 1000, 9);
+    b.ok(&["git", "annex", "copy", "--to", "origin-node1", "g.bin"]);
+    b.ok(&["git", "annex", "numcopies", "2"]);
+    let drop = b.run(&["git", "annex", "drop", "g.bin"]);
+    let said =
+        String::from_utf8_lossy(&drop.stdout).into_owned() + &String::from_utf8_lossy(&drop.stderr);
+    assert!(!drop.status.success(), "the drop must be refused:\n{said}");
+    assert!(said.contains("1 out of 2 necessary copies"), "{said}");
+    assert!(b.path().join("g.bin").metadata().is_ok());
 }
 
 /// The location log's path for `key`, as git-annex lays out its branch.
