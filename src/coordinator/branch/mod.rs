@@ -63,6 +63,10 @@ impl Default for BranchConfig {
 /// Attempts of one pass at moving a branch that pushes keep moving.
 const ATTEMPTS: usize = 5;
 
+/// Commits to a cluster's branch between checks for loose objects to pack
+/// (each commit leaves some; `git gc --auto` decides whether to pack).
+const COMMITS_PER_GC: u32 = 100;
+
 /// The line of the private commit's message that keeps the watermark.
 const WATERMARK: &str = "annexmesh-locations: ";
 
@@ -103,6 +107,8 @@ struct State {
     wanted: Option<Wanted>,
     /// The refs as the last pass left them.
     seen: Option<Heads>,
+    /// Commits since loose objects were last checked for.
+    commits: u32,
 }
 
 /// The branch writer of one coordinator.
@@ -198,6 +204,13 @@ impl Writer {
                 let new = repo.commit(&tree, &parents, &msg).await?;
                 if !repo.swap(PRIVATE_REF, &new, heads.private.as_deref()).await? {
                     continue;
+                }
+                st.commits += 1;
+                if st.commits >= COMMITS_PER_GC {
+                    st.commits = 0;
+                    if let Err(e) = repo.gc_auto().await {
+                        warn!(cluster = %name, "git gc --auto failed: {e:#}");
+                    }
                 }
                 new
             };

@@ -260,6 +260,12 @@ impl Repo {
         Ok(trim(run(&mut c).await?))
     }
 
+    /// Packs loose objects when git thinks there are enough to.
+    pub async fn gc_auto(&self) -> anyhow::Result<()> {
+        run(self.git().args(["gc", "--auto", "--quiet"])).await?;
+        Ok(())
+    }
+
     /// Points `name` at `new` if it still points at `old` (does not exist
     /// when None); false when it moved meanwhile.
     pub async fn swap(&self, name: &str, new: &str, old: Option<&str>) -> anyhow::Result<bool> {
