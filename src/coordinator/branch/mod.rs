@@ -109,6 +109,9 @@ struct State {
     seen: Option<Heads>,
     /// Commits since loose objects were last checked for.
     commits: u32,
+    /// The last failure logged, so that one that repeats every pass (git
+    /// missing, a full disk) is logged once.
+    failed: Option<String>,
 }
 
 /// The branch writer of one coordinator.
@@ -134,8 +137,17 @@ impl Writer {
             }
         };
         for c in clusters.iter().filter(|c| only.is_none_or(|o| o == c.uuid)) {
-            if let Err(e) = self.sync(&c.uuid, &c.name).await {
-                warn!(cluster = %c.name, "cannot update the git-annex branch: {e:#}");
+            let result = self.sync(&c.uuid, &c.name).await;
+            let st = self.clusters.entry(c.uuid.clone()).or_default();
+            match result {
+                Ok(()) => st.failed = None,
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    if st.failed.as_ref() != Some(&e) {
+                        warn!(cluster = %c.name, "cannot update the git-annex branch: {e}");
+                    }
+                    st.failed = Some(e);
+                }
             }
         }
     }
