@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod annexbranch;
 pub mod auth;
 pub mod client;
 pub mod clock;

@@ -7,6 +7,7 @@
 //! PUT with the pure `crate::preferred` expressions.
 
 pub mod admin;
+pub mod branch;
 pub mod clock;
 pub mod core;
 pub mod fsck;
@@ -91,6 +92,8 @@ pub struct CoordinatorConfig {
     pub grpc: crate::limits::GrpcLimits,
     #[command(flatten)]
     pub git: git::serve::GitLimits,
+    #[command(flatten)]
+    pub branch: branch::BranchConfig,
     /// Serve plaintext gRPC: only on a network where every host is trusted.
     /// The admin API still needs the admin token.
     #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
@@ -132,6 +135,8 @@ pub struct Coordinator {
     tls: Option<crate::pki::Credentials>,
     /// Where the admin token was written, for refusals to point at.
     admin_token_file: PathBuf,
+    /// How the git-annex branch writer paces itself.
+    branch: branch::BranchConfig,
 }
 
 impl Coordinator {
@@ -193,6 +198,7 @@ impl Coordinator {
             tls: None,
             admin_token_file,
             limits: Default::default(),
+            branch: Default::default(),
         })
     }
 
@@ -205,6 +211,12 @@ impl Coordinator {
     /// Serves with these gRPC limits rather than the defaults.
     pub fn with_limits(mut self, limits: crate::limits::GrpcLimits) -> Coordinator {
         self.limits = limits;
+        self
+    }
+
+    /// Paces the git-annex branch writer so rather than by default.
+    pub fn with_branch(mut self, branch: branch::BranchConfig) -> Coordinator {
+        self.branch = branch;
         self
     }
 
@@ -245,6 +257,7 @@ impl Coordinator {
         self.repair.start(&tasks);
         probe::spawn(self.core.clone(), &tasks);
         ensure_repositories(&self.core).await;
+        branch::spawn(self.core.clone(), self.branch.clone(), &tasks);
         if let Some(l) = self.metrics {
             metrics::spawn(l, self.core.clone(), self.repair.clone(), &tasks);
         }
@@ -316,7 +329,8 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow:
     let mut coordinator = Coordinator::open_with(&cfg.data, cfg.reserve, wall, repair)
         .await?
         .with_limits(cfg.grpc)
-        .with_git_limits(cfg.git);
+        .with_git_limits(cfg.git)
+        .with_branch(cfg.branch);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use redb::{ReadableTable, WriteTransaction};
 
-use super::{LOCATIONS, META, Result, Store};
+use super::{LOCATION_STAMPS, LOCATIONS, META, Result, Store};
 
 /// One location change: (key, node UUID, present).
 pub type Change = (String, String, bool);
@@ -75,6 +75,32 @@ pub(super) fn last_stamp(txn: &WriteTransaction) -> Result<u64> {
     Ok(max)
 }
 
+/// The meta counter set once `LOCATION_STAMPS` indexes every entry.
+const META_STAMP_INDEX: &str = "location_stamp_index";
+
+/// Builds the stamp index of a log written before it was kept; once.
+pub(super) fn index_stamps(txn: &WriteTransaction) -> Result<()> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(META_STAMP_INDEX)?.is_some() {
+        return Ok(());
+    }
+    let t = txn.open_table(LOCATIONS)?;
+    let mut index = txn.open_table(LOCATION_STAMPS)?;
+    for row in t.iter()? {
+        let (k, v) = row?;
+        index.insert(v.value().0, k.value())?;
+    }
+    meta.insert(META_STAMP_INDEX, 1)?;
+    Ok(())
+}
+
+/// A location entry with the key it is for, as `changes_after` lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StampedChange {
+    pub key: String,
+    pub entry: LocationEntry,
+}
+
 fn location_key(key: &str, node: &str) -> String {
     format!("{key}\t{node}")
 }
@@ -106,6 +132,32 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` entries of the log, oldest first, that last changed
+    /// after the stamp `after`: what a reader that has seen every change up
+    /// to `after` has yet to see. Stamps strictly increase and are
+    /// committed in order, so reading on from the last one returned misses
+    /// nothing. Entries of removed nodes are gone, not listed.
+    pub fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<StampedChange>> {
+        let txn = self.read()?;
+        let index = txn.open_table(LOCATION_STAMPS)?;
+        let t = txn.open_table(LOCATIONS)?;
+        let mut out = Vec::new();
+        for row in index.range(after.saturating_add(1)..)?.take(limit) {
+            let (stamp, lk) = row?;
+            let Some((key, node)) = lk.value().split_once('\t') else { continue };
+            let Some(v) = t.get(lk.value())? else { continue };
+            let (changed_unix_ms, present) = v.value();
+            if changed_unix_ms != stamp.value() {
+                continue;
+            }
+            out.push(StampedChange {
+                key: key.to_string(),
+                entry: LocationEntry { node_uuid: node.to_string(), present, changed_unix_ms },
+            });
+        }
+        Ok(out)
+    }
+
     /// Every node's newest entry for `key`.
     pub fn locations(&self, key: &str) -> Result<Vec<LocationEntry>> {
         let txn = self.read()?;
@@ -126,6 +178,7 @@ impl Store {
 
 fn record_in(txn: &WriteTransaction, changes: &[Change], stamps: &Stamps) -> Result<()> {
     let mut t = txn.open_table(LOCATIONS)?;
+    let mut index = txn.open_table(LOCATION_STAMPS)?;
     let mut last = 0;
     for (key, node, present) in changes {
         // A removed node's entries stay struck, even when a request that
@@ -136,12 +189,13 @@ fn record_in(txn: &WriteTransaction, changes: &[Change], stamps: &Stamps) -> Res
         let stamp = stamps.next();
         last = stamp;
         let lk = location_key(key, node);
-        let newer = match t.get(lk.as_str())? {
-            Some(v) => v.value().0 < stamp,
-            None => true,
-        };
-        if newer {
+        let old = t.get(lk.as_str())?.map(|v| v.value().0);
+        if old.is_none_or(|o| o < stamp) {
             t.insert(lk.as_str(), (stamp, *present))?;
+            if let Some(o) = old {
+                index.remove(o)?;
+            }
+            index.insert(stamp, lk.as_str())?;
         }
     }
     // Group members commit in order with increasing stamps: the last to
@@ -213,6 +267,49 @@ mod tests {
             assert_eq!(present, vec!["n1".to_string()], "{key}");
         }
         assert!(s.record(Vec::new()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn changes_after_a_stamp_list_each_newest_entry_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.record(vec![("k1".into(), "n1".into(), true), ("k2".into(), "n1".into(), true)])
+            .await
+            .unwrap();
+        let first = s.changes_after(0, 100).unwrap();
+        assert_eq!(first.len(), 2);
+        let w = first[1].entry.changed_unix_ms;
+        assert!(first[0].entry.changed_unix_ms < w);
+        assert!(s.changes_after(w, 100).unwrap().is_empty());
+        // k1 changes again: only its newest entry is listed, after `w`.
+        s.record(vec![("k1".into(), "n1".into(), false)]).await.unwrap();
+        let next = s.changes_after(w, 100).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!((next[0].key.as_str(), next[0].entry.present), ("k1", false));
+        assert_eq!(s.changes_after(0, 100).unwrap().len(), 2);
+        assert_eq!(s.changes_after(0, 1).unwrap().len(), 1);
+        drop(s);
+        // Kept across a restart.
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.changes_after(w, 100).unwrap(), next);
+    }
+
+    #[tokio::test]
+    async fn a_log_written_before_the_stamp_index_is_indexed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.record(vec![("k1".into(), "n1".into(), true)]).await.unwrap();
+            s.write(|txn| {
+                txn.delete_table(LOCATION_STAMPS)?;
+                txn.open_table(META)?.remove(META_STAMP_INDEX)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.changes_after(0, 100).unwrap().len(), 1);
     }
 
     /// A wall clock fixed at `ms`.

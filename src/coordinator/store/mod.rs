@@ -32,7 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use credentials::{JoinCheck, JoinTokenRecord};
-pub use locations::{Change, LocationEntry, WallClock, system_clock};
+pub use locations::{Change, LocationEntry, StampedChange, WallClock, system_clock};
 pub use registry::{Cluster, Node, Registration, is_cluster_uuid, new_cluster_uuid};
 pub use removal::{Removal, RemovedNode};
 pub use settings::{ClusterSettings, DEFAULT_NODE_COST, NodeSettings};
@@ -51,6 +51,9 @@ const NODES: TableDefinition<&str, &str> = TableDefinition::new("nodes");
 /// "KEY\tNODE-UUID" -> (changed unix ms, present). A tab never occurs in a
 /// valid key, so all entries of one key form one contiguous range.
 const LOCATIONS: TableDefinition<&str, (u64, bool)> = TableDefinition::new("locations");
+/// Location stamp -> "KEY\tNODE-UUID": the log's entries by when they
+/// last changed, so that changes since a stamp are one range read.
+const LOCATION_STAMPS: TableDefinition<u64, &str> = TableDefinition::new("location_stamps");
 /// Counter name -> value.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Node UUID -> NodeSettings as JSON, apart from `nodes` so that an agent's
@@ -140,6 +143,7 @@ impl Store {
         txn.open_table(JOIN_TOKENS)?;
         txn.open_table(ADMIN_TOKENS)?;
         txn.open_table(JOINED_AGENTS)?;
+        locations::index_stamps(&txn)?;
         let stamps = Arc::new(Stamps::new(locations::last_stamp(&txn)?, wall));
         txn.commit()?;
         let db = Arc::new(db);

@@ -11,7 +11,7 @@ use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::Node;
-use super::{LOCATIONS, NODE_SETTINGS, NODES, REMOVED_NODES, Result, Store};
+use super::{LOCATION_STAMPS, LOCATIONS, NODE_SETTINGS, NODES, REMOVED_NODES, Result, Store};
 use super::{all_values, decode, encode};
 
 /// Keys named in a refusal; the count says how many there are in all.
@@ -70,8 +70,11 @@ fn remove_in(txn: &WriteTransaction, uuid: &str, lost: bool) -> Result<Removal> 
         return Ok(Removal::SoleCopies { count: sole.len() as u64, sample });
     }
     let mut locations = txn.open_table(LOCATIONS)?;
+    let mut index = txn.open_table(LOCATION_STAMPS)?;
     for row_key in &held {
-        locations.remove(row_key.as_str())?;
+        if let Some(v) = locations.remove(row_key.as_str())? {
+            index.remove(v.value().0)?;
+        }
     }
     nodes.remove(uuid)?;
     txn.open_table(NODE_SETTINGS)?.remove(uuid)?;
