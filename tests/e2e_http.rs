@@ -15,18 +15,28 @@ fn sha256(data: &[u8]) -> String {
 #[test]
 fn copy_drop_get_and_drop_from_mesh_with_annexmesh_up() {
     let mesh = Mesh::up();
-    let client = Client::new();
-    client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
-    // As `up` prints: its user's password from git's credential store.
-    let helper = format!("store --file={}", mesh.up_credentials().display());
-    client.ok(&["git", "config", "credential.helper", &helper]);
+    // As `up` prints: clone the cluster, with its user's password from
+    // git's credential store, and init.
+    let client = Client::new_uninit();
+    let helper = format!("credential.helper=store --file={}", mesh.up_credentials().display());
+    let url = format!("{}/mesh", mesh.url());
+    let allow = "annex.security.allowed-ip-addresses=127.0.0.1";
+    client.ok(&["git", "clone", "-q", "-c", allow, "-c", &helper, &url, "."]);
+    client.ok(&["git", "annex", "init", "client"]);
     let data = client.write_file("big.bin", 30 * 1024 * 1024, 1);
     client.ok(&["git", "annex", "add", "big.bin"]);
     client.ok(&["git", "commit", "-q", "-m", "add big.bin"]);
     let key = client.key_of("big.bin");
 
-    client.ok(&["git", "annex", "copy", "--to", "mesh", "big.bin"]);
+    client.ok(&["git", "annex", "copy", "--to", "origin", "big.bin"]);
     let stores = mesh.assert_held_everywhere(&key, &data);
+    // The clone knows the cluster's nodes by name, and counts physical
+    // copies: the three nodes and the client, not the cluster.
+    let whereis = client.ok(&["git", "annex", "whereis", "big.bin"]);
+    for n in ["node1", "node2", "node3"] {
+        assert!(whereis.contains(&format!("[origin-{n}]")), "{n} in:\n{whereis}");
+    }
+    assert!(whereis.contains("(4 copies)"), "{whereis}");
 
     // Dropping the only local copy needs the mesh to lock its copy.
     client.ok(&["git", "annex", "drop", "big.bin"]);
@@ -35,17 +45,17 @@ fn copy_drop_get_and_drop_from_mesh_with_annexmesh_up() {
         "content should be gone locally"
     );
 
-    client.ok(&["git", "annex", "get", "--from", "mesh", "big.bin"]);
+    client.ok(&["git", "annex", "get", "--from", "origin", "big.bin"]);
     let back = std::fs::read(client.path().join("big.bin")).unwrap();
     assert_eq!(back.len(), data.len());
     assert_eq!(sha256(&back), sha256(&data));
 
-    client.ok(&["git", "annex", "drop", "--from", "mesh", "big.bin"]);
+    client.ok(&["git", "annex", "drop", "--from", "origin", "big.bin"]);
     for s in &stores {
         assert!(objects_named(s, &key).is_empty(), "{} still holds {key}", s.display());
     }
     let whereis = client.ok(&["git", "annex", "whereis", "big.bin"]);
-    assert!(!whereis.contains("[mesh]"), "whereis still lists the mesh:\n{whereis}");
+    assert!(!whereis.contains("[origin"), "whereis still lists the mesh:\n{whereis}");
 }
 
 /// The same testremote run against git-annex's own `git annex p2phttp`

@@ -123,6 +123,7 @@ fn p2p_annex_remote_copy_get_drop_and_testremote() {
     assert!(!client.run(&["git", "config", "remote.bad.url"]).status.success());
 
     link(&client, "mesh", &format!("p2p-annex::annexmesh:{}/mesh:{token}", mesh.p2p));
+    client.learn_cluster(&mesh);
     let url = client.ok(&["git", "config", "remote.mesh.url"]);
     assert_eq!(url.trim(), format!("p2p-annex::annexmesh:{}/mesh", mesh.p2p));
     let uuid = client.ok(&["git", "config", "remote.mesh.annex-uuid"]);
@@ -157,10 +158,6 @@ fn p2p_annex_remote_copy_get_drop_and_testremote() {
 /// options and the host, and runs the command line with `git-annex-shell`
 /// being annexmesh.
 fn fake_ssh(dir: &Path, mesh: &Mesh, token: &str) -> String {
-    let bin = dir.join("sshd-bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_annexmesh"), bin.join("git-annex-shell"))
-        .unwrap();
     let log = dir.join("ssh.log");
     let script = dir.join("fake-ssh");
     std::fs::write(
@@ -185,13 +182,14 @@ if [ "$host" != gateway.invalid ]; then
   exit 255
 fi
 echo "$*" >> '{log}'
-export PATH='{bin}':"$PATH"
 export ANNEXMESH_P2P='{p2p}'
 export ANNEXMESH_TOKEN='{token}'
-exec sh -c "$*"
+# As sshd's ForceCommand runs it: every command, git's included.
+export SSH_ORIGINAL_COMMAND="$*"
+exec '{annexmesh}' shell
 "#,
             log = log.display(),
-            bin = bin.display(),
+            annexmesh = env!("CARGO_BIN_EXE_annexmesh"),
             p2p = mesh.p2p,
         ),
     )

@@ -128,7 +128,18 @@ async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<i32> {
         ShellCommand::Git(_) => Uuid::new(NIL_UUID).expect("nil UUID is valid"),
     };
     // The login's restriction applies to every connection it makes.
-    let session = Session::open(&gateway, &req.repo, env.mode(), client, token).await?;
+    let mut session =
+        Session::open(&gateway, &req.repo, env.mode(), client.clone(), token.clone()).await?;
+    // git-annex reaches a cluster's nodes (its proxied remotes) through the
+    // cluster's path, naming the node by `--uuid`: serve that node, unless
+    // the login is limited to one repository.
+    if let Some(expected) = &req.expected_uuid
+        && expected != session.repo_uuid.as_str()
+        && env.shell_directory.is_none()
+        && uuid::Uuid::parse_str(expected).is_ok()
+    {
+        session = Session::open(&gateway, expected, env.mode(), client, token).await?;
+    }
     if let Some(expected) = &req.expected_uuid
         && expected != session.repo_uuid.as_str()
     {

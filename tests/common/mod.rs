@@ -693,7 +693,29 @@ impl Mesh {
                 http_get_with(&format!("{}/mesh/config", self.url()), &headers),
                 Some((200, _))
             ) && self.healthy_nodes() == agents
+                && self.branch_nodes() >= agents
         });
+    }
+
+    /// How many nodes the cluster's git-annex branch names as proxied
+    /// remotes (`proxy.log`, in the coordinator's repository): clients that
+    /// fetch it learn no more nodes than that.
+    pub fn branch_nodes(&self) -> usize {
+        // `up` keeps the coordinator's data in DATA/coordinator.
+        [self.credentials.join("git"), self.credentials.join("coordinator/git")]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".git"))
+            .map(|e| {
+                let out = Command::new("git")
+                    .arg("--git-dir")
+                    .arg(e.path())
+                    .args(["show", "git-annex:proxy.log"])
+                    .output();
+                out.map(|o| String::from_utf8_lossy(&o.stdout).matches(':').count()).unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Where the nodes keep their stores (the same layout for `up`).
@@ -858,8 +880,31 @@ impl Client {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `git remote add`, then a fetch of the remote's branches, as `git
+    /// annex pull` would: a mesh's git-annex branch tells git-annex that the
+    /// remote is a cluster and names its nodes, without which it counts no
+    /// copy there. A remote that serves no git (or wants credentials the
+    /// client lacks) is left unfetched.
     pub fn add_remote(&self, name: &str, url: &str) {
         self.ok(&["git", "remote", "add", name, url]);
+        self.fetch(name);
+    }
+
+    /// A remote `meshgit` for the cluster `mesh` over P2P over HTTP, fetched:
+    /// clients of the line protocol learn the cluster's nodes through it
+    /// (git-annex proxies no P2P-address remote, so it gives no node
+    /// remotes of its own).
+    pub fn learn_cluster(&self, mesh: &Mesh) {
+        self.add_remote("meshgit", &format!("{}/mesh", mesh.url()));
+    }
+
+    /// `git fetch NAME`, never prompting; whether it worked.
+    pub fn fetch(&self, name: &str) -> bool {
+        self.command(&["git", "fetch", "-q", name])
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     /// `git annex p2p --link --name NAME`, answering its address prompt on

@@ -192,11 +192,13 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// configured repository, else the only cluster.
 async fn resolve(core: &Core, opts: &LineOptions, name: Option<String>) -> Result<Repo, String> {
     if let Some(name) = name.as_ref().or(opts.default_repo.as_ref()) {
-        return core
-            .mesh
-            .repo_by_name(name)
-            .await
-            .ok_or_else(|| format!("no cluster or node named {name:?} is served here"));
+        let found = match core.mesh.repo_by_name(name).await {
+            // A UUID names a repository too: git-annex reaches a cluster's
+            // nodes through its gateway by their UUIDs.
+            None if uuid::Uuid::parse_str(name).is_ok() => core.mesh.repo_by_uuid(name).await,
+            found => found,
+        };
+        return found.ok_or_else(|| format!("no cluster or node named {name:?} is served here"));
     }
     let _ = core.mesh.refresh().await;
     let snap = core.mesh.snapshot();
