@@ -461,3 +461,38 @@ fn mesh_matches_annex_cluster() {
         mesh.render()
     );
 }
+
+/// The issue's own words: a repository that adds the mesh as remote `mesh`
+/// (not a clone) and runs `git annex sync --content mesh` pushes its
+/// commits and content and pulls others', through either gateway.
+#[test]
+fn sync_content_with_an_added_remote_pushes_and_pulls_through_two_gateways() {
+    let mut mesh = Mesh::separate(NODES.len());
+    let second = mesh.add_gateway("gateway2");
+    let a = Client::new();
+    a.add_remote("mesh", &format!("{}/mesh", mesh.url()));
+    let (fa, key_a) = a.annex_file("from-a", 40_000, 11);
+    a.ok(&["git", "annex", "sync", "--content", "mesh"]);
+    // Pushed: the branch and the content, and the location reached the
+    // branch the mesh serves.
+    let head_a = a.ok(&["git", "rev-parse", "HEAD"]);
+    let remote = a.ok(&["git", "ls-remote", "mesh"]);
+    assert!(remote.contains(head_a.trim()), "a's commit on the mesh:\n{remote}");
+    assert_eq!(
+        mesh.node_stores().iter().filter(|s| !objects_named(s, &key_a).is_empty()).count(),
+        3
+    );
+
+    let b = Client::new();
+    b.add_remote("mesh", &format!("{second}/mesh"));
+    let (fb, _) = b.annex_file("from-b", 30_000, 12);
+    b.ok(&["git", "annex", "sync", "--content", "mesh"]);
+    assert!(has_content(&b, "from-a", &fa), "b pulled a's file with its content");
+    a.ok(&["git", "annex", "sync", "--content", "mesh"]);
+    assert!(has_content(&a, "from-b", &fb), "a pulled b's file with its content");
+    // Each sees the other's copies on the nodes, by node name.
+    let whereis = b.ok(&["git", "annex", "whereis", "from-a"]);
+    for n in NODES {
+        assert!(whereis.contains(&format!("[mesh-{n}]")), "{n} in:\n{whereis}");
+    }
+}

@@ -114,7 +114,15 @@ mod tests {
             }
         }
         assert_eq!(known, Some(Ok(())));
-        std::fs::remove_dir(dir.path().join("annex/tmp")).unwrap();
+        // A check may be writing its probe file there right now: retry.
+        let tmp = dir.path().join("annex/tmp");
+        for _ in 0..100 {
+            if std::fs::remove_dir_all(&tmp).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!tmp.exists());
         let mut failed = None;
         for _ in 0..200 {
             tokio::time::sleep(Duration::from_millis(10)).await;
