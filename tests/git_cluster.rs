@@ -483,8 +483,12 @@ fn sync_content_with_an_added_remote_pushes_and_pulls_through_two_gateways() {
         3
     );
 
-    let b = Client::new();
-    b.add_remote("mesh", &format!("{second}/mesh"));
+    // b clones (naming the remote `mesh`): two repositories with unrelated
+    // histories would not merge, with any git server.
+    let b = Client::new_uninit();
+    b.ok(&["git", "clone", "-q", "-o", "mesh", &format!("{second}/mesh"), "."]);
+    b.ok(&["git", "config", "annex.security.allowed-ip-addresses", "all"]);
+    b.ok(&["git", "annex", "init", "b"]);
     let (fb, _) = b.annex_file("from-b", 30_000, 12);
     b.ok(&["git", "annex", "sync", "--content", "mesh"]);
     assert!(has_content(&b, "from-a", &fa), "b pulled a's file with its content");
