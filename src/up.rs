@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -103,7 +104,8 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         std::fs::write(&ca_file, ca.cert_pem())
             .with_context(|| format!("cannot write {}", ca_file.display()))?;
     }
-    coordinator.store.create_cluster(CLUSTER).await?;
+    let (cluster, _) = coordinator.store.create_cluster(CLUSTER).await?;
+    let repo = coordinator_data.join("git").join(format!("{}.git", cluster.uuid));
     let data = std::fs::canonicalize(&cfg.data)
         .with_context(|| format!("cannot resolve {}", cfg.data.display()))?;
     let credentials = data.join(CREDENTIALS);
@@ -171,6 +173,15 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
             gateway::serve(&url, dialer, http, serving, Some((p2p, opts)), shutdown).await
         });
     }
+    // A client that clones as soon as the recipe is printed must learn the
+    // nodes from the git-annex branch: wait (a little) for the branch to
+    // name them all.
+    if !branch_names_nodes(&repo, NODES, Duration::from_secs(30)).await {
+        tracing::warn!(
+            "the cluster's git-annex branch does not name all {NODES} nodes yet; \
+             clients that clone now learn them with their next `git annex pull`"
+        );
+    }
     let scheme = if cfg.http_tls_cert.is_some() { "https" } else { "http" };
     // git's store helper matches on scheme, host and port (not the path).
     crate::pki::write_private(
@@ -221,4 +232,23 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     }
     while tasks.join_next().await.is_some() {}
     result
+}
+
+/// Whether, within `limit`, the git-annex branch of `repo` comes to name
+/// `nodes` proxied nodes (`proxy.log`).
+async fn branch_names_nodes(repo: &Path, nodes: usize, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let log = crate::coordinator::git::run(
+            crate::coordinator::git::git(Some(repo)).args(["show", "git-annex:proxy.log"]),
+        )
+        .await;
+        if log.is_ok_and(|l| String::from_utf8_lossy(&l).matches(':').count() >= nodes) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -253,14 +253,17 @@ fn slash_and_dot_git_urls_are_git_annex_remotes() {
     let (data, key) = a.annex_file("file.bin", 100_000, 7);
     a.ok(&["git", "annex", "copy", "--to", "origin", "file.bin"]);
     mesh.assert_held_everywhere(&key, &data);
-    a.ok(&["git", "push", "-q", "origin", "main", "git-annex"]);
-    // Which nodes hold what reaches clients through the git-annex branch's
-    // cluster records; this test is about the URLs, so it asks each remote
-    // directly.
+    // As `git annex sync` pushes: the mesh itself moves `git-annex`, so a
+    // direct push of it can race the mesh's own commit.
+    a.ok(&["git", "push", "-q", "origin", "main", "+git-annex:synced/git-annex"]);
     for remote in ["origin", "dotgit"] {
         a.ok(&["git", "annex", "checkpresentkey", &key, remote]);
     }
-    a.ok(&["git", "annex", "drop", "--force", "file.bin"]);
+    // The branch fetched through either form names the nodes, so the drop
+    // locks their copies, as through the plain form.
+    let whereis = a.ok(&["git", "annex", "whereis", "file.bin"]);
+    assert!(whereis.contains("node1 [origin-node1]"), "{whereis}");
+    a.ok(&["git", "annex", "drop", "file.bin"]);
     a.ok(&["git", "annex", "transferkey", &key, "--from", "dotgit", "--file", "file.bin"]);
     assert_eq!(std::fs::read(a.path().join("file.bin")).unwrap(), data);
     for remote in ["origin", "dotgit"] {

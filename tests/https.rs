@@ -167,14 +167,18 @@ fn up_serves_https_and_its_printed_recipe_works() {
     let recipe: Vec<&str> = printed
         .lines()
         .map(str::trim)
-        .filter(|l| l.starts_with("git remote add") || l.starts_with("git config"))
+        .filter(|l| {
+            l.starts_with("git remote add")
+                || l.starts_with("git config")
+                || l.starts_with("git annex pull")
+        })
         .collect();
-    assert_eq!(recipe.len(), 3, "{printed}");
+    assert_eq!(recipe.len(), 4, "{printed}");
     assert_eq!(recipe[0], format!("git remote add mesh https://{http}/mesh"));
     let credentials = std::fs::read_to_string(data.join("git-credentials")).unwrap();
     assert!(credentials.starts_with("https://annexmesh:"), "{credentials}");
 
-    // The printed lines, as a user runs them.
+    // The printed lines for a repository one has, as a user runs them.
     let mut client = Client::new();
     client.env.push(("GIT_SSL_CAINFO".into(), ca.display().to_string()));
     for line in &recipe {
@@ -187,4 +191,20 @@ fn up_serves_https_and_its_printed_recipe_works() {
     client.ok(&["git", "annex", "drop", "f.bin"]);
     client.ok(&["git", "annex", "get", "--from", "mesh", "f.bin"]);
     assert_eq!(std::fs::read(client.path().join("f.bin")).unwrap(), content);
+    client.ok(&["git", "annex", "sync", "mesh"]);
+
+    // The printed clone, run by a shell as a user pastes it, then a get of
+    // what the other repository stored.
+    let clone: String = {
+        let mut lines = printed.lines().map(str::trim).skip_while(|l| !l.starts_with("git clone"));
+        let first = lines.next().unwrap_or_else(|| panic!("no clone in {printed}"));
+        let second = lines.next().unwrap();
+        format!("{} {second}", first.trim_end_matches('\\'))
+    };
+    assert!(clone.contains(&format!("https://{http}/mesh")), "{clone}");
+    let mut cloner = Client::new_uninit();
+    cloner.env.push(("GIT_SSL_CAINFO".into(), ca.display().to_string()));
+    cloner.ok(&["sh", "-c", &clone]);
+    cloner.ok(&["git", "-C", "mesh", "annex", "get", "f.bin"]);
+    assert_eq!(std::fs::read(cloner.path().join("mesh/f.bin")).unwrap(), content);
 }

@@ -135,6 +135,7 @@ fn linked_client(mesh: &Mesh) -> Client {
     let token = mesh.token(&[]);
     let client = Client::new();
     client.p2p_link("mesh", &format!("p2p-annex::annexmesh:{}/mesh:{token}", mesh.p2p));
+    client.learn_cluster(mesh);
     client
 }
 

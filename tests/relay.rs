@@ -326,8 +326,11 @@ fn p2pstdio_under_forcecommand_relays_after_auth_success() {
 #[test]
 fn p2pstdio_refuses_an_unexpected_repository() {
     let other = "11111111-2222-3333-4444-555555555555";
+    // The shell asks for the repository by the UUID git-annex expects (a
+    // cluster's node is reached through the cluster's path that way), and
+    // refuses a gateway that answers for another.
     let (port, gw) = authenticating_gateway(
-        "ANNEXMESH repo=mesh mode=appendonly\n",
+        &format!("ANNEXMESH repo={other} mode=appendonly\n"),
         &format!("AUTH {CLIENT} tok\n"),
         "AUTH-SUCCESS 5c2f9a34-1111-4222-8333-944445555666\n",
     );
@@ -370,10 +373,16 @@ fn shell_errors_without_a_gateway() {
 #[test]
 fn shell_refuses_what_it_does_not_serve() {
     let port = unused_port();
-    for args in [&["sendkey", "/mesh", "SHA256E-s1--00"][..], &["-c", "git-upload-pack '/mesh'"]] {
+    for args in [&["sendkey", "/mesh", "SHA256E-s1--00"][..], &["-c", "git-upload-archive '/mesh'"]]
+    {
         let out = run(shell(port, args), b"");
         assert_eq!(out.status.code(), Some(1));
-        assert!(stderr(&out).contains("only configlist and p2pstdio"), "{}", stderr(&out));
+        assert!(
+            stderr(&out)
+                .contains("only configlist, p2pstdio, git-upload-pack and git-receive-pack"),
+            "{}",
+            stderr(&out)
+        );
     }
     let out = run(shell(port, &["configlist", "/srv/mesh"]), b"");
     assert_eq!(out.status.code(), Some(1));
@@ -487,7 +496,11 @@ fn git_annex_reaches_the_gateway_by_p2p_link_and_by_ssh() {
 
     let seen = seen.lock().unwrap().clone();
     let preamble = "ANNEXMESH repo=mesh\n";
-    assert!(seen.iter().all(|h| h.starts_with(preamble)), "{seen:?}");
+    // Over ssh, p2pstdio asks for the repository git-annex expects by its
+    // UUID (`--uuid`), as it reaches a cluster's nodes.
+    let by_uuid = format!("ANNEXMESH repo={REPO_UUID}\n");
+    assert!(seen.iter().all(|h| h.starts_with(preamble) || h.starts_with(&by_uuid)), "{seen:?}");
+    assert!(seen.iter().any(|h| h.starts_with(&by_uuid)), "{seen:?}");
     // configlist asks on behalf of no repository; the others are the client.
     assert!(seen.contains(&format!("{preamble}AUTH {NIL} tok\n")), "{seen:?}");
     assert!(seen.iter().filter(|h| !h.contains(NIL)).count() >= 3, "{seen:?}");

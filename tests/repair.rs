@@ -73,7 +73,18 @@ fn client_with(mesh: &Mesh, n: usize) -> (Client, Vec<(String, Vec<u8>, String)>
 /// Drops the client's own copies, then gets and fscks every file from the
 /// mesh.
 fn get_and_fsck(client: &Client) {
-    client.ok(&["git", "annex", "drop", "."]);
+    // Where the mesh moved copies to reaches clients with its git-annex
+    // branch, as `git annex pull` would fetch it; the branch follows the
+    // location log within about a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        assert!(client.fetch("mesh"));
+        if client.run(&["git", "annex", "drop", "."]).status.success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the drop never became safe");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     client.ok(&["git", "annex", "get", "--from", "mesh", "."]);
     client.ok(&["git", "annex", "fsck", "--from", "mesh", "."]);
 }

@@ -128,18 +128,15 @@ async fn shell(args: &[String], env: &ShellEnv) -> anyhow::Result<i32> {
         ShellCommand::Git(_) => Uuid::new(NIL_UUID).expect("nil UUID is valid"),
     };
     // The login's restriction applies to every connection it makes.
-    let mut session =
-        Session::open(&gateway, &req.repo, env.mode(), client.clone(), token.clone()).await?;
-    // git-annex reaches a cluster's nodes (its proxied remotes) through the
-    // cluster's path, naming the node by `--uuid`: serve that node, unless
-    // the login is limited to one repository.
-    if let Some(expected) = &req.expected_uuid
-        && expected != session.repo_uuid.as_str()
-        && env.shell_directory.is_none()
-        && uuid::Uuid::parse_str(expected).is_ok()
-    {
-        session = Session::open(&gateway, expected, env.mode(), client, token).await?;
-    }
+    // git-annex names the repository it expects with `--uuid`; for a
+    // cluster's node (a proxied remote) that is the node, reached through
+    // the cluster's path. So the UUID picks the repository, unless the login
+    // is limited to one repository by name.
+    let target = match &req.expected_uuid {
+        Some(u) if env.shell_directory.is_none() && uuid::Uuid::parse_str(u).is_ok() => u.as_str(),
+        _ => req.repo.as_str(),
+    };
+    let session = Session::open(&gateway, target, env.mode(), client, token).await?;
     if let Some(expected) = &req.expected_uuid
         && expected != session.repo_uuid.as_str()
     {
