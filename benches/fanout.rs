@@ -18,7 +18,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{Client, Mesh, Proc, free_port};
+use common::{Client, Mesh};
 use sha2::{Digest, Sha256};
 
 const CLIENT: &str = "0b1c3a3e-2b1f-4c53-9d1e-6f7a2f2f0a11";
@@ -142,24 +142,7 @@ fn main() {
     let mut ref_rss = Vec::new();
     for round in 1..=rounds {
         let server = Client::new_bare();
-        let port = free_port();
-        let p2phttp = Proc::spawn(
-            "p2phttp",
-            &mut server.command(&[
-                "git-annex",
-                "p2phttp",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--wideopen",
-                "-J2",
-            ]),
-            server.path(),
-        );
-        common::wait_until("git annex p2phttp", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let (p2phttp, port) = server.serve_p2phttp(&["--wideopen", "-J2"], server.path());
         let uuid = server.ok(&["git", "config", "annex.uuid"]);
         let secs = put(&format!("http://127.0.0.1:{port}"), uuid.trim(), &key, len);
         let rss = peak_rss_mib(p2phttp.pid());

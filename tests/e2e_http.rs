@@ -2,10 +2,7 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::time::Duration;
-
-use common::{Client, Mesh, Proc, free_port, objects_named};
+use common::{Client, Mesh, objects_named};
 use sha2::{Digest, Sha256};
 
 fn sha256(data: &[u8]) -> String {
@@ -68,27 +65,8 @@ fn copy_drop_get_and_drop_from_mesh_with_annexmesh_up() {
 /// fails the test, and once the client is fixed every test must pass.
 fn reference_report(client: &Client) -> common::TestRemoteReport {
     let server = Client::new_bare();
-    let port = free_port().to_string();
-    let _p2phttp = Proc::spawn(
-        "p2phttp",
-        // git-annex itself, not the `git` wrapper: the process stopped at the
-        // end must be the server, or it would outlive the test.
-        &mut server.command(&[
-            "git-annex",
-            "p2phttp",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--wideopen",
-            "-J2",
-        ]),
-        server.path(),
-    );
+    let (_p2phttp, port) = server.serve_p2phttp(&["--wideopen", "-J2"], server.path());
     let base = format!("http://127.0.0.1:{port}");
-    common::wait_until("git annex p2phttp", Duration::from_secs(30), || {
-        TcpStream::connect(("127.0.0.1", port.parse().unwrap())).is_ok()
-    });
     let uuid = server.ok(&["git", "config", "annex.uuid"]);
     client.add_remote("reference", &format!("{base}/reference"));
     client.ok(&["git", "config", "remote.reference.annexurl", &format!("annex+{base}/git-annex/")]);

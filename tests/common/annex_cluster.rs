@@ -3,11 +3,9 @@
 //! `annex-cluster-node`, `updatecluster`, `updateproxy`) and served by
 //! `git-annex p2phttp`: the reference the mesh's git side is compared with.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use super::{Client, Proc, free_port, objects_named, wait_until};
+use super::{Client, Proc, objects_named};
 
 /// A running git-annex cluster gateway and its node repositories.
 pub struct AnnexCluster {
@@ -61,27 +59,7 @@ impl AnnexCluster {
         step(&gateway, &["git", "annex", "wanted", "here", "nothing"]);
 
         let logs = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let server = Proc::spawn(
-            "p2phttp",
-            // git-annex itself, not the `git` wrapper, so that the process
-            // stopped at the end is the server.
-            &mut gateway.command(&[
-                "git-annex",
-                "p2phttp",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--wideopen",
-                "--jobs",
-                "4",
-            ]),
-            logs.path(),
-        );
-        wait_until("git-annex p2phttp", Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let (server, port) = gateway.serve_p2phttp(&["--wideopen", "--jobs", "4"], logs.path());
         AnnexCluster { server, name: name.to_string(), gateway, nodes, port, setup_log, logs }
     }
 

@@ -832,6 +832,22 @@ impl Client {
         Client { dir: tempfile::tempdir().unwrap(), path, _links: links, env: Vec::new() }
     }
 
+    /// `git-annex p2phttp` serving this repository on 127.0.0.1 at a free
+    /// port with `options` (e.g. `--wideopen`), its output in `logs`;
+    /// returns once it accepts connections. git-annex itself is run, not the
+    /// `git` wrapper, so that the process stopped at the end is the server.
+    pub fn serve_p2phttp(&self, options: &[&str], logs: &Path) -> (Proc, u16) {
+        let port = free_port();
+        let port_arg = port.to_string();
+        let mut args = vec!["git-annex", "p2phttp", "--bind", "127.0.0.1", "--port", &port_arg];
+        args.extend_from_slice(options);
+        let server = Proc::spawn("p2phttp", &mut self.command(&args), logs);
+        wait_until("git-annex p2phttp", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        (server, port)
+    }
+
     /// A bare git-annex repository, as a server keeps one.
     pub fn new_bare() -> Client {
         let c = Client::new_uninit();
