@@ -132,6 +132,40 @@ fn p2p_annex_remote_copy_get_drop_and_testremote() {
     round_trip(&mesh, &client, "mesh");
     more_operations(&mesh, &client, "mesh");
 
+    // git fetches and pushes over the same link: git-annex's remote helper
+    // for P2P addresses (a name of the git-annex program; the PyPI build
+    // lacks the link) speaks CONNECT git-upload-pack / git-receive-pack.
+    let helpers = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        common::git_annex_bin_dir().join("git-annex"),
+        helpers.path().join("git-remote-p2p-annex"),
+    )
+    .unwrap();
+    let with_helper = |args: &[&str]| {
+        let path = format!("{}:{}", helpers.path().display(), client.path_env());
+        let out = client.command(args).env("PATH", path).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}:\n{text}");
+    };
+    with_helper(&["git", "fetch", "mesh"]);
+    // The mesh's git-annex branch, newer than the one fetched over HTTP
+    // before the transfers.
+    client.ok(&[
+        "git",
+        "merge-base",
+        "--is-ancestor",
+        "refs/remotes/meshgit/git-annex",
+        "refs/remotes/mesh/git-annex",
+    ]);
+    with_helper(&["git", "push", "mesh", "HEAD:refs/heads/over-p2p"]);
+    let head = client.ok(&["git", "rev-parse", "HEAD"]);
+    let remote = client.ok(&["git", "ls-remote", "meshgit", "refs/heads/over-p2p"]);
+    assert!(remote.starts_with(head.trim()), "pushed over CONNECT, seen over HTTP: {remote}");
+
     // git-annex 10.20261026 cannot run testremote on any P2P remote: it
     // regenerates the remote with changed settings, and its P2P remote type
     // refuses to be regenerated, before any connection is made. The same

@@ -914,6 +914,11 @@ impl Client {
         self.add_remote("meshgit", &format!("{}/mesh", mesh.url()));
     }
 
+    /// The PATH the client's commands run with.
+    pub fn path_env(&self) -> &str {
+        &self.path
+    }
+
     /// `git fetch NAME`, never prompting; whether it worked.
     pub fn fetch(&self, name: &str) -> bool {
         self.command(&["git", "fetch", "-q", name])
