@@ -193,6 +193,7 @@ fn after_a_lost_node_is_removed_drops_work_and_its_copies_are_made_again() {
     );
     mesh.admin_ok(&["cluster", "mincopies", "mesh", "2"]);
     mesh.admin_ok(&["node", "drain", "node3"]);
+    let node1 = mesh.uuid_of("node1");
     let (client, files) = client_with(&mesh, 8);
     client.ok(&["git", "annex", "copy", "--to", "mesh", "."]);
     for (name, data, key) in &files {
@@ -226,6 +227,15 @@ fn after_a_lost_node_is_removed_drops_work_and_its_copies_are_made_again() {
     // gets and fscks.
     client.ok(&["git", "annex", "copy", "--to", "mesh", dropped]);
     get_and_fsck(&client);
+
+    // The removal reached the git-annex branch: clients that fetch it no
+    // longer have node1 as a remote of the cluster, and know it is dead.
+    assert!(client.fetch("mesh"));
+    let info = client.ok(&["git", "annex", "info", "mesh"]);
+    assert!(info.contains("mesh-node2") && info.contains("mesh-node3"), "{info}");
+    assert!(!info.contains("mesh-node1"), "{info}");
+    let dead = client.ok(&["git", "annex", "info", &node1]);
+    assert!(dead.contains("trust: dead"), "{dead}");
 }
 
 #[test]
