@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod annex_cluster;
+pub mod hosts;
+pub mod netns;
 
 pub const GIT_ANNEX_VERSION: &str = "10.20261026";
 
@@ -207,6 +209,34 @@ pub struct Mesh {
     pub insecure: bool,
     /// Where the admin CLI finds the mesh CA and the admin token.
     pub credentials: PathBuf,
+    /// Processes that run on a namespaced host, by process name; the others
+    /// run here on 127.0.0.1.
+    pub sites: std::collections::HashMap<String, Site>,
+}
+
+/// A namespaced host a mesh process runs on.
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub netns: String,
+    pub addr: std::net::IpAddr,
+}
+
+/// `cmd` (program, arguments, environment, directory) run in the network
+/// namespace `netns` by `ip netns exec`, which execs: the child's PID is
+/// the program's.
+pub fn in_netns(netns: &str, cmd: &Command) -> Command {
+    let mut out = Command::new("ip");
+    out.args(["netns", "exec", netns]).arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => out.env(k, v),
+            None => out.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        out.current_dir(d);
+    }
+    out
 }
 
 /// The mesh CA's certificate and a member's certificate and key (PEM),
@@ -283,6 +313,7 @@ impl Mesh {
             procs: vec![p],
             insecure: false,
             credentials,
+            sites: Default::default(),
         };
         mesh.wait_ready(3);
         mesh
@@ -306,18 +337,34 @@ impl Mesh {
     }
 
     fn separate_full(agents: usize, coordinator_args: &[&str], insecure: bool) -> Mesh {
+        Mesh::separate_on(agents, coordinator_args, insecure, Default::default())
+    }
+
+    /// As `separate`, with the processes named in `sites` (coordinator,
+    /// gateway, node1, ...) each in its namespace, listening on its address
+    /// (agents advertise it). Ports come from `free_port`: a fresh namespace
+    /// has every port free.
+    pub fn separate_on(
+        agents: usize,
+        coordinator_args: &[&str],
+        insecure: bool,
+        sites: std::collections::HashMap<String, Site>,
+    ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let cport = free_port();
         let scheme = if insecure { "http" } else { "https" };
         let credentials = dir.path().join("coordinator");
+        let ip =
+            |name: &str| sites.get(name).map_or(std::net::IpAddr::from([127, 0, 0, 1]), |s| s.addr);
         let mut mesh = Mesh {
-            http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            p2p: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            coordinator: format!("{scheme}://127.0.0.1:{cport}"),
+            http: SocketAddr::new(ip("gateway"), free_port()),
+            p2p: SocketAddr::new(ip("gateway"), free_port()),
+            coordinator: format!("{scheme}://{}", SocketAddr::new(ip("coordinator"), cport)),
             procs: Vec::new(),
             dir,
             insecure,
             credentials,
+            sites,
         };
         mesh.start_coordinator_with(coordinator_args);
         wait_until("the coordinator", Duration::from_secs(20), || {
@@ -355,11 +402,20 @@ impl Mesh {
     /// `annexmesh agent` for node `name` of the cluster `mesh` on `store`,
     /// on a free port, without its TLS arguments (`agent_tls_args`).
     pub fn agent_command(&self, name: &str, store: &Path) -> Command {
+        let site = self.sites.get(name);
+        let listen = SocketAddr::new(
+            site.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |s| s.addr),
+            free_port(),
+        );
         let mut cmd = annexmesh();
         cmd.args(["agent", "--coordinator", &self.coordinator, "--cluster", "mesh"])
-            .args(["--name", name, "--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--name", name, "--listen", &listen.to_string()])
             .arg("--store")
             .arg(store);
+        if site.is_some() {
+            let scheme = if self.insecure { "http" } else { "https" };
+            cmd.args(["--advertise", &format!("{scheme}://{listen}")]);
+        }
         cmd
     }
 
@@ -367,7 +423,16 @@ impl Mesh {
     fn spawn_agent(&mut self, proc_name: &str, name: &str, store: &Path, extra: &[&str]) {
         let mut cmd = self.agent_command(name, store);
         cmd.args(self.agent_tls_args(store)).args(extra);
-        let p = Proc::spawn(proc_name, &mut cmd, self.dir.path());
+        self.spawn(proc_name, cmd);
+    }
+
+    /// Starts `cmd` as the process `name`, in its host's namespace when it
+    /// has one.
+    pub fn spawn(&mut self, name: &str, mut cmd: Command) {
+        if let Some(site) = self.sites.get(name) {
+            cmd = in_netns(&site.netns, &cmd);
+        }
+        let p = Proc::spawn(name, &mut cmd, self.dir.path());
         self.procs.push(p);
     }
 
@@ -379,8 +444,7 @@ impl Mesh {
     pub fn start_coordinator_with(&mut self, args: &[&str]) {
         let mut cmd = self.coordinator_command();
         cmd.args(args);
-        let p = Proc::spawn("coordinator", &mut cmd, self.dir.path());
-        self.procs.push(p);
+        self.spawn("coordinator", cmd);
     }
 
     pub fn start_agent(&mut self, name: &str) {
@@ -422,22 +486,12 @@ impl Mesh {
     /// `--auth-users`, `--unauth readonly`).
     pub fn start_gateway_with(&mut self, args: &[&str]) {
         let tls = self.gateway_tls_args("gateway");
-        let p = Proc::spawn(
-            "gateway",
-            annexmesh()
-                .args([
-                    "gateway",
-                    "--coordinator",
-                    &self.coordinator,
-                    "--http",
-                    &self.http.to_string(),
-                ])
-                .args(["--p2p", &self.p2p.to_string()])
-                .args(args)
-                .args(tls),
-            self.dir.path(),
-        );
-        self.procs.push(p);
+        let mut cmd = annexmesh();
+        cmd.args(["gateway", "--coordinator", &self.coordinator, "--http", &self.http.to_string()])
+            .args(["--p2p", &self.p2p.to_string()])
+            .args(args)
+            .args(tls);
+        self.spawn("gateway", cmd);
     }
 
     /// Stops the gateway and starts it again with `args` (see
