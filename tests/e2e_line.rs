@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::Stdio;
 
 use common::{Client, Mesh, objects_named};
@@ -187,59 +186,13 @@ fn p2p_annex_remote_copy_get_drop_and_testremote() {
     }
 }
 
-/// A stand-in for ssh that runs the remote command here, as sshd would run
-/// it for a user whose commands go to `annexmesh shell`: it drops ssh's
-/// options and the host, and runs the command line with `git-annex-shell`
-/// being annexmesh.
-fn fake_ssh(dir: &Path, mesh: &Mesh, token: &str) -> String {
-    let log = dir.join("ssh.log");
-    let script = dir.join("fake-ssh");
-    std::fs::write(
-        &script,
-        format!(
-            r#"#!/bin/sh
-# ssh [options] host command...
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -p|-o|-S|-l|-i|-F|-J|-c|-m|-b|-e|-E|-L|-R|-D|-W|-w|-Q|-O|-I|-B) shift 2 ;;
-    -n) exec </dev/null; shift ;;
-    -*) shift ;;
-    *) break ;;
-  esac
-done
-host="$1"
-shift
-# Like ssh, reach only a host that exists (testremote makes an unreachable
-# copy of the remote by changing the host).
-if [ "$host" != gateway.invalid ]; then
-  echo "ssh: Could not resolve hostname $host: Name or service not known" >&2
-  exit 255
-fi
-echo "$*" >> '{log}'
-export ANNEXMESH_P2P='{p2p}'
-export ANNEXMESH_TOKEN='{token}'
-# As sshd's ForceCommand runs it: every command, git's included.
-export SSH_ORIGINAL_COMMAND="$*"
-exec '{annexmesh}' shell
-"#,
-            log = log.display(),
-            annexmesh = env!("CARGO_BIN_EXE_annexmesh"),
-            p2p = mesh.p2p,
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script.display().to_string()
-}
-
 #[test]
 fn ssh_remote_through_annexmesh_shell_copy_get_drop_and_testremote() {
     let mesh = Mesh::separate(3);
     let token = mesh.token(&[]);
     let mut client = Client::new();
     let ssh_dir = tempfile::tempdir().unwrap();
-    let ssh = fake_ssh(ssh_dir.path(), &mesh, &token);
+    let ssh = mesh.fake_ssh(ssh_dir.path(), &token);
     client.env.push(("GIT_SSH_COMMAND".into(), ssh));
     // git-annex runs its own ssh unless told GIT_SSH_COMMAND may be used.
     client.env.push(("GIT_ANNEX_USE_GIT_SSH".into(), "1".into()));

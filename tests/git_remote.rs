@@ -285,47 +285,13 @@ fn slash_and_dot_git_urls_are_git_annex_remotes() {
     assert_eq!(w.ok(&["config", "remote.origin.annex-uuid"]), cluster);
 }
 
-/// A stand-in for ssh to a gateway host whose sshd runs `annexmesh shell`
-/// as ForceCommand: the command git asks for arrives in
-/// SSH_ORIGINAL_COMMAND.
-fn fake_ssh(dir: &Path, mesh: &Mesh, token: &str) -> String {
-    let script = dir.join("fake-ssh");
-    std::fs::write(
-        &script,
-        format!(
-            r#"#!/bin/sh
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -p|-o|-l|-i|-F) shift 2 ;;
-    -*) shift ;;
-    *) break ;;
-  esac
-done
-shift
-echo "$*" >> '{log}'
-export SSH_ORIGINAL_COMMAND="$*"
-export ANNEXMESH_P2P='{p2p}'
-export ANNEXMESH_TOKEN='{token}'
-exec '{bin}' shell
-"#,
-            log = dir.join("ssh.log").display(),
-            p2p = mesh.p2p,
-            bin = env!("CARGO_BIN_EXE_annexmesh"),
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script.display().to_string()
-}
-
 #[test]
 fn ssh_through_annexmesh_shell_clones_and_pushes_over_connect() {
     let mesh = Mesh::separate(1);
     let ssh_dir = tempfile::tempdir().unwrap();
     let mut client = Client::new();
     client.env.push(("GIT_SSH_VARIANT".into(), "simple".into()));
-    client.env.push(("GIT_SSH_COMMAND".into(), fake_ssh(ssh_dir.path(), &mesh, &mesh.token(&[]))));
+    client.env.push(("GIT_SSH_COMMAND".into(), mesh.fake_ssh(ssh_dir.path(), &mesh.token(&[]))));
 
     // Empty, then with commits; pushes over ssh are seen over HTTP.
     let w = Work::clone(&client, "ssh://gateway.invalid/~/mesh", "w");
@@ -349,7 +315,7 @@ fn ssh_through_annexmesh_shell_clones_and_pushes_over_connect() {
     let mut reader = Client::new();
     reader.env.push(("GIT_SSH_VARIANT".into(), "simple".into()));
     let ro = mesh.token(&["--readonly"]);
-    reader.env.push(("GIT_SSH_COMMAND".into(), fake_ssh(ssh_dir.path(), &mesh, &ro)));
+    reader.env.push(("GIT_SSH_COMMAND".into(), mesh.fake_ssh(ssh_dir.path(), &ro)));
     let r = Work::clone(&reader, "ssh://gateway.invalid/mesh", "r");
     r.commit("g", "3");
     let out = r.run(&["push", "origin", "main"]);

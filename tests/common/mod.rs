@@ -629,6 +629,52 @@ impl Mesh {
         env
     }
 
+    /// A stand-in for ssh (`dir/fake-ssh`, for GIT_SSH_COMMAND) to the host
+    /// `gateway.invalid`, whose sshd runs `annexmesh shell` as ForceCommand
+    /// with `token`: the command asked for arrives in SSH_ORIGINAL_COMMAND and
+    /// is logged to `dir/ssh.log`. Other hosts do not resolve, as with ssh.
+    pub fn fake_ssh(&self, dir: &Path, token: &str) -> String {
+        let log = dir.join("ssh.log");
+        let script = dir.join("fake-ssh");
+        std::fs::write(
+            &script,
+            format!(
+                r#"#!/bin/sh
+# ssh [options] host command...
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -p|-o|-S|-l|-i|-F|-J|-c|-m|-b|-e|-E|-L|-R|-D|-W|-w|-Q|-O|-I|-B) shift 2 ;;
+    -n) exec </dev/null; shift ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+host="$1"
+shift
+# Like ssh, reach only a host that exists (testremote makes an unreachable
+# copy of the remote by changing the host).
+if [ "$host" != gateway.invalid ]; then
+  echo "ssh: Could not resolve hostname $host: Name or service not known" >&2
+  exit 255
+fi
+echo "$*" >> '{log}'
+export ANNEXMESH_P2P='{p2p}'
+export ANNEXMESH_TOKEN='{token}'
+# As sshd's ForceCommand runs it: every command, git's included.
+export SSH_ORIGINAL_COMMAND="$*"
+exec '{annexmesh}' shell
+"#,
+                log = log.display(),
+                annexmesh = env!("CARGO_BIN_EXE_annexmesh"),
+                p2p = self.p2p,
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script.display().to_string()
+    }
+
     /// The admin token.
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.credentials.join("admin-token")).unwrap().trim().to_string()
