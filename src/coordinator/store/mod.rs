@@ -10,6 +10,7 @@
 //! a check and the write it guards share one transaction, and location
 //! changes are committed in groups.
 
+mod backend;
 mod credentials;
 mod locations;
 mod meta;
@@ -31,6 +32,10 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use backend::{
+    Backend, ClusterSettingsUpdate, CoordinatorRecord, HealthRow, Migrate, NodeSettingsUpdate,
+    SharedDegraded, SharedHealth, Snapshot,
+};
 pub use credentials::{JoinCheck, JoinTokenRecord};
 pub use locations::{Change, LocationEntry, StampedChange, WallClock, system_clock};
 pub use registry::{Cluster, Node, Registration, is_cluster_uuid, new_cluster_uuid};
