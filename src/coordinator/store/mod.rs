@@ -85,6 +85,9 @@ const JOINED_AGENTS: TableDefinition<&str, u64> = TableDefinition::new("joined_a
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(Arc<redb::Error>),
+    /// A backend other than redb failed (e.g. PostgreSQL unreachable).
+    #[error("database error: {0}")]
+    Backend(String),
     #[error("corrupt record: {0}")]
     Corrupt(String),
     #[error("{what}: {source}")]
@@ -118,6 +121,7 @@ pub struct Store {
     db: Arc<Database>,
     writer: Writer,
     stamps: Arc<Stamps>,
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -156,7 +160,19 @@ impl Store {
             what: "cannot start the database writer thread".into(),
             source: Arc::new(e),
         })?;
-        Ok(Store { db, writer, stamps })
+        Ok(Store { db, writer, stamps, changes: tokio::sync::watch::channel(0).0 })
+    }
+
+    /// Hears of changes to clusters, nodes and their settings, made by this
+    /// coordinator or (on a shared store) another: the value only counts up.
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Tells subscribers that the topology changed.
+    #[allow(dead_code)]
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v += 1);
     }
 
     fn read(&self) -> Result<ReadTransaction> {
