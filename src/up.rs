@@ -64,7 +64,10 @@ async fn up_user(store: &crate::coordinator::store::Store, file: &Path) -> anyho
         (user == USER).then(|| password.to_string())
     });
     if let Some(pw) = old
-        && store.token(&auth::hash_token(&pw))?.is_some_and(|t| t.user.as_deref() == Some(USER))
+        && store
+            .token(&auth::hash_token(&pw))
+            .await?
+            .is_some_and(|t| t.user.as_deref() == Some(USER))
     {
         return Ok(pw);
     }

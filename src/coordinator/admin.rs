@@ -54,8 +54,8 @@ impl AdminService {
     }
 
     /// A node by name or UUID.
-    fn find_node(&self, node: &str) -> Result<Node, Status> {
-        crate::names::find(self.core.store.nodes()?, node).ok_or_else(|| {
+    async fn find_node(&self, node: &str) -> Result<Node, Status> {
+        crate::names::find(self.core.store.nodes().await?, node).ok_or_else(|| {
             Status::not_found(format!(
                 "unknown node {node:?} (`annexmesh admin node list` lists them)"
             ))
@@ -63,8 +63,8 @@ impl AdminService {
     }
 
     /// A cluster by name or UUID.
-    fn find_cluster(&self, cluster: &str) -> Result<Cluster, Status> {
-        crate::names::find(self.core.store.clusters()?, cluster)
+    async fn find_cluster(&self, cluster: &str) -> Result<Cluster, Status> {
+        crate::names::find(self.core.store.clusters().await?, cluster)
             .ok_or_else(|| Status::not_found(format!("unknown cluster {cluster:?}")))
     }
 
@@ -122,7 +122,7 @@ impl admin_server::Admin for AdminService {
         &self,
         _: Request<rpc::ListClustersRequest>,
     ) -> Result<Response<rpc::ListClustersReply>, Status> {
-        let mut clusters = self.core.all_clusters()?;
+        let mut clusters = self.core.all_clusters().await?;
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(rpc::ListClustersReply { clusters }))
     }
@@ -132,13 +132,14 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::ListNodesRequest>,
     ) -> Result<Response<rpc::ListNodesReply>, Status> {
         let name = &req.get_ref().cluster;
-        let mut nodes = self.core.all_nodes()?;
-        nodes.extend(self.core.removed_nodes()?);
+        let mut nodes = self.core.all_nodes().await?;
+        nodes.extend(self.core.removed_nodes().await?);
         if !name.is_empty() {
             let c = self
                 .core
                 .store
-                .cluster_by_name(name)?
+                .cluster_by_name(name)
+                .await?
                 .ok_or_else(|| Status::not_found(format!("unknown cluster {name:?}")))?;
             nodes.retain(|n| n.cluster_uuid == c.uuid);
         }
@@ -154,11 +155,12 @@ impl admin_server::Admin for AdminService {
         let key = &req.get_ref().key;
         valid_key(key)?;
         let names: HashMap<String, String> =
-            self.core.store.nodes()?.into_iter().map(|n| (n.uuid, n.name)).collect();
+            self.core.store.nodes().await?.into_iter().map(|n| (n.uuid, n.name)).collect();
         let entries = self
             .core
             .store
-            .locations(key)?
+            .locations(key)
+            .await?
             .into_iter()
             .map(|e| rpc::WhereisEntry {
                 node_name: names.get(&e.node_uuid).cloned().unwrap_or_default(),
@@ -174,8 +176,8 @@ impl admin_server::Admin for AdminService {
         &self,
         req: Request<rpc::GetWantedRequest>,
     ) -> Result<Response<rpc::WantedReply>, Status> {
-        let n = self.find_node(&req.get_ref().node)?;
-        let settings = self.core.store.node_settings()?.remove(&n.uuid).unwrap_or_default();
+        let n = self.find_node(&req.get_ref().node).await?;
+        let settings = self.core.store.node_settings().await?.remove(&n.uuid).unwrap_or_default();
         Ok(Response::new(wanted_reply(&n, &settings)))
     }
 
@@ -184,7 +186,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::SetWantedRequest>,
     ) -> Result<Response<rpc::WantedReply>, Status> {
         let r = req.into_inner();
-        let n = self.find_node(&r.node)?;
+        let n = self.find_node(&r.node).await?;
         let wanted = self.wanted(&r.expression)?;
         let set = wanted.clone();
         let settings =
@@ -198,7 +200,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::SetDrainingRequest>,
     ) -> Result<Response<rpc::NodeInfo>, Status> {
         let r = req.into_inner();
-        let n = self.find_node(&r.node)?;
+        let n = self.find_node(&r.node).await?;
         let draining = r.draining;
         let settings =
             self.core.store.update_node_settings(&n.uuid, move |s| s.draining = draining).await?;
@@ -211,7 +213,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::SetClusterMinCopiesRequest>,
     ) -> Result<Response<rpc::ClusterInfo>, Status> {
         let r = req.into_inner();
-        let c = self.find_cluster(&r.cluster)?;
+        let c = self.find_cluster(&r.cluster).await?;
         if r.min_copies == 0 {
             return Err(Status::invalid_argument(
                 "the minimum number of copies must be at least 1",
@@ -232,7 +234,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::SetClusterReserveRequest>,
     ) -> Result<Response<rpc::ClusterInfo>, Status> {
         let r = req.into_inner();
-        let c = self.find_cluster(&r.cluster)?;
+        let c = self.find_cluster(&r.cluster).await?;
         let reserve = Self::reserve(&r.reserve)?;
         let settings = self
             .core
@@ -248,7 +250,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::SetNodeCostRequest>,
     ) -> Result<Response<rpc::NodeInfo>, Status> {
         let r = req.into_inner();
-        let n = self.find_node(&r.node)?;
+        let n = self.find_node(&r.node).await?;
         let cost = r.cost;
         let settings =
             self.core.store.update_node_settings(&n.uuid, move |s| s.cost = Some(cost)).await?;
@@ -261,7 +263,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::RemoveNodeRequest>,
     ) -> Result<Response<rpc::RemoveNodeReply>, Status> {
         let r = req.into_inner();
-        let n = self.find_node(&r.node)?;
+        let n = self.find_node(&r.node).await?;
         match self.core.store.remove_node(&n.uuid, r.lost).await? {
             Removal::SoleCopies { count, sample } => Err(Status::failed_precondition(format!(
                 "node {} holds the only copy of {count} key{} by the location log, such as {}; \
@@ -290,9 +292,9 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::FsckRequest>,
     ) -> Result<Response<rpc::FsckReply>, Status> {
         let r = req.into_inner();
-        let mut nodes = self.core.store.nodes()?;
+        let mut nodes = self.core.store.nodes().await?;
         if !r.cluster.is_empty() {
-            let c = self.find_cluster(&r.cluster)?;
+            let c = self.find_cluster(&r.cluster).await?;
             nodes.retain(|n| n.cluster_uuid == c.uuid);
         }
         let reply = super::fsck::fsck(&self.core, nodes, r.fix).await?;
@@ -342,7 +344,7 @@ impl admin_server::Admin for AdminService {
         &self,
         _: Request<rpc::ListTokensRequest>,
     ) -> Result<Response<rpc::ListTokensReply>, Status> {
-        let mut tokens = self.core.store.tokens()?;
+        let mut tokens = self.core.store.tokens().await?;
         tokens.sort_by(|a, b| {
             a.created_unix_ms.cmp(&b.created_unix_ms).then_with(|| a.sha256.cmp(&b.sha256))
         });
@@ -398,7 +400,7 @@ impl admin_server::Admin for AdminService {
         let r = req.into_inner();
         let cluster = match r.cluster.as_str() {
             "" => None,
-            name => Some(self.find_cluster(name)?.uuid),
+            name => Some(self.find_cluster(name).await?.uuid),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         self.repair.spawn_pass(PassRequest { cluster, dry_run: r.dry_run }, tx);
@@ -409,7 +411,7 @@ impl admin_server::Admin for AdminService {
         &self,
         _: Request<rpc::RepairStatusRequest>,
     ) -> Result<Response<rpc::RepairStatusReply>, Status> {
-        Ok(Response::new(self.repair.status()?))
+        Ok(Response::new(self.repair.status().await?))
     }
 
     async fn create_join_token(
@@ -426,13 +428,13 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::ScrubNodesRequest>,
     ) -> Result<Response<Self::ScrubNodesStream>, Status> {
         let r = req.into_inner();
-        let mut nodes = self.core.store.nodes()?;
+        let mut nodes = self.core.store.nodes().await?;
         if !r.cluster.is_empty() {
-            let c = self.find_cluster(&r.cluster)?;
+            let c = self.find_cluster(&r.cluster).await?;
             nodes.retain(|n| n.cluster_uuid == c.uuid);
         }
         if !r.node.is_empty() {
-            let n = self.find_node(&r.node)?;
+            let n = self.find_node(&r.node).await?;
             nodes.retain(|m| m.uuid == n.uuid);
             if nodes.is_empty() {
                 return Err(Status::invalid_argument(format!(

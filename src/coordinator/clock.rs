@@ -27,7 +27,7 @@ pub struct ClusterClock {
 impl ClusterClock {
     /// Resumes the clock at the persisted lease and persists the next one.
     pub async fn open(store: &Store) -> Result<ClusterClock> {
-        let base_ms = store.meta(META_LEASE)?.unwrap_or(1000);
+        let base_ms = store.meta(META_LEASE).await?.unwrap_or(1000);
         let lease = base_ms + LEASE_MS;
         store.set_meta(META_LEASE, lease).await?;
         Ok(ClusterClock { base_ms, started: Stopwatch::start(), lease_ms: AtomicU64::new(lease) })

@@ -177,7 +177,7 @@ impl Coordinator {
         let repair = Arc::new(Repairer::new(core.clone(), repair));
         let admin = AdminService::new(core.clone(), repair.clone());
         let admin_token_file = join::bootstrap_admin(&store, data).await?;
-        for c in store.clusters()? {
+        for c in store.clusters().await? {
             if !store::is_cluster_uuid(&c.uuid) {
                 tracing::warn!(
                     cluster = %c.name,
@@ -269,7 +269,7 @@ impl Coordinator {
         let guard = crate::pki::guard::GuardLayer::with_admin(
             crate::pki::guard::coordinator_policy,
             self.tls.is_some(),
-            join::admin_check(self.store.clone()),
+            join::admin_check(self.store.clone(), &tasks).await?,
             hint,
         );
         let mut builder = self.limits.server();
@@ -302,7 +302,7 @@ impl Coordinator {
 /// Every cluster's git repository, made if missing. A coordinator that
 /// cannot run git still serves content; git requests then fail with why.
 async fn ensure_repositories(core: &Core) {
-    let clusters = match core.store.clusters() {
+    let clusters = match core.store.clusters().await {
         Ok(c) => c,
         Err(e) => return tracing::warn!("cannot list clusters for their git repositories: {e}"),
     };

@@ -126,6 +126,8 @@ pub trait Backend: Migrate + Send + Sync {
     async fn add_admin_token(&self, sha256: String, created_unix_ms: u64) -> Result<()>;
     async fn is_admin_token(&self, sha256: &str) -> Result<bool>;
     async fn admin_token_count(&self) -> Result<u64>;
+    /// Every admin token's hash.
+    async fn admin_token_hashes(&self) -> Result<HashSet<String>>;
 
     // The location log.
     /// Records location changes; returns once they are durable. Concurrent
