@@ -40,6 +40,10 @@ pub struct UpConfig {
     /// PEM private key for --http-tls-cert.
     #[arg(long, env = "ANNEXMESH_HTTP_TLS_KEY", requires = "http_tls_cert")]
     pub http_tls_key: Option<PathBuf>,
+    /// Where the coordinator keeps the mesh's state: `redb:DIRECTORY` or
+    /// `postgres://...` (default: an embedded database in the data directory).
+    #[arg(long, env = "ANNEXMESH_STORE")]
+    pub store: Option<crate::coordinator::StoreSpec>,
     /// Plaintext gRPC between the roles instead of mutually authenticated
     /// TLS with the mesh CA in the data directory.
     #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
@@ -90,7 +94,18 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("cannot create {}", cfg.data.display()))?;
     let coordinator_data = cfg.data.join("coordinator");
-    let mut coordinator = Coordinator::open(&coordinator_data).await?;
+    let spec = cfg
+        .store
+        .clone()
+        .unwrap_or_else(|| crate::coordinator::StoreSpec::Redb(coordinator_data.clone()));
+    let mut coordinator = Coordinator::open_with(
+        &coordinator_data,
+        &spec,
+        crate::coordinator::DEFAULT_RESERVE,
+        crate::coordinator::store::system_clock(),
+        Default::default(),
+    )
+    .await?;
     if !cfg.insecure {
         coordinator = coordinator.with_tls(&coordinator_data, None, None)?;
     }

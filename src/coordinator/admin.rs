@@ -18,6 +18,7 @@ use crate::rpc::{self, admin_server};
 pub struct AdminService {
     core: Arc<Core>,
     repair: Arc<Repairer>,
+    clock: Arc<super::clock::ClusterClock>,
 }
 
 fn token_info(t: &Token) -> rpc::TokenInfo {
@@ -49,8 +50,12 @@ fn wanted_reply(n: &Node, settings: &NodeSettings) -> rpc::WantedReply {
 }
 
 impl AdminService {
-    pub fn new(core: Arc<Core>, repair: Arc<Repairer>) -> AdminService {
-        AdminService { core, repair }
+    pub fn new(
+        core: Arc<Core>,
+        repair: Arc<Repairer>,
+        clock: Arc<super::clock::ClusterClock>,
+    ) -> AdminService {
+        AdminService { core, repair, clock }
     }
 
     /// A node by name or UUID.
@@ -125,6 +130,51 @@ impl admin_server::Admin for AdminService {
         let mut clusters = self.core.all_clusters().await?;
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(rpc::ListClustersReply { clusters }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<rpc::StatusRequest>,
+    ) -> Result<Response<rpc::StatusReply>, Status> {
+        let me = self.core.me.lock().unwrap().clone();
+        let store = &self.core.store;
+        let nodes = self.core.all_nodes().await?;
+        let mut coordinators: Vec<rpc::CoordinatorStatus> = store
+            .coordinators()
+            .await?
+            .into_iter()
+            .map(|c| rpc::CoordinatorStatus {
+                id: c.id,
+                address: c.address,
+                version: c.version,
+                started_unix_ms: c.started_unix_ms,
+                age_ms: c.age_ms,
+            })
+            .collect();
+        if !coordinators.iter().any(|c| c.id == me.id) {
+            coordinators.push(rpc::CoordinatorStatus {
+                id: me.id.clone(),
+                address: me.address.clone(),
+                version: me.version.clone(),
+                started_unix_ms: me.started_unix_ms,
+                age_ms: 0,
+            });
+        }
+        coordinators.sort_by(|a, b| a.address.cmp(&b.address));
+        Ok(Response::new(rpc::StatusReply {
+            id: me.id,
+            address: me.address,
+            version: me.version,
+            store: store.describe(),
+            shared: store.shared(),
+            clock_ms: self.clock.now().await?,
+            coordinators,
+            clusters: store.clusters().await?.len() as u32,
+            nodes: nodes.len() as u32,
+            nodes_up: nodes.iter().filter(|n| n.healthy && !n.degraded).count() as u32,
+            nodes_degraded: nodes.iter().filter(|n| n.degraded).count() as u32,
+            topology_version: *store.subscribe_changes().borrow(),
+        }))
     }
 
     async fn list_nodes(

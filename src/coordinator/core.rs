@@ -40,6 +40,9 @@ pub struct Core {
     tls: std::sync::OnceLock<(Arc<crate::pki::Ca>, rpc::Dialer)>,
     /// The clusters' git repositories.
     pub repos: Arc<super::git::Repos>,
+    /// This coordinator as it announces itself (its address set once it
+    /// listens).
+    pub me: Mutex<super::store::CoordinatorRecord>,
 }
 
 impl Core {
@@ -52,6 +55,12 @@ impl Core {
             reserve_default,
             exprs: Mutex::new(HashMap::new()),
             tls: std::sync::OnceLock::new(),
+            me: Mutex::new(super::store::CoordinatorRecord {
+                id: uuid::Uuid::new_v4().to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_unix_ms: crate::clock::unix_ms(),
+                ..Default::default()
+            }),
         }
     }
 

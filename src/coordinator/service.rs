@@ -292,7 +292,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         if self.core.store.cluster_by_uuid(uuid).await?.is_none() {
             return Err(Status::not_found(format!("unknown cluster {uuid}")));
         }
-        let ms = self.clock.now_ms();
+        let ms = self.clock.now().await?;
         Ok(Response::new(rpc::TimestampReply {
             timestamp: ms / 1000,
             timestamp_ms: ms,

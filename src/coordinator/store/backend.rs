@@ -39,8 +39,9 @@ pub struct SharedDegraded {
     pub error: String,
     pub writable: bool,
     pub reached: bool,
-    /// How long ago the last failure was, in milliseconds, when read.
-    pub failure_age_ms: u64,
+    /// When the last failure was noted (the noting coordinator's clock):
+    /// which failure this is, so that a newer one wins.
+    pub failure_unix_ms: u64,
 }
 
 /// A health report read back: the report and how long ago it was written,

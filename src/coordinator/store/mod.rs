@@ -42,7 +42,7 @@ pub use removal::{Removal, RemovedNode};
 pub use settings::{ClusterSettings, DEFAULT_NODE_COST, NodeSettings};
 pub use tokens::{Created, Revoked, Token};
 
-pub use embedded::Redb;
+pub use embedded::{FILE as REDB_FILE, Redb};
 
 // The on-disk format: table names and encodings must stay as they are, so
 // that an existing data directory keeps opening.
@@ -165,7 +165,7 @@ impl Store {
     /// As `open`, with location stamps starting from `wall` rather than the
     /// system's wall clock.
     pub fn open_with_clock(dir: &Path, wall: WallClock) -> Result<Store> {
-        Store::with_backend(|_| Ok(Box::new(Redb::open_with_clock(dir, wall)?)))
+        Store::with_backend(|| Ok(Box::new(Redb::open_with_clock(dir, wall)?)))
     }
 
     /// Opens the store `spec` names; `wall` applies to the embedded one.
@@ -188,11 +188,9 @@ impl Store {
         }
     }
 
-    fn with_backend(
-        open: impl FnOnce(&Arc<tokio::sync::watch::Sender<u64>>) -> Result<Box<dyn Backend>>,
-    ) -> Result<Store> {
+    fn with_backend(open: impl FnOnce() -> Result<Box<dyn Backend>>) -> Result<Store> {
         let changes = Arc::new(tokio::sync::watch::channel(0).0);
-        Ok(Store { backend: open(&changes)?, changes })
+        Ok(Store { backend: open()?, changes })
     }
 
     /// The backend, for moving a mesh between stores.
