@@ -44,12 +44,13 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     if args.from == args.to {
         anyhow::bail!("--from and --to name the same store");
     }
-    let from = open(&args.from, "source").await?;
-    if let StoreSpec::Redb(dir) = &args.from {
-        if !dir.join(crate::coordinator::store::REDB_FILE).is_file() {
-            anyhow::bail!("no coordinator database in {}", dir.display());
-        }
+    // Opening an embedded store creates it: check there is one first.
+    if let StoreSpec::Redb(dir) = &args.from
+        && !dir.join(crate::coordinator::store::REDB_FILE).is_file()
+    {
+        anyhow::bail!("no coordinator database in {}", dir.display());
     }
+    let from = open(&args.from, "source").await?;
     let to = open(&args.to, "target").await?;
     let started = Instant::now();
     let snapshot = from.backend().export().await?;
