@@ -49,11 +49,13 @@ pub fn watch(core: Arc<Core>) -> WatchStream {
         let mut keepalive = interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
         let mut health = interval_at(Instant::now() + HEALTH_CHECK, HEALTH_CHECK);
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut send = true;
+        // What to send next: None, or whether it is only a keep-alive.
+        let mut send = Some(false);
         loop {
-            if send {
+            if let Some(idle) = send {
                 keepalive.reset();
-                if tx.send(Ok(rpc::TopologyChanged { version })).await.is_err() {
+                let msg = rpc::TopologyChanged { version, keepalive: idle };
+                if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
             }
@@ -66,16 +68,17 @@ pub fn watch(core: Arc<Core>) -> WatchStream {
                     }
                     version = *changes.borrow_and_update();
                     last = routing_view(&core);
-                    true
+                    Some(false)
                 }
-                _ = keepalive.tick() => true,
+                _ = keepalive.tick() => Some(true),
                 _ = health.tick() => {
                     let now = routing_view(&core);
-                    let changed = now.is_some() && now != last;
-                    if changed {
+                    if now.is_some() && now != last {
                         last = now;
+                        Some(false)
+                    } else {
+                        None
                     }
-                    changed
                 }
             };
         }

@@ -76,9 +76,11 @@ async fn watch(mesh: Weak<Mesh>, signal: Arc<Signal>) {
                 signal.watching.store(true, Ordering::Relaxed);
                 loop {
                     match tokio::time::timeout(SILENCE, stream.next()).await {
-                        Ok(Some(Ok(_))) => {
+                        Ok(Some(Ok(msg))) => {
                             delay = WATCH_BACKOFF_MIN;
-                            signal.refresh.notify_one();
+                            if !msg.keepalive {
+                                signal.refresh.notify_one();
+                            }
                         }
                         Ok(Some(Err(e))) => {
                             info!("the topology watch stream ended: {}", e.message());
