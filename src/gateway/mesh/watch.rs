@@ -122,3 +122,6 @@ impl Mesh {
         tasks.spawn(watch(Arc::downgrade(self), signal));
     }
 }
+
+#[cfg(test)]
+mod tests;
