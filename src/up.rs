@@ -154,6 +154,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         }
         let cfg = AgentConfig {
             coordinator: coordinator_url.clone(),
+            failover: Default::default(),
             listen: listener.local_addr()?,
             advertise: None,
             store,

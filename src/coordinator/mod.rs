@@ -23,6 +23,7 @@ pub mod scrub;
 pub mod service;
 pub mod store;
 pub mod validate;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;

@@ -125,6 +125,15 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(self.git.serve(req.into_inner(), known).await?))
     }
 
+    type WatchTopologyStream = super::watch::WatchStream;
+
+    async fn watch_topology(
+        &self,
+        _: Request<rpc::WatchTopologyRequest>,
+    ) -> Result<Response<Self::WatchTopologyStream>, Status> {
+        Ok(Response::new(super::watch::watch(self.core.clone())))
+    }
+
     async fn register(
         &self,
         req: Request<rpc::RegisterRequest>,
