@@ -24,7 +24,10 @@ pub async fn run(args: &ConnectArgs) -> anyhow::Result<()> {
     let (mut answered, mut listed) = (0, Vec::new());
     println!("COORDINATOR\tSTATE\tSTORE\tCLOCK_MS\tCLUSTERS\tNODES_UP\tNODES_DEGRADED\tNODES");
     for url in &urls {
-        let one = ConnectArgs { coordinator: url.clone(), ..args.clone() };
+        // Each one on its own: no failover to another, and no long wait.
+        let mut one = ConnectArgs { coordinator: url.clone(), ..args.clone() };
+        one.failover.coordinator_failover =
+            one.failover.coordinator_failover.min(std::time::Duration::from_secs(3));
         let reply = match connect::connect(&one).await {
             Ok(mut c) => c.status(rpc::StatusRequest {}).await.map(|r| r.into_inner()),
             Err(e) => Err(tonic::Status::unavailable(format!("{e:#}"))),

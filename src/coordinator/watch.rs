@@ -26,9 +26,9 @@ pub type WatchStream = ReceiverStream<Result<rpc::TopologyChanged, Status>>;
 
 /// What routing depends on: the topology without the figures that move
 /// with every heartbeat (free space, transfers, last seen).
-fn routing_view(core: &Core) -> Option<(Vec<rpc::ClusterInfo>, Vec<rpc::NodeInfo>)> {
-    let clusters = core.all_clusters().ok()?;
-    let mut nodes = core.all_nodes().ok()?;
+async fn routing_view(core: &Core) -> Option<(Vec<rpc::ClusterInfo>, Vec<rpc::NodeInfo>)> {
+    let clusters = core.all_clusters().await.ok()?;
+    let mut nodes = core.all_nodes().await.ok()?;
     for n in &mut nodes {
         n.last_seen_unix_ms = 0;
         n.free_bytes = 0;
@@ -45,7 +45,7 @@ pub fn watch(core: Arc<Core>) -> WatchStream {
     let mut changes = core.store.subscribe_changes();
     tokio::spawn(async move {
         let mut version = *changes.borrow_and_update();
-        let mut last = routing_view(&core);
+        let mut last = routing_view(&core).await;
         let mut keepalive = interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
         let mut health = interval_at(Instant::now() + HEALTH_CHECK, HEALTH_CHECK);
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -67,12 +67,12 @@ pub fn watch(core: Arc<Core>) -> WatchStream {
                         return;
                     }
                     version = *changes.borrow_and_update();
-                    last = routing_view(&core);
+                    last = routing_view(&core).await;
                     Some(false)
                 }
                 _ = keepalive.tick() => Some(true),
                 _ = health.tick() => {
-                    let now = routing_view(&core);
+                    let now = routing_view(&core).await;
                     if now.is_some() && now != last {
                         last = now;
                         Some(false)
