@@ -212,6 +212,20 @@ pub struct Mesh {
     /// Processes that run on a namespaced host, by process name; the others
     /// run here on 127.0.0.1.
     pub sites: std::collections::HashMap<String, Site>,
+    /// The coordinators' `--store`: None for the embedded default (see
+    /// `test_store`).
+    pub store: Option<String>,
+}
+
+/// The store the suite runs coordinators on: with ANNEXMESH_TEST_STORE=
+/// postgres (scripts/test's second pass), a fresh database for each mesh on
+/// the PostgreSQL server the harness starts; else None, the embedded redb.
+pub fn test_store() -> Option<String> {
+    match std::env::var("ANNEXMESH_TEST_STORE").as_deref() {
+        Ok("postgres") => Some(pg::PgServer::shared().create_database()),
+        Ok("redb") | Ok("") | Err(_) => None,
+        Ok(other) => panic!("ANNEXMESH_TEST_STORE={other}: give redb or postgres"),
+    }
 }
 
 /// A namespaced host a mesh process runs on.
@@ -290,11 +304,15 @@ impl Mesh {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let p2p: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let cport = free_port();
+        let store = test_store();
+        let mut up = annexmesh();
+        up.arg("up");
+        if let Some(s) = &store {
+            up.args(["--store", s]);
+        }
         let p = Proc::spawn(
             "up",
-            annexmesh()
-                .arg("up")
-                .arg("--data")
+            up.arg("--data")
                 .arg(dir.path().join("data"))
                 .arg("--http")
                 .arg(http.to_string())
@@ -314,6 +332,7 @@ impl Mesh {
             insecure: false,
             credentials,
             sites: Default::default(),
+            store,
         };
         mesh.wait_ready(3);
         mesh
@@ -365,6 +384,7 @@ impl Mesh {
             insecure,
             credentials,
             sites,
+            store: test_store(),
         };
         mesh.start_coordinator_with(coordinator_args);
         wait_until("the coordinator", Duration::from_secs(20), || {
@@ -492,6 +512,23 @@ impl Mesh {
             .args(args)
             .args(tls);
         self.spawn("gateway", cmd);
+    }
+
+    /// Starts a gateway as process `name` (in its site's namespace when it
+    /// has one) serving P2P over HTTP on `http`, open to anyone; returns its
+    /// URL once it answers.
+    pub fn start_gateway_named(&mut self, name: &str, http: SocketAddr) -> String {
+        let tls = self.gateway_tls_args(name);
+        let mut cmd = annexmesh();
+        cmd.args(["gateway", "--coordinator", &self.coordinator, "--http", &http.to_string()])
+            .arg("--wideopen")
+            .args(tls);
+        self.spawn(name, cmd);
+        let url = format!("http://{http}");
+        wait_until("the new gateway", Duration::from_secs(30), || {
+            matches!(http_get(&format!("{url}/mesh/config")), Some((200, _)))
+        });
+        url
     }
 
     /// Stops the gateway and starts it again with `args` (see
@@ -683,10 +720,20 @@ exec '{annexmesh}' shell
     /// The coordinator's command line as the harness starts it, for tests
     /// that start it by hand.
     pub fn coordinator_command(&self) -> Command {
-        let listen = self.coordinator.split_once("://").unwrap().1.to_string();
-        let data = self.dir.path().join("coordinator");
+        let first = self.coordinator.split(',').next().unwrap().to_string();
+        self.coordinator_command_at(&first, "coordinator")
+    }
+
+    /// `annexmesh coordinator` listening where `url` says, with its data in
+    /// DIR/`name` (a second coordinator of a shared store has its own).
+    pub fn coordinator_command_at(&self, url: &str, name: &str) -> Command {
+        let listen = url.split_once("://").unwrap().1.to_string();
+        let data = self.dir.path().join(name);
         let mut cmd = annexmesh();
         cmd.args(["coordinator", "--listen", &listen]).arg("--data").arg(data);
+        if let Some(s) = &self.store {
+            cmd.args(["--store", s]);
+        }
         if self.insecure {
             cmd.arg("--insecure");
         }
