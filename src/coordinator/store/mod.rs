@@ -14,6 +14,7 @@ mod backend;
 mod credentials;
 mod locations;
 mod meta;
+pub mod postgres;
 mod registry;
 mod removal;
 mod scan;
