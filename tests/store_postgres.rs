@@ -475,8 +475,6 @@ async fn migrations_run_once_under_parallel_starts_and_a_newer_schema_is_refused
 async fn topology_changes_by_one_coordinator_reach_the_other() {
     let (a, url) = fresh().await;
     let (b, heard) = open(&url).await;
-    // Anything heard so far (b's own start) is not counted.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let before = heard.load(Ordering::SeqCst);
     a.create_cluster("mesh").await.unwrap();
     eventually("a new cluster to be heard", || heard.load(Ordering::SeqCst) > before).await;
@@ -611,4 +609,34 @@ async fn bad_urls_and_unreachable_servers_give_clear_errors() {
     let (s, _) = open(&server.create_database()).await;
     assert_eq!(s.describe(), server.url(db_name(&s.describe())));
     assert!(s.shared());
+}
+
+/// The listening connection is cut (as by a database restart): the store
+/// reconnects, says something may have changed, and hears changes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_listening_connection_is_replaced_and_changes_heard_again() {
+    let (a, url) = fresh().await;
+    let (b, heard) = open(&url).await;
+    a.create_cluster("first").await.unwrap();
+    eventually("the first change", || heard.load(Ordering::SeqCst) >= 1).await;
+    let before = heard.load(Ordering::SeqCst);
+    let db = db_name(&url);
+    PgServer::shared().execute(
+        db,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+        ),
+    );
+    eventually("a call after reconnecting", || heard.load(Ordering::SeqCst) > before).await;
+    // The pool's connections were cut too; a request may fail once.
+    let start = Instant::now();
+    while a.create_cluster("second").await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the pool never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = heard.load(Ordering::SeqCst);
+    a.create_cluster("third").await.unwrap();
+    eventually("a change after reconnecting", || heard.load(Ordering::SeqCst) > before).await;
+    assert_eq!(b.clusters().await.unwrap().len(), 3);
 }

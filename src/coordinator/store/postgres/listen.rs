@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, Client, Connection};
 
 use super::{TOPOLOGY_CHANNEL, Tls, chain};
@@ -20,13 +20,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(15);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs until aborted (when the store is dropped).
+/// Runs until aborted (when the store is dropped); `ready` hears when it
+/// first listens.
 pub(super) async fn run(
     config: tokio_postgres::Config,
     tls: Tls,
     at: Arc<str>,
     on_change: Arc<dyn Fn() + Send + Sync>,
+    ready: oneshot::Sender<()>,
 ) {
+    let mut ready = Some(ready);
     let mut backoff = FIRST_BACKOFF;
     let mut connected_before = false;
     loop {
@@ -37,6 +40,9 @@ pub(super) async fn run(
                 } else {
                     if connected_before {
                         on_change();
+                    }
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
                     }
                     connected_before = true;
                     backoff = FIRST_BACKOFF;

@@ -91,7 +91,15 @@ impl Postgres {
         migrate::run(&mut client, &at).await?;
         drop(client);
         let writer = locations::Writer::start(pool.clone(), at.clone());
-        let listener = tokio::spawn(listen::run(config, tls, at.clone(), on_change));
+        let (ready, listening) = tokio::sync::oneshot::channel();
+        let listener = tokio::spawn(listen::run(config, tls, at.clone(), on_change, ready));
+        // Changes made once this returns are heard.
+        if !matches!(tokio::time::timeout(CONNECT_TIMEOUT, listening).await, Ok(Ok(()))) {
+            listener.abort();
+            return Err(StoreError::Backend(format!(
+                "cannot listen for topology changes on PostgreSQL at {at}; see the log"
+            )));
+        }
         Ok(Postgres { pool, describe: o.describe, at, writer, listener })
     }
 
