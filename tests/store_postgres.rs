@@ -640,3 +640,35 @@ async fn a_lost_listening_connection_is_replaced_and_changes_heard_again() {
     eventually("a change after reconnecting", || heard.load(Ordering::SeqCst) > before).await;
     assert_eq!(b.clusters().await.unwrap().len(), 3);
 }
+
+/// PostgreSQL on a host of its own: the store reaches it across the
+/// network; cut off, requests fail rather than hang, and once the link is
+/// back they succeed and topology changes are heard again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_on_another_host_cut_off_and_back() {
+    let Some(net) = common::netns::net_or_skip(1) else { return };
+    let host = net.host(0);
+    let server = PgServer::start_on(&host.addr().to_string(), Some(host.netns()));
+    // Short timeouts, so that the cut is noticed quickly.
+    let url = format!("{}?tcp_user_timeout=3&connect_timeout=3", server.create_database());
+    let (a, heard) = open(&url).await;
+    a.create_cluster("mesh").await.unwrap();
+    eventually("the change", || heard.load(Ordering::SeqCst) >= 1).await;
+
+    host.link_down();
+    let cut = tokio::time::timeout(Duration::from_secs(120), a.create_cluster("cut")).await;
+    let err = cut.expect("a request to a cut-off database must fail, not hang").unwrap_err();
+    assert!(err.to_string().contains(&format!("PostgreSQL at {}", host.addr())), "{err}");
+
+    host.link_up();
+    let start = Instant::now();
+    while a.create_cluster("back").await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(120), "the store never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = heard.load(Ordering::SeqCst);
+    a.update_cluster_settings_boxed("c", Box::new(|c| c.min_copies = Some(2))).await.unwrap();
+    eventually("a change after the link came back", || heard.load(Ordering::SeqCst) > before).await;
+    drop(a);
+    drop(server);
+}

@@ -121,6 +121,10 @@ impl PgServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // Clients on other (namespaced) hosts too; a test server trusts all.
+        let mut hba =
+            std::fs::OpenOptions::new().append(true).open(data.join("pg_hba.conf")).unwrap();
+        std::io::Write::write_all(&mut hba, b"host all all 0.0.0.0/0 trust\n").unwrap();
         let log = std::fs::File::create(server._dir.path().join("postgres.log")).unwrap();
         let mut cmd = server.command("postgres", true);
         cmd.arg("-D")

@@ -36,6 +36,10 @@ const TOPOLOGY_CHANNEL: &str = "annexmesh_topology";
 /// How long a connection attempt may take when the URL sets no
 /// `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long sent data may go unacknowledged (`tcp_user_timeout`) and a
+/// connection idle before it is probed (`keepalives_idle`), unless the URL
+/// sets them.
+const LINK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request waits for a free connection of the pool.
 const POOL_WAIT: Duration = Duration::from_secs(60);
 
@@ -72,6 +76,15 @@ impl Postgres {
             .map_err(|e| StoreError::Backend(format!("{}: {}", o.describe, chain(&e))))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // A database cut off must fail requests, not hang them: unless the
+        // URL says otherwise, unacknowledged data fails a connection after
+        // this long, and idle ones are probed.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(LINK_TIMEOUT);
+        }
+        if config.get_keepalives_idle() > LINK_TIMEOUT {
+            config.keepalives_idle(LINK_TIMEOUT);
         }
         let at: Arc<str> = endpoint(&config).into();
         let tls = tls(&config, o.sslrootcert.as_deref())?;
