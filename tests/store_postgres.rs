@@ -13,8 +13,8 @@ use annexmesh::auth::{self, Mode};
 use annexmesh::coordinator::store::postgres::Postgres;
 use annexmesh::coordinator::store::{
     Backend, Cluster, ClusterSettings, CoordinatorRecord, Created, JoinCheck, JoinTokenRecord,
-    Migrate, Node, NodeSettings, Registration, Removal, Revoked, SharedHealth, StampedChange,
-    Token,
+    Migrate, Node, NodeSettings, Registration, Removal, Revoked, SharedDegraded, SharedHealth,
+    StampedChange, Token,
 };
 use common::pg::PgServer;
 
@@ -520,6 +520,19 @@ async fn health_and_coordinators_are_shared_with_their_ages() {
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].node_uuid.as_str(), &rows[0].health), ("n1", &health));
     assert!(rows[0].age_ms < 3_600_000);
+    // A failure's age is as of the reading: the report's age added.
+    let degraded =
+        SharedDegraded { kind: "put".into(), failure_age_ms: 1_000, ..Default::default() };
+    a.save_health("n2", SharedHealth { degraded: Some(degraded), ..health.clone() }).await.unwrap();
+    let db = db_name(&url);
+    PgServer::shared().execute(
+        db,
+        "UPDATE node_health SET seen = seen - interval '1 minute' WHERE node_uuid = 'n2'",
+    );
+    let rows = b.load_health().await.unwrap();
+    let n2 = rows.iter().find(|r| r.node_uuid == "n2").unwrap();
+    assert!(n2.age_ms >= 60_000);
+    assert_eq!(n2.health.degraded.as_ref().unwrap().failure_age_ms, 1_000 + n2.age_ms);
 
     let me = CoordinatorRecord {
         id: "c-a".into(),
@@ -531,7 +544,6 @@ async fn health_and_coordinators_are_shared_with_their_ages() {
     a.announce(me.clone()).await.unwrap();
     b.announce(CoordinatorRecord { id: "c-b".into(), ..me.clone() }).await.unwrap();
     b.announce(CoordinatorRecord { id: "c-old".into(), ..me.clone() }).await.unwrap();
-    let db = db_name(&url);
     PgServer::shared().execute(
         db,
         "UPDATE coordinators SET seen = now() - interval '2 hours' WHERE id = 'c-old'",
@@ -689,4 +701,19 @@ async fn a_database_on_another_host_cut_off_and_back() {
     eventually("a change after the link came back", || heard.load(Ordering::SeqCst) > before).await;
     drop(a);
     drop(server);
+}
+
+/// Changes to one entry through alternating coordinators: the later always
+/// wins, whatever the coordinators' batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_later_change_wins_across_coordinators() {
+    let (a, url) = fresh().await;
+    let (b, _) = open(&url).await;
+    for i in 0..20 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let present = i % 3 != 0;
+        s.record(vec![(K1.into(), "n1".into(), present)]).await.unwrap();
+        let other = if i % 2 == 0 { &b } else { &a };
+        assert_eq!(other.locations(K1).await.unwrap()[0].present, present, "change {i}");
+    }
 }
