@@ -507,7 +507,16 @@ async fn topology_changes_by_one_coordinator_reach_the_other() {
     a.record(vec![(K1.into(), "n1".into(), true)]).await.unwrap();
     a.create_cluster("other").await.unwrap();
     eventually("the next change", || heard.load(Ordering::SeqCst) > before).await;
-    drop(b);
+    // Dropped, the stores close their connections, the listening one too.
+    let db = db_name(&url);
+    let count = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'");
+    assert_ne!(PgServer::shared().query("postgres", &count), "0");
+    drop((a, b));
+    let start = Instant::now();
+    while PgServer::shared().query("postgres", &count) != "0" {
+        assert!(start.elapsed() < Duration::from_secs(20), "connections left open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,7 +165,8 @@ impl PgServer {
         cmd
     }
 
-    /// psql as the superuser, over TCP, with `args`.
+    /// psql as the superuser, over TCP, running `sql` in `db`; rows
+    /// unaligned, without headers.
     fn psql(&self, db: &str, sql: &str) -> std::process::Output {
         let psql = self.bin.join("psql");
         let psql = if psql.is_file() { psql } else { PathBuf::from("psql") };
@@ -176,7 +177,7 @@ impl PgServer {
         argv.push(psql.to_string_lossy().into_owned());
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &self.addr, "-p"])
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", &self.addr, "-p"])
             .arg(self.port.to_string())
             .args(["-U", "postgres", "-d", db, "-c", sql])
             .stdin(Stdio::null());
@@ -230,8 +231,15 @@ impl PgServer {
 
     /// Runs SQL in database `db` as the superuser; panics when it fails.
     pub fn execute(&self, db: &str, sql: &str) {
+        self.query(db, sql);
+    }
+
+    /// Runs SQL in database `db` as the superuser: its output, unaligned
+    /// and without headers; panics when it fails.
+    pub fn query(&self, db: &str, sql: &str) -> String {
         let out = self.psql(db, sql);
         assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
 
