@@ -726,3 +726,33 @@ async fn the_later_change_wins_across_coordinators() {
         assert_eq!(other.locations(K1).await.unwrap()[0].present, present, "change {i}");
     }
 }
+
+/// TLS to the database: the server's certificate is verified, so an
+/// unknown authority is refused with a hint, and trusted with
+/// `sslrootcert` the connection is encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_verifies_the_certificate() {
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (ca.cert.pem(), ca.signing_key.serialize_pem());
+    let server = PgServer::start_with("127.0.0.1", None, Some((&cert, &key)));
+    let url = server.create_database().replace("@127.0.0.1:", "@localhost:");
+    let err = Postgres::connect(&url, Arc::new(|| {})).await.err().unwrap().to_string();
+    assert!(err.contains("TLS") && err.contains("sslrootcert"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &cert).unwrap();
+    let trusted = format!("{url}?sslmode=verify-full&sslrootcert={}", ca_file.display());
+    let (s, _) = open(&trusted).await;
+    s.create_cluster("mesh").await.unwrap();
+    let encrypted = server.query(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+             WHERE datname = '{}' AND ssl",
+            db_name(&url)
+        ),
+    );
+    assert_ne!(encrypted, "0");
+    assert!(!s.describe().contains("sslrootcert"), "{}", s.describe());
+}

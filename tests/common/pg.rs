@@ -84,10 +84,30 @@ impl PgServer {
     /// A server listening on `addr`, run in the network namespace `netns`
     /// when given (`ip netns exec`).
     pub fn start_on(addr: &str, netns: Option<&str>) -> PgServer {
+        PgServer::start_with(addr, netns, None)
+    }
+
+    /// As `start_on`, serving TLS with `tls` (certificate and key, PEM)
+    /// when given.
+    pub fn start_with(addr: &str, netns: Option<&str>, tls: Option<(&str, &str)>) -> PgServer {
         let bin = pg_bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let (data, sockets) = (dir.path().join("data"), dir.path().join("sockets"));
         std::fs::create_dir(&sockets).unwrap();
+        let mut settings = Vec::new();
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            let (c, k) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&c, cert).unwrap();
+            std::fs::write(&k, key).unwrap();
+            // PostgreSQL refuses a key others may read.
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+            settings.extend([
+                "ssl=on".to_string(),
+                format!("ssl_cert_file={}", c.display()),
+                format!("ssl_key_file={}", k.display()),
+            ]);
+        }
         let as_postgres = is_root();
         if as_postgres {
             let status = Command::new("chown")
@@ -135,6 +155,7 @@ impl PgServer {
             // A test server: speed over durability.
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=500"])
+            .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::piped())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -99,7 +99,14 @@ impl Postgres {
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot set up the connection pool: {e}")))?;
         let mut client = pool.get().await.map_err(|e| {
-            StoreError::Backend(format!("cannot reach PostgreSQL at {at}: {}", chain(&e)))
+            let why = chain(&e);
+            let hint = if why.contains("TLS") {
+                " (to trust the server's certificate authority add sslrootcert=PATH to the \
+                 URL; on a trusted network sslmode=disable goes without TLS)"
+            } else {
+                ""
+            };
+            StoreError::Backend(format!("cannot reach PostgreSQL at {at}: {why}{hint}"))
         })?;
         migrate::run(&mut client, &at).await?;
         drop(client);

@@ -19,7 +19,9 @@ pub struct Options {
     /// `pool_max_size`: connections the pool keeps at most.
     pub pool_max_size: usize,
     /// `sslrootcert`: a PEM file of certificate authorities trusted for the
-    /// database's certificate, beside the public web roots.
+    /// database's certificate, beside the public web roots. Certificates
+    /// are verified whenever TLS is used (`sslmode` prefer, the default,
+    /// require, verify-ca or verify-full); `sslmode=disable` goes without.
     pub sslrootcert: Option<PathBuf>,
 }
 
@@ -41,6 +43,12 @@ pub fn parse(url: &str) -> Result<Options, String> {
         match name {
             "pool_max_size" | "sslrootcert" => ours.push(pair),
             "password" => options.push(pair),
+            // Certificates are always verified when TLS is used: libpq's
+            // verifying modes are PostgreSQL's client's `require`.
+            "sslmode" if matches!(pair, "sslmode=verify-ca" | "sslmode=verify-full") => {
+                options.push("sslmode=require");
+                public.push(pair);
+            }
             _ => {
                 options.push(pair);
                 public.push(pair);
@@ -107,6 +115,13 @@ mod tests {
         assert_eq!(o.describe, "postgres://mesh@db1:5433,db2/annex?sslmode=require");
         assert_eq!(o.pool_max_size, 4);
         assert_eq!(o.sslrootcert, Some(PathBuf::from("/etc/ca.pem")));
+    }
+
+    #[test]
+    fn verifying_ssl_modes_require_tls() {
+        let o = parse("postgres://h/db?sslmode=verify-full").unwrap();
+        assert_eq!(o.client_url, "postgres://h/db?sslmode=require");
+        assert_eq!(o.describe, "postgres://h/db?sslmode=verify-full");
     }
 
     #[test]
