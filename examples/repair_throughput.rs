@@ -33,6 +33,7 @@ async fn start_agent(name: &str, store: std::path::PathBuf, stop: &CancellationT
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cfg = AgentConfig {
         coordinator: "http://127.0.0.1:1".into(),
+        failover: Default::default(),
         listen: listener.local_addr().unwrap(),
         advertise: None,
         store,

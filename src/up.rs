@@ -40,6 +40,10 @@ pub struct UpConfig {
     /// PEM private key for --http-tls-cert.
     #[arg(long, env = "ANNEXMESH_HTTP_TLS_KEY", requires = "http_tls_cert")]
     pub http_tls_key: Option<PathBuf>,
+    /// Where the coordinator keeps the mesh's state: `redb:DIRECTORY` or
+    /// `postgres://...` (default: an embedded database in the data directory).
+    #[arg(long, env = "ANNEXMESH_STORE")]
+    pub store: Option<crate::coordinator::StoreSpec>,
     /// Plaintext gRPC between the roles instead of mutually authenticated
     /// TLS with the mesh CA in the data directory.
     #[arg(long, env = "ANNEXMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
@@ -64,7 +68,10 @@ async fn up_user(store: &crate::coordinator::store::Store, file: &Path) -> anyho
         (user == USER).then(|| password.to_string())
     });
     if let Some(pw) = old
-        && store.token(&auth::hash_token(&pw))?.is_some_and(|t| t.user.as_deref() == Some(USER))
+        && store
+            .token(&auth::hash_token(&pw))
+            .await?
+            .is_some_and(|t| t.user.as_deref() == Some(USER))
     {
         return Ok(pw);
     }
@@ -87,7 +94,18 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("cannot create {}", cfg.data.display()))?;
     let coordinator_data = cfg.data.join("coordinator");
-    let mut coordinator = Coordinator::open(&coordinator_data).await?;
+    let spec = cfg
+        .store
+        .clone()
+        .unwrap_or_else(|| crate::coordinator::StoreSpec::Redb(coordinator_data.clone()));
+    let mut coordinator = Coordinator::open_with(
+        &coordinator_data,
+        &spec,
+        crate::coordinator::DEFAULT_RESERVE,
+        crate::coordinator::store::system_clock(),
+        Default::default(),
+    )
+    .await?;
     if !cfg.insecure {
         coordinator = coordinator.with_tls(&coordinator_data, None, None)?;
     }
@@ -136,6 +154,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         }
         let cfg = AgentConfig {
             coordinator: coordinator_url.clone(),
+            failover: Default::default(),
             listen: listener.local_addr()?,
             advertise: None,
             store,

@@ -7,20 +7,24 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig};
 
 use crate::coordinator::join::{ADMIN_TOKEN_FILE, CA_FILE};
 use crate::rpc::{self, admin_client::AdminClient};
 
 /// The admin API client every subcommand uses.
-pub type Client = AdminClient<InterceptedService<Channel, Bearer>>;
+pub type Client = AdminClient<InterceptedService<rpc::Failover, Bearer>>;
 
 /// Where to reach the coordinator and with what.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// Coordinator gRPC URL (https://, or http:// with --insecure).
+    /// Coordinator gRPC URL (https://, or http:// with --insecure), or
+    /// several separated by commas: the first that answers is used, and
+    /// calls fail over between them.
     #[arg(long, env = "ANNEXMESH_COORDINATOR", default_value = "https://127.0.0.1:7400")]
     pub coordinator: String,
+    #[command(flatten)]
+    pub failover: rpc::FailoverArgs,
     /// PEM certificate of the mesh CA (the coordinator's DATA/ca.pem);
     /// default: the one of a local `annexmesh up` or coordinator, found in
     /// $ANNEXMESH_DATA or ./annexmesh-data.
@@ -81,12 +85,8 @@ pub async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
         .map(|t| AsciiMetadataValue::try_from(format!("Bearer {}", t.trim())))
         .transpose()
         .context("the admin token is not plain text")?;
-    let endpoint = if url.starts_with("http://") {
-        if !args.insecure {
-            anyhow::bail!("refusing plaintext URL {url}: use https:// or pass --insecure");
-        }
-        rpc::endpoint(url).with_context(|| format!("bad coordinator URL {url}"))?
-    } else if url.starts_with("https://") {
+    let urls = rpc::split_urls(url);
+    let tls = if urls.iter().any(|u| u.starts_with("https://")) {
         let ca = match args.ca.clone().or_else(|| local(CA_FILE)) {
             Some(ca) => read(&ca, "CA certificate")?,
             None => anyhow::bail!(
@@ -94,18 +94,31 @@ pub async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
                  or set ANNEXMESH_CA"
             ),
         };
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca))
-            .domain_name(crate::pki::identity::COORDINATOR_NAME);
-        rpc::endpoint(url)
-            .and_then(|e| e.tls_config(tls))
-            .with_context(|| format!("bad coordinator URL {url}"))?
+        Some(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .domain_name(crate::pki::identity::COORDINATOR_NAME),
+        )
     } else {
-        anyhow::bail!(
-            "coordinator URL {url} must start with https:// (or http:// with --insecure)"
-        );
+        None
     };
-    let channel =
-        endpoint.connect().await.map_err(|e| anyhow::anyhow!(rpc::explain_connect(url, &e)))?;
+    let insecure = args.insecure;
+    let make = std::sync::Arc::new(move |u: &str| {
+        let bad = |source| rpc::DialError::Url { url: u.to_string(), source };
+        if u.starts_with("http://") {
+            if !insecure {
+                return Err(rpc::DialError::Plaintext(u.to_string()));
+            }
+            rpc::endpoint(u).map_err(bad)
+        } else if let (true, Some(tls)) = (u.starts_with("https://"), &tls) {
+            rpc::endpoint(u).and_then(|e| e.tls_config(tls.clone())).map_err(bad)
+        } else {
+            Err(rpc::DialError::Scheme(u.to_string()))
+        }
+    });
+    let channel = rpc::Failover::new(urls, args.failover.coordinator_failover, make)?;
+    // A command fails at once, with a reason per coordinator, when none
+    // answers; later calls of the same command fail over.
+    channel.connect().await.map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     Ok(AdminClient::with_interceptor(channel, Bearer(bearer)))
 }

@@ -1,8 +1,10 @@
 //! `annexmesh admin`: the operators' command line over the admin API.
 
 mod connect;
+mod migrate;
 mod repair;
 mod scrub;
+mod status;
 mod users;
 
 use clap::Subcommand;
@@ -81,6 +83,14 @@ pub enum AdminCommand {
         #[arg(long)]
         rate: Option<f64>,
     },
+    /// Move the mesh's state to another store (e.g. from redb to
+    /// PostgreSQL) and verify it there. Stop the coordinators first; the
+    /// target must be empty. Needs no coordinator.
+    MigrateStore(migrate::MigrateArgs),
+    /// Every coordinator given with --coordinator (a comma list), each with
+    /// its own view: its store, the cluster clock, clusters and nodes' health;
+    /// then the coordinators the store lists. Fails when one did not answer.
+    Status,
     /// Show or set a node's preferred content: which content PUTs to its
     /// cluster place on it, in git-annex's preferred content syntax (e.g.
     /// `largerthan=1MB`, `include=*.mp3 or smallerthan=500kB`, `nothing`).
@@ -270,8 +280,15 @@ fn fsck_report(r: rpc::FsckReply) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::MigrateStore(m) = args.command {
+        return migrate::run(m).await;
+    }
+    if let AdminCommand::Status = args.command {
+        return status::run(&args.connect).await;
+    }
     let mut c = connect::connect(&args.connect).await?;
     match args.command {
+        AdminCommand::MigrateStore(_) | AdminCommand::Status => unreachable!("handled above"),
         AdminCommand::JoinToken(JoinTokenCommand::Create { role, ttl, uses }) => {
             let req = rpc::CreateJoinTokenRequest { role, ttl_seconds: ttl.as_secs(), uses };
             let t = c.create_join_token(req).await.map_err(status)?.into_inner();

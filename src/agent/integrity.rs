@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::store::{Store, StoreError};
 use crate::p2p::key::Key;
 use crate::p2p::verify::Verifier;
-use crate::rpc::{self, coordinator_client::CoordinatorClient};
+use crate::rpc;
 
 /// How much a verification reads at a time.
 pub const VERIFY_CHUNK: usize = 1024 * 1024;
@@ -56,7 +56,7 @@ pub struct Integrity {
     node_name: String,
     stamps: Arc<Mutex<HashMap<String, Stamp>>>,
     quarantined: Arc<AtomicU64>,
-    coordinator: Option<CoordinatorClient<tonic::transport::Channel>>,
+    coordinator: Option<rpc::CoordinatorApi>,
 }
 
 impl Integrity {
@@ -64,7 +64,7 @@ impl Integrity {
         store: Store,
         node_uuid: String,
         node_name: String,
-        coordinator: Option<CoordinatorClient<tonic::transport::Channel>>,
+        coordinator: Option<rpc::CoordinatorApi>,
     ) -> Integrity {
         Integrity {
             store,

@@ -27,16 +27,20 @@ use tracing::{info, warn};
 
 use crate::pki::guard::GuardLayer;
 use crate::pki::{Identity, Role};
-use crate::rpc::{self, agent_server::AgentServer, coordinator_client::CoordinatorClient};
+use crate::rpc::{self, agent_server::AgentServer};
 use crate::tasks::{SHUTDOWN_GRACE, Tasks, serve_until};
 use service::AgentService;
 use store::Store;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentConfig {
-    /// Coordinator gRPC URL, e.g. http://10.0.0.1:7400
+    /// Coordinator gRPC URL, e.g. https://10.0.0.1:7400, or several
+    /// separated by commas (a host name stands for each of its addresses):
+    /// calls fail over between them.
     #[arg(long, env = "ANNEXMESH_COORDINATOR")]
     pub coordinator: String,
+    #[command(flatten)]
+    pub failover: rpc::FailoverArgs,
     /// Address to serve gRPC on.
     #[arg(long, env = "ANNEXMESH_AGENT_LISTEN", default_value = "127.0.0.1:7500")]
     pub listen: SocketAddr,
@@ -102,10 +106,10 @@ pub async fn serve(
     }
     let scheme = if creds.is_some() { "https" } else { "http" };
     let advertise = cfg.advertise.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
-    let dialer = rpc::Dialer::new(creds.clone(), cfg.tls.insecure);
+    let dialer = rpc::Dialer::new(creds.clone(), cfg.tls.insecure)
+        .with_failover(cfg.failover.coordinator_failover);
     let coordinator = dialer
-        .channel(&cfg.coordinator, rpc::Peer::Coordinator)
-        .map(CoordinatorClient::new)
+        .coordinator_client(&cfg.coordinator)
         .with_context(|| format!("cannot use coordinator URL {}", cfg.coordinator))?;
     let tasks = Tasks::new(&shutdown);
     let mut service = AgentService::new(
@@ -196,7 +200,7 @@ fn spawn_safety(tasks: &Tasks, cfg: &config::SafetyConfig, service: &AgentServic
 /// forgets the agent or cannot be reached. Returns only when the
 /// coordinator refuses the registration for a reason retrying cannot fix.
 async fn keep_registered(
-    mut client: CoordinatorClient<tonic::transport::Channel>,
+    mut client: rpc::CoordinatorApi,
     reg: rpc::RegisterRequest,
     service: Arc<AgentService>,
 ) -> Result<(), String> {

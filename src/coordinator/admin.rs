@@ -18,6 +18,7 @@ use crate::rpc::{self, admin_server};
 pub struct AdminService {
     core: Arc<Core>,
     repair: Arc<Repairer>,
+    clock: Arc<super::clock::ClusterClock>,
 }
 
 fn token_info(t: &Token) -> rpc::TokenInfo {
@@ -49,13 +50,17 @@ fn wanted_reply(n: &Node, settings: &NodeSettings) -> rpc::WantedReply {
 }
 
 impl AdminService {
-    pub fn new(core: Arc<Core>, repair: Arc<Repairer>) -> AdminService {
-        AdminService { core, repair }
+    pub fn new(
+        core: Arc<Core>,
+        repair: Arc<Repairer>,
+        clock: Arc<super::clock::ClusterClock>,
+    ) -> AdminService {
+        AdminService { core, repair, clock }
     }
 
     /// A node by name or UUID.
-    fn find_node(&self, node: &str) -> Result<Node, Status> {
-        crate::names::find(self.core.store.nodes()?, node).ok_or_else(|| {
+    async fn find_node(&self, node: &str) -> Result<Node, Status> {
+        crate::names::find(self.core.store.nodes().await?, node).ok_or_else(|| {
             Status::not_found(format!(
                 "unknown node {node:?} (`annexmesh admin node list` lists them)"
             ))
@@ -63,8 +68,8 @@ impl AdminService {
     }
 
     /// A cluster by name or UUID.
-    fn find_cluster(&self, cluster: &str) -> Result<Cluster, Status> {
-        crate::names::find(self.core.store.clusters()?, cluster)
+    async fn find_cluster(&self, cluster: &str) -> Result<Cluster, Status> {
+        crate::names::find(self.core.store.clusters().await?, cluster)
             .ok_or_else(|| Status::not_found(format!("unknown cluster {cluster:?}")))
     }
 
@@ -122,9 +127,54 @@ impl admin_server::Admin for AdminService {
         &self,
         _: Request<rpc::ListClustersRequest>,
     ) -> Result<Response<rpc::ListClustersReply>, Status> {
-        let mut clusters = self.core.all_clusters()?;
+        let mut clusters = self.core.all_clusters().await?;
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(rpc::ListClustersReply { clusters }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<rpc::StatusRequest>,
+    ) -> Result<Response<rpc::StatusReply>, Status> {
+        let me = self.core.me.lock().unwrap().clone();
+        let store = &self.core.store;
+        let nodes = self.core.all_nodes().await?;
+        let mut coordinators: Vec<rpc::CoordinatorStatus> = store
+            .coordinators()
+            .await?
+            .into_iter()
+            .map(|c| rpc::CoordinatorStatus {
+                id: c.id,
+                address: c.address,
+                version: c.version,
+                started_unix_ms: c.started_unix_ms,
+                age_ms: c.age_ms,
+            })
+            .collect();
+        if !coordinators.iter().any(|c| c.id == me.id) {
+            coordinators.push(rpc::CoordinatorStatus {
+                id: me.id.clone(),
+                address: me.address.clone(),
+                version: me.version.clone(),
+                started_unix_ms: me.started_unix_ms,
+                age_ms: 0,
+            });
+        }
+        coordinators.sort_by(|a, b| a.address.cmp(&b.address));
+        Ok(Response::new(rpc::StatusReply {
+            id: me.id,
+            address: me.address,
+            version: me.version,
+            store: store.describe(),
+            shared: store.shared(),
+            clock_ms: self.clock.now().await?,
+            coordinators,
+            clusters: store.clusters().await?.len() as u32,
+            nodes: nodes.len() as u32,
+            nodes_up: nodes.iter().filter(|n| n.healthy && !n.degraded).count() as u32,
+            nodes_degraded: nodes.iter().filter(|n| n.degraded).count() as u32,
+            topology_version: *store.subscribe_changes().borrow(),
+        }))
     }
 
     async fn list_nodes(
@@ -132,13 +182,14 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::ListNodesRequest>,
     ) -> Result<Response<rpc::ListNodesReply>, Status> {
         let name = &req.get_ref().cluster;
-        let mut nodes = self.core.all_nodes()?;
-        nodes.extend(self.core.removed_nodes()?);
+        let mut nodes = self.core.all_nodes().await?;
+        nodes.extend(self.core.removed_nodes().await?);
         if !name.is_empty() {
             let c = self
                 .core
                 .store
-                .cluster_by_name(name)?
+                .cluster_by_name(name)
+                .await?
                 .ok_or_else(|| Status::not_found(format!("unknown cluster {name:?}")))?;
             nodes.retain(|n| n.cluster_uuid == c.uuid);
         }
@@ -154,11 +205,12 @@ impl admin_server::Admin for AdminService {
         let key = &req.get_ref().key;
         valid_key(key)?;
         let names: HashMap<String, String> =
-            self.core.store.nodes()?.into_iter().map(|n| (n.uuid, n.name)).collect();
+            self.core.store.nodes().await?.into_iter().map(|n| (n.uuid, n.name)).collect();
         let entries = self
             .core
             .store
-            .locations(key)?
+            .locations(key)
+            .await?
             .into_iter()
             .map(|e| rpc::WhereisEntry {
                 node_name: names.get(&e.node_uuid).cloned().unwrap_or_default(),
@@ -174,8 +226,8 @@ impl admin_server::Admin for AdminService {
         &self,
         req: Request<rpc::GetWantedRequest>,
     ) -> Result<Response<rpc::WantedReply>, Status> {
-        let n = self.find_node(&req.get_ref().node)?;
-        let settings = self.core.store.node_settings()?.remove(&n.uuid).unwrap_or_default();
+        let n = self.find_node(&req.get_ref().node).await?;
+        let settings = self.core.store.node_settings().await?.remove(&n.uuid).unwrap_or_default();
         Ok(Response::new(wanted_reply(&n, &settings)))
     }
 
@@ -184,7 +236,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::SetWantedRequest>,
     ) -> Result<Response<rpc::WantedReply>, Status> {
         let r = req.into_inner();
-        let n = self.find_node(&r.node)?;
+        let n = self.find_node(&r.node).await?;
         let wanted = self.wanted(&r.expression)?;
         let set = wanted.clone();
         let settings =
@@ -198,7 +250,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::SetDrainingRequest>,
     ) -> Result<Response<rpc::NodeInfo>, Status> {
         let r = req.into_inner();
-        let n = self.find_node(&r.node)?;
+        let n = self.find_node(&r.node).await?;
         let draining = r.draining;
         let settings =
             self.core.store.update_node_settings(&n.uuid, move |s| s.draining = draining).await?;
@@ -211,7 +263,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::SetClusterMinCopiesRequest>,
     ) -> Result<Response<rpc::ClusterInfo>, Status> {
         let r = req.into_inner();
-        let c = self.find_cluster(&r.cluster)?;
+        let c = self.find_cluster(&r.cluster).await?;
         if r.min_copies == 0 {
             return Err(Status::invalid_argument(
                 "the minimum number of copies must be at least 1",
@@ -232,7 +284,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::SetClusterReserveRequest>,
     ) -> Result<Response<rpc::ClusterInfo>, Status> {
         let r = req.into_inner();
-        let c = self.find_cluster(&r.cluster)?;
+        let c = self.find_cluster(&r.cluster).await?;
         let reserve = Self::reserve(&r.reserve)?;
         let settings = self
             .core
@@ -248,7 +300,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::SetNodeCostRequest>,
     ) -> Result<Response<rpc::NodeInfo>, Status> {
         let r = req.into_inner();
-        let n = self.find_node(&r.node)?;
+        let n = self.find_node(&r.node).await?;
         let cost = r.cost;
         let settings =
             self.core.store.update_node_settings(&n.uuid, move |s| s.cost = Some(cost)).await?;
@@ -261,7 +313,7 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::RemoveNodeRequest>,
     ) -> Result<Response<rpc::RemoveNodeReply>, Status> {
         let r = req.into_inner();
-        let n = self.find_node(&r.node)?;
+        let n = self.find_node(&r.node).await?;
         match self.core.store.remove_node(&n.uuid, r.lost).await? {
             Removal::SoleCopies { count, sample } => Err(Status::failed_precondition(format!(
                 "node {} holds the only copy of {count} key{} by the location log, such as {}; \
@@ -290,9 +342,9 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::FsckRequest>,
     ) -> Result<Response<rpc::FsckReply>, Status> {
         let r = req.into_inner();
-        let mut nodes = self.core.store.nodes()?;
+        let mut nodes = self.core.store.nodes().await?;
         if !r.cluster.is_empty() {
-            let c = self.find_cluster(&r.cluster)?;
+            let c = self.find_cluster(&r.cluster).await?;
             nodes.retain(|n| n.cluster_uuid == c.uuid);
         }
         let reply = super::fsck::fsck(&self.core, nodes, r.fix).await?;
@@ -342,7 +394,7 @@ impl admin_server::Admin for AdminService {
         &self,
         _: Request<rpc::ListTokensRequest>,
     ) -> Result<Response<rpc::ListTokensReply>, Status> {
-        let mut tokens = self.core.store.tokens()?;
+        let mut tokens = self.core.store.tokens().await?;
         tokens.sort_by(|a, b| {
             a.created_unix_ms.cmp(&b.created_unix_ms).then_with(|| a.sha256.cmp(&b.sha256))
         });
@@ -398,7 +450,7 @@ impl admin_server::Admin for AdminService {
         let r = req.into_inner();
         let cluster = match r.cluster.as_str() {
             "" => None,
-            name => Some(self.find_cluster(name)?.uuid),
+            name => Some(self.find_cluster(name).await?.uuid),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         self.repair.spawn_pass(PassRequest { cluster, dry_run: r.dry_run }, tx);
@@ -409,7 +461,7 @@ impl admin_server::Admin for AdminService {
         &self,
         _: Request<rpc::RepairStatusRequest>,
     ) -> Result<Response<rpc::RepairStatusReply>, Status> {
-        Ok(Response::new(self.repair.status()?))
+        Ok(Response::new(self.repair.status().await?))
     }
 
     async fn create_join_token(
@@ -426,13 +478,13 @@ impl admin_server::Admin for AdminService {
         req: Request<rpc::ScrubNodesRequest>,
     ) -> Result<Response<Self::ScrubNodesStream>, Status> {
         let r = req.into_inner();
-        let mut nodes = self.core.store.nodes()?;
+        let mut nodes = self.core.store.nodes().await?;
         if !r.cluster.is_empty() {
-            let c = self.find_cluster(&r.cluster)?;
+            let c = self.find_cluster(&r.cluster).await?;
             nodes.retain(|n| n.cluster_uuid == c.uuid);
         }
         if !r.node.is_empty() {
-            let n = self.find_node(&r.node)?;
+            let n = self.find_node(&r.node).await?;
             nodes.retain(|m| m.uuid == n.uuid);
             if nodes.is_empty() {
                 return Err(Status::invalid_argument(format!(

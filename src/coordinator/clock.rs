@@ -5,6 +5,10 @@
 //! clock resumes at the lease, which is never below any value handed out.
 //! Jumping forward is harmless for REMOVE-BEFORE: it only makes deadlines
 //! pass sooner, never later.
+//!
+//! On a store that several coordinators share, the clock is the store's:
+//! every reading goes through it (`Backend::shared_clock_ms`), so readings
+//! through any coordinator never run backwards, whichever is asked.
 
 use crate::tasks::Tasks;
 use std::sync::Arc;
@@ -22,19 +26,44 @@ pub struct ClusterClock {
     base_ms: u64,
     started: Stopwatch,
     lease_ms: AtomicU64,
+    /// The store, when the clock is the shared store's.
+    shared: Option<Arc<Store>>,
+    /// The largest value handed out here, a floor for the next.
+    last_ms: AtomicU64,
 }
 
 impl ClusterClock {
-    /// Resumes the clock at the persisted lease and persists the next one.
-    pub async fn open(store: &Store) -> Result<ClusterClock> {
-        let base_ms = store.meta(META_LEASE)?.unwrap_or(1000);
+    /// Resumes the clock at the persisted lease and persists the next one;
+    /// on a shared store, reads the store's clock instead.
+    pub async fn open(store: &Arc<Store>) -> Result<ClusterClock> {
+        let base_ms = store.meta(META_LEASE).await?.unwrap_or(1000);
+        let clock = |lease| ClusterClock {
+            base_ms,
+            started: Stopwatch::start(),
+            lease_ms: AtomicU64::new(lease),
+            shared: None,
+            last_ms: AtomicU64::new(0),
+        };
+        if store.shared() {
+            // The lease of a store moved here from an embedded one is a floor.
+            let first = store.shared_clock_ms(base_ms).await?;
+            return Ok(ClusterClock { shared: Some(store.clone()), ..clock(first) });
+        }
         let lease = base_ms + LEASE_MS;
         store.set_meta(META_LEASE, lease).await?;
-        Ok(ClusterClock { base_ms, started: Stopwatch::start(), lease_ms: AtomicU64::new(lease) })
+        Ok(clock(lease))
     }
 
     /// The cluster's time in milliseconds.
-    pub fn now_ms(&self) -> u64 {
+    pub async fn now(&self) -> Result<u64> {
+        let Some(store) = &self.shared else { return Ok(self.now_ms()) };
+        let ms = store.shared_clock_ms(self.last_ms.load(Ordering::Acquire)).await?;
+        self.last_ms.fetch_max(ms, Ordering::AcqRel);
+        Ok(ms)
+    }
+
+    /// The embedded store's clock in milliseconds.
+    fn now_ms(&self) -> u64 {
         // Never hand out a value at or past the persisted lease: should the
         // renewal fall behind, the clock waits at the lease instead.
         let t = self.base_ms + self.started.elapsed_ms();
@@ -43,6 +72,9 @@ impl ClusterClock {
 
     /// Extends the lease when less than half of it remains.
     pub async fn renew(&self, store: &Store) -> Result<()> {
+        if self.shared.is_some() {
+            return Ok(());
+        }
         let now = self.base_ms + self.started.elapsed_ms();
         if now + LEASE_MS / 2 > self.lease_ms.load(Ordering::Acquire) {
             let lease = now + LEASE_MS;
@@ -73,7 +105,7 @@ mod tests {
     #[tokio::test]
     async fn clock_never_goes_back_across_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
         let c1 = ClusterClock::open(&store).await.unwrap();
         let t1 = c1.now_ms();
         let _ = c1;

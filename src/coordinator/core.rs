@@ -40,6 +40,9 @@ pub struct Core {
     tls: std::sync::OnceLock<(Arc<crate::pki::Ca>, rpc::Dialer)>,
     /// The clusters' git repositories.
     pub repos: Arc<super::git::Repos>,
+    /// This coordinator as it announces itself (its address set once it
+    /// listens).
+    pub me: Mutex<super::store::CoordinatorRecord>,
 }
 
 impl Core {
@@ -52,6 +55,12 @@ impl Core {
             reserve_default,
             exprs: Mutex::new(HashMap::new()),
             tls: std::sync::OnceLock::new(),
+            me: Mutex::new(super::store::CoordinatorRecord {
+                id: uuid::Uuid::new_v4().to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_unix_ms: crate::clock::unix_ms(),
+                ..Default::default()
+            }),
         }
     }
 
@@ -95,8 +104,8 @@ impl Core {
     }
 
     /// The nodes removed from the mesh, as the admin API lists them.
-    pub fn removed_nodes(&self) -> Result<Vec<rpc::NodeInfo>, Status> {
-        let removed = self.store.removed_nodes()?;
+    pub async fn removed_nodes(&self) -> Result<Vec<rpc::NodeInfo>, Status> {
+        let removed = self.store.removed_nodes().await?;
         Ok(removed
             .into_iter()
             .map(|r| rpc::NodeInfo {
@@ -113,9 +122,15 @@ impl Core {
     }
 
     /// Every node as replies show it.
-    pub fn all_nodes(&self) -> Result<Vec<rpc::NodeInfo>, Status> {
-        let settings = self.store.node_settings()?;
-        Ok(self.store.nodes()?.iter().map(|n| self.node_info(n, settings.get(&n.uuid))).collect())
+    pub async fn all_nodes(&self) -> Result<Vec<rpc::NodeInfo>, Status> {
+        let settings = self.store.node_settings().await?;
+        Ok(self
+            .store
+            .nodes()
+            .await?
+            .iter()
+            .map(|n| self.node_info(n, settings.get(&n.uuid)))
+            .collect())
     }
 
     /// A cluster as replies show it, with its settings or their defaults.
@@ -135,11 +150,12 @@ impl Core {
     }
 
     /// Every cluster as replies show it.
-    pub fn all_clusters(&self) -> Result<Vec<rpc::ClusterInfo>, Status> {
-        let settings = self.store.cluster_settings()?;
+    pub async fn all_clusters(&self) -> Result<Vec<rpc::ClusterInfo>, Status> {
+        let settings = self.store.cluster_settings().await?;
         Ok(self
             .store
-            .clusters()?
+            .clusters()
+            .await?
             .iter()
             .map(|c| self.cluster_info(c, settings.get(&c.uuid)))
             .collect())

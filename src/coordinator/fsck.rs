@@ -14,7 +14,7 @@ use crate::rpc::{self, agent_client::AgentClient};
 
 /// Compares the log with the keys `nodes` hold; with `fix`, records them.
 pub async fn fsck(core: &Core, nodes: Vec<Node>, fix: bool) -> Result<rpc::FsckReply, Status> {
-    let listed = core.store.present_by_node()?;
+    let listed = core.store.present_by_node().await?;
     let mut reply = rpc::FsckReply::default();
     for n in nodes {
         let held = match held_keys(core, &n).await {

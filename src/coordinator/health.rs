@@ -20,6 +20,10 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(7);
 /// again.
 pub const COOL_DOWN: Duration = Duration::from_secs(10);
 
+/// How often a coordinator on a shared store publishes what it heard and
+/// reads what the others did.
+pub const SHARE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What the last heartbeat (or registration) of a node said.
 #[derive(Debug, Clone)]
 pub struct Health {
@@ -62,6 +66,9 @@ impl Failure {
 #[derive(Debug, Clone)]
 pub struct Degraded {
     pub last_failure: Instant,
+    /// The same moment by the wall clock, which identifies the failure to
+    /// other coordinators.
+    pub last_failure_unix_ms: u64,
     pub kind: Failure,
     pub error: String,
     /// A heartbeat after the last failure said the store is writable.
@@ -91,6 +98,8 @@ pub enum StoreCheck {
 pub struct HealthBoard {
     nodes: Mutex<HashMap<String, Health>>,
     degraded: Mutex<HashMap<String, Degraded>>,
+    /// Nodes with news heard here that other coordinators have yet to read.
+    dirty: Mutex<std::collections::HashSet<String>>,
 }
 
 impl HealthBoard {
@@ -128,6 +137,7 @@ impl HealthBoard {
                 quarantined,
             },
         );
+        self.dirty.lock().unwrap().insert(uuid.to_string());
     }
 
     /// Forgets a node, as when it is removed from the mesh.
@@ -158,8 +168,10 @@ impl HealthBoard {
     pub fn fail(&self, uuid: &str, kind: Failure, error: &str, now: Instant) -> bool {
         let mut degraded = self.degraded.lock().unwrap();
         let was = degraded.get(uuid).is_some_and(|d| !d.recovered(now));
+        self.dirty.lock().unwrap().insert(uuid.to_string());
         let entry = Degraded {
             last_failure: now,
+            last_failure_unix_ms: crate::clock::unix_ms(),
             kind,
             error: error.to_string(),
             writable: false,
@@ -199,11 +211,123 @@ impl HealthBoard {
         let mut degraded = self.degraded.lock().unwrap();
         let Some(d) = degraded.get_mut(uuid) else { return };
         f(d);
+        self.dirty.lock().unwrap().insert(uuid.to_string());
         if d.recovered(now) {
             degraded.remove(uuid);
             tracing::info!(node = %uuid, "node recovered: its store is writable and its data address answers");
         }
     }
+}
+
+use super::store::{HealthRow, SharedDegraded, SharedHealth};
+
+impl HealthBoard {
+    /// What was heard here since the last call, for other coordinators.
+    pub fn take_news(&self) -> Vec<(String, SharedHealth)> {
+        let dirty: Vec<String> = self.dirty.lock().unwrap().drain().collect();
+        let nodes = self.nodes.lock().unwrap();
+        let degraded = self.degraded.lock().unwrap();
+        dirty
+            .into_iter()
+            .filter_map(|uuid| {
+                let h = nodes.get(&uuid)?;
+                let shared = SharedHealth {
+                    boot_id: h.boot_id.clone(),
+                    free_bytes: h.free_bytes,
+                    active_transfers: h.active_transfers,
+                    partial_bytes: h.partial_bytes,
+                    quarantined: h.quarantined,
+                    degraded: degraded.get(&uuid).map(|d| SharedDegraded {
+                        kind: d.kind.as_str().to_string(),
+                        error: d.error.clone(),
+                        writable: d.writable,
+                        reached: d.reached,
+                        failure_unix_ms: d.last_failure_unix_ms,
+                    }),
+                };
+                Some((uuid, shared))
+            })
+            .collect()
+    }
+
+    /// Takes what other coordinators heard: a report newer than this
+    /// board's replaces it, a newer failure degrades the node here too, and
+    /// recovery steps of the same failure count here as well.
+    pub fn merge(&self, rows: Vec<HealthRow>, now: Instant) {
+        let wall_now = crate::clock::unix_ms();
+        let mut nodes = self.nodes.lock().unwrap();
+        let mut degraded = self.degraded.lock().unwrap();
+        for row in rows {
+            let age = Duration::from_millis(row.age_ms);
+            let seen = now.checked_sub(age).unwrap_or(now);
+            if nodes.get(&row.node_uuid).is_none_or(|h| h.last_seen < seen) {
+                let h = &row.health;
+                nodes.insert(
+                    row.node_uuid.clone(),
+                    Health {
+                        last_seen: seen,
+                        last_seen_unix_ms: wall_now.saturating_sub(row.age_ms),
+                        boot_id: h.boot_id.clone(),
+                        free_bytes: h.free_bytes,
+                        active_transfers: h.active_transfers,
+                        partial_bytes: h.partial_bytes,
+                        quarantined: h.quarantined,
+                    },
+                );
+            }
+            let Some(d) = row.health.degraded else { continue };
+            match degraded.get_mut(&row.node_uuid) {
+                Some(local) if local.last_failure_unix_ms == d.failure_unix_ms => {
+                    local.writable |= d.writable;
+                    local.reached |= d.reached;
+                }
+                Some(local) if local.last_failure_unix_ms > d.failure_unix_ms => {}
+                _ => {
+                    let ago = Duration::from_millis(wall_now.saturating_sub(d.failure_unix_ms));
+                    let kind = match d.kind.as_str() {
+                        "put" => Failure::Put,
+                        "store" => Failure::Store,
+                        _ => Failure::Data,
+                    };
+                    degraded.insert(
+                        row.node_uuid.clone(),
+                        Degraded {
+                            last_failure: now.checked_sub(ago).unwrap_or(now),
+                            last_failure_unix_ms: d.failure_unix_ms,
+                            kind,
+                            error: d.error,
+                            writable: d.writable,
+                            reached: d.reached,
+                        },
+                    );
+                }
+            }
+        }
+        degraded.retain(|_, d| !d.recovered(now));
+    }
+}
+
+/// On a shared store: publishes what this coordinator heard and reads what
+/// the others did, every `SHARE_INTERVAL`, so that every coordinator gives
+/// the same health whichever one a node or gateway talks to.
+pub fn spawn_sharing(core: std::sync::Arc<super::core::Core>, tasks: &crate::tasks::Tasks) {
+    if !core.store.shared() {
+        return;
+    }
+    tasks.spawn(async move {
+        loop {
+            for (uuid, h) in core.health.take_news() {
+                if let Err(e) = core.store.save_health(&uuid, h).await {
+                    tracing::warn!(node = %uuid, "cannot share the node's health: {e}");
+                }
+            }
+            match core.store.load_health().await {
+                Ok(rows) => core.health.merge(rows, Instant::now()),
+                Err(e) => tracing::warn!("cannot read the nodes' health: {e}"),
+            }
+            tokio::time::sleep(SHARE_INTERVAL).await;
+        }
+    });
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use super::core::Core;
-use super::store::{JoinCheck, JoinTokenRecord, Store};
+use super::store::{JoinCheck, JoinTokenRecord, Store, StoreError};
+
+/// How often the guard's copy of the admin tokens is read again.
+const ADMIN_REFRESH: Duration = Duration::from_secs(2);
 use super::validate::valid_uuid;
 use crate::pki::{self, Ca, Credentials, Identity, JoinToken, Role};
 use crate::rpc;
@@ -46,7 +49,7 @@ pub fn coordinator_tls(
 /// writes it to `data/admin-token` (owner only) and says where it is.
 pub async fn bootstrap_admin(store: &Store, data: &Path) -> anyhow::Result<PathBuf> {
     let path = data.join(ADMIN_TOKEN_FILE);
-    if store.admin_token_count()? == 0 {
+    if store.admin_token_count().await? == 0 {
         let token = format!("amadmin1.{}", hex::encode(rand::random::<[u8; 24]>()));
         pki::write_private(&path, &format!("{token}\n"))?;
         store.add_admin_token(crate::auth::hash_token(&token), crate::clock::unix_ms()).await?;
@@ -56,13 +59,26 @@ pub async fn bootstrap_admin(store: &Store, data: &Path) -> anyhow::Result<PathB
 }
 
 /// Whether `token` is an admin token.
-pub fn admin_check(store: Arc<Store>) -> pki::guard::AdminCheck {
-    Arc::new(move |token| {
-        store.is_admin_token(&crate::auth::hash_token(token)).unwrap_or_else(|e| {
-            warn!("cannot check an admin token: {e}");
-            false
-        })
-    })
+///
+/// The guard checks synchronously, so the check reads a copy of the admin
+/// tokens' hashes that a task refreshes every `ADMIN_REFRESH` (another
+/// coordinator on a shared store may add one).
+pub async fn admin_check(
+    store: Arc<Store>,
+    tasks: &crate::tasks::Tasks,
+) -> Result<pki::guard::AdminCheck, StoreError> {
+    let known = Arc::new(std::sync::RwLock::new(store.admin_token_hashes().await?));
+    let copy = known.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::time::sleep(ADMIN_REFRESH).await;
+            match store.admin_token_hashes().await {
+                Ok(h) => *copy.write().unwrap() = h,
+                Err(e) => warn!("cannot read the admin tokens: {e}"),
+            }
+        }
+    });
+    Ok(Arc::new(move |token| known.read().unwrap().contains(&crate::auth::hash_token(token))))
 }
 
 /// `admin join-token create`.
@@ -151,7 +167,7 @@ pub async fn renew(
         .ok_or_else(|| Status::failed_precondition("this coordinator serves plaintext"))?;
     let id = caller.ok_or_else(|| Status::permission_denied("renewal needs a mesh certificate"))?;
     if let Identity::Agent(uuid) = &id
-        && core.store.removed_nodes()?.iter().any(|r| &r.node.uuid == uuid)
+        && core.store.removed_nodes().await?.iter().any(|r| &r.node.uuid == uuid)
     {
         return Err(Status::permission_denied(format!("node {uuid} was removed from the mesh")));
     }

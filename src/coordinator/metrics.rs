@@ -43,8 +43,8 @@ pub fn spawn(listener: TcpListener, core: Arc<Core>, repair: Arc<Repairer>, task
 
 async fn metrics(State(s): State<Sources>) -> Result<String, (StatusCode, String)> {
     let fail = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, e);
-    let nodes = s.core.all_nodes().map_err(|e| fail(e.message().to_string()))?;
-    let repair = s.repair.status().map_err(|e| fail(e.to_string()))?;
+    let nodes = s.core.all_nodes().await.map_err(|e| fail(e.message().to_string()))?;
+    let repair = s.repair.status().await.map_err(|e| fail(e.to_string()))?;
     Ok(render(&nodes, &repair))
 }
 

@@ -23,6 +23,7 @@ pub mod scrub;
 pub mod service;
 pub mod store;
 pub mod validate;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -47,7 +48,7 @@ use service::CoordinatorService;
 
 pub use self::core::DEFAULT_RESERVE;
 pub use health::HEALTH_TIMEOUT;
-pub use store::{Store, WallClock};
+pub use store::{Store, StoreSpec, WallClock};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorConfig {
@@ -59,9 +60,17 @@ pub struct CoordinatorConfig {
     /// Off unless given.
     #[arg(long, env = "ANNEXMESH_COORDINATOR_METRICS")]
     pub metrics: Option<SocketAddr>,
-    /// Directory for the coordinator's database.
+    /// Directory for the coordinator's own files: the mesh CA (unless
+    /// --ca-cert), the admin token, the clusters' git repositories and,
+    /// unless --store says otherwise, the database.
     #[arg(long, env = "ANNEXMESH_DATA")]
     pub data: PathBuf,
+    /// Where the mesh's state is kept: `redb:DIRECTORY` (an embedded
+    /// database, for one coordinator; the default is in --data) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (shared by any number of
+    /// coordinators, all active; see docs/ha.md).
+    #[arg(long, env = "ANNEXMESH_STORE")]
+    pub store: Option<store::StoreSpec>,
     /// Free space a PUT must leave on a node, for clusters that set none
     /// (`annexmesh admin cluster reserve`): bytes or a size such as 500MB, 2GiB.
     #[arg(long, env = "ANNEXMESH_RESERVE", default_value = "100MB", value_parser = parse_reserve)]
@@ -151,33 +160,36 @@ impl Coordinator {
         data: &std::path::Path,
         reserve: u64,
     ) -> anyhow::Result<Coordinator> {
-        Coordinator::open_with(data, reserve, store::system_clock(), RepairConfig::default()).await
+        let spec = StoreSpec::Redb(data.to_path_buf());
+        let wall = store::system_clock();
+        Coordinator::open_with(data, &spec, reserve, wall, RepairConfig::default()).await
     }
 
     /// As `open_with_reserve`, with location stamps starting from `wall`
     /// and the repair loop run as `repair` says.
     pub async fn open_with(
         data: &std::path::Path,
+        spec: &StoreSpec,
         reserve: u64,
         wall: WallClock,
         repair: RepairConfig,
     ) -> anyhow::Result<Coordinator> {
-        let cannot_open = || format!("cannot open the coordinator database in {}", data.display());
-        // Opening reads and writes the disk: keep it off the async workers.
-        let dir = data.to_path_buf();
-        let store = tokio::task::spawn_blocking(move || Store::open_with_clock(&dir, wall))
-            .await
-            .with_context(cannot_open)?
-            .with_context(cannot_open)?;
+        let store = Store::connect(spec, wall).await.with_context(|| match spec {
+            StoreSpec::Redb(dir) => {
+                format!("cannot open the coordinator database in {}", dir.display())
+            }
+            StoreSpec::Postgres(_) => "cannot open the coordinator's PostgreSQL store".into(),
+        })?;
+        info!(store = %store.describe(), "coordinator store open");
         let store = Arc::new(store);
         let clock = Arc::new(ClusterClock::open(&store).await?);
         let repos = Arc::new(git::Repos::new(data));
         let core = Arc::new(Core::new(store.clone(), reserve, repos));
         let service = CoordinatorService::new(core.clone(), clock.clone());
         let repair = Arc::new(Repairer::new(core.clone(), repair));
-        let admin = AdminService::new(core.clone(), repair.clone());
+        let admin = AdminService::new(core.clone(), repair.clone(), clock.clone());
         let admin_token_file = join::bootstrap_admin(&store, data).await?;
-        for c in store.clusters()? {
+        for c in store.clusters().await? {
             if !store::is_cluster_uuid(&c.uuid) {
                 tracing::warn!(
                     cluster = %c.name,
@@ -256,6 +268,9 @@ impl Coordinator {
         self.clock.spawn_renewal(self.store.clone(), &tasks);
         self.repair.start(&tasks);
         probe::spawn(self.core.clone(), &tasks);
+        health::spawn_sharing(self.core.clone(), &tasks);
+        self.core.me.lock().unwrap().address = listener.local_addr()?.to_string();
+        announce(self.core.clone(), &tasks);
         ensure_repositories(&self.core).await;
         branch::spawn(self.core.clone(), self.branch.clone(), &tasks);
         if let Some(l) = self.metrics {
@@ -269,7 +284,7 @@ impl Coordinator {
         let guard = crate::pki::guard::GuardLayer::with_admin(
             crate::pki::guard::coordinator_policy,
             self.tls.is_some(),
-            join::admin_check(self.store.clone()),
+            join::admin_check(self.store.clone(), &tasks).await?,
             hint,
         );
         let mut builder = self.limits.server();
@@ -299,10 +314,27 @@ impl Coordinator {
     }
 }
 
+/// On a shared store, tells the other coordinators (and `admin status`)
+/// that this one serves, every few seconds.
+fn announce(core: Arc<Core>, tasks: &Tasks) {
+    if !core.store.shared() {
+        return;
+    }
+    tasks.spawn(async move {
+        loop {
+            let me = core.me.lock().unwrap().clone();
+            if let Err(e) = core.store.announce(me).await {
+                tracing::warn!("cannot announce this coordinator in the store: {e}");
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    });
+}
+
 /// Every cluster's git repository, made if missing. A coordinator that
 /// cannot run git still serves content; git requests then fail with why.
 async fn ensure_repositories(core: &Core) {
-    let clusters = match core.store.clusters() {
+    let clusters = match core.store.clusters().await {
         Ok(c) => c,
         Err(e) => return tracing::warn!("cannot list clusters for their git repositories: {e}"),
     };
@@ -326,7 +358,8 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow:
         interval: cfg.repair_interval,
         rate: cfg.repair_rate.saturating_mul(1024 * 1024),
     };
-    let mut coordinator = Coordinator::open_with(&cfg.data, cfg.reserve, wall, repair)
+    let spec = cfg.store.clone().unwrap_or_else(|| StoreSpec::Redb(cfg.data.clone()));
+    let mut coordinator = Coordinator::open_with(&cfg.data, &spec, cfg.reserve, wall, repair)
         .await?
         .with_limits(cfg.grpc)
         .with_git_limits(cfg.git)

@@ -36,7 +36,7 @@ pub fn spawn(core: Arc<Core>, tasks: &Tasks) {
 pub async fn round(core: &Core) {
     let probes =
         core.health.unreached().into_iter().map(|uuid| async move {
-            let address = match core.store.node(&uuid) {
+            let address = match core.store.node(&uuid).await {
                 Ok(Some(n)) => n.address,
                 // Removed meanwhile, or the store cannot say: try next round.
                 _ => return,

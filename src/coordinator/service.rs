@@ -77,8 +77,8 @@ impl CoordinatorService {
 impl CoordinatorService {
     /// Refuses to register `node` at an address where another live node
     /// answers: its traffic would go to the newcomer.
-    fn check_address_free(&self, node: &Node) -> Result<(), Status> {
-        let holder = self.core.store.nodes()?.into_iter().find(|n| {
+    async fn check_address_free(&self, node: &Node) -> Result<(), Status> {
+        let holder = self.core.store.nodes().await?.into_iter().find(|n| {
             n.address == node.address && n.uuid != node.uuid && self.core.health.get(&n.uuid).0
         });
         match holder {
@@ -118,9 +118,20 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         req: Request<tonic::Streaming<rpc::GitRequest>>,
     ) -> Result<Response<Self::GitStream>, Status> {
-        let store = self.core.store.clone();
-        let known = move |uuid: &str| Ok(store.cluster_by_uuid(uuid)?.is_some());
+        // Read before the stream names its cluster: the check is synchronous.
+        let clusters: std::collections::HashSet<String> =
+            self.core.store.clusters().await?.into_iter().map(|c| c.uuid).collect();
+        let known = move |uuid: &str| Ok(clusters.contains(uuid));
         Ok(Response::new(self.git.serve(req.into_inner(), known).await?))
+    }
+
+    type WatchTopologyStream = super::watch::WatchStream;
+
+    async fn watch_topology(
+        &self,
+        _: Request<rpc::WatchTopologyRequest>,
+    ) -> Result<Response<Self::WatchTopologyStream>, Status> {
+        Ok(Response::new(super::watch::watch(self.core.clone())))
     }
 
     async fn register(
@@ -132,7 +143,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         valid_uuid(&r.uuid)?;
         valid_name(&r.name)?;
         let store = &self.core.store;
-        let cluster = store.cluster_by_name(&r.cluster)?.ok_or_else(|| {
+        let cluster = store.cluster_by_name(&r.cluster).await?.ok_or_else(|| {
             Status::failed_precondition(format!(
                 "unknown cluster {:?}: create it with `annexmesh admin cluster create {}`",
                 r.cluster, r.cluster
@@ -150,8 +161,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 node.address
             )));
         }
-        self.check_address_free(&node)?;
-        if let Some(old) = store.node(&node.uuid)? {
+        self.check_address_free(&node).await?;
+        if let Some(old) = store.node(&node.uuid).await? {
             identity::check_move(&self.core.dialer(), &self.core.health, &old, &node, &r.boot_id)
                 .await?;
         }
@@ -187,7 +198,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<rpc::HeartbeatReply>, Status> {
         bind_caller(&req, &req.get_ref().uuid)?;
         let r = req.into_inner();
-        let known = self.core.store.node(&r.uuid)?.is_some();
+        let known = self.core.store.node(&r.uuid).await?.is_some();
         if known {
             let store = (r.partial_bytes, r.quarantined);
             let h = &self.core.health;
@@ -205,8 +216,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
         _: Request<rpc::TopologyRequest>,
     ) -> Result<Response<rpc::TopologyReply>, Status> {
         Ok(Response::new(rpc::TopologyReply {
-            clusters: self.core.all_clusters()?,
-            nodes: self.core.all_nodes()?,
+            clusters: self.core.all_clusters().await?,
+            nodes: self.core.all_nodes().await?,
         }))
     }
 
@@ -219,7 +230,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let node_uuids = self
             .core
             .store
-            .locations(key)?
+            .locations(key)
+            .await?
             .into_iter()
             .filter(|e| e.present)
             .map(|e| e.node_uuid)
@@ -235,14 +247,16 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let key = valid_key(&r.key)?;
         let store = &self.core.store;
         let cluster = store
-            .cluster_by_uuid(&r.cluster_uuid)?
+            .cluster_by_uuid(&r.cluster_uuid)
+            .await?
             .ok_or_else(|| Status::not_found(format!("unknown cluster {}", r.cluster_uuid)))?;
-        let cs = store.cluster_settings()?.remove(&cluster.uuid).unwrap_or_default();
+        let cs = store.cluster_settings().await?.remove(&cluster.uuid).unwrap_or_default();
         let nodes: Vec<Node> =
-            store.nodes()?.into_iter().filter(|n| n.cluster_uuid == cluster.uuid).collect();
-        let candidates = self.candidates(&nodes, &store.node_settings()?);
+            store.nodes().await?.into_iter().filter(|n| n.cluster_uuid == cluster.uuid).collect();
+        let candidates = self.candidates(&nodes, &store.node_settings().await?);
         let copies = store
-            .locations(&r.key)?
+            .locations(&r.key)
+            .await?
             .iter()
             .filter(|e| e.present && nodes.iter().any(|n| n.uuid == e.node_uuid))
             .count() as u64;
@@ -284,10 +298,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
         req: Request<rpc::ClusterTimestampRequest>,
     ) -> Result<Response<rpc::TimestampReply>, Status> {
         let uuid = &req.get_ref().cluster_uuid;
-        if self.core.store.cluster_by_uuid(uuid)?.is_none() {
+        if self.core.store.cluster_by_uuid(uuid).await?.is_none() {
             return Err(Status::not_found(format!("unknown cluster {uuid}")));
         }
-        let ms = self.clock.now_ms();
+        let ms = self.clock.now().await?;
         Ok(Response::new(rpc::TimestampReply {
             timestamp: ms / 1000,
             timestamp_ms: ms,
@@ -301,7 +315,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<rpc::CheckTokenReply>, Status> {
         let hash = &req.get_ref().token_sha256;
         valid_token_sha256(hash)?;
-        let reply = match self.core.store.token(hash)? {
+        let reply = match self.core.store.token(hash).await? {
             Some(t) => rpc::CheckTokenReply {
                 valid: true,
                 mode: t.mode.as_str().to_string(),
@@ -344,7 +358,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 )));
             }
         };
-        let node = self.core.store.node(&r.node_uuid)?.ok_or_else(|| {
+        let node = self.core.store.node(&r.node_uuid).await?.ok_or_else(|| {
             Status::not_found(format!("unknown node {}: it may have been removed", r.node_uuid))
         })?;
         // Bounded, so a flood of reports cannot grow the board.
@@ -451,7 +465,7 @@ mod tests {
         c.service.heartbeat(Request::new(hb)).await.unwrap();
         assert_eq!(degraded(&c).await, [false, false, true]);
         // What the heartbeat said of the store is what operators see.
-        let nodes = c.core.all_nodes().unwrap();
+        let nodes = c.core.all_nodes().await.unwrap();
         let n = nodes.iter().find(|n| n.uuid == uuids[2]).unwrap();
         assert_eq!((n.partial_bytes, n.quarantined), (4096, 2));
     }

@@ -73,7 +73,7 @@ async fn two_nodes_registering_one_name_at_once_get_one_success_and_one_clear_er
         err.message(),
         format!("node name \"node1\" is taken by node {winner}; choose another --name")
     );
-    let nodes = c.store.nodes().unwrap();
+    let nodes = c.store.nodes().await.unwrap();
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].uuid, winner.to_string());
 }

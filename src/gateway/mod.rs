@@ -23,9 +23,13 @@ use crate::tasks::{SHUTDOWN_GRACE, Tasks, serve_until};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
-    /// Coordinator gRPC URL, e.g. http://10.0.0.1:7400
+    /// Coordinator gRPC URL, e.g. https://10.0.0.1:7400, or several
+    /// separated by commas (a host name stands for each of its addresses):
+    /// calls fail over between them.
     #[arg(long, env = "ANNEXMESH_COORDINATOR")]
     pub coordinator: String,
+    #[command(flatten)]
+    pub failover: crate::rpc::FailoverArgs,
     /// Address to serve P2P over HTTP on (git-annex's default port is 9417).
     #[arg(long, env = "ANNEXMESH_HTTP", default_value = "127.0.0.1:9417")]
     pub http: SocketAddr,
@@ -88,7 +92,8 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     let creds = t
         .credentials(&cfg.coordinator, t.state_dir.as_deref(), crate::pki::Role::Gateway, "")
         .await?;
-    let dialer = crate::rpc::Dialer::new(creds, t.insecure);
+    let dialer =
+        crate::rpc::Dialer::new(creds, t.insecure).with_failover(cfg.failover.coordinator_failover);
     serve(&cfg.coordinator, dialer, listener, serving, line, shutdown).await
 }
 

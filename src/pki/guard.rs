@@ -180,7 +180,7 @@ pub fn coordinator_policy(path: &str) -> Option<Allow> {
         "Register" | "Heartbeat" => Allow::Roles(AGENT),
         "RecordLocations" => Allow::Roles(MEMBER),
         "Topology" | "Locate" | "PlanPut" | "CheckToken" | "ClusterTimestamp"
-        | "ReportNodeFailure" | "Git" => Allow::Roles(GATEWAY),
+        | "ReportNodeFailure" | "Git" | "WatchTopology" => Allow::Roles(GATEWAY),
         _ => return None,
     })
 }

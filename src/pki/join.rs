@@ -11,21 +11,66 @@ use tokio::net::TcpStream;
 use super::{Credentials, JoinToken, PkiError, Role, ca};
 use crate::rpc::{self, coordinator_client::CoordinatorClient};
 
+/// How one coordinator of a list answered.
+enum Attempt {
+    /// It could not be reached (or did not prove to be the mesh's): the
+    /// next one is tried.
+    Unreachable(PkiError),
+    /// It answered with a refusal, which every coordinator would give.
+    Refused(PkiError),
+}
+
+/// The first coordinator of the comma-separated `urls` that answers, and
+/// its answer; when none can be reached, why for each.
+async fn first_answer<F, Fut>(urls: &str, attempt: F) -> Result<Credentials, PkiError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Credentials, Attempt>>,
+{
+    let mut failures = Vec::new();
+    for url in rpc::split_urls(urls) {
+        match attempt(url).await {
+            Ok(c) => return Ok(c),
+            Err(Attempt::Refused(e)) => return Err(e),
+            Err(Attempt::Unreachable(e)) => failures.push(e),
+        }
+    }
+    match failures.len() {
+        0 => Err(PkiError::Bad("no coordinator URL given".into())),
+        1 => Err(failures.remove(0)),
+        _ => Err(PkiError::Join {
+            url: urls.to_string(),
+            why: failures.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
+        }),
+    }
+}
+
 /// Obtains credentials for `role` (and, for agents, node `node_uuid`)
-/// from the coordinator at `url` with `token`.
+/// from the first coordinator of `urls` (comma-separated) that answers,
+/// with `token`.
 pub async fn join(
-    url: &str,
+    urls: &str,
     token: &JoinToken,
     role: Role,
     node_uuid: &str,
 ) -> Result<Credentials, PkiError> {
-    let fail = |why: String| PkiError::Join { url: url.to_string(), why };
+    first_answer(urls, |url| async move { join_one(&url, token, role, node_uuid).await }).await
+}
+
+async fn join_one(
+    url: &str,
+    token: &JoinToken,
+    role: Role,
+    node_uuid: &str,
+) -> Result<Credentials, Attempt> {
+    let fail = |why: String| Attempt::Unreachable(PkiError::Join { url: url.to_string(), why });
+    let refused = |why: String| Attempt::Refused(PkiError::Join { url: url.to_string(), why });
     let Some(authority) = url.strip_prefix("https://") else {
         return Err(fail("joining needs an https:// coordinator URL".into()));
     };
     let authority = authority.trim_end_matches('/');
     let ca_pem = pinned_ca(authority, &token.ca_sha256).await.map_err(fail)?;
-    let (key, csr_pem) = ca::new_request()?;
+    let (key, csr_pem) = ca::new_request().map_err(Attempt::Refused)?;
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem))
         .domain_name(super::identity::COORDINATOR_NAME);
@@ -44,15 +89,21 @@ pub async fn join(
     let reply = CoordinatorClient::new(channel)
         .join(req)
         .await
-        .map_err(|s| fail(format!("refused: {}", s.message())))?
+        .map_err(|s| refused(format!("refused: {}", s.message())))?
         .into_inner();
     Ok(Credentials { ca_pem, cert_pem: reply.cert_pem, key_pem: key.serialize_pem() })
 }
 
 /// A new certificate for the member `creds` names, for a new key, asked
-/// for with the current certificate.
-pub async fn renew(url: &str, creds: &Credentials) -> Result<Credentials, PkiError> {
-    let fail = |why: String| PkiError::Join { url: url.to_string(), why };
+/// for with the current certificate of the first coordinator of `urls`
+/// that answers.
+pub async fn renew(urls: &str, creds: &Credentials) -> Result<Credentials, PkiError> {
+    first_answer(urls, |url| async move { renew_one(&url, creds).await }).await
+}
+
+async fn renew_one(url: &str, creds: &Credentials) -> Result<Credentials, Attempt> {
+    let fail = |why: String| Attempt::Unreachable(PkiError::Join { url: url.to_string(), why });
+    let refused = |why: String| Attempt::Refused(PkiError::Join { url: url.to_string(), why });
     let dialer = rpc::Dialer::new(Some(creds.clone()), false);
     let channel = dialer
         .endpoint(url, rpc::Peer::Coordinator)
@@ -60,11 +111,11 @@ pub async fn renew(url: &str, creds: &Credentials) -> Result<Credentials, PkiErr
         .connect()
         .await
         .map_err(|e| fail(rpc::explain_connect(url, &e)))?;
-    let (key, csr_pem) = ca::new_request()?;
+    let (key, csr_pem) = ca::new_request().map_err(Attempt::Refused)?;
     let reply = CoordinatorClient::new(channel)
         .renew(rpc::RenewRequest { csr_pem })
         .await
-        .map_err(|s| fail(format!("renewal refused: {}", s.message())))?
+        .map_err(|s| refused(format!("renewal refused: {}", s.message())))?
         .into_inner();
     Ok(Credentials {
         ca_pem: creds.ca_pem.clone(),

@@ -21,7 +21,7 @@ use super::locks::{ContentLocks, Uploads};
 use super::store::{Store, StoreError};
 use crate::clock::Stopwatch;
 use crate::p2p::key::Key;
-use crate::rpc::{self, agent_server, coordinator_client::CoordinatorClient};
+use crate::rpc::{self, agent_server};
 use crate::tasks::Tasks;
 
 pub struct AgentService {
@@ -89,7 +89,7 @@ impl AgentService {
         name: String,
         cluster: String,
         tasks: Tasks,
-        coordinator: Option<CoordinatorClient<tonic::transport::Channel>>,
+        coordinator: Option<rpc::CoordinatorApi>,
     ) -> AgentService {
         AgentService {
             dialer: rpc::Dialer::insecure(),

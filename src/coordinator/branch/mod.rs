@@ -129,7 +129,7 @@ impl Writer {
     /// One pass over every cluster, or only over `only`; failures are
     /// logged and retried on the next pass.
     pub async fn pass(&mut self, only: Option<&str>) {
-        let clusters = match self.core.store.clusters() {
+        let clusters = match self.core.store.clusters().await {
             Ok(c) => c,
             Err(e) => {
                 warn!("git-annex branch: cannot read the clusters: {e}");
@@ -155,7 +155,7 @@ impl Writer {
     /// Brings one cluster's branch up to date.
     pub async fn sync(&mut self, cluster: &str, name: &str) -> anyhow::Result<()> {
         let repo = Repo::new(self.core.repos.ensure(cluster).await?);
-        let view = self.view(cluster, name)?;
+        let view = self.view(cluster, name).await?;
         let members: HashSet<String> = view.nodes.iter().map(|n| n.uuid.clone()).collect();
         let wanted = view.wanted();
         let batch = self.cfg.batch.max(1);
@@ -170,7 +170,7 @@ impl Writer {
                 },
             };
             st.watermark = Some(mark);
-            let raw = self.core.store.changes_after(mark, batch)?;
+            let raw = self.core.store.changes_after(mark, batch).await?;
             let next_mark = raw.last().map_or(mark, |c| c.entry.changed_unix_ms);
             let changes: Vec<&StampedChange> =
                 raw.iter().filter(|c| members.contains(&c.entry.node_uuid)).collect();
@@ -246,11 +246,12 @@ impl Writer {
     }
 
     /// The cluster's structure as the store has it.
-    fn view(&self, cluster: &str, name: &str) -> anyhow::Result<ClusterView> {
+    async fn view(&self, cluster: &str, name: &str) -> anyhow::Result<ClusterView> {
         let store = &self.core.store;
-        let settings = store.node_settings()?;
+        let settings = store.node_settings().await?;
         let mut nodes: Vec<NodeView> = store
-            .nodes()?
+            .nodes()
+            .await?
             .into_iter()
             .filter(|n| n.cluster_uuid == cluster)
             .map(|n| NodeView {
@@ -261,7 +262,8 @@ impl Writer {
             .collect();
         nodes.sort_by(|a, b| a.uuid.cmp(&b.uuid));
         let removed = store
-            .removed_nodes()?
+            .removed_nodes()
+            .await?
             .into_iter()
             .filter(|r| r.node.cluster_uuid == cluster)
             .map(|r| NodeView { uuid: r.node.uuid, name: r.node.name, draining: false })

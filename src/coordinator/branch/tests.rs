@@ -115,7 +115,7 @@ async fn structure_and_locations_reach_the_branch() {
     // The location log: present on node1, removed from node2, with the
     // coordinator's stamps; the cluster's own UUID is never listed.
     let log = m.show(BRANCH_REF, &location::path(KEY)).unwrap();
-    let entries = m.core.store.locations(KEY).unwrap();
+    let entries = m.core.store.locations(KEY).await.unwrap();
     for e in entries {
         let want = format!(
             "{} {} {}\n",

@@ -200,13 +200,14 @@ impl Repairer {
     }
 
     /// The last pass's totals and the draining nodes' progress.
-    pub fn status(&self) -> Result<rpc::RepairStatusReply, RepairError> {
+    pub async fn status(&self) -> Result<rpc::RepairStatusReply, RepairError> {
         let s = self.status.lock().unwrap().clone();
-        let settings = self.core.store.node_settings()?;
+        let settings = self.core.store.node_settings().await?;
         let draining = self
             .core
             .store
-            .nodes()?
+            .nodes()
+            .await?
             .into_iter()
             .filter(|n| settings.get(&n.uuid).is_some_and(|s| s.draining))
             .map(|n| rpc::DrainProgress {

@@ -101,8 +101,8 @@ impl<'a> Pass<'a> {
     ) -> Result<(rpc::RepairCounts, HashMap<String, u64>), RepairError> {
         let mut after: Option<String> = None;
         loop {
-            self.refresh()?;
-            let page = self.repairer.core.store.location_keys_after(after.as_deref(), PAGE)?;
+            self.refresh().await?;
+            let page = self.repairer.core.store.location_keys_after(after.as_deref(), PAGE).await?;
             let Some(last) = page.last().cloned() else { break };
             for key in &page {
                 self.key(key).await?;
@@ -113,14 +113,14 @@ impl<'a> Pass<'a> {
     }
 
     /// Reads the clusters of the pass and their nodes' states now.
-    fn refresh(&mut self) -> Result<(), RepairError> {
+    async fn refresh(&mut self) -> Result<(), RepairError> {
         let core = &self.repairer.core;
         let config = &self.repairer.config;
-        let settings = core.store.node_settings()?;
-        let cluster_settings = core.store.cluster_settings()?;
-        let nodes = core.store.nodes()?;
+        let settings = core.store.node_settings().await?;
+        let cluster_settings = core.store.cluster_settings().await?;
+        let nodes = core.store.nodes().await?;
         self.clusters.clear();
-        for c in core.store.clusters()? {
+        for c in core.store.clusters().await? {
             if self.req.cluster.as_ref().is_some_and(|u| *u != c.uuid) {
                 continue;
             }
@@ -171,7 +171,8 @@ impl<'a> Pass<'a> {
             .repairer
             .core
             .store
-            .locations(text)?
+            .locations(text)
+            .await?
             .into_iter()
             .filter(|e| e.present)
             .map(|e| e.node_uuid)

@@ -39,8 +39,9 @@ pub struct SharedDegraded {
     pub error: String,
     pub writable: bool,
     pub reached: bool,
-    /// How long ago the last failure was, in milliseconds, when read.
-    pub failure_age_ms: u64,
+    /// When the last failure was noted (the noting coordinator's clock):
+    /// which failure this is, so that a newer one wins.
+    pub failure_unix_ms: u64,
 }
 
 /// A health report read back: the report and how long ago it was written,
@@ -126,6 +127,8 @@ pub trait Backend: Migrate + Send + Sync {
     async fn add_admin_token(&self, sha256: String, created_unix_ms: u64) -> Result<()>;
     async fn is_admin_token(&self, sha256: &str) -> Result<bool>;
     async fn admin_token_count(&self) -> Result<u64>;
+    /// Every admin token's hash.
+    async fn admin_token_hashes(&self) -> Result<HashSet<String>>;
 
     // The location log.
     /// Records location changes; returns once they are durable. Concurrent

@@ -6,7 +6,7 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ADMIN_TOKENS, JOIN_TOKENS, JOINED_AGENTS, NODES, REMOVED_NODES, Result, Store, decode, encode,
+    ADMIN_TOKENS, JOIN_TOKENS, JOINED_AGENTS, NODES, REMOVED_NODES, Redb, Result, decode, encode,
 };
 
 /// A join token as stored.
@@ -33,7 +33,7 @@ pub enum JoinCheck {
     NodeTaken,
 }
 
-impl Store {
+impl Redb {
     pub async fn create_join_token(&self, sha256: String, r: JoinTokenRecord) -> Result<()> {
         self.write(move |txn| {
             txn.open_table(JOIN_TOKENS)?.insert(sha256.as_str(), encode(&r).as_str())?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use redb::{ReadableTable, WriteTransaction};
 
-use super::{LOCATION_STAMPS, LOCATIONS, META, Result, Store};
+use super::{LOCATION_STAMPS, LOCATIONS, META, Redb, Result};
 
 /// One location change: (key, node UUID, present).
 pub type Change = (String, String, bool);
@@ -46,6 +46,11 @@ pub(super) struct Stamps {
 impl Stamps {
     pub(super) fn new(last: u64, wall: WallClock) -> Stamps {
         Stamps { last: AtomicU64::new(last), wall }
+    }
+
+    /// Makes every later stamp larger than `stamp`.
+    pub(super) fn raise(&self, stamp: u64) {
+        self.last.fetch_max(stamp, Ordering::Relaxed);
     }
 
     fn next(&self) -> u64 {
@@ -105,7 +110,7 @@ fn location_key(key: &str, node: &str) -> String {
     format!("{key}\t{node}")
 }
 
-impl Store {
+impl Redb {
     /// Records location changes; returns once they are committed. Changes
     /// of concurrent callers share one transaction (and one fsync), in the
     /// order they were made: a later change gets a later stamp.
@@ -206,6 +211,36 @@ fn record_in(txn: &WriteTransaction, changes: &[Change], stamps: &Stamps) -> Res
     Ok(())
 }
 
+/// Writes entries with the stamps they carry (moving a log between stores),
+/// and raises the stamp counter above them so later changes still win.
+pub(super) fn import_in(
+    txn: &WriteTransaction,
+    entries: &[StampedChange],
+    stamps: &Stamps,
+) -> Result<()> {
+    let mut t = txn.open_table(LOCATIONS)?;
+    let mut index = txn.open_table(LOCATION_STAMPS)?;
+    let mut last = 0;
+    for e in entries {
+        let stamp = e.entry.changed_unix_ms;
+        last = last.max(stamp);
+        let lk = location_key(&e.key, &e.entry.node_uuid);
+        let old = t.get(lk.as_str())?.map(|v| v.value().0);
+        if old.is_none_or(|o| o < stamp) {
+            t.insert(lk.as_str(), (stamp, e.entry.present))?;
+            if let Some(o) = old {
+                index.remove(o)?;
+            }
+            index.insert(stamp, lk.as_str())?;
+        }
+    }
+    stamps.raise(last);
+    let mut meta = txn.open_table(META)?;
+    let stored = meta.get(META_LAST_STAMP)?.map_or(0, |v| v.value());
+    meta.insert(META_LAST_STAMP, stored.max(last))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -217,7 +252,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Redb::open(dir.path()).unwrap();
             s.record(vec![(key.into(), "n1".into(), true), (key.into(), "n2".into(), true)])
                 .await
                 .unwrap();
@@ -225,7 +260,7 @@ mod tests {
             // A key that shares a prefix must not leak into the range.
             s.record(vec![(format!("{key}x"), "n3".into(), true)]).await.unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         let mut got: Vec<_> =
             s.locations(key).unwrap().into_iter().map(|e| (e.node_uuid, e.present)).collect();
         got.sort();
@@ -235,7 +270,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn grouped_records_commit_every_change_in_request_order() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(Store::open(dir.path()).unwrap());
+        let s = Arc::new(Redb::open(dir.path()).unwrap());
         let tasks: Vec<_> = (0..64)
             .map(|i| {
                 let s = s.clone();
@@ -272,7 +307,7 @@ mod tests {
     #[tokio::test]
     async fn changes_after_a_stamp_list_each_newest_entry_once_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         s.record(vec![("k1".into(), "n1".into(), true), ("k2".into(), "n1".into(), true)])
             .await
             .unwrap();
@@ -290,7 +325,7 @@ mod tests {
         assert_eq!(s.changes_after(0, 1).unwrap().len(), 1);
         drop(s);
         // Kept across a restart.
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         assert_eq!(s.changes_after(w, 100).unwrap(), next);
     }
 
@@ -298,7 +333,7 @@ mod tests {
     async fn a_log_written_before_the_stamp_index_is_indexed_on_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Redb::open(dir.path()).unwrap();
             s.record(vec![("k1".into(), "n1".into(), true)]).await.unwrap();
             s.write(|txn| {
                 txn.delete_table(LOCATION_STAMPS)?;
@@ -308,7 +343,7 @@ mod tests {
             .await
             .unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         assert_eq!(s.changes_after(0, 100).unwrap().len(), 1);
     }
 
@@ -323,11 +358,11 @@ mod tests {
         let key = "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
         let now = 1_800_000_000_000;
         {
-            let s = Store::open_with_clock(dir.path(), fixed(now)).unwrap();
+            let s = Redb::open_with_clock(dir.path(), fixed(now)).unwrap();
             s.record(vec![(key.into(), "n1".into(), true)]).await.unwrap();
         }
         let hour = 3_600_000;
-        let s = Store::open_with_clock(dir.path(), fixed(now - hour)).unwrap();
+        let s = Redb::open_with_clock(dir.path(), fixed(now - hour)).unwrap();
         s.record(vec![(key.into(), "n1".into(), false)]).await.unwrap();
         let e = &s.locations(key).unwrap()[0];
         assert!(!e.present, "the later change must win: {e:?}");
@@ -342,7 +377,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
         {
-            let s = Store::open_with_clock(dir.path(), fixed(5_000)).unwrap();
+            let s = Redb::open_with_clock(dir.path(), fixed(5_000)).unwrap();
             s.record(vec![(key.into(), "n1".into(), true)]).await.unwrap();
             // As in a database from before the counter was kept.
             s.write(|txn| {
@@ -352,7 +387,7 @@ mod tests {
             .await
             .unwrap();
         }
-        let s = Store::open_with_clock(dir.path(), fixed(1_000)).unwrap();
+        let s = Redb::open_with_clock(dir.path(), fixed(1_000)).unwrap();
         s.record(vec![(key.into(), "n1".into(), false)]).await.unwrap();
         assert!(!s.locations(key).unwrap()[0].present);
     }

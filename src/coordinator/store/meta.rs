@@ -1,8 +1,8 @@
 //! Named counters kept across restarts, such as the cluster clock's lease.
 
-use super::{META, Result, Store};
+use super::{META, Redb, Result};
 
-impl Store {
+impl Redb {
     /// The counter `name`, if it was ever set.
     pub fn meta(&self, name: &str) -> Result<Option<u64>> {
         let t = self.read()?.open_table(META)?;
@@ -28,13 +28,13 @@ mod tests {
     async fn counters_are_kept_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Redb::open(dir.path()).unwrap();
             assert_eq!(s.meta("lease").unwrap(), None);
             s.set_meta("lease", 7).await.unwrap();
             s.set_meta("lease", 9).await.unwrap();
             assert_eq!(s.meta("lease").unwrap(), Some(9));
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         assert_eq!(s.meta("lease").unwrap(), Some(9));
         assert_eq!(s.meta("other").unwrap(), None);
     }

@@ -1,17 +1,17 @@
-//! The coordinator's durable state in an embedded redb database, split by
-//! concern: the registry of clusters and nodes (`registry`), the location
-//! log (`locations`), what operators set on them (`settings`), the access
-//! tokens of the line-protocol front-end (`tokens`) and persisted counters
-//! such as the cluster clock's lease (`meta`).
+//! The coordinator's durable state behind one interface (`backend`): the
+//! registry of clusters and nodes (`registry`), the location log
+//! (`locations`), what operators set on them (`settings`), the access tokens
+//! (`tokens`, `credentials`), persisted counters such as the cluster clock's
+//! lease (`meta`), and what several coordinators share (health, the clock).
 //!
-//! Reads open a read transaction of their own: cheap, and a consistent
-//! snapshot. Every write goes through one writer thread (`writer`) fed by a
-//! bounded queue, so that no commit (and its fsync) runs on an async worker,
-//! a check and the write it guards share one transaction, and location
-//! changes are committed in groups.
+//! Two backends: the embedded redb database (`embedded`, the default: one
+//! coordinator, one host; each concern file holds its redb code beside its
+//! types) and PostgreSQL (`postgres`: any number of coordinators at once).
 
 mod backend;
 mod credentials;
+mod embedded;
+mod embedded_migrate;
 mod locations;
 mod meta;
 pub mod postgres;
@@ -25,11 +25,10 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::WriteTransaction;
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -44,8 +43,7 @@ pub use removal::{Removal, RemovedNode};
 pub use settings::{ClusterSettings, DEFAULT_NODE_COST, NodeSettings};
 pub use tokens::{Created, Revoked, Token};
 
-use locations::Stamps;
-use writer::Writer;
+pub use embedded::{FILE as REDB_FILE, Redb};
 
 // The on-disk format: table names and encodings must stay as they are, so
 // that an existing data directory keeps opening.
@@ -117,17 +115,50 @@ db_err!(
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The coordinator's database: direct reads, writes through the writer.
+/// Where the coordinator keeps its state, as `--store` names it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreSpec {
+    /// The embedded database in this directory.
+    Redb(PathBuf),
+    /// A PostgreSQL database, shared by any number of coordinators.
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<StoreSpec, String> {
+        if let Some(path) = s.strip_prefix("redb:") {
+            if path.is_empty() {
+                return Err("redb: needs a directory, e.g. redb:/var/lib/annexmesh/db".into());
+            }
+            Ok(StoreSpec::Redb(PathBuf::from(path)))
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(StoreSpec::Postgres(s.to_string()))
+        } else {
+            Err(format!(
+                "unknown store {s:?}: give redb:DIRECTORY or postgres://USER@HOST/DATABASE"
+            ))
+        }
+    }
+}
+
+/// The coordinator's state, in whichever backend `--store` chose, and the
+/// topology change signal the gateways' watch streams follow.
 pub struct Store {
-    db: Arc<Database>,
-    writer: Writer,
-    stamps: Arc<Stamps>,
-    changes: tokio::sync::watch::Sender<u64>,
+    backend: Box<dyn Backend>,
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+    fn deref(&self) -> &Self::Target {
+        self.backend.as_ref()
+    }
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` and starts its writer.
-    /// Blocks on the disk: call it before serving, or off the async workers.
+    /// Opens (or creates) the embedded database in `dir`. Blocks on the
+    /// disk: call it before serving, or off the async workers.
     pub fn open(dir: &Path) -> Result<Store> {
         Store::open_with_clock(dir, system_clock())
     }
@@ -135,33 +166,37 @@ impl Store {
     /// As `open`, with location stamps starting from `wall` rather than the
     /// system's wall clock.
     pub fn open_with_clock(dir: &Path, wall: WallClock) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
-            what: format!("cannot create {}", dir.display()),
-            source: Arc::new(e),
-        })?;
-        let db = Database::create(dir.join("coordinator.redb"))?;
-        let txn = db.begin_write()?;
-        // Create every table so that readers never meet a missing one.
-        txn.open_table(CLUSTERS)?;
-        txn.open_table(NODES)?;
-        txn.open_table(LOCATIONS)?;
-        txn.open_table(META)?;
-        txn.open_table(NODE_SETTINGS)?;
-        txn.open_table(CLUSTER_SETTINGS)?;
-        txn.open_table(TOKENS)?;
-        txn.open_table(REMOVED_NODES)?;
-        txn.open_table(JOIN_TOKENS)?;
-        txn.open_table(ADMIN_TOKENS)?;
-        txn.open_table(JOINED_AGENTS)?;
-        locations::index_stamps(&txn)?;
-        let stamps = Arc::new(Stamps::new(locations::last_stamp(&txn)?, wall));
-        txn.commit()?;
-        let db = Arc::new(db);
-        let writer = Writer::start(db.clone()).map_err(|e| StoreError::Io {
-            what: "cannot start the database writer thread".into(),
-            source: Arc::new(e),
-        })?;
-        Ok(Store { db, writer, stamps, changes: tokio::sync::watch::channel(0).0 })
+        Store::with_backend(|| Ok(Box::new(Redb::open_with_clock(dir, wall)?)))
+    }
+
+    /// Opens the store `spec` names; `wall` applies to the embedded one.
+    pub async fn connect(spec: &StoreSpec, wall: WallClock) -> Result<Store> {
+        match spec {
+            StoreSpec::Redb(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || Store::open_with_clock(&dir, wall))
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("opening the database failed: {e}")))?
+            }
+            StoreSpec::Postgres(url) => {
+                let changes = Arc::new(tokio::sync::watch::channel(0).0);
+                let signal = changes.clone();
+                let on_change: Arc<dyn Fn() + Send + Sync> =
+                    Arc::new(move || signal.send_modify(|v| *v += 1));
+                let _ = (url, on_change, changes);
+                Err(StoreError::Backend("PostgreSQL is not supported by this build".into()))
+            }
+        }
+    }
+
+    fn with_backend(open: impl FnOnce() -> Result<Box<dyn Backend>>) -> Result<Store> {
+        let changes = Arc::new(tokio::sync::watch::channel(0).0);
+        Ok(Store { backend: open()?, changes })
+    }
+
+    /// The backend, for moving a mesh between stores.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
     }
 
     /// Hears of changes to clusters, nodes and their settings, made by this
@@ -171,23 +206,54 @@ impl Store {
     }
 
     /// Tells subscribers that the topology changed.
-    #[allow(dead_code)]
     fn changed(&self) {
         self.changes.send_modify(|v| *v += 1);
     }
 
-    fn read(&self) -> Result<ReadTransaction> {
-        Ok(self.db.begin_read()?)
+    // The writes that change the topology, so that subscribers hear of them.
+
+    pub async fn create_cluster(&self, name: &str) -> Result<(Cluster, bool)> {
+        let r = self.backend.create_cluster(name).await?;
+        if r.1 {
+            self.changed();
+        }
+        Ok(r)
     }
 
-    /// Runs `f` on the writer thread in a transaction of its own, committed
-    /// when `f` succeeds and abandoned when it fails; returns once committed.
-    async fn write<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
-    {
-        self.writer.write(f).await
+    pub async fn register_node(&self, node: Node) -> Result<Registration> {
+        let r = self.backend.register_node(node).await?;
+        if r == Registration::Saved {
+            self.changed();
+        }
+        Ok(r)
+    }
+
+    pub async fn remove_node(&self, uuid: &str, lost: bool) -> Result<Removal> {
+        let r = self.backend.remove_node(uuid, lost).await?;
+        self.changed();
+        Ok(r)
+    }
+
+    /// Changes a node's settings in one transaction; returns the result.
+    pub async fn update_node_settings(
+        &self,
+        uuid: &str,
+        f: impl FnOnce(&mut NodeSettings) + Send + 'static,
+    ) -> Result<NodeSettings> {
+        let r = self.backend.update_node_settings_boxed(uuid, Box::new(f)).await?;
+        self.changed();
+        Ok(r)
+    }
+
+    /// Changes a cluster's settings in one transaction; returns the result.
+    pub async fn update_cluster_settings(
+        &self,
+        uuid: &str,
+        f: impl FnOnce(&mut ClusterSettings) + Send + 'static,
+    ) -> Result<ClusterSettings> {
+        let r = self.backend.update_cluster_settings_boxed(uuid, Box::new(f)).await?;
+        self.changed();
+        Ok(r)
     }
 }
 

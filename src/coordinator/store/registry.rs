@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CLUSTERS, NODES, RemovedNode, Result, Store, all_values, decode, encode};
+use super::{CLUSTERS, NODES, Redb, RemovedNode, Result, all_values, decode, encode};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Cluster {
@@ -51,7 +51,7 @@ pub enum Registration {
     Removed(RemovedNode),
 }
 
-impl Store {
+impl Redb {
     pub fn clusters(&self) -> Result<Vec<Cluster>> {
         all_values(&self.read()?.open_table(CLUSTERS)?)
     }
@@ -149,7 +149,7 @@ mod tests {
     #[tokio::test]
     async fn clusters_are_unique_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         let (a, created) = s.create_cluster("mesh").await.unwrap();
         assert!(created);
         let (b, created) = s.create_cluster("mesh").await.unwrap();
@@ -165,7 +165,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_creates_of_one_name_make_one_cluster() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(Store::open(dir.path()).unwrap());
+        let s = Arc::new(Redb::open(dir.path()).unwrap());
         let tasks: Vec<_> = (0..32)
             .map(|_| {
                 let s = s.clone();
@@ -186,7 +186,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_registrations_under_one_name_let_one_node_have_it() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(Store::open(dir.path()).unwrap());
+        let s = Arc::new(Redb::open(dir.path()).unwrap());
         let (a, b) = (node("u-a", "node1"), node("u-b", "node1"));
         let (ra, rb) = tokio::join!(
             tokio::spawn({
@@ -216,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_registering_again_keeps_its_name_and_may_move() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         let n = node("u-a", "node1");
         assert_eq!(s.register_node(n.clone()).await.unwrap(), Registration::Saved);
         // A restart with the same identity changes nothing.

@@ -11,7 +11,7 @@ use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::Node;
-use super::{LOCATION_STAMPS, LOCATIONS, NODE_SETTINGS, NODES, REMOVED_NODES, Result, Store};
+use super::{LOCATION_STAMPS, LOCATIONS, NODE_SETTINGS, NODES, REMOVED_NODES, Redb, Result};
 use super::{all_values, decode, encode};
 
 /// Keys named in a refusal; the count says how many there are in all.
@@ -37,7 +37,7 @@ pub enum Removal {
     SoleCopies { count: u64, sample: Vec<String> },
 }
 
-impl Store {
+impl Redb {
     /// Removes the node `uuid`; unless `lost`, only when the log lists
     /// another registered node for every key it holds.
     pub async fn remove_node(&self, uuid: &str, lost: bool) -> Result<Removal> {

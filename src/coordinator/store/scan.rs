@@ -2,9 +2,9 @@
 //! work such as repair: each page is its own read transaction, so a long
 //! walk never holds one snapshot open.
 
-use super::{LOCATIONS, Result, Store};
+use super::{LOCATIONS, Redb, Result};
 
-impl Store {
+impl Redb {
     /// Up to `limit` distinct keys of the location log, in order, after
     /// `after` (from the first key when None). Entries saying "absent" count:
     /// the caller reads each key's entries with `locations`.
@@ -37,7 +37,7 @@ mod tests {
     #[tokio::test]
     async fn keys_come_once_each_in_pages() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         let keys: Vec<String> = (0..5).map(|i| format!("SHA256E-s{i}--{i:064x}")).collect();
         for k in &keys {
             s.record(vec![(k.clone(), "n1".into(), true), (k.clone(), "n2".into(), false)])

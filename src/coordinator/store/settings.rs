@@ -8,7 +8,7 @@ use redb::{ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{CLUSTER_SETTINGS, NODE_SETTINGS, Result, Store, decode, encode};
+use super::{CLUSTER_SETTINGS, NODE_SETTINGS, Redb, Result, decode, encode};
 
 /// What operators set on a node.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -40,7 +40,7 @@ pub struct ClusterSettings {
 
 type Settings = TableDefinition<'static, &'static str, &'static str>;
 
-impl Store {
+impl Redb {
     /// Every node's settings, by node UUID.
     pub fn node_settings(&self) -> Result<HashMap<String, NodeSettings>> {
         self.all_settings(NODE_SETTINGS)
@@ -118,7 +118,7 @@ mod tests {
             address: "a".into(),
         };
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Redb::open(dir.path()).unwrap();
             s.register_node(node.clone()).await.unwrap();
             let set = s
                 .update_node_settings("n1", |n| {
@@ -138,7 +138,7 @@ mod tests {
             // An agent registering again does not reset what operators set.
             s.register_node(Node { address: "b".into(), ..node.clone() }).await.unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         assert_eq!(
             s.node_settings().unwrap().get("n1"),
             Some(&NodeSettings {

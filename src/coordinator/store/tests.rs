@@ -55,7 +55,7 @@ async fn an_existing_data_directory_opens_and_reads_as_before() {
     let hash = auth::hash_token("secret");
     write_v1(&dir.path().join("coordinator.redb"), &hash);
     {
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         let mesh = Cluster { uuid: "c1".into(), name: "mesh".into() };
         assert_eq!(s.clusters().unwrap(), vec![mesh.clone()]);
         let node1 = Node {
@@ -107,7 +107,7 @@ async fn an_existing_data_directory_opens_and_reads_as_before() {
 #[tokio::test]
 async fn writes_commit_on_the_writer_thread() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Redb::open(dir.path()).unwrap();
     let thread = s.write(|_| Ok(std::thread::current().name().map(String::from))).await.unwrap();
     assert_eq!(thread.as_deref(), Some(writer::THREAD_NAME));
 }
@@ -115,7 +115,7 @@ async fn writes_commit_on_the_writer_thread() {
 #[tokio::test]
 async fn a_failed_write_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Redb::open(dir.path()).unwrap();
     let err = s
         .write(|txn| {
             txn.open_table(META)?.insert("half", 1)?;
@@ -133,7 +133,7 @@ async fn a_failed_write_leaves_nothing_behind() {
 #[tokio::test]
 async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let s = Redb::open(dir.path()).unwrap();
     let err = s
         .write(|txn| -> Result<()> {
             txn.open_table(META)?.insert("half", 1)?;
@@ -152,7 +152,7 @@ async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_beyond_the_queue_all_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(Store::open(dir.path()).unwrap());
+    let s = Arc::new(Redb::open(dir.path()).unwrap());
     let tasks: Vec<_> = (0..2 * writer::QUEUE as u64)
         .map(|i| {
             let s = s.clone();

@@ -6,7 +6,7 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::{Result, Store, StoreError, TOKENS, decode, encode};
+use super::{Redb, Result, StoreError, TOKENS, decode, encode};
 use crate::auth::{self, Mode};
 
 /// An access token as stored: what it may do, never the token itself.
@@ -73,7 +73,7 @@ fn decode_token(sha256: &str, v: &str) -> Result<Token> {
     })
 }
 
-impl Store {
+impl Redb {
     /// Stores a token's hash; nothing changes when that hash, or the
     /// token's user name, is stored already.
     pub async fn create_token(&self, token: Token) -> Result<Created> {
@@ -191,7 +191,7 @@ mod tests {
         let rw = token("secret-rw", Mode::ReadWrite, "ci");
         let ro = token("secret-ro", Mode::ReadOnly, "");
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Redb::open(dir.path()).unwrap();
             assert_eq!(s.create_token(rw.clone()).await.unwrap(), Created::Done);
             assert_eq!(s.create_token(ro.clone()).await.unwrap(), Created::Done);
             // The same hash again changes nothing, whatever the mode.
@@ -199,7 +199,7 @@ mod tests {
             assert_eq!(s.create_token(again).await.unwrap(), Created::HashTaken);
             assert_eq!(s.token(&rw.sha256).unwrap(), Some(rw.clone()));
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         assert_eq!(s.token(&auth::hash_token("SECRET-RW")).unwrap(), Some(rw.clone()));
         assert_eq!(s.token(&ro.sha256).unwrap(), Some(ro.clone()));
         assert_eq!(s.token(&auth::hash_token("secret-other")).unwrap(), None);
@@ -226,7 +226,7 @@ mod tests {
         }
         let (a, b) = (made[0].clone(), made[1].clone());
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Redb::open(dir.path()).unwrap();
             s.create_token(a.clone()).await.unwrap();
             s.create_token(b.clone()).await.unwrap();
             match s.revoke_token(&a.sha256[..1]).await.unwrap() {
@@ -240,7 +240,7 @@ mod tests {
             assert_eq!(s.revoke_token(a.id()).await.unwrap(), Revoked::NotFound);
             assert_eq!(s.token(&a.sha256).unwrap(), None);
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         assert_eq!(s.token(&a.sha256).unwrap(), None);
         assert_eq!(s.tokens().unwrap(), vec![b.clone()]);
         // The full hash is a prefix too.
@@ -253,7 +253,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let alice = Token { user: Some("alice".into()), ..token("pw-a", Mode::ReadOnly, "") };
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Redb::open(dir.path()).unwrap();
             assert_eq!(s.create_token(alice.clone()).await.unwrap(), Created::Done);
             let twin = Token { user: Some("alice".into()), ..token("pw-b", Mode::ReadWrite, "") };
             assert_eq!(s.create_token(twin).await.unwrap(), Created::UserTaken);
@@ -262,7 +262,7 @@ mod tests {
                 Created::Done
             );
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = Redb::open(dir.path()).unwrap();
         assert_eq!(s.token(&alice.sha256).unwrap(), Some(alice.clone()));
         assert_eq!(s.remove_user("bob").await.unwrap(), None);
         assert_eq!(s.remove_user("alice").await.unwrap(), Some(alice.clone()));

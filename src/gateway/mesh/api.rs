@@ -95,4 +95,11 @@ pub trait Control: Send + Sync {
         let _ = req;
         Box::pin(async { Err(Status::unimplemented("this coordinator takes no failure reports")) })
     }
+
+    /// A message at once and whenever the topology changes (and as a
+    /// keep-alive); a coordinator without the stream says so, and the
+    /// gateway keeps polling.
+    fn watch_topology(&self) -> BoxFuture<'_, Result<Replies<rpc::TopologyChanged>, Status>> {
+        Box::pin(async { Err(Status::unimplemented("this coordinator has no topology watch")) })
+    }
 }

@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 use super::api::{Control, NodeClient, Nodes, Replies};
 use crate::gateway::limits::call_limits;
-use crate::rpc::{self, agent_client::AgentClient, coordinator_client::CoordinatorClient};
+use crate::rpc::{self, agent_client::AgentClient};
 
 /// `call`, failed with DEADLINE_EXCEEDED when it takes longer than `limit`:
 /// a hung peer or a stalled disk behind it gives a clear error rather than
@@ -43,14 +43,13 @@ async fn agent<T>(call: impl std::future::Future<Output = Result<T, Status>>) ->
     within(call_limits().node, "the node", "--node-timeout", call).await
 }
 
-/// The coordinator over gRPC.
-pub struct GrpcControl(CoordinatorClient<Channel>);
+/// The coordinators over gRPC, failing over between them.
+pub struct GrpcControl(rpc::CoordinatorApi);
 
 impl GrpcControl {
-    pub fn new(url: &str, dialer: &rpc::Dialer) -> Result<GrpcControl, rpc::DialError> {
-        let channel = dialer.channel(url, rpc::Peer::Coordinator)?;
-        let client = CoordinatorClient::new(channel).max_decoding_message_size(rpc::MAX_MESSAGE);
-        Ok(GrpcControl(client))
+    /// The coordinators of the comma-separated `urls`.
+    pub fn new(urls: &str, dialer: &rpc::Dialer) -> Result<GrpcControl, rpc::DialError> {
+        Ok(GrpcControl(dialer.coordinator_client(urls)?))
     }
 }
 
@@ -127,6 +126,15 @@ impl Control for GrpcControl {
             c.report_node_failure(req).await?;
             Ok(())
         }))
+    }
+
+    fn watch_topology(&self) -> BoxFuture<'_, Result<Replies<rpc::TopologyChanged>, Status>> {
+        let mut c = self.0.clone();
+        Box::pin(async move {
+            // Only the start is bounded: the stream stays open.
+            let replies = coordinator(c.watch_topology(rpc::WatchTopologyRequest {})).await?;
+            Ok(replies.into_inner().boxed())
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod failures;
 pub mod grpc;
+mod watch;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,10 +28,6 @@ use crate::tasks::Tasks;
 /// others can serve.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// How often the snapshot is refreshed in the background. Lookups that miss
-/// refresh at once, so a newly created cluster is served immediately.
-const REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -192,28 +189,6 @@ impl Mesh {
                 info!(node = %n.name, "node is up again");
             }
         }
-    }
-
-    /// Refreshes the snapshot, and sends the failure reports, in the
-    /// background until the gateway stops.
-    pub fn spawn_refresh(self: &Arc<Self>, tasks: &Tasks) {
-        self.spawn_reports(tasks);
-        let mesh = Arc::downgrade(self);
-        tasks.spawn(async move {
-            let mut failing = false;
-            while let Some(m) = mesh.upgrade() {
-                match m.refresh().await {
-                    Ok(()) => failing = false,
-                    Err(e) if !failing => {
-                        warn!("cannot refresh the topology from the coordinator: {}", e.message());
-                        failing = true;
-                    }
-                    Err(_) => {}
-                }
-                drop(m);
-                tokio::time::sleep(REFRESH).await;
-            }
-        });
     }
 
     async fn lookup(&self, pred: impl Fn(&str, &str) -> bool) -> Option<Repo> {

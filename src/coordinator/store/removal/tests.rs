@@ -8,8 +8,8 @@ fn node(uuid: &str, name: &str) -> Node {
     Node { uuid: uuid.into(), name: name.into(), cluster_uuid: "c".into(), address: "a".into() }
 }
 
-async fn store_with_two_nodes(dir: &std::path::Path) -> Store {
-    let s = Store::open(dir).unwrap();
+async fn store_with_two_nodes(dir: &std::path::Path) -> Redb {
+    let s = Redb::open(dir).unwrap();
     for n in [node("u1", "node1"), node("u2", "node2")] {
         assert_eq!(s.register_node(n).await.unwrap(), Registration::Saved);
     }

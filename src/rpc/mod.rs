@@ -1,7 +1,16 @@
-//! The generated gRPC API (see `proto/annexmesh/v1`).
+//! The generated gRPC API (see `proto/annexmesh/v1`), and how members dial
+//! each other (`Dialer`, and `Failover` over several coordinators).
 
-#![allow(clippy::all)]
-tonic::include_proto!("annexmesh.v1");
+mod failover;
+mod generated {
+    #![allow(clippy::all)]
+    tonic::include_proto!("annexmesh.v1");
+}
+mod targets;
+
+pub use failover::{CoordinatorApi, DEFAULT_BOUND as DEFAULT_FAILOVER, Failover, FailoverArgs};
+pub use generated::*;
+pub use targets::split_urls;
 
 /// Largest gRPC message we send or accept: data chunks are at most
 /// `CHUNK_SIZE`, so this leaves generous room for headers.
@@ -64,6 +73,8 @@ pub enum DialError {
     NoCredentials(String),
     #[error("URL {0} must start with https:// (or http:// with --insecure)")]
     Scheme(String),
+    #[error("no coordinator URL given: pass --coordinator URL[,URL...]")]
+    NoCoordinator,
     #[error("bad URL {url}: {source}")]
     Url {
         url: String,
@@ -79,16 +90,39 @@ pub enum DialError {
 pub struct Dialer {
     tls: Option<std::sync::Arc<crate::pki::Credentials>>,
     insecure: bool,
+    /// How long coordinator calls go round the list; None: the default.
+    failover: Option<std::time::Duration>,
 }
 
 impl Dialer {
     pub fn new(tls: Option<crate::pki::Credentials>, insecure: bool) -> Dialer {
-        Dialer { tls: tls.map(std::sync::Arc::new), insecure }
+        Dialer { tls: tls.map(std::sync::Arc::new), insecure, failover: None }
     }
 
     /// Plaintext only: for tests and `--insecure` meshes.
     pub fn insecure() -> Dialer {
-        Dialer { tls: None, insecure: true }
+        Dialer { tls: None, insecure: true, failover: None }
+    }
+
+    /// Coordinator calls give up after `bound` (`--coordinator-failover`).
+    pub fn with_failover(mut self, bound: std::time::Duration) -> Dialer {
+        self.failover = Some(bound);
+        self
+    }
+
+    /// A channel over every coordinator of `urls` (see `Failover`).
+    pub fn coordinators(&self, urls: &[String]) -> Result<Failover, DialError> {
+        let dialer = self.clone();
+        let make = std::sync::Arc::new(move |url: &str| dialer.endpoint(url, Peer::Coordinator));
+        Failover::new(urls.to_vec(), self.failover.unwrap_or(DEFAULT_FAILOVER), make)
+    }
+
+    /// A client of the coordinators of a comma-separated `list`, with the
+    /// mesh's message size limit.
+    pub fn coordinator_client(&self, list: &str) -> Result<CoordinatorApi, DialError> {
+        let channel = self.coordinators(&split_urls(list))?;
+        Ok(coordinator_client::CoordinatorClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE))
     }
 
     pub fn credentials(&self) -> Option<&crate::pki::Credentials> {
