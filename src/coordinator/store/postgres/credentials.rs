@@ -3,6 +3,8 @@
 //! Writers of `tokens` take it in SHARE ROW EXCLUSIVE mode, so a check by
 //! hash, user name or id prefix and the write it guards run as if alone.
 
+use std::collections::HashSet;
+
 use tokio_postgres::Row;
 
 use super::{Ctx, Postgres, Result, int, uint};
@@ -222,6 +224,12 @@ impl Postgres {
         let c = self.client().await?;
         let row = c.query_opt("SELECT 1 FROM admin_tokens WHERE sha256 = $1", &[&sha256]).await;
         Ok(row.ctx(&self.at)?.is_some())
+    }
+
+    pub(super) async fn pg_admin_token_hashes(&self) -> Result<HashSet<String>> {
+        let c = self.client().await?;
+        let rows = c.query("SELECT sha256 FROM admin_tokens", &[]).await.ctx(&self.at)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     pub(super) async fn pg_admin_token_count(&self) -> Result<u64> {

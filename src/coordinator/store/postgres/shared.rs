@@ -90,13 +90,11 @@ impl Postgres {
         let rows = c.query(&sql, &[]).await.ctx(&self.at)?;
         rows.into_iter()
             .map(|r| {
-                let (mut health, age_ms): (SharedHealth, u64) =
-                    (from_json(r.get(1))?, uint(r.get(2)));
-                // Stored as of the report; read as of now.
-                if let Some(d) = &mut health.degraded {
-                    d.failure_age_ms = d.failure_age_ms.saturating_add(age_ms);
-                }
-                Ok(HealthRow { node_uuid: r.get(0), health, age_ms })
+                Ok(HealthRow {
+                    node_uuid: r.get(0),
+                    health: from_json(r.get(1))?,
+                    age_ms: uint(r.get(2)),
+                })
             })
             .collect()
     }

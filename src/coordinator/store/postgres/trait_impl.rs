@@ -107,6 +107,9 @@ impl Backend for Postgres {
     async fn admin_token_count(&self) -> Result<u64> {
         self.pg_admin_token_count().await
     }
+    async fn admin_token_hashes(&self) -> Result<HashSet<String>> {
+        self.pg_admin_token_hashes().await
+    }
 
     async fn record(&self, changes: Vec<Change>) -> Result<()> {
         self.writer.record(changes).await
