@@ -23,8 +23,10 @@ pub(super) async fn run(client: &mut deadpool_postgres::Object, at: &str) -> Res
     for &(version, sql) in MIGRATIONS {
         let txn = client.transaction().await.ctx(at)?;
         txn.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK]).await.ctx(at)?;
+        // Quiet: "already exists" notices would be logged at every start.
         txn.batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+            "SET LOCAL client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS schema_migrations (
                  version integer PRIMARY KEY,
                  applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
              )",
