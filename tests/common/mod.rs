@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 pub mod annex_cluster;
 pub mod hosts;
 pub mod netns;
+pub mod pg;
 
 pub const GIT_ANNEX_VERSION: &str = "10.20261026";
 

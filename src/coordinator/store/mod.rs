@@ -14,6 +14,7 @@ mod embedded;
 mod embedded_migrate;
 mod locations;
 mod meta;
+pub mod postgres;
 mod registry;
 mod removal;
 mod scan;
