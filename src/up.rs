@@ -42,7 +42,7 @@ pub struct UpConfig {
     pub http_tls_key: Option<PathBuf>,
     /// Where the coordinator keeps the mesh's state: `redb:DIRECTORY` or
     /// `postgres://...` (default: an embedded database in the data directory).
-    #[arg(long, env = "ANNEXMESH_STORE")]
+    #[arg(long, env = "ANNEXMESH_COORDINATOR_STORE")]
     pub store: Option<crate::coordinator::StoreSpec>,
     /// Plaintext gRPC between the roles instead of mutually authenticated
     /// TLS with the mesh CA in the data directory.

@@ -94,7 +94,7 @@ fn two_coordinators_survive_a_kill_mid_copy_and_the_clock_never_runs_back() {
     a.ok(&["git", "commit", "-q", "-m", "300 files"]);
 
     // The copy runs while the coordinator the gateways use first is killed.
-    let mut copy = a
+    let copy = a
         .command(&["timeout", "900", "git", "annex", "copy", "-J4", "--to", "origin", "."])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -108,11 +108,8 @@ fn two_coordinators_survive_a_kill_mid_copy_and_the_clock_never_runs_back() {
     let killed_at = objects_in(&store_of(&mesh, "node1"));
     read_clocks(&mesh, "coordinator 1 killed");
     let out = copy.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the copy failed after a coordinator was killed:\n{text}");
     eprintln!(
         "copy of 300 files took {:.1}s; coordinator 1 killed after {killed_at} files",

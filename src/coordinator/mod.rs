@@ -69,7 +69,7 @@ pub struct CoordinatorConfig {
     /// database, for one coordinator; the default is in --data) or
     /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (shared by any number of
     /// coordinators, all active; see docs/ha.md).
-    #[arg(long, env = "ANNEXMESH_STORE")]
+    #[arg(long, env = "ANNEXMESH_COORDINATOR_STORE")]
     pub store: Option<store::StoreSpec>,
     /// Free space a PUT must leave on a node, for clusters that set none
     /// (`annexmesh admin cluster reserve`): bytes or a size such as 500MB, 2GiB.
@@ -174,6 +174,10 @@ impl Coordinator {
         wall: WallClock,
         repair: RepairConfig,
     ) -> anyhow::Result<Coordinator> {
+        // The data directory holds the CA and the admin token even when the
+        // state is elsewhere.
+        std::fs::create_dir_all(data)
+            .with_context(|| format!("cannot create the data directory {}", data.display()))?;
         let store = Store::connect(spec, wall).await.with_context(|| match spec {
             StoreSpec::Redb(dir) => {
                 format!("cannot open the coordinator database in {}", dir.display())

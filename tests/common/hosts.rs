@@ -3,6 +3,8 @@
 //! its host's address, joined with mTLS and join tokens as `Mesh::separate`
 //! does.
 
+use std::time::Duration;
+
 use super::netns::{Host, Net, net_or_skip};
 use super::{Mesh, Site};
 

@@ -183,8 +183,8 @@ impl Store {
                 let signal = changes.clone();
                 let on_change: Arc<dyn Fn() + Send + Sync> =
                     Arc::new(move || signal.send_modify(|v| *v += 1));
-                let _ = (url, on_change, changes);
-                Err(StoreError::Backend("PostgreSQL is not supported by this build".into()))
+                let pg = postgres::Postgres::connect(url, on_change).await?;
+                Ok(Store { backend: Box::new(pg), changes })
             }
         }
     }
