@@ -116,6 +116,12 @@ fn two_coordinators_survive_a_kill_mid_copy_and_the_clock_never_runs_back() {
         started.elapsed().as_secs_f64()
     );
     assert!(killed_at < 300, "the kill came after the copy ended");
+    let gateway_log =
+        std::fs::read_to_string(mesh.dir.path().join("gateway.log")).unwrap_or_default();
+    assert!(
+        gateway_log.contains(&format!("now using {}", mesh.coordinators[1])),
+        "gateway A never moved to the second coordinator:\n{gateway_log}"
+    );
 
     // Every file the client believes stored is on the nodes and in the log.
     let stored = a.ok(&["git", "annex", "find", "--in", "origin"]);
