@@ -74,6 +74,14 @@ fn two_coordinators_survive_a_kill_mid_copy_and_the_clock_never_runs_back() {
     let Some(mut mesh) = HaMesh::start(3) else { return };
     let status = mesh.admin_ok(&["status"]);
     assert!(status.matches("postgres://").count() >= 2, "both on PostgreSQL:\n{status}");
+    // Agents heartbeat to the first coordinator; the second sees the same
+    // health, through the store.
+    wait_until("both coordinators seeing 3 nodes up", Duration::from_secs(30), || {
+        let s = String::from_utf8_lossy(&mesh.admin(&["status"]).stdout).into_owned();
+        let up: Vec<&str> =
+            s.lines().skip(1).take(2).filter_map(|l| l.split('\t').nth(5)).collect();
+        up == ["3", "3"]
+    });
 
     // The clock through both coordinators, in turn, across kills and
     // restarts of each: every reading at least the one before.

@@ -297,6 +297,7 @@ fn up_writes_its_users_credentials_once_and_the_recipe_line() {
         "up-again",
         annexmesh()
             .arg("up")
+            .args(common::store_args(&mesh.store))
             .arg("--data")
             .arg(mesh.dir.path().join("data"))
             .args(["--http", &mesh.http.to_string()])

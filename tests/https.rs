@@ -148,6 +148,7 @@ fn up_serves_https_and_its_printed_recipe_works() {
         "up",
         common::annexmesh()
             .arg("up")
+            .args(common::store_args(&common::test_store()))
             .arg("--data")
             .arg(&data)
             .args(["--http", &http])

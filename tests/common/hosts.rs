@@ -12,6 +12,9 @@ pub struct HostMesh {
     // Declared first so it drops first: the processes are stopped by PID
     // before their namespaces are deleted.
     pub mesh: Mesh,
+    /// The suite's PostgreSQL for this mesh, when it runs on one: on the
+    /// bridge's address, which every host reaches.
+    pub pg: Option<super::pg::PgServer>,
     pub net: Net,
 }
 
@@ -27,8 +30,11 @@ impl HostMesh {
         for i in 1..=agents {
             sites.insert(format!("node{i}"), site(net.host(i + 1)));
         }
-        let mesh = Mesh::separate_on(agents, &[], false, sites);
-        Some(HostMesh { mesh, net })
+        let pg = super::on_postgres()
+            .then(|| super::pg::PgServer::start_on(&net.bridge_addr().to_string(), None));
+        let store = pg.as_ref().map(|pg| pg.create_database());
+        let mesh = Mesh::separate_on_store(agents, &[], false, sites, store);
+        Some(HostMesh { mesh, pg, net })
     }
 
     /// The host of agent `node` (node1, node2, ...).

@@ -222,11 +222,22 @@ pub struct Mesh {
 /// postgres (scripts/test's second pass), a fresh database for each mesh on
 /// the PostgreSQL server the harness starts; else None, the embedded redb.
 pub fn test_store() -> Option<String> {
+    on_postgres().then(|| pg::PgServer::shared().create_database())
+}
+
+/// Whether the suite runs its coordinators on PostgreSQL.
+pub fn on_postgres() -> bool {
     match std::env::var("ANNEXMESH_TEST_STORE").as_deref() {
-        Ok("postgres") => Some(pg::PgServer::shared().create_database()),
-        Ok("redb") | Ok("") | Err(_) => None,
+        Ok("postgres") => true,
+        Ok("redb") | Ok("") | Err(_) => false,
         Ok(other) => panic!("ANNEXMESH_TEST_STORE={other}: give redb or postgres"),
     }
+}
+
+/// `--store URL` when the suite runs on PostgreSQL (see `test_store`), for
+/// a test that starts `up` or a coordinator itself.
+pub fn store_args(store: &Option<String>) -> Vec<String> {
+    store.iter().flat_map(|s| ["--store".to_string(), s.clone()]).collect()
 }
 
 /// A namespaced host a mesh process runs on.
@@ -370,6 +381,18 @@ impl Mesh {
         insecure: bool,
         sites: std::collections::HashMap<String, Site>,
     ) -> Mesh {
+        Mesh::separate_on_store(agents, coordinator_args, insecure, sites, test_store())
+    }
+
+    /// As `separate_on`, with the coordinator's `--store` given (None: the
+    /// embedded default).
+    pub fn separate_on_store(
+        agents: usize,
+        coordinator_args: &[&str],
+        insecure: bool,
+        sites: std::collections::HashMap<String, Site>,
+        store: Option<String>,
+    ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let cport = free_port();
         let scheme = if insecure { "http" } else { "https" };
@@ -385,7 +408,7 @@ impl Mesh {
             insecure,
             credentials,
             sites,
-            store: test_store(),
+            store,
         };
         mesh.start_coordinator_with(coordinator_args);
         wait_until("the coordinator", Duration::from_secs(20), || {
