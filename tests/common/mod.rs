@@ -370,6 +370,18 @@ impl Mesh {
         insecure: bool,
         sites: std::collections::HashMap<String, Site>,
     ) -> Mesh {
+        Mesh::separate_on_store(agents, coordinator_args, insecure, sites, test_store())
+    }
+
+    /// As `separate_on`, with the coordinator on `store` (None: the
+    /// embedded redb in its --data) whatever ANNEXMESH_TEST_STORE says.
+    pub fn separate_on_store(
+        agents: usize,
+        coordinator_args: &[&str],
+        insecure: bool,
+        sites: std::collections::HashMap<String, Site>,
+        store: Option<String>,
+    ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let cport = free_port();
         let scheme = if insecure { "http" } else { "https" };
@@ -385,7 +397,7 @@ impl Mesh {
             insecure,
             credentials,
             sites,
-            store: test_store(),
+            store,
         };
         mesh.start_coordinator_with(coordinator_args);
         wait_until("the coordinator", Duration::from_secs(20), || {
