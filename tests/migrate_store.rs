@@ -1,7 +1,7 @@
 //! `annexmesh admin migrate-store`: a mesh on the embedded store, with
 //! content stored by the real git-annex and 10,000 keys in its location log,
-//! moves to PostgreSQL with nothing lost; and the two refusals (a source a
-//! coordinator still holds, a target that already holds a mesh).
+//! moves to PostgreSQL with nothing lost, and back; and the two refusals (a
+//! source a coordinator still holds, a target that already holds a mesh).
 
 mod common;
 
@@ -263,4 +263,12 @@ fn migrate_store_moves_a_mesh_with_10000_keys_from_redb_to_postgres() {
     });
     let wrong = common::http_get_with(&config, &[("Authorization", &auth("wrong"))]);
     assert_eq!(wrong.map(|r| r.0), Some(401));
+
+    // And back: PostgreSQL into a new embedded store, verified the same way.
+    let back = tempfile::tempdir().unwrap();
+    let out = migrate(&target, &format!("redb:{}", back.path().display()));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "migrate-store back failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("moved and verified 1 cluster(s), 3 node(s), "), "{stdout}");
+    assert!(stdout.contains("--store redb:"), "{stdout}");
 }
