@@ -336,6 +336,9 @@ async fn main() {
             }
             other => panic!("unknown store {other}"),
         }
+        // Each store's figures as soon as they are in: a long run that is
+        // stopped later still has them.
+        eprintln!("{}", row(results.last().unwrap(), keys));
     }
     println!();
     println!(
@@ -347,17 +350,22 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|");
     for r in &results {
-        println!(
-            "| {} | {:.0} s ({:.0} keys/s) | {:.0} | {:.2} ms | {:.2} ms | {} MiB ({} MiB) | {} MiB |",
-            r.store,
-            r.load.as_secs_f64(),
-            keys as f64 / r.load.as_secs_f64(),
-            r.rate,
-            r.whereis_p50.as_secs_f64() * 1000.0,
-            r.whereis_p99.as_secs_f64() * 1000.0,
-            r.rss.0,
-            r.rss.1,
-            r.size_mib
-        );
+        println!("{}", row(r, keys));
     }
+}
+
+/// A store's line of the table.
+fn row(r: &Result, keys: u64) -> String {
+    format!(
+        "| {} | {:.0} s ({:.0} keys/s) | {:.0} | {:.2} ms | {:.2} ms | {} MiB ({} MiB) | {} MiB |",
+        r.store,
+        r.load.as_secs_f64(),
+        keys as f64 / r.load.as_secs_f64(),
+        r.rate,
+        r.whereis_p50.as_secs_f64() * 1000.0,
+        r.whereis_p99.as_secs_f64() * 1000.0,
+        r.rss.0,
+        r.rss.1,
+        r.size_mib
+    )
 }
