@@ -11,8 +11,11 @@
 //! size. ANNEXMESH_BENCH_KEYS (default 10000000) sets N,
 //! ANNEXMESH_BENCH_SECS (default 20) each workload's length, and
 //! ANNEXMESH_BENCH_STORES (default "redb postgres") the stores. PostgreSQL is
-//! a server the harness starts (as the tests do), with its default settings
-//! (fsync and synchronous commit on).
+//! a server the harness starts (as the tests do) but with PostgreSQL's
+//! durable defaults (fsync, synchronous commit and full page writes on), as
+//! redb commits durably too. The coordinator logs warnings only: a debug log
+//! of every request would be measured too. The database size is redb's file,
+//! or PostgreSQL's `pg_database_size` (tables and indexes, not the WAL).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 use annexmesh::coordinator::store::{LocationEntry, StampedChange, Store, StoreSpec, system_clock};
 use annexmesh::rpc::{self, coordinator_client::CoordinatorClient};
 use common::pg::PgServer;
-use common::{Proc, free_port, wait_until};
+use common::{free_port, wait_until};
 use sha2::{Digest, Sha256};
 
 const NODES: [&str; 3] = [
@@ -97,13 +100,49 @@ fn rss_mib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn dir_size(path: &std::path::Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
-        let m = e.metadata().unwrap();
-        total += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+/// The coordinator under measurement, started here with its own log level
+/// (the harness's `Proc` logs at debug); stopped by its PID.
+struct Coordinator(std::process::Child);
+
+impl Coordinator {
+    fn spawn(cmd: &mut std::process::Command, log: &std::path::Path) -> Coordinator {
+        let log = std::fs::File::create(log).unwrap();
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the coordinator");
+        Coordinator(child)
     }
-    total
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 30 s.
+    fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 struct Result {
@@ -137,7 +176,7 @@ async fn measure(
         .arg("--data")
         .arg(dir.path().join("data"))
         .env("ANNEXMESH_LOG", "warn");
-    let mut coordinator = Proc::spawn("coordinator", &mut cmd, dir.path());
+    let mut coordinator = Coordinator::spawn(&mut cmd, &dir.path().join("coordinator.log"));
     let url = format!("http://127.0.0.1:{port}");
     wait_until("the coordinator", Duration::from_secs(120), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -286,14 +325,20 @@ async fn main() {
                 results.push(measure("redb", spec, keys, secs, size).await);
             }
             "postgres" => {
-                let server = PgServer::start();
+                let server = PgServer::start_durable();
                 let url = server.create_database();
-                let data = server.data_dir().to_path_buf();
-                let size = move || dir_size(&data);
+                let db = url.rsplit('/').next().unwrap().to_string();
+                let size = || {
+                    let sql = "SELECT pg_database_size(current_database())";
+                    server.query(&db, sql).parse().expect("pg_database_size")
+                };
                 results.push(measure("postgres", StoreSpec::Postgres(url), keys, secs, size).await);
             }
             other => panic!("unknown store {other}"),
         }
+        // Each store's figures as soon as they are in: a long run that is
+        // stopped later still has them.
+        eprintln!("{}", row(results.last().unwrap(), keys));
     }
     println!();
     println!(
@@ -305,16 +350,22 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|");
     for r in &results {
-        println!(
-            "| {} | {:.0} s | {:.0} | {:.2} ms | {:.2} ms | {} MiB ({} MiB) | {} MiB |",
-            r.store,
-            r.load.as_secs_f64(),
-            r.rate,
-            r.whereis_p50.as_secs_f64() * 1000.0,
-            r.whereis_p99.as_secs_f64() * 1000.0,
-            r.rss.0,
-            r.rss.1,
-            r.size_mib
-        );
+        println!("{}", row(r, keys));
     }
+}
+
+/// A store's line of the table.
+fn row(r: &Result, keys: u64) -> String {
+    format!(
+        "| {} | {:.0} s ({:.0} keys/s) | {:.0} | {:.2} ms | {:.2} ms | {} MiB ({} MiB) | {} MiB |",
+        r.store,
+        r.load.as_secs_f64(),
+        keys as f64 / r.load.as_secs_f64(),
+        r.rate,
+        r.whereis_p50.as_secs_f64() * 1000.0,
+        r.whereis_p99.as_secs_f64() * 1000.0,
+        r.rss.0,
+        r.rss.1,
+        r.size_mib
+    )
 }

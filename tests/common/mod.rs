@@ -384,8 +384,8 @@ impl Mesh {
         Mesh::separate_on_store(agents, coordinator_args, insecure, sites, test_store())
     }
 
-    /// As `separate_on`, with the coordinator's `--store` given (None: the
-    /// embedded default).
+    /// As `separate_on`, with the coordinator on `store` (None: the
+    /// embedded redb in its --data) whatever ANNEXMESH_TEST_STORE says.
     pub fn separate_on_store(
         agents: usize,
         coordinator_args: &[&str],

@@ -90,6 +90,21 @@ impl PgServer {
     /// As `start_on`, serving TLS with `tls` (certificate and key, PEM)
     /// when given.
     pub fn start_with(addr: &str, netns: Option<&str>, tls: Option<(&str, &str)>) -> PgServer {
+        PgServer::start_full(addr, netns, tls, false)
+    }
+
+    /// A server on 127.0.0.1 with PostgreSQL's durable defaults (fsync,
+    /// synchronous commit, full page writes), for measurements.
+    pub fn start_durable() -> PgServer {
+        PgServer::start_full("127.0.0.1", None, None, true)
+    }
+
+    fn start_full(
+        addr: &str,
+        netns: Option<&str>,
+        tls: Option<(&str, &str)>,
+        durable: bool,
+    ) -> PgServer {
         let bin = pg_bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let (data, sockets) = (dir.path().join("data"), dir.path().join("sockets"));
@@ -151,10 +166,13 @@ impl PgServer {
             .arg(&data)
             .args(["-c", &format!("listen_addresses={addr}"), "-p", &server.port.to_string()])
             .arg("-k")
-            .arg(&sockets)
+            .arg(&sockets);
+        if !durable {
             // A test server: speed over durability.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=500"])
+            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"]);
+        }
+        cmd.args(["-c", "max_connections=500"])
             .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::piped())
             .stdout(log.try_clone().unwrap())
