@@ -232,6 +232,7 @@ impl HealthBoard {
             .filter_map(|uuid| {
                 let h = nodes.get(&uuid)?;
                 let shared = SharedHealth {
+                    heard_ms_ago: h.last_seen.elapsed().as_millis() as u64,
                     boot_id: h.boot_id.clone(),
                     free_bytes: h.free_bytes,
                     active_transfers: h.active_transfers,
@@ -258,7 +259,8 @@ impl HealthBoard {
         let mut nodes = self.nodes.lock().unwrap();
         let mut degraded = self.degraded.lock().unwrap();
         for row in rows {
-            let age = Duration::from_millis(row.age_ms);
+            let age_ms = row.age_ms.saturating_add(row.health.heard_ms_ago);
+            let age = Duration::from_millis(age_ms);
             let seen = now.checked_sub(age).unwrap_or(now);
             if nodes.get(&row.node_uuid).is_none_or(|h| h.last_seen < seen) {
                 let h = &row.health;
@@ -266,7 +268,7 @@ impl HealthBoard {
                     row.node_uuid.clone(),
                     Health {
                         last_seen: seen,
-                        last_seen_unix_ms: wall_now.saturating_sub(row.age_ms),
+                        last_seen_unix_ms: wall_now.saturating_sub(age_ms),
                         boot_id: h.boot_id.clone(),
                         free_bytes: h.free_bytes,
                         active_transfers: h.active_transfers,
@@ -328,6 +330,29 @@ pub fn spawn_sharing(core: std::sync::Arc<super::core::Core>, tasks: &crate::tas
             tokio::time::sleep(SHARE_INTERVAL).await;
         }
     });
+}
+
+#[cfg(test)]
+mod sharing_tests {
+    use super::*;
+
+    #[test]
+    fn a_report_written_late_does_not_make_a_silent_node_look_heard_from() {
+        let here = HealthBoard::default();
+        here.touch("n", "boot", Some(1), 0);
+        // Reported, then silent; a failure noted 8 s later writes the report
+        // again.
+        let news = here.take_news();
+        let (_, mut h) = news.into_iter().next().unwrap();
+        h.heard_ms_ago = 8_000;
+        let other = HealthBoard::default();
+        let row = |age_ms, health| HealthRow { node_uuid: "n".into(), age_ms, health };
+        other.merge(vec![row(0, h.clone())], Instant::now());
+        assert!(!other.get("n").0, "8 s of silence is down, however fresh the row");
+        h.heard_ms_ago = 500;
+        other.merge(vec![row(100, h)], Instant::now());
+        assert!(other.get("n").0, "a heartbeat 0.6 s ago is up");
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,10 @@ pub type ClusterSettingsUpdate = Box<dyn FnOnce(&mut ClusterSettings) + Send>;
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct SharedHealth {
+    /// How long before it was written the node was last heard from: the
+    /// report may be written later (with a failure noted since), and must
+    /// not make the node look heard from then.
+    pub heard_ms_ago: u64,
     pub boot_id: String,
     pub free_bytes: Option<u64>,
     pub active_transfers: u32,
