@@ -1,5 +1,8 @@
 // Compiles the gRPC API. protoc comes from a vendored crate so that a fresh
 // machine builds without a system protobuf compiler.
+use std::path::PathBuf;
+use std::process::Command;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROTOC").is_none() {
         // SAFETY: build scripts are single-threaded.
@@ -10,9 +13,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/annexmesh/v1/coordinator.proto",
         "proto/annexmesh/v1/admin.proto",
     ];
-    tonic_prost_build::configure().bytes(".annexmesh.v1").compile_protos(&protos, &["proto"])?;
+    // The descriptor set serves gRPC server reflection.
+    let descriptors = PathBuf::from(std::env::var("OUT_DIR")?).join("annexmesh_descriptor.bin");
+    tonic_prost_build::configure()
+        .bytes(".annexmesh.v1")
+        .file_descriptor_set_path(&descriptors)
+        .compile_protos(&protos, &["proto"])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
+    commit();
     Ok(())
+}
+
+/// `ANNEXMESH_COMMIT` for `--version`: the commit this was built from, from
+/// the environment (packagers building from a tarball) or git, else
+/// "unknown".
+fn commit() {
+    println!("cargo:rerun-if-env-changed=ANNEXMESH_COMMIT");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = std::env::var("ANNEXMESH_COMMIT")
+        .ok()
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]));
+    // Rebuild when HEAD moves: HEAD itself and the branch it points at.
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+    }
+    if let (Some(common), Some(head)) =
+        (git(&["rev-parse", "--git-common-dir"]), git(&["symbolic-ref", "-q", "HEAD"]))
+    {
+        println!("cargo:rerun-if-changed={common}/{head}");
+        println!("cargo:rerun-if-changed={common}/packed-refs");
+    }
+    println!("cargo:rustc-env=ANNEXMESH_COMMIT={}", commit.unwrap_or_else(|| "unknown".into()));
 }

@@ -20,3 +20,6 @@ pub mod rpc;
 pub mod tasks;
 pub mod tls;
 pub mod up;
+
+/// The version `--version` prints: the package version and the commit built.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ANNEXMESH_COMMIT"), ")");

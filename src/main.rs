@@ -5,7 +5,7 @@ use annexmesh::{admin, agent, client, coordinator, gateway, up};
 
 /// A distributed proxy mesh serving git-annex clusters.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = annexmesh::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     role: Role,

@@ -12,6 +12,9 @@ pub use failover::{CoordinatorApi, DEFAULT_BOUND as DEFAULT_FAILOVER, Failover, 
 pub use generated::*;
 pub use targets::split_urls;
 
+/// The encoded descriptors of every service above, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("annexmesh_descriptor");
+
 /// Largest gRPC message we send or accept: data chunks are at most
 /// `CHUNK_SIZE`, so this leaves generous room for headers.
 pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;

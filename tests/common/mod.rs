@@ -43,7 +43,28 @@ pub fn annexmesh() -> Command {
     Command::new(env!("CARGO_BIN_EXE_annexmesh"))
 }
 
+/// A port free on 127.0.0.1, from below the kernel's ephemeral range
+/// (32768 up): a port the kernel hands out for `bind(0)` may be taken as
+/// the source port of an outgoing connection before the server binds it.
+/// Each test process walks its own slice of 20000..32000 (by PID), so
+/// concurrent tests and test binaries rarely try the same port.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(613)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (BASE + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -856,16 +877,49 @@ exec '{annexmesh}' shell
     /// Waits for the gateway to know the cluster and for `agents` healthy
     /// nodes (for `up`, asking with its user's credentials).
     pub fn wait_ready(&self, agents: usize) {
-        wait_until("the mesh to come up", Duration::from_secs(60), || {
-            let auth = self.up_credentials().exists().then(|| self.up_auth_header());
-            let headers: Vec<(&str, &str)> =
-                auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-            matches!(
-                http_get_with(&format!("{}/mesh/config", self.url()), &headers),
-                Some((200, _))
-            ) && self.healthy_nodes() == agents
-                && self.branch_nodes() >= agents
-        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.is_ready(agents) {
+            if Instant::now() >= deadline {
+                self.print_logs();
+                panic!(
+                    "timed out waiting for the mesh to come up: {} of {agents} nodes up, {} in \
+                     the branch",
+                    self.healthy_nodes(),
+                    self.branch_nodes()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines of every process's log, on stderr: what a test that
+    /// timed out needs to say why.
+    pub fn print_logs(&self) {
+        let mut logs: Vec<_> = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("----- {} (last 40 of {} lines)", log.display(), lines.len());
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+
+    fn is_ready(&self, agents: usize) -> bool {
+        let auth = self.up_credentials().exists().then(|| self.up_auth_header());
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        matches!(http_get_with(&format!("{}/mesh/config", self.url()), &headers), Some((200, _)))
+            && self.healthy_nodes() == agents
+            && self.branch_nodes() >= agents
     }
 
     /// How many nodes the cluster's git-annex branch names as proxied
