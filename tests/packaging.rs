@@ -94,8 +94,8 @@ impl Help {
 
     /// Whether some role reads environment variable `var`.
     fn env_known(&mut self, var: &str) -> bool {
-        // Read by the log setup rather than by a flag.
-        if var == "ANNEXMESH_LOG" {
+        // Read by the log setup rather than by a flag, and by build.rs.
+        if var == "ANNEXMESH_LOG" || var == "ANNEXMESH_COMMIT" {
             return true;
         }
         ["coordinator", "agent", "gateway", "admin", "up"]
@@ -883,6 +883,40 @@ fn systemd_units_run_as_the_sysusers_user_with_known_flags() {
                     "{what}: {v} outside the state directory"
                 );
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Docs
+
+/// The deployment guide names flags the roles accept and files that exist.
+#[test]
+fn deployment_docs_name_real_flags_and_files() {
+    let mut help = Help::default();
+    for doc in ["docs/deployment.md", "deploy/compose/README.md"] {
+        let text = read(&repo().join(doc));
+        // `ROLE --flag` in code spans, as the ports table writes them.
+        for span in text.split('`').skip(1).step_by(2) {
+            let words: Vec<String> = span.split_whitespace().map(String::from).collect();
+            let Some(role) = words.first() else { continue };
+            if ["coordinator", "agent", "gateway"].contains(&role.as_str())
+                && words.get(1).is_some_and(|w| w.starts_with("--"))
+            {
+                help.check_command(&words, doc);
+            }
+            for var in words.iter().filter(|w| w.starts_with("ANNEXMESH_")) {
+                let var = var.split('=').next().unwrap().trim_end_matches([',', ')']);
+                assert!(help.env_known(var), "{doc}: no role reads {var}");
+            }
+        }
+        for (i, _) in text.match_indices("deploy/") {
+            let path: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "/._@-".contains(*c))
+                .collect();
+            let path = path.trim_end_matches(['.', ')']);
+            assert!(repo().join(path).exists(), "{doc} names {path}, which does not exist");
         }
     }
 }
