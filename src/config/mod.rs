@@ -9,7 +9,6 @@
 mod print;
 mod reference;
 
-use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -57,10 +56,12 @@ pub struct Loaded {
     pub command: Command,
     /// The role the command line names, if it names one taking `--config`.
     pub role: Option<String>,
+    /// Where the role's name is in the arguments.
+    pub role_at: usize,
     /// The file read, if any.
     pub file: Option<PathBuf>,
-    /// Ids of the role's arguments whose default came from the file.
-    pub from_file: HashSet<String>,
+    /// The role's arguments the file sets (ids), with their values.
+    pub from_file: Vec<(String, Vec<String>)>,
 }
 
 /// Parses the command line (with `--config` or `ANNEXMESH_CONFIG`
@@ -68,15 +69,93 @@ pub struct Loaded {
 /// and a bad config file exits with status 2 and a message naming it.
 pub fn parse_or_exit(args: impl IntoIterator<Item = OsString>) -> Cli {
     let args: Vec<OsString> = args.into_iter().collect();
-    let loaded = match load(cli::command(), &args, std::env::var_os(CONFIG_ENV)) {
-        Ok(l) => l,
-        Err(e) => {
+    let parsed = match parse(&args, std::env::var_os(CONFIG_ENV)) {
+        Ok(p) => p,
+        Err(Error::Config(e)) => {
             eprintln!("error: {e}");
             std::process::exit(2);
         }
+        Err(Error::Usage(e)) => e.exit(),
     };
-    let matches = loaded.command.get_matches_from(args);
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    Cli::from_arg_matches(&parsed.matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Why a command line could not be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Usage(#[from] clap::Error),
+}
+
+/// A parsed command line.
+pub struct Parsed {
+    /// The file's values applied as flags: clap checked them like flags
+    /// (what each requires or conflicts with).
+    pub matches: clap::ArgMatches,
+    /// The file's values applied as defaults, so that each value's source
+    /// (flag, env, default) is known.
+    pub sourced: clap::ArgMatches,
+    pub loaded: Loaded,
+}
+
+/// Parses `args`, applying the role's config file (from `--config` or
+/// `env_file`).
+pub fn parse(args: &[OsString], env_file: Option<OsString>) -> Result<Parsed, Error> {
+    parse_with(cli::command, args, env_file)
+}
+
+/// [`parse`] with the command line definition `base` makes.
+pub(crate) fn parse_with(
+    base: fn() -> Command,
+    args: &[OsString],
+    env_file: Option<OsString>,
+) -> Result<Parsed, Error> {
+    let mut loaded = load(base(), args, env_file)?;
+    if loaded.from_file.is_empty() {
+        let matches = loaded.command.try_get_matches_from_mut(args)?;
+        return Ok(Parsed { sourced: matches.clone(), matches, loaded });
+    }
+    // Defaults do not count for what a flag requires (--p2p-tls-key needs
+    // --p2p-tls-cert), so this pass only finds each value's source; the
+    // next one checks everything.
+    loaded.command = loaded.command.ignore_errors(true);
+    let sourced = loaded.command.try_get_matches_from_mut(args)?;
+    let matches = match &loaded.role {
+        Some(role) => {
+            // Once more with the file's values used (neither flag nor env
+            // beat them) given as flags right after the role's name, so that
+            // clap validates them as it does flags.
+            let at = loaded.role_at;
+            let sub = loaded.command.find_subcommand(role).expect("a role");
+            let role_matches = sourced.subcommand_matches(role).expect("the role parsed");
+            let mut again: Vec<OsString> = args[..=at].to_vec();
+            for (id, values) in &loaded.from_file {
+                use clap::parser::ValueSource::{CommandLine, EnvVariable};
+                if matches!(role_matches.value_source(id), Some(CommandLine | EnvVariable)) {
+                    continue;
+                }
+                let arg = settable(sub).find(|a| a.get_id() == id).expect("checked by load");
+                let long = arg.get_long().expect("a flag");
+                match arg.get_action() {
+                    ArgAction::SetTrue | ArgAction::SetFalse => {
+                        let on = values.first().is_some_and(|v| v == "true");
+                        if on == matches!(arg.get_action(), ArgAction::SetTrue) {
+                            again.push(format!("--{long}").into());
+                        }
+                    }
+                    _ => {
+                        again.extend(values.iter().map(|v| OsString::from(format!("--{long}={v}"))))
+                    }
+                }
+            }
+            again.extend_from_slice(&args[at + 1..]);
+            base().try_get_matches_from(again)?
+        }
+        _ => sourced.clone(),
+    };
+    Ok(Parsed { matches, sourced, loaded })
 }
 
 /// Finds the role and its config file on the command line (or, without
@@ -86,12 +165,18 @@ pub fn load(
     args: &[OsString],
     env_file: Option<OsString>,
 ) -> Result<Loaded, ConfigError> {
-    let Some((role, flag_file)) = find_role(&command, args) else {
-        return Ok(Loaded { command, role: None, file: None, from_file: HashSet::new() });
+    let Some((role, role_at, flag_file)) = find_role(&command, args) else {
+        return Ok(Loaded { command, role: None, role_at: 0, file: None, from_file: Vec::new() });
     };
     let file = flag_file.or_else(|| env_file.filter(|f| !f.is_empty()).map(PathBuf::from));
     let Some(file) = file else {
-        return Ok(Loaded { command, role: Some(role), file: None, from_file: HashSet::new() });
+        return Ok(Loaded {
+            command,
+            role: Some(role),
+            role_at,
+            file: None,
+            from_file: Vec::new(),
+        });
     };
     let text = std::fs::read_to_string(&file)
         .map_err(|source| ConfigError::Read { path: file.clone(), source })?;
@@ -114,11 +199,18 @@ pub fn load(
             key: key.clone(),
             why,
         })?;
+        let switch = matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse);
+        if switch && !matches!(strings.as_slice(), [b] if b == "true" || b == "false") {
+            return Err(ConfigError::BadValue {
+                path: file.clone(),
+                key: key.clone(),
+                why: "a switch takes true or false".into(),
+            });
+        }
         values.push((arg.get_id().to_string(), strings));
     }
-    let from_file = values.iter().map(|(id, _)| id.clone()).collect();
     let command = command.mut_subcommand(&role, |mut sub| {
-        for (id, strings) in values {
+        for (id, strings) in values.clone() {
             // Defaults must outlive the command; this runs once per process.
             let leaked: Vec<&'static str> =
                 strings.into_iter().map(|s| &*Box::leak(s.into_boxed_str())).collect();
@@ -126,7 +218,7 @@ pub fn load(
         }
         sub
     });
-    Ok(Loaded { command, role: Some(role), file: Some(file), from_file })
+    Ok(Loaded { command, role: Some(role), role_at, file: Some(file), from_file: values })
 }
 
 /// The arguments of a role a file may set: its flags, not positionals,
@@ -137,10 +229,11 @@ fn settable(sub: &Command) -> impl Iterator<Item = &clap::Arg> {
 
 /// The role the command line runs (the first word naming a role that
 /// takes `--config`) and the file its `--config` names.
-fn find_role(command: &Command, args: &[OsString]) -> Option<(String, Option<PathBuf>)> {
-    let mut words = args.iter().skip(1).map(|a| a.to_str());
-    let role = loop {
-        let word = words.next()??;
+fn find_role(command: &Command, args: &[OsString]) -> Option<(String, usize, Option<PathBuf>)> {
+    let mut words = args.iter().map(|a| a.to_str()).enumerate().skip(1);
+    let (at, role) = loop {
+        let (at, word) = words.next()?;
+        let word = word?;
         if word == "--" {
             return None;
         }
@@ -148,9 +241,10 @@ fn find_role(command: &Command, args: &[OsString]) -> Option<(String, Option<Pat
             if !CONFIGURED_ROLES.contains(&word) {
                 return None;
             }
-            break word.to_string();
+            break (at, word.to_string());
         }
     };
+    let mut words = words.map(|(_, w)| w);
     let mut file = None;
     while let Some(word) = words.next() {
         match word {
@@ -162,7 +256,7 @@ fn find_role(command: &Command, args: &[OsString]) -> Option<(String, Option<Pat
             _ => {}
         }
     }
-    Some((role, file))
+    Some((role, at, file))
 }
 
 fn parse_toml(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {

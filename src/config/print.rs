@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches};
 
-use super::{CONFIG_ENV, load};
+use super::CONFIG_ENV;
 use crate::cli::{self, CONFIGURED_ROLES};
 
 /// The effective settings of `role` given its flags `args`, the
@@ -22,12 +22,17 @@ pub fn print(role: &str, args: &[String]) -> anyhow::Result<String> {
         .map(OsString::from)
         .chain(args.iter().map(OsString::from))
         .collect();
-    let loaded = load(cli::command(), &argv, std::env::var_os(CONFIG_ENV))?;
     // Admin's commands are not settings: the connection is enough here.
-    let mut command = loaded.command.mut_subcommand(role, |s| s.subcommand_required(false));
-    let matches = command.try_get_matches_from_mut(&argv)?;
-    let matches = matches.subcommand_matches(role).expect("the role parsed");
-    let sub = command.find_subcommand(role).expect("a role");
+    let base = || cli::command().mut_subcommand("admin", |s| s.subcommand_required(false));
+    let parsed = match super::parse_with(base, &argv, std::env::var_os(CONFIG_ENV)) {
+        Err(super::Error::Usage(e)) => e.exit(),
+        other => other?,
+    };
+    let loaded = &parsed.loaded;
+    let matches = parsed.sourced.subcommand_matches(role).expect("the role parsed");
+    // In the definition's order (applying the file reorders them).
+    let plain = cli::command();
+    let sub = plain.find_subcommand(role).expect("a role");
     let mut out = String::new();
     if let Some(file) = &loaded.file {
         out.push_str(&format!("# annexmesh {role}, with {}\n", file.display()));
@@ -44,7 +49,7 @@ pub fn print(role: &str, args: &[String]) -> anyhow::Result<String> {
             }
             Some(ValueSource::CommandLine) => "flag",
             Some(ValueSource::EnvVariable) => "env",
-            Some(_) if loaded.from_file.contains(id) => "file",
+            Some(_) if loaded.from_file.iter().any(|(f, _)| f == id) => "file",
             Some(_) => "default",
         };
         if arg.is_hide_env_values_set() {

@@ -19,9 +19,8 @@ fn gateway(text: &str, words: &[&str]) -> Result<crate::gateway::GatewayConfig, 
     let mut all = vec!["annexmesh", "gateway", "--config", &path];
     all.extend_from_slice(words);
     let args = argv(&all);
-    let loaded = load(cli::command(), &args, None).map_err(|e| e.to_string())?;
-    let m = loaded.command.try_get_matches_from(&args).map_err(|e| e.to_string())?;
-    match Cli::from_arg_matches(&m).map_err(|e| e.to_string())?.role {
+    let parsed = parse(&args, None).map_err(|e| e.to_string())?;
+    match Cli::from_arg_matches(&parsed.matches).map_err(|e| e.to_string())?.role {
         cli::Role::Gateway(g) => Ok(g.role),
         other => panic!("{other:?}"),
     }
@@ -66,14 +65,18 @@ fn bad_values_name_the_key() {
     assert!(e.contains("key `http`"), "{e}");
     let e = gateway("coordinator = \"https://a:1\"\nhttp = \"nonsense\"\n", &[]).unwrap_err();
     assert!(e.contains("nonsense"), "{e}");
+    let e = gateway("coordinator = \"https://a:1\"\nwideopen = \"yes\"\n", &[]).unwrap_err();
+    assert!(e.contains("key `wideopen`: a switch takes true or false"), "{e}");
 }
 
 #[test]
-fn the_role_is_found_past_global_flags() {
+fn the_role_and_its_file_are_found_past_global_flags() {
     let cmd = cli::command();
-    let (role, file) =
-        find_role(&cmd, &argv(&["annexmesh", "agent", "--name", "x", "--config=/f"])).unwrap();
-    assert_eq!((role.as_str(), file.unwrap().to_str().unwrap()), ("agent", "/f"));
+    let words = ["annexmesh", "--log-format", "json", "agent", "--name", "x", "--config=/f"];
+    let (role, at, file) = find_role(&cmd, &argv(&words)).unwrap();
+    assert_eq!((role.as_str(), at, file.unwrap().to_str().unwrap()), ("agent", 3, "/f"));
+    let (_, _, file) = find_role(&cmd, &argv(&["annexmesh", "up", "--config", "/g"])).unwrap();
+    assert_eq!(file.unwrap().to_str(), Some("/g"));
     assert!(find_role(&cmd, &argv(&["annexmesh", "shell", "--config", "x"])).is_none());
 }
 
@@ -83,4 +86,38 @@ fn nearest_keys() {
     assert_eq!(nearest("htp", keys.into_iter()), ["http"]);
     assert_eq!(nearest("coordinatr", keys.into_iter()), ["coordinator"]);
     assert!(nearest("zzzzzzzz", keys.into_iter()).is_empty());
+}
+
+#[test]
+fn file_values_are_checked_as_flags_are() {
+    // --p2p-tls-cert requires --p2p-tls-key, from a file as on the command line.
+    let e = gateway("coordinator = \"https://a:1\"\np2p-tls-cert = \"/c\"\n", &[]).unwrap_err();
+    assert!(e.contains("--p2p-tls-key"), "{e}");
+    let g =
+        gateway("coordinator = \"https://a:1\"\np2p-tls-cert = \"/c\"\n", &["--p2p-tls-key", "/k"])
+            .unwrap();
+    assert_eq!(g.p2p_tls_cert.unwrap().to_str(), Some("/c"));
+    // A switch set to false in the file stays off; the file cannot
+    // conflict with a flag silently.
+    let g =
+        gateway("coordinator = \"https://a:1\"\nwideopen = false\n", &["--auth-users"]).unwrap();
+    assert!(!g.http_args.wideopen && g.http_args.auth_users);
+    let e =
+        gateway("coordinator = \"https://a:1\"\nwideopen = true\n", &["--auth-users"]).unwrap_err();
+    assert!(e.contains("cannot be used with"), "{e}");
+}
+
+#[test]
+fn admin_takes_its_connection_from_the_file() {
+    let f = file("coordinator = [\"https://a:1\", \"https://b:1\"]\ninsecure = true\n");
+    let path = f.path().to_str().unwrap().to_string();
+    let args = argv(&["annexmesh", "admin", "--config", &path, "node", "list", "--cluster", "c"]);
+    let parsed = parse(&args, None).unwrap();
+    match Cli::from_arg_matches(&parsed.matches).unwrap().role {
+        cli::Role::Admin(a) => {
+            assert_eq!(a.role.connect.coordinator, "https://a:1,https://b:1");
+            assert!(a.role.connect.insecure);
+        }
+        other => panic!("{other:?}"),
+    }
 }
