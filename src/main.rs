@@ -1,45 +1,7 @@
-use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use annexmesh::{admin, agent, client, coordinator, gateway, up};
-
-/// A distributed proxy mesh serving git-annex clusters.
-#[derive(Debug, Parser)]
-#[command(version = annexmesh::VERSION, about)]
-struct Cli {
-    #[command(subcommand)]
-    role: Role,
-}
-
-#[derive(Debug, Subcommand)]
-enum Role {
-    /// Run the coordinator: registry, location log, cluster clock, admin API.
-    Coordinator(coordinator::CoordinatorConfig),
-    /// Run an agent: one node's object store.
-    Agent(agent::AgentConfig),
-    /// Run a gateway: the front-end git-annex clients talk to.
-    Gateway(gateway::GatewayConfig),
-    /// Operate the mesh through the coordinator's admin API.
-    Admin(admin::AdminArgs),
-    /// Run a whole mesh (coordinator, gateway, three agents) in one process.
-    Up(up::UpConfig),
-    /// Relay stdin/stdout to a gateway's line-protocol listener, as
-    /// git-annex-p2p-annexmesh does for `p2p-annex::annexmesh:ADDRESS` remotes.
-    P2pRelay {
-        /// HOST:PORT or HOST:PORT/NAME (NAME: a cluster or node).
-        #[arg(required = true, num_args = 1..=2)]
-        args: Vec<String>,
-    },
-    /// Serve an ssh login as git-annex-shell does, through the gateway
-    /// (configlist and p2pstdio only).
-    Shell {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-        args: Vec<String>,
-    },
-    /// Create the symlinks git-annex-p2p-annexmesh and git-annex-shell to this
-    /// executable in DIR.
-    InstallLinks { dir: std::path::PathBuf },
-}
+use annexmesh::cli::{ConfigCommand, Role};
+use annexmesh::{admin, agent, client, config, coordinator, gateway, up};
 
 fn main() -> anyhow::Result<()> {
     // Called by the names git-annex runs: no subcommand, git-annex's arguments.
@@ -70,7 +32,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = config::parse_or_exit(std::env::args_os());
     match &cli.role {
         Role::P2pRelay { args } => std::process::exit(client::p2p_program_main(args)),
         Role::Shell { args } => std::process::exit(client::shell_main(args)),
@@ -78,6 +40,24 @@ fn main() -> anyhow::Result<()> {
             for link in client::install_links(dir)? {
                 println!("{}", link.display());
             }
+            return Ok(());
+        }
+        Role::Completions { shell } => {
+            annexmesh::cli::completions(*shell, &mut std::io::stdout());
+            return Ok(());
+        }
+        Role::Man { dir } => {
+            for page in annexmesh::cli::man(dir.as_deref(), &mut std::io::stdout())? {
+                println!("{}", page.display());
+            }
+            return Ok(());
+        }
+        Role::Reference => {
+            print!("{}", config::reference());
+            return Ok(());
+        }
+        Role::Config(ConfigCommand::Print { role, args }) => {
+            print!("{}", config::print(role, args)?);
             return Ok(());
         }
         _ => {}
@@ -103,15 +83,19 @@ fn main() -> anyhow::Result<()> {
             on_signal.cancel();
         });
         match cli.role {
-            Role::Coordinator(c) => coordinator::run(c, shutdown).await,
-            Role::Agent(c) => agent::run(c, shutdown).await,
-            Role::Gateway(c) => gateway::run(c, shutdown).await,
-            Role::Admin(a) => admin::run(a).await,
-            Role::Up(c) => up::run(c, shutdown).await,
+            Role::Coordinator(c) => coordinator::run(c.role, shutdown).await,
+            Role::Agent(c) => agent::run(c.role, shutdown).await,
+            Role::Gateway(c) => gateway::run(c.role, shutdown).await,
+            Role::Admin(a) => admin::run(a.role).await,
+            Role::Up(c) => up::run(c.role, shutdown).await,
             // Served above, without this runtime.
-            Role::P2pRelay { .. } | Role::Shell { .. } | Role::InstallLinks { .. } => {
-                unreachable!()
-            }
+            Role::P2pRelay { .. }
+            | Role::Shell { .. }
+            | Role::InstallLinks { .. }
+            | Role::Completions { .. }
+            | Role::Man { .. }
+            | Role::Reference
+            | Role::Config(_) => unreachable!(),
         }
     });
     // Each role has ended its own tasks by now; what is left (connections a

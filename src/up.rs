@@ -25,13 +25,13 @@ pub struct UpConfig {
     #[arg(long, env = "ANNEXMESH_DATA", default_value = "annexmesh-data")]
     pub data: PathBuf,
     /// Address for the gateway's P2P over HTTP.
-    #[arg(long, default_value = "127.0.0.1:9417")]
+    #[arg(long, env = "ANNEXMESH_HTTP", default_value = "127.0.0.1:9417")]
     pub http: SocketAddr,
     /// Address for the coordinator's gRPC and admin API.
-    #[arg(long, default_value = "127.0.0.1:7400")]
+    #[arg(long, env = "ANNEXMESH_COORDINATOR_LISTEN", default_value = "127.0.0.1:7400")]
     pub coordinator_listen: SocketAddr,
     /// Address for the gateway's line-based P2P protocol (AUTH with tokens).
-    #[arg(long, default_value = "127.0.0.1:9418")]
+    #[arg(long, env = "ANNEXMESH_P2P", default_value = "127.0.0.1:9418")]
     pub p2p: SocketAddr,
     /// PEM certificate chain: serve P2P over HTTP as HTTPS. Needs
     /// --http-tls-key.

@@ -17,11 +17,11 @@ const PAGE: usize = 10_000;
 pub struct MigrateArgs {
     /// The store to read: redb:DIRECTORY (a coordinator's --data, or
     /// DATA/coordinator for `annexmesh up`) or postgres://...
-    #[arg(long)]
+    #[arg(long, env = "ANNEXMESH_ADMIN_MIGRATE_STORE_FROM")]
     pub from: StoreSpec,
     /// The store to write, which must be empty: postgres://... or
     /// redb:DIRECTORY.
-    #[arg(long)]
+    #[arg(long, env = "ANNEXMESH_ADMIN_MIGRATE_STORE_TO")]
     pub to: StoreSpec,
 }
 

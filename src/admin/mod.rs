@@ -48,10 +48,10 @@ pub enum AdminCommand {
     /// could not be asked) and --fix was not given.
     Fsck {
         /// Only the nodes of this cluster.
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_FSCK_CLUSTER")]
         cluster: Option<String>,
         /// Record what the nodes hold.
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_FSCK_FIX")]
         fix: bool,
     },
     /// Run one repair pass now: bring every key to its target copies
@@ -59,13 +59,13 @@ pub enum AdminCommand {
     /// draining nodes. Fails when some keys could not be brought to target.
     Repair {
         /// Only this cluster (name or UUID).
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_REPAIR_CLUSTER")]
         cluster: Option<String>,
         /// List the copies and drops a pass would make; change nothing.
-        #[arg(long, conflicts_with = "status")]
+        #[arg(long, env = "ANNEXMESH_ADMIN_REPAIR_DRY_RUN", conflicts_with = "status")]
         dry_run: bool,
         /// Show the last pass's totals and the draining nodes' progress.
-        #[arg(long, conflicts_with = "cluster")]
+        #[arg(long, env = "ANNEXMESH_ADMIN_REPAIR_STATUS", conflicts_with = "cluster")]
         status: bool,
     },
     /// Run one scrub pass now on every node (or the chosen ones): each
@@ -74,13 +74,13 @@ pub enum AdminCommand {
     /// when a bad copy was found or a node could not be asked.
     Scrub {
         /// Only this node (name or UUID).
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_SCRUB_NODE")]
         node: Option<String>,
         /// Only the nodes of this cluster (name or UUID).
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_SCRUB_CLUSTER")]
         cluster: Option<String>,
         /// Read at most this many MB/s on each node (default: full speed).
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_SCRUB_RATE")]
         rate: Option<f64>,
     },
     /// Move the mesh's state to another store (e.g. from redb to
@@ -129,7 +129,7 @@ pub enum ClusterCommand {
 pub enum NodeCommand {
     List {
         /// Only the nodes of this cluster.
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_NODE_LIST_CLUSTER")]
         cluster: Option<String>,
     },
     /// Stop placing new content on a node and move what it holds to other
@@ -139,7 +139,7 @@ pub enum NodeCommand {
         /// Node name or UUID.
         node: String,
         /// Run repair passes until the node holds nothing, showing progress.
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_NODE_DRAIN_WAIT")]
         wait: bool,
     },
     /// Place new content on a drained node again.
@@ -156,7 +156,7 @@ pub enum NodeCommand {
         node: String,
         /// The node is gone for good: remove it even when it held the only
         /// copy of some keys (they are then lost to the mesh).
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_NODE_REMOVE_LOST")]
         lost: bool,
     },
     /// Show or set a node's cost (default 100): GET and CHECKPRESENT use the
@@ -174,13 +174,13 @@ pub enum JoinTokenCommand {
     /// Make a join token and print it (it cannot be shown again).
     Create {
         /// agent or gateway.
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_JOIN_TOKEN_CREATE_ROLE")]
         role: String,
         /// How long it may be used (e.g. 10m, 1h, 2d; at most 7 days).
-        #[arg(long, default_value = "1h", value_parser = crate::clock::parse_duration)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_JOIN_TOKEN_CREATE_TTL", default_value = "1h", value_parser = crate::clock::parse_duration)]
         ttl: std::time::Duration,
         /// How many members may join with it.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_JOIN_TOKEN_CREATE_USES", default_value_t = 1)]
         uses: u32,
     },
 }
@@ -192,13 +192,13 @@ pub enum TokenCommand {
     /// readwrite.
     Create {
         /// GET, CHECKPRESENT and locking only.
-        #[arg(long, conflicts_with = "appendonly")]
+        #[arg(long, env = "ANNEXMESH_ADMIN_TOKEN_CREATE_READONLY", conflicts_with = "appendonly")]
         readonly: bool,
         /// Also PUT, but no REMOVE.
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_TOKEN_CREATE_APPENDONLY")]
         appendonly: bool,
         /// A note for operators (who or what uses the token).
-        #[arg(long, default_value = "")]
+        #[arg(long, env = "ANNEXMESH_ADMIN_TOKEN_CREATE_LABEL", default_value = "")]
         label: String,
     },
     /// Ids, access modes, creation times and labels (never the tokens).

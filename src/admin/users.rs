@@ -16,10 +16,10 @@ pub enum UserCommand {
         /// The user name clients give (letters, digits, '-', '_', '.').
         name: String,
         /// GET, CHECKPRESENT and locking only.
-        #[arg(long, conflicts_with = "appendonly")]
+        #[arg(long, env = "ANNEXMESH_ADMIN_USER_ADD_READONLY", conflicts_with = "appendonly")]
         readonly: bool,
         /// Also PUT, but no REMOVE.
-        #[arg(long)]
+        #[arg(long, env = "ANNEXMESH_ADMIN_USER_ADD_APPENDONLY")]
         appendonly: bool,
     },
     /// Names, access modes, token ids and creation times (never passwords).

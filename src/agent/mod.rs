@@ -45,7 +45,8 @@ pub struct AgentConfig {
     #[arg(long, env = "ANNEXMESH_AGENT_LISTEN", default_value = "127.0.0.1:7500")]
     pub listen: SocketAddr,
     /// URL gateways use to reach this agent (default: https://<listen
-    /// address>, or http:// with --insecure).
+    /// address>, or http:// with --insecure); required when listening on
+    /// every address (0.0.0.0 or ::).
     #[arg(long, env = "ANNEXMESH_AGENT_ADVERTISE")]
     pub advertise: Option<String>,
     /// The node's store: objects in git-annex's bare layout under annex/objects.
@@ -85,11 +86,20 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    // Other members would be told to dial 0.0.0.0, which reaches nothing.
+    if cfg.advertise.is_none() && local.ip().is_unspecified() {
+        anyhow::bail!(
+            "the agent listens on every address ({local}) and so cannot tell the mesh which one \
+             reaches it: pass --advertise URL (ANNEXMESH_AGENT_ADVERTISE), e.g. \
+             --advertise https://node1.example.net:{}",
+            local.port()
+        );
+    }
     // Before anything else touches the store or the registration.
     let _lock = store_lock::StoreLock::acquire(&cfg.store, &cfg.name)?;
     let store = Store::open(&cfg.store)?;
     let uuid = store.uuid()?;
-    let local = listener.local_addr()?;
     let creds = cfg
         .tls
         .credentials(&cfg.coordinator, Some(&tls_dir(&cfg.store)), Role::Agent, &uuid)

@@ -44,10 +44,10 @@ pub struct GatewayConfig {
     pub p2p_repo: Option<String>,
     /// PEM certificate chain: serve the line protocol over TLS (clients use
     /// addresses `tls:HOST:PORT/NAME`). Needs --p2p-tls-key.
-    #[arg(long, requires = "p2p_tls_key")]
+    #[arg(long, env = "ANNEXMESH_P2P_TLS_CERT", requires = "p2p_tls_key")]
     pub p2p_tls_cert: Option<std::path::PathBuf>,
     /// PEM private key for --p2p-tls-cert.
-    #[arg(long, requires = "p2p_tls_cert")]
+    #[arg(long, env = "ANNEXMESH_P2P_TLS_KEY", requires = "p2p_tls_cert")]
     pub p2p_tls_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub http_args: http::HttpArgs,
