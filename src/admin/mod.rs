@@ -32,6 +32,10 @@ pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
              gRPC port is its --listen, 7400 by default): {msg}"
         );
     }
+    if msg.contains("cannot connect to ") {
+        let each: Vec<String> = msg.split("; ").map(|m| connect::explain(m, None)).collect();
+        return anyhow::anyhow!("{}", each.join("; "));
+    }
     if msg.is_empty() {
         return anyhow::anyhow!("the coordinator failed the call: {:?}", e.code());
     }
