@@ -158,6 +158,11 @@ fn explain_one(url: &str, why: &str, ca: Option<&Path>) -> String {
             "{url} answers, but not as a gRPC server (is it the coordinator's --listen port? \
              7400 by default): {why}"
         )
+    } else if lower.contains("connection closed") || lower.contains("connection reset") {
+        format!(
+            "{url} closed the connection: not a gRPC server, or a TLS and plaintext mismatch \
+             (is it the coordinator's --listen port? 7400 by default): {why}"
+        )
     } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
     {
         let ca = ca.map_or("(none)".to_string(), |p| p.display().to_string());

@@ -28,8 +28,8 @@ pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
     let msg = e.message();
     if msg.contains("grpc-status header missing") || msg.contains("invalid content-type") {
         return anyhow::anyhow!(
-            "the coordinator URL answers HTTP but not gRPC (wrong port? the coordinator's \
-             gRPC port is its --listen, 7400 by default): {msg}"
+            "the coordinator URL answers HTTP, but not as a gRPC server (wrong port? the \
+             coordinator's gRPC port is its --listen, 7400 by default): {msg}"
         );
     }
     if msg.contains("cannot connect to ") {

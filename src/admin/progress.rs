@@ -33,6 +33,8 @@ impl Progress {
             bar.set_style(style);
             bar.set_prefix(what);
             bar.enable_steady_tick(Duration::from_millis(200));
+            // Drawn at once, so that even a short operation shows it.
+            bar.tick();
             bar
         });
         Progress { bar, what, last_line: None }
