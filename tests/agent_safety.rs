@@ -171,7 +171,7 @@ fn an_admin_scrub_finds_rot_at_once_and_the_repair_loop_mends_it() {
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "a bad copy was found:\n{stdout}{stderr}");
-    assert!(stdout.contains("node2: 1 objects checked, 1048576 bytes, 1 bad"), "{stdout}");
+    assert!(stdout.contains("node2: 1 objects checked, 1.0 MiB, 1 bad"), "{stdout}");
     assert!(stdout.contains(&format!("node2: {key}: bad copy quarantined")), "{stdout}");
     assert!(!stdout.contains("node1") && !stdout.contains("node3"), "{stdout}");
     assert!(stderr.contains("1 bad copy quarantined"), "{stderr}");
@@ -190,10 +190,7 @@ fn an_admin_scrub_finds_rot_at_once_and_the_repair_loop_mends_it() {
     assert_repaired_everywhere(&mesh, &key, &data);
     let again = mesh.admin_ok(&["scrub"]);
     for node in ["node1", "node2", "node3"] {
-        assert!(
-            again.contains(&format!("{node}: 1 objects checked, 1048576 bytes, 0 bad")),
-            "{again}"
-        );
+        assert!(again.contains(&format!("{node}: 1 objects checked, 1.0 MiB, 0 bad")), "{again}");
     }
     client.ok(&["git", "annex", "get", "--from", "mesh", "rot.bin"]);
     client.ok(&["git", "annex", "fsck", "--from", "mesh", "rot.bin"]);
@@ -338,10 +335,10 @@ fn an_upload_into_a_full_disk_says_so_and_leaves_no_partial() {
 #[test]
 fn a_second_agent_on_a_live_store_refuses_to_start() {
     let mesh = Mesh::separate(1);
-    let list = |m: &Mesh| String::from_utf8_lossy(&m.admin(&["node", "list"]).stdout).into_owned();
+    let list = |m: &Mesh| m.node_list();
     let before = list(&mesh);
-    let node1 = |l: &str| l.lines().find(|l| l.starts_with("node1")).map(str::to_owned);
-    assert!(node1(&before).is_some(), "{before}");
+    let node1 = |l: &[serde_json::Value]| l.iter().find(|n| n["name"] == "node1").cloned();
+    assert!(node1(&before).is_some(), "{before:?}");
     let store = mesh.store_of("node1");
     let out =
         mesh.agent_command("intruder", &store).args(mesh.agent_tls_args(&store)).output().unwrap();
@@ -350,13 +347,12 @@ fn a_second_agent_on_a_live_store_refuses_to_start() {
     assert!(stderr.contains("annexmesh.lock"), "the lock is not named:\n{stderr}");
     assert!(stderr.contains("node node1"), "the holder is not named:\n{stderr}");
     let after = list(&mesh);
-    assert!(!after.contains("intruder"), "{after}");
+    assert!(!after.iter().any(|n| n["name"] == "intruder"), "{after:?}");
     // Name, UUID and address; free space moves on its own.
-    let who = |l: Option<String>| {
-        let l = l.expect("node1 is listed");
-        let f: Vec<&str> = l.split('\t').collect();
-        (f[0].to_string(), f[1].to_string(), f[3].to_string())
+    let who = |n: Option<serde_json::Value>| {
+        let n = n.expect("node1 is listed");
+        (n["name"].clone(), n["uuid"].clone(), n["address"].clone())
     };
     assert_eq!(who(node1(&after)), who(node1(&before)), "node1's entry changed");
-    assert!(node1(&after).unwrap().contains("\tup\t"), "{after}");
+    assert_eq!(node1(&after).unwrap()["health"], "up", "{after:?}");
 }

@@ -245,14 +245,7 @@ fn remove_before_a_past_deadline_removes_nothing() {
         b"",
     );
     assert_eq!(r["removed"], true, "{r}");
-    let address = |mesh: &Mesh| {
-        let out = String::from_utf8_lossy(&mesh.admin(&["node", "list"]).stdout).into_owned();
-        out.lines()
-            .find(|l| l.starts_with("node2\t"))
-            .and_then(|l| l.split('\t').nth(3))
-            .unwrap_or("")
-            .to_string()
-    };
+    let address = |mesh: &Mesh| mesh.node_field("node2", "address");
     let old_address = address(&mesh);
     mesh.proc("node2").stop();
     mesh.procs.retain(|p| p.name != "node2");

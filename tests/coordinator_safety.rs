@@ -19,15 +19,9 @@ fn copies(mesh: &Mesh, key: &str) -> usize {
         .unwrap_or_else(|| panic!("no count in whereis output: {out}"))
 }
 
-/// The `admin node list` row of `name`, split at tabs.
+/// The `admin node list` entry of `name`, by column (see `node_columns`).
 fn node_row(mesh: &Mesh, name: &str) -> Vec<String> {
-    let out = mesh.admin_ok(&["node", "list"]);
-    out.lines()
-        .find(|l| l.starts_with(&format!("{name}\t")))
-        .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
-        .split('\t')
-        .map(str::to_string)
-        .collect()
+    mesh.node_columns(name).unwrap_or_else(|| panic!("no {name} in the node list"))
 }
 
 fn client_of(mesh: &Mesh) -> Client {

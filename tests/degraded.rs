@@ -44,13 +44,7 @@ impl Drop for ReadOnlyMount {
 
 /// The HEALTH column of `node` in `admin node list`.
 fn health(mesh: &Mesh, node: &str) -> String {
-    let out = mesh.admin(&["node", "list"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.split('\t').next() == Some(node))
-        .and_then(|l| l.split('\t').nth(2))
-        .unwrap_or("")
-        .to_string()
+    mesh.node_field(node, "health")
 }
 
 /// A per-node series from the gateway's /metrics.

@@ -45,15 +45,15 @@ fn objects_in(store: &Path) -> usize {
 /// The cluster clock as each coordinator reads it (`admin status`), in the
 /// order given: one reading per coordinator that answered.
 fn clocks(mesh: &HaMesh) -> Vec<(String, u64)> {
-    let out = mesh.admin(&["status"]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .skip(1)
-        .take_while(|l| !l.is_empty())
-        .filter(|l| l.split('\t').nth(1).is_some_and(|s| s.starts_with("up")))
-        .map(|l| {
-            let cols: Vec<&str> = l.split('\t').collect();
-            (cols[0].to_string(), cols[3].parse().unwrap_or_else(|_| panic!("clock in {l}")))
+    let out = mesh.admin(&["--json", "status"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let coordinators = status["coordinators"].as_array().cloned().unwrap_or_default();
+    coordinators
+        .iter()
+        .filter(|c| c["up"] == true)
+        .map(|c| {
+            let clock = c["clock_ms"].as_u64().unwrap_or_else(|| panic!("clock in {c}"));
+            (c["url"].as_str().unwrap_or_default().to_string(), clock)
         })
         .collect()
 }
@@ -77,10 +77,11 @@ fn two_coordinators_survive_a_kill_mid_copy_and_the_clock_never_runs_back() {
     // Agents heartbeat to the first coordinator; the second sees the same
     // health, through the store.
     wait_until("both coordinators seeing 3 nodes up", Duration::from_secs(30), || {
-        let s = String::from_utf8_lossy(&mesh.admin(&["status"]).stdout).into_owned();
-        let up: Vec<&str> =
-            s.lines().skip(1).take(2).filter_map(|l| l.split('\t').nth(5)).collect();
-        up == ["3", "3"]
+        let out = mesh.admin(&["--json", "status"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let coordinators = s["coordinators"].as_array().cloned().unwrap_or_default();
+        let up: Vec<u64> = coordinators.iter().filter_map(|c| c["nodes_up"].as_u64()).collect();
+        up == [3, 3]
     });
 
     // The clock through both coordinators, in turn, across kills and

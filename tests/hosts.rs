@@ -26,12 +26,9 @@ fn host_reaches(host: &common::netns::Host, addr: SocketAddr) -> bool {
 
 /// The health column of `node` in `annexmesh admin node list`.
 fn health_of(mesh: &common::Mesh, node: &str) -> String {
-    let list = mesh.admin_ok(&["node", "list"]);
-    list.lines()
-        .find(|l| l.split('\t').next() == Some(node))
-        .and_then(|l| l.split('\t').nth(2))
-        .unwrap_or_else(|| panic!("no {node} in:\n{list}"))
-        .to_string()
+    let health = mesh.node_field(node, "health");
+    assert!(!health.is_empty(), "no {node} in the node list");
+    health
 }
 
 #[test]

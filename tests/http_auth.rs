@@ -174,8 +174,15 @@ fn users_may_do_what_their_mode_allows_and_anonymous_clients_nothing() {
     assert_eq!(json(&api.remove(added, writer))["removed"], true);
     assert_stored_nowhere(&mesh, added);
     mesh.admin_ok(&["user", "remove", "reader"]);
-    let listed = mesh.admin_ok(&["user", "list"]);
-    assert!(listed.contains("writer\treadwrite") && !listed.contains("reader"), "{listed}");
+    let listed = mesh.admin_json(&["user", "list"]);
+    let users: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["user"].as_str().unwrap(), u["mode"].as_str().unwrap()))
+        .collect();
+    assert!(users.contains(&("writer", "readwrite")), "{listed}");
+    assert!(!users.iter().any(|(u, _)| *u == "reader"), "{listed}");
     common::wait_until("the removed user to be refused", Duration::from_secs(60), || {
         api.get(kept, reader).status == 401
     });
@@ -308,6 +315,7 @@ fn up_writes_its_users_credentials_once_and_the_recipe_line() {
     mesh.procs.push(p);
     mesh.wait_ready(3);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), line);
-    let users = mesh.admin_ok(&["user", "list"]);
-    assert_eq!(users.lines().filter(|l| l.starts_with("annexmesh\t")).count(), 1, "{users}");
+    let users = mesh.admin_json(&["user", "list"]);
+    let named = users.as_array().unwrap().iter().filter(|u| u["user"] == "annexmesh").count();
+    assert_eq!(named, 1, "{users}");
 }

@@ -69,18 +69,19 @@ async fn whereis_all(mesh: &Mesh, keys: &[String]) -> BTreeMap<String, Whereis> 
 /// columns that do not change from one heartbeat to the next.
 fn operator_state(mesh: &Mesh) -> Vec<String> {
     let nodes: Vec<String> = mesh
-        .admin_ok(&["node", "list"])
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            [0, 1, 3, 6, 7, 8].map(|i| f.get(i).copied().unwrap_or("")).join("\t")
+        .node_list()
+        .iter()
+        .map(|n| {
+            ["name", "uuid", "address", "state", "wanted", "cost"]
+                .map(|f| n[f].to_string())
+                .join("\t")
         })
         .collect();
     vec![
         nodes.join("\n"),
         mesh.admin_ok(&["token", "list"]),
         mesh.admin_ok(&["user", "list"]),
-        mesh.admin_ok(&["cluster", "list"]),
+        mesh.admin_json(&["cluster", "list"]).to_string(),
         mesh.admin_ok(&["wanted", "node2"]),
         mesh.admin_ok(&["wanted", "node1"]),
     ]
@@ -182,7 +183,7 @@ fn migrate_store_moves_a_mesh_with_10000_keys_from_redb_to_postgres() {
     }
     let state = operator_state(&mesh);
     assert!(state[0].contains("draining"), "{}", state[0]);
-    assert!(state[3].contains("\t2\t"), "{}", state[3]);
+    assert!(state[3].contains("\"min_copies\":2"), "{}", state[3]);
 
     let target = pg.create_database();
     let db = db_name(&target);

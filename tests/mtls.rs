@@ -148,9 +148,8 @@ fn an_agent_certificate_speaks_only_for_its_own_node() {
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     });
     // node2's record is untouched.
-    let list = mesh.admin_ok(&["node", "list"]);
-    let row = list.lines().find(|l| l.starts_with("node2\t")).unwrap().to_string();
-    assert!(row.contains(&uuid2) && !row.contains("127.0.0.1:1\t"), "{row}");
+    let row = mesh.node_columns("node2").unwrap();
+    assert!(row[1] == uuid2 && row[3] != "127.0.0.1:1", "{row:?}");
 
     // Nobody joins as an existing node, even with a valid token.
     let store = mesh.dir.path().join("copy");

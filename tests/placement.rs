@@ -34,14 +34,10 @@ fn node_uuids(mesh: &Mesh) -> Vec<(&'static str, String)> {
     NODES.into_iter().map(|n| (n, mesh.uuid_of(n))).collect()
 }
 
-/// The `annexmesh admin node list` row of `node`, by column.
+/// The `annexmesh admin node list` entry of `node`, by column (see
+/// `node_columns`).
 fn node_row(mesh: &Mesh, node: &str) -> Vec<String> {
-    let out = mesh.admin_ok(&["node", "list"]);
-    let row = out
-        .lines()
-        .find(|l| l.split('\t').next() == Some(node))
-        .unwrap_or_else(|| panic!("{node} missing from node list:\n{out}"));
-    row.split('\t').map(str::to_string).collect()
+    mesh.node_columns(node).unwrap_or_else(|| panic!("{node} missing from node list"))
 }
 
 /// A client with the mesh as remote `mesh` and `files` (name, size) added
@@ -182,10 +178,9 @@ fn a_put_short_of_the_minimum_copies_fails_and_reports_what_stored() {
     assert_eq!(mesh.admin_ok(&["cluster", "mincopies", "mesh", "3"]).trim(), "3");
     let err = mesh.admin_err(&["cluster", "mincopies", "mesh", "0"]);
     assert!(err.contains("at least 1"), "{err}");
-    let list = mesh.admin_ok(&["cluster", "list"]);
-    let row: Vec<&str> =
-        list.lines().find(|l| l.starts_with("mesh\t")).unwrap().split('\t').collect();
-    assert_eq!(row[2], "3", "{list}");
+    let list = mesh.admin_json(&["cluster", "list"]);
+    let row = list.as_array().unwrap().iter().find(|c| c["name"] == "mesh").unwrap();
+    assert_eq!(row["min_copies"], 3, "{list}");
 
     let uuids = node_uuids(&mesh);
     let (client, keys) = client_with(&mesh, &[("f.bin", 500_000), ("g.bin", 1000)]);
@@ -213,14 +208,19 @@ fn a_put_short_of_the_minimum_copies_fails_and_reports_what_stored() {
 #[test]
 fn nodes_short_of_space_are_skipped() {
     let mesh = Mesh::separate(3);
-    let list = mesh.admin_ok(&["cluster", "list"]);
-    assert!(list.contains("\t100000000 (default)"), "{list}");
+    let list = mesh.admin_json(&["cluster", "list"]);
+    assert_eq!(
+        (&list[0]["reserve_bytes"], &list[0]["reserve_default"]),
+        (&100000000.into(), &true.into()),
+        "{list}"
+    );
     // Wait until every node has reported its free space.
     wait_until("free space reports", Duration::from_secs(30), || {
         NODES.iter().all(|n| node_row(&mesh, n)[4] != "0")
     });
     // No disk here has an exabyte free.
-    assert_eq!(mesh.admin_ok(&["cluster", "reserve", "mesh", "1EB"]).trim(), "1000000000000000000");
+    let r = mesh.admin_json(&["cluster", "reserve", "mesh", "1EB"]);
+    assert_eq!(r["reserve_bytes"], 1000000000000000000u64, "{r}");
     let err = mesh.admin_err(&["cluster", "reserve", "mesh", "plenty"]);
     assert!(err.contains("bad reserve"), "{err}");
 
@@ -229,9 +229,11 @@ fn nodes_short_of_space_are_skipped() {
     assert!(!out.status.success(), "copy should fail when no node has room");
     assert!(holders(&mesh, &keys[0]).is_empty());
 
+    let r = mesh.admin_json(&["cluster", "reserve", "mesh", "default"]);
     assert_eq!(
-        mesh.admin_ok(&["cluster", "reserve", "mesh", "default"]).trim(),
-        "100000000 (default)"
+        (&r["reserve_bytes"], &r["reserve_default"]),
+        (&100000000.into(), &true.into()),
+        "{r}"
     );
     client.ok(&["git", "annex", "copy", "--to", "mesh", "a.bin"]);
     assert_eq!(holders(&mesh, &keys[0]), set(&NODES));

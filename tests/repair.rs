@@ -156,10 +156,8 @@ fn a_drained_node_gives_up_all_its_content_and_every_file_still_gets() {
         assert_eq!(holders(&mesh, key, data), set(&["node2", "node3"]), "{name}");
         assert_eq!(listed(&mesh, key, &uuids), set(&["node2", "node3"]), "{name}");
     }
-    let list = mesh.admin_ok(&["node", "list"]);
-    let row = list.lines().find(|l| l.starts_with("node1\t")).unwrap();
-    let cols: Vec<&str> = row.split('\t').collect();
-    assert_eq!((cols[6], cols[9]), ("draining", "0"), "{list}");
+    let cols = mesh.node_columns("node1").unwrap();
+    assert_eq!((cols[6].as_str(), cols[9].as_str()), ("draining", "0"), "{cols:?}");
     get_and_fsck(&client);
 
     // Drained, node1 holds no only copy: removing it needs no --lost, and a
@@ -171,10 +169,11 @@ fn a_drained_node_gives_up_all_its_content_and_every_file_still_gets() {
     let new_store = mesh.dir.path().join("nodes-new/node1");
     mesh.start_agent_at("node1-new", "node1", &new_store);
     wait_until("the new node1", Duration::from_secs(30), || {
-        let list = mesh.admin_ok(&["node", "list"]);
-        list.lines().any(|l| {
-            let c: Vec<&str> = l.split('\t').collect();
-            c[0] == "node1" && c[1] != old_uuid && c[2] == "up" && c[6] == "active"
+        mesh.node_list().iter().any(|n| {
+            n["name"] == "node1"
+                && n["uuid"] != old_uuid.as_str()
+                && n["health"] == "up"
+                && n["state"] == "active"
         })
     });
     for (name, data, key) in &files {

@@ -756,3 +756,18 @@ async fn tls_to_the_database_verifies_the_certificate() {
     assert_ne!(encrypted, "0");
     assert!(!s.describe().contains("sslrootcert"), "{}", s.describe());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_with_nodes_is_not_deleted_as_in_the_embedded_store() {
+    use annexmesh::coordinator::store::ClusterDeletion;
+    let (s, _) = fresh().await;
+    let (c, _) = s.create_cluster("mesh").await.unwrap();
+    let n = Node { cluster_uuid: c.uuid.clone(), ..node("n1", "node1") };
+    s.register_node(n).await.unwrap();
+    let refused = s.delete_cluster(&c.uuid).await.unwrap();
+    assert_eq!(refused, ClusterDeletion::HasNodes(vec!["node1".into()]));
+    s.remove_node("n1", true).await.unwrap();
+    assert_eq!(s.delete_cluster(&c.uuid).await.unwrap(), ClusterDeletion::Deleted);
+    assert!(s.clusters().await.unwrap().is_empty());
+    assert_eq!(s.delete_cluster(&c.uuid).await.unwrap(), ClusterDeletion::NotFound);
+}

@@ -69,23 +69,24 @@ fn tokens_are_created_listed_checked_and_revoked() {
     let ao = create(&mesh, &["--appendonly", "--label", "ci"]);
     let tokens = [(&rw, "readwrite"), (&ro, "readonly"), (&ao, "appendonly")];
 
-    let list = stdout(&admin_ok(&mesh, &["token", "list"]));
-    let lines: Vec<&str> = list.lines().collect();
-    assert_eq!(lines.len(), 4, "a header and three tokens:\n{list}");
-    assert_eq!(lines[0], "ID\tMODE\tCREATED\tLABEL");
+    let list = mesh.admin_json(&["token", "list"]);
+    let entries = list.as_array().unwrap();
+    assert_eq!(entries.len(), 3, "three tokens:\n{list}");
     for (token, mode) in tokens {
-        assert!(!list.contains(token.as_str()), "list shows a token:\n{list}");
+        assert!(!list.to_string().contains(token.as_str()), "list shows a token:\n{list}");
         let id = token_id(&hash_token(token)).to_string();
-        let line = lines
+        let t = entries
             .iter()
-            .find(|l| l.starts_with(&id))
+            .find(|t| t["id"] == id.as_str())
             .unwrap_or_else(|| panic!("{id} not in:\n{list}"));
-        let fields: Vec<&str> = line.split('\t').collect();
-        assert_eq!(fields[1], mode, "{line}");
-        assert!(fields[2].ends_with('Z') && fields[2].len() == 20, "creation time: {line}");
+        assert_eq!(t["mode"], mode, "{t}");
+        let created = t["created"].as_str().unwrap();
+        assert!(created.ends_with('Z') && created.len() == 20, "creation time: {t}");
+        assert!(t["created_unix_ms"].as_u64().unwrap() > 0, "{t}");
         assert_eq!(check(&rt, &mesh, token), (true, mode.to_string(), id));
     }
-    assert!(list.contains("\tbackup reader") && list.contains("\tci"), "{list}");
+    let labels: Vec<&str> = entries.iter().filter_map(|t| t["label"].as_str()).collect();
+    assert!(labels.contains(&"backup reader") && labels.contains(&"ci"), "{list}");
     // git-annex lower-cases tokens before sending them.
     assert!(check(&rt, &mesh, &rw.to_ascii_uppercase()).0);
 

@@ -86,9 +86,16 @@ pub async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
         .transpose()
         .context("the admin token is not plain text")?;
     let urls = rpc::split_urls(url);
+    let ca_path = args.ca.clone().or_else(|| local(CA_FILE));
     let tls = if urls.iter().any(|u| u.starts_with("https://")) {
-        let ca = match args.ca.clone().or_else(|| local(CA_FILE)) {
-            Some(ca) => read(&ca, "CA certificate")?,
+        let ca = match &ca_path {
+            Some(ca) => {
+                let pem = read(ca, "CA certificate")?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    anyhow::bail!("the CA certificate {} holds no PEM certificate", ca.display());
+                }
+                pem
+            }
             None => anyhow::bail!(
                 "no CA certificate for {url}: pass --ca FILE (the coordinator's DATA/ca.pem) \
                  or set ANNEXMESH_CA"
@@ -119,6 +126,70 @@ pub async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
     let channel = rpc::Failover::new(urls, args.failover.coordinator_failover, make)?;
     // A command fails at once, with a reason per coordinator, when none
     // answers; later calls of the same command fail over.
-    channel.connect().await.map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    channel.connect().await.map_err(|e| {
+        let each: Vec<String> =
+            e.message().split("; ").map(|m| explain(m, ca_path.as_deref())).collect();
+        anyhow::anyhow!("{}", each.join("; "))
+    })?;
     Ok(AdminClient::with_interceptor(channel, Bearer(bearer)))
+}
+
+/// A connection failure as an operator reads it: what was unreachable and
+/// why, without the transport's layers of wrapping.
+pub(super) fn explain(failure: &str, ca: Option<&Path>) -> String {
+    let Some((before, url, why)) = failure
+        .split_once("cannot connect to ")
+        .and_then(|(before, rest)| rest.split_once(": ").map(|(u, w)| (before, u, w)))
+    else {
+        return failure.to_string();
+    };
+    format!("{before}{}", explain_one(url, why, ca))
+}
+
+fn explain_one(url: &str, why: &str, ca: Option<&Path>) -> String {
+    let lower = why.to_ascii_lowercase();
+    if lower.contains("connection refused") {
+        format!("cannot reach the coordinator at {url}: connection refused")
+    } else if lower.contains("frame with invalid size")
+        || lower.contains("invalid http")
+        || lower.contains("http2 error")
+    {
+        format!(
+            "{url} answers, but not as a gRPC server (is it the coordinator's --listen port? \
+             7400 by default): {why}"
+        )
+    } else if lower.contains("connection closed") || lower.contains("connection reset") {
+        format!(
+            "{url} closed the connection: not a gRPC server, or a TLS and plaintext mismatch \
+             (is it the coordinator's --listen port? 7400 by default): {why}"
+        )
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
+        let ca = ca.map_or("(none)".to_string(), |p| p.display().to_string());
+        format!(
+            "TLS with the coordinator at {url} failed: {why}; is the CA certificate {ca} the \
+             mesh CA (the coordinator's DATA/ca.pem)?"
+        )
+    } else {
+        format!("cannot reach the coordinator at {url}: {why}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_name_the_target_and_the_cause() {
+        let refused = "cannot connect to http://127.0.0.1:1: transport error: tcp connect error: \
+                       tcp connect error: Connection refused (os error 111)";
+        assert_eq!(
+            explain(refused, None),
+            "cannot reach the coordinator at http://127.0.0.1:1: connection refused"
+        );
+        let tls = "cannot connect to https://h:7400: transport error: invalid peer certificate: \
+                   UnknownIssuer";
+        let got = explain(tls, Some(Path::new("/x/ca.pem")));
+        assert!(got.contains("/x/ca.pem") && got.contains("https://h:7400"), "{got}");
+    }
 }

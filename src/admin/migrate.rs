@@ -40,7 +40,7 @@ async fn log_page(store: &Store, after: u64) -> anyhow::Result<Vec<StampedChange
     Ok(store.changes_after(after, PAGE).await?)
 }
 
-pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+pub async fn run(args: MigrateArgs, out: super::output::Out) -> anyhow::Result<()> {
     if args.from == args.to {
         anyhow::bail!("--from and --to name the same store");
     }
@@ -67,14 +67,17 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     to.backend().import(snapshot).await?;
 
     let (mut after, mut moved) = (0, 0u64);
+    let mut progress = super::progress::Progress::new("migrate-store", None);
     loop {
         let page = log_page(&from, after).await?;
         let Some(last) = page.last() else { break };
         after = last.entry.changed_unix_ms;
         moved += page.len() as u64;
         to.backend().import_locations(page).await?;
-        eprintln!("location log: {moved} entries moved");
+        progress.update(moved, None, &format!("location log: {moved} entries moved"));
     }
+    progress.finish();
+    eprintln!("location log: {moved} entries moved");
 
     // Read both back: the same records, and the same log entry by entry.
     let got = to.backend().export().await?;
@@ -110,6 +113,17 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         let Some(last) = pa.last() else { break };
         (a, b) = (last.entry.changed_unix_ms, last.entry.changed_unix_ms);
         checked += pa.len() as u64;
+    }
+    if out.json {
+        out.json(&serde_json::json!({
+            "from": from.describe(),
+            "to": to.describe(),
+            "clusters": expected.clusters.len(),
+            "nodes": expected.nodes.len(),
+            "location_entries": checked,
+            "seconds": started.elapsed().as_secs_f64(),
+        }));
+        return Ok(());
     }
     println!(
         "moved and verified {} cluster(s), {} node(s), {checked} location entries in {:.1}s; \

@@ -3,6 +3,10 @@
 
 use tokio_stream::StreamExt;
 
+use serde_json::json;
+
+use super::output::{Out, human_bytes};
+use super::progress::Progress;
 use super::status;
 use crate::rpc;
 
@@ -21,28 +25,50 @@ pub(super) fn rate_bytes(mb_per_s: Option<f64>) -> anyhow::Result<u64> {
 pub(super) async fn scrub(
     c: &mut super::connect::Client,
     req: rpc::ScrubNodesRequest,
+    out: Out,
 ) -> anyhow::Result<()> {
     let mut stream = c.scrub_nodes(req).await.map_err(status)?.into_inner();
     let (mut bad, mut unasked, mut nodes) = (0usize, 0usize, 0usize);
+    let mut progress = Progress::new("scrub", None);
+    let mut results = Vec::new();
     while let Some(r) = stream.next().await {
         let r = r.map_err(status)?;
         nodes += 1;
+        results.push(json!({
+            "name": r.node_name,
+            "uuid": r.node_uuid,
+            "objects": r.objects,
+            "bytes": r.bytes,
+            "bad_keys": r.bad_keys,
+            "error": (!r.error.is_empty()).then_some(&r.error),
+        }));
+        progress.update(nodes as u64, None, &format!("{nodes} node(s) done, {bad} bad copies"));
         if !r.error.is_empty() {
             unasked += 1;
             eprintln!("{}: not scrubbed: {}", r.node_name, r.error);
             continue;
         }
-        println!(
-            "{}: {} objects checked, {} bytes, {} bad",
+        bad += r.bad_keys.len();
+        if out.json {
+            continue;
+        }
+        progress.println(&format!(
+            "{}: {} objects checked, {}, {} bad",
             r.node_name,
             r.objects,
-            r.bytes,
+            human_bytes(r.bytes),
             r.bad_keys.len()
-        );
+        ));
         for key in &r.bad_keys {
-            println!("{}: {key}: bad copy quarantined and struck from the log", r.node_name);
+            progress.println(&format!(
+                "{}: {key}: bad copy quarantined and struck from the log",
+                r.node_name
+            ));
         }
-        bad += r.bad_keys.len();
+    }
+    progress.finish();
+    if out.json {
+        out.json(&json!({ "nodes": results, "bad": bad, "unreachable": unasked }));
     }
     if nodes == 0 {
         anyhow::bail!("no node to scrub");

@@ -4,6 +4,10 @@
 
 use clap::Subcommand;
 
+use serde_json::{Value, json};
+
+use super::output::{Out, Table};
+use super::tokens::token_json;
 use super::{status, utc_time};
 use crate::auth::{self, Mode};
 use crate::rpc;
@@ -26,7 +30,10 @@ pub enum UserCommand {
     List,
     /// Remove a user: its password stops working at once (gateways may
     /// accept it for up to their cache time, 30 s by default).
-    Remove { name: String },
+    Remove {
+        /// The user's name.
+        name: String,
+    },
 }
 
 /// The access a `user add` asks for.
@@ -40,7 +47,11 @@ fn mode(readonly: bool, appendonly: bool) -> Mode {
     }
 }
 
-pub(super) async fn run(c: &mut super::connect::Client, cmd: UserCommand) -> anyhow::Result<()> {
+pub(super) async fn run(
+    c: &mut super::connect::Client,
+    out: Out,
+    cmd: UserCommand,
+) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Add { name, readonly, appendonly } => {
             let password = auth::generate_token();
@@ -51,25 +62,39 @@ pub(super) async fn run(c: &mut super::connect::Client, cmd: UserCommand) -> any
                 user: name,
             };
             let info = c.create_token(req).await.map_err(status)?.into_inner();
-            // stdout carries only the password, so that scripts can capture it.
-            println!("{password}");
+            let mut v = token_json(&info);
+            v["password"] = json!(password);
+            // Without --json stdout carries only the password, for scripts.
+            out.either(v, || password.clone());
             eprintln!(
                 "added {} user {} (token {}); the password cannot be shown again, so store it now",
                 info.mode, info.user, info.id
             );
         }
         UserCommand::List => {
-            println!("USER\tMODE\tID\tCREATED");
             let tokens =
                 c.list_tokens(rpc::ListTokensRequest {}).await.map_err(status)?.into_inner().tokens;
-            for t in tokens.iter().filter(|t| !t.user.is_empty()) {
-                println!("{}\t{}\t{}\t{}", t.user, t.mode, t.id, utc_time(t.created_unix_ms));
-            }
+            let users: Vec<_> = tokens.iter().filter(|t| !t.user.is_empty()).collect();
+            let v: Vec<Value> = users.iter().map(|t| token_json(t)).collect();
+            out.either(json!(v), || {
+                let mut table = Table::new(&["USER", "MODE", "ID", "CREATED"]);
+                for t in &users {
+                    table.row(vec![
+                        t.user.clone(),
+                        t.mode.clone(),
+                        t.id.clone(),
+                        utc_time(t.created_unix_ms),
+                    ]);
+                }
+                table.render()
+            });
         }
         UserCommand::Remove { name } => {
             let req = rpc::RemoveUserRequest { user: name };
             let t = c.remove_user(req).await.map_err(status)?.into_inner();
-            println!("removed {} user {} (token {})", t.mode, t.user, t.id);
+            out.either(token_json(&t), || {
+                format!("removed {} user {} (token {})", t.mode, t.user, t.id)
+            });
         }
     }
     Ok(())

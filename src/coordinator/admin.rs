@@ -41,6 +41,13 @@ fn valid_user(s: &str) -> Result<(), Status> {
     })
 }
 
+/// Names for an error message: sorted, comma-separated, "none" for none.
+fn known_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut v: Vec<&str> = names.collect();
+    v.sort_unstable();
+    if v.is_empty() { "none".to_string() } else { v.join(", ") }
+}
+
 fn wanted_reply(n: &Node, settings: &NodeSettings) -> rpc::WantedReply {
     rpc::WantedReply {
         node_uuid: n.uuid.clone(),
@@ -60,17 +67,20 @@ impl AdminService {
 
     /// A node by name or UUID.
     async fn find_node(&self, node: &str) -> Result<Node, Status> {
-        crate::names::find(self.core.store.nodes().await?, node).ok_or_else(|| {
-            Status::not_found(format!(
-                "unknown node {node:?} (`annexmesh admin node list` lists them)"
-            ))
+        let nodes = self.core.store.nodes().await?;
+        let known = known_names(nodes.iter().map(|n| n.name.as_str()));
+        crate::names::find(nodes, node).ok_or_else(|| {
+            Status::not_found(format!("unknown node {node:?}; known nodes: {known}"))
         })
     }
 
     /// A cluster by name or UUID.
     async fn find_cluster(&self, cluster: &str) -> Result<Cluster, Status> {
-        crate::names::find(self.core.store.clusters().await?, cluster)
-            .ok_or_else(|| Status::not_found(format!("unknown cluster {cluster:?}")))
+        let clusters = self.core.store.clusters().await?;
+        let known = known_names(clusters.iter().map(|c| c.name.as_str()));
+        crate::names::find(clusters, cluster).ok_or_else(|| {
+            Status::not_found(format!("unknown cluster {cluster:?}; known clusters: {known}"))
+        })
     }
 
     /// The expression to store for `text`: None for an empty one (wants
@@ -132,6 +142,15 @@ impl admin_server::Admin for AdminService {
         Ok(Response::new(rpc::ListClustersReply { clusters }))
     }
 
+    async fn delete_cluster(
+        &self,
+        req: Request<rpc::DeleteClusterRequest>,
+    ) -> Result<Response<rpc::DeleteClusterReply>, Status> {
+        let r = req.into_inner();
+        let c = self.find_cluster(&r.cluster).await?;
+        Ok(Response::new(super::cluster_delete::delete(&self.core, c, r.force).await?))
+    }
+
     async fn status(
         &self,
         _req: Request<rpc::StatusRequest>,
@@ -185,12 +204,7 @@ impl admin_server::Admin for AdminService {
         let mut nodes = self.core.all_nodes().await?;
         nodes.extend(self.core.removed_nodes().await?);
         if !name.is_empty() {
-            let c = self
-                .core
-                .store
-                .cluster_by_name(name)
-                .await?
-                .ok_or_else(|| Status::not_found(format!("unknown cluster {name:?}")))?;
+            let c = self.find_cluster(name).await?;
             nodes.retain(|n| n.cluster_uuid == c.uuid);
         }
         // Removed nodes last, so that a name's live node comes first.

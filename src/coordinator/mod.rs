@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod branch;
 pub mod clock;
+mod cluster_delete;
 pub mod core;
 pub mod fsck;
 pub mod git;

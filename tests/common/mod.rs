@@ -690,6 +690,62 @@ impl Mesh {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// `annexmesh admin --json ARGS`, which must succeed, parsed.
+    pub fn admin_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.admin_ok(&[&["--json"], args].concat());
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("admin {args:?}: {e}:\n{out}"))
+    }
+
+    /// The nodes as `admin node list --json` gives them (an empty list when
+    /// the coordinator does not answer).
+    pub fn node_list(&self) -> Vec<serde_json::Value> {
+        let out = self.admin(&["--json", "node", "list"]);
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default()
+    }
+
+    /// Field `field` of node `name` in `admin node list --json`, as text
+    /// (strings bare, other values as JSON); "" when the node is missing.
+    pub fn node_field(&self, name: &str, field: &str) -> String {
+        let nodes = self.node_list();
+        let node = nodes.iter().find(|n| n["name"] == name);
+        match node.map(|n| &n[field]) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// Node `name` of `admin node list --json` as columns: NAME UUID HEALTH
+    /// ADDRESS FREE TRANSFERS STATE WANTED COST LEFT PARTIAL QUARANTINED
+    /// (FREE "0" before the first report, WANTED and LEFT "-" when unset).
+    pub fn node_columns(&self, name: &str) -> Option<Vec<String>> {
+        let nodes = self.node_list();
+        let n = nodes.iter().find(|n| n["name"] == name)?;
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) if s.is_empty() => "-".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".to_string(),
+            v => v.to_string(),
+        };
+        let free = if n["free_bytes"].is_null() { "0".to_string() } else { text(&n["free_bytes"]) };
+        let mut cols: Vec<String> =
+            ["name", "uuid", "health", "address"].map(|f| text(&n[f])).into();
+        cols.push(free);
+        cols.extend(
+            [
+                "active_transfers",
+                "state",
+                "wanted",
+                "cost",
+                "keys_left",
+                "partial_bytes",
+                "quarantined",
+            ]
+            .map(|f| text(&n[f])),
+        );
+        Some(cols)
+    }
+
     pub fn admin(&self, args: &[&str]) -> Output {
         let mut cmd = annexmesh();
         cmd.args(["admin", "--coordinator", &self.coordinator]).args(args);
@@ -867,11 +923,7 @@ exec '{annexmesh}' shell
     }
 
     pub fn healthy_nodes(&self) -> usize {
-        let out = self.admin(&["node", "list"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.split('\t').nth(2) == Some("up"))
-            .count()
+        self.node_list().iter().filter(|n| n["health"] == "up").count()
     }
 
     /// Waits for the gateway to know the cluster and for `agents` healthy

@@ -8,8 +8,9 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{
-    Change, Cluster, ClusterSettings, Created, JoinCheck, JoinTokenRecord, LocationEntry, Node,
-    NodeSettings, Registration, Removal, RemovedNode, Result, Revoked, StampedChange, Token,
+    Change, Cluster, ClusterDeletion, ClusterSettings, Created, JoinCheck, JoinTokenRecord,
+    LocationEntry, Node, NodeSettings, Registration, Removal, RemovedNode, Result, Revoked,
+    StampedChange, Token,
 };
 
 /// A change to a node's settings, applied in the transaction that reads them.
@@ -88,6 +89,9 @@ pub trait Backend: Migrate + Send + Sync {
     /// Creates a cluster; returns the existing one (and false) when the name
     /// is taken.
     async fn create_cluster(&self, name: &str) -> Result<(Cluster, bool)>;
+    /// Deletes a cluster and its settings; refused while nodes are
+    /// registered in it (removed nodes do not count).
+    async fn delete_cluster(&self, uuid: &str) -> Result<ClusterDeletion>;
     async fn nodes(&self) -> Result<Vec<Node>>;
     async fn node(&self, uuid: &str) -> Result<Option<Node>>;
     /// Stores a node under its UUID, unless another node has its name or it

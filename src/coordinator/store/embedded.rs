@@ -110,6 +110,9 @@ impl Backend for Redb {
     async fn create_cluster(&self, name: &str) -> Result<(Cluster, bool)> {
         Redb::create_cluster(self, name).await
     }
+    async fn delete_cluster(&self, uuid: &str) -> Result<ClusterDeletion> {
+        Redb::delete_cluster(self, uuid).await
+    }
     async fn nodes(&self) -> Result<Vec<Node>> {
         Redb::nodes(self)
     }

@@ -38,7 +38,9 @@ pub use backend::{
 };
 pub use credentials::{JoinCheck, JoinTokenRecord};
 pub use locations::{Change, LocationEntry, StampedChange, WallClock, system_clock};
-pub use registry::{Cluster, Node, Registration, is_cluster_uuid, new_cluster_uuid};
+pub use registry::{
+    Cluster, ClusterDeletion, Node, Registration, is_cluster_uuid, new_cluster_uuid,
+};
 pub use removal::{Removal, RemovedNode};
 pub use settings::{ClusterSettings, DEFAULT_NODE_COST, NodeSettings};
 pub use tokens::{Created, Revoked, Token};
@@ -215,6 +217,14 @@ impl Store {
     pub async fn create_cluster(&self, name: &str) -> Result<(Cluster, bool)> {
         let r = self.backend.create_cluster(name).await?;
         if r.1 {
+            self.changed();
+        }
+        Ok(r)
+    }
+
+    pub async fn delete_cluster(&self, uuid: &str) -> Result<ClusterDeletion> {
+        let r = self.backend.delete_cluster(uuid).await?;
+        if r == ClusterDeletion::Deleted {
             self.changed();
         }
         Ok(r)

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CLUSTERS, NODES, Redb, RemovedNode, Result, all_values, decode, encode};
+use super::{
+    CLUSTER_SETTINGS, CLUSTERS, NODES, Redb, RemovedNode, Result, all_values, decode, encode,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Cluster {
@@ -51,6 +53,16 @@ pub enum Registration {
     Removed(RemovedNode),
 }
 
+/// What deleting a cluster did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterDeletion {
+    Deleted,
+    /// No cluster has the UUID.
+    NotFound,
+    /// Nodes (their names) are registered in it; nothing was deleted.
+    HasNodes(Vec<String>),
+}
+
 impl Redb {
     pub fn clusters(&self) -> Result<Vec<Cluster>> {
         all_values(&self.read()?.open_table(CLUSTERS)?)
@@ -78,6 +90,29 @@ impl Redb {
             let c = Cluster { uuid: new_cluster_uuid(), name };
             t.insert(c.uuid.as_str(), encode(&c).as_str())?;
             Ok((c, true))
+        })
+        .await
+    }
+
+    /// Deletes a cluster and its settings, unless nodes are registered in
+    /// it: the check and the delete share one transaction.
+    pub async fn delete_cluster(&self, uuid: &str) -> Result<ClusterDeletion> {
+        let uuid = uuid.to_string();
+        self.write(move |txn| {
+            let nodes: Vec<String> = all_values::<Node>(&txn.open_table(NODES)?)?
+                .into_iter()
+                .filter(|n| n.cluster_uuid == uuid)
+                .map(|n| n.name)
+                .collect();
+            if !nodes.is_empty() {
+                return Ok(ClusterDeletion::HasNodes(nodes));
+            }
+            let mut t = txn.open_table(CLUSTERS)?;
+            if t.remove(uuid.as_str())?.is_none() {
+                return Ok(ClusterDeletion::NotFound);
+            }
+            txn.open_table(CLUSTER_SETTINGS)?.remove(uuid.as_str())?;
+            Ok(ClusterDeletion::Deleted)
         })
         .await
     }

@@ -176,3 +176,26 @@ async fn writes_beyond_the_queue_all_commit() {
         assert_eq!(s.locations(&format!("SHA256E-s{i}--{i:064x}")).unwrap().len(), 1);
     }
 }
+
+#[tokio::test]
+async fn a_cluster_with_nodes_is_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Redb::open(dir.path()).unwrap();
+    let (c, _) = s.create_cluster("mesh").await.unwrap();
+    s.update_cluster_settings(&c.uuid, |x| x.min_copies = Some(2)).await.unwrap();
+    let n = Node {
+        uuid: "n1".into(),
+        name: "node1".into(),
+        cluster_uuid: c.uuid.clone(),
+        address: "a".into(),
+    };
+    s.register_node(n).await.unwrap();
+    let refused = s.delete_cluster(&c.uuid).await.unwrap();
+    assert_eq!(refused, ClusterDeletion::HasNodes(vec!["node1".into()]));
+    assert_eq!(s.clusters().unwrap().len(), 1);
+    s.remove_node("n1", true).await.unwrap();
+    assert_eq!(s.delete_cluster(&c.uuid).await.unwrap(), ClusterDeletion::Deleted);
+    assert!(s.clusters().unwrap().is_empty());
+    assert!(s.cluster_settings().unwrap().is_empty(), "its settings went with it");
+    assert_eq!(s.delete_cluster(&c.uuid).await.unwrap(), ClusterDeletion::NotFound);
+}

@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 use tokio_postgres::Row;
 
 use super::{Ctx, Postgres, Result, from_json, json, notify};
-use crate::coordinator::store::{Cluster, Node, Registration, Removal, RemovedNode};
+use crate::coordinator::store::{
+    Cluster, ClusterDeletion, Node, Registration, Removal, RemovedNode,
+};
 
 /// Keys named in a refusal to remove a node, as the embedded store does.
 const SAMPLE: i64 = 5;
@@ -64,6 +66,31 @@ impl Postgres {
             .ctx(&self.at)?;
         txn.commit().await.ctx(&self.at)?;
         Ok((cluster(&row), false))
+    }
+
+    pub(super) async fn pg_delete_cluster(&self, uuid: &str) -> Result<ClusterDeletion> {
+        let mut c = self.client().await?;
+        let txn = c.transaction().await.ctx(&self.at)?;
+        // As node writers do, so that no node registers in it meanwhile.
+        txn.execute("LOCK TABLE nodes IN SHARE ROW EXCLUSIVE MODE", &[]).await.ctx(&self.at)?;
+        let rows = txn
+            .query("SELECT name FROM nodes WHERE cluster_uuid = $1 ORDER BY name", &[&uuid])
+            .await
+            .ctx(&self.at)?;
+        if !rows.is_empty() {
+            return Ok(ClusterDeletion::HasNodes(rows.iter().map(|r| r.get(0)).collect()));
+        }
+        let n =
+            txn.execute("DELETE FROM clusters WHERE uuid = $1", &[&uuid]).await.ctx(&self.at)?;
+        if n == 0 {
+            return Ok(ClusterDeletion::NotFound);
+        }
+        txn.execute("DELETE FROM cluster_settings WHERE uuid = $1", &[&uuid])
+            .await
+            .ctx(&self.at)?;
+        notify(&txn, &self.at).await?;
+        txn.commit().await.ctx(&self.at)?;
+        Ok(ClusterDeletion::Deleted)
     }
 
     pub(super) async fn pg_nodes(&self) -> Result<Vec<Node>> {

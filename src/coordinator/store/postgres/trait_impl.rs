@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use super::Postgres;
 use super::registry::{CLUSTER_SETTINGS, NODE_SETTINGS};
 use crate::coordinator::store::{
-    Backend, Change, Cluster, ClusterSettings, ClusterSettingsUpdate, CoordinatorRecord, Created,
-    HealthRow, JoinCheck, JoinTokenRecord, LocationEntry, Migrate, Node, NodeSettings,
-    NodeSettingsUpdate, Registration, Removal, RemovedNode, Result, Revoked, SharedHealth,
-    Snapshot, StampedChange, Token,
+    Backend, Change, Cluster, ClusterDeletion, ClusterSettings, ClusterSettingsUpdate,
+    CoordinatorRecord, Created, HealthRow, JoinCheck, JoinTokenRecord, LocationEntry, Migrate,
+    Node, NodeSettings, NodeSettingsUpdate, Registration, Removal, RemovedNode, Result, Revoked,
+    SharedHealth, Snapshot, StampedChange, Token,
 };
 
 #[async_trait::async_trait]
@@ -32,6 +32,9 @@ impl Backend for Postgres {
     }
     async fn create_cluster(&self, name: &str) -> Result<(Cluster, bool)> {
         self.pg_create_cluster(name).await
+    }
+    async fn delete_cluster(&self, uuid: &str) -> Result<ClusterDeletion> {
+        self.pg_delete_cluster(uuid).await
     }
     async fn nodes(&self) -> Result<Vec<Node>> {
         self.pg_nodes().await

@@ -1,0 +1,117 @@
+//! `annexmesh admin cluster ...`: create, list, delete, minimum copies and
+//! space reserve.
+
+use serde_json::{Value, json};
+
+use super::cli::ClusterCommand;
+use super::connect::Client;
+use super::output::{Out, Table, human_bytes};
+use super::{find_cluster, status};
+use crate::rpc;
+
+/// A cluster for --json.
+pub(super) fn cluster_json(c: &rpc::ClusterInfo) -> Value {
+    json!({
+        "name": c.name,
+        "uuid": c.uuid,
+        "min_copies": c.min_copies,
+        "reserve_bytes": c.reserve_bytes,
+        "reserve_default": c.reserve_default,
+    })
+}
+
+/// The reserve for people.
+pub(super) fn reserve(c: &rpc::ClusterInfo) -> String {
+    let size = human_bytes(c.reserve_bytes);
+    if c.reserve_default { format!("{size} (default)") } else { size }
+}
+
+/// The clusters' table for people; `nodes` counts each one's live nodes.
+pub(super) fn table(clusters: &[rpc::ClusterInfo], nodes: &[rpc::NodeInfo]) -> String {
+    let mut t = Table::new(&["NAME", "UUID", "NODES", "MINCOPIES", "RESERVE"]);
+    for c in clusters {
+        let n = nodes.iter().filter(|n| n.cluster_uuid == c.uuid && !n.removed).count();
+        t.row(vec![
+            c.name.clone(),
+            c.uuid.clone(),
+            n.to_string(),
+            c.min_copies.to_string(),
+            reserve(c),
+        ]);
+    }
+    t.render()
+}
+
+pub(super) async fn run(c: &mut Client, out: Out, cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Create { name } => {
+            let info =
+                c.create_cluster(rpc::CreateClusterRequest { name }).await.map_err(status)?;
+            let info = info.into_inner();
+            out.either(cluster_json(&info), || {
+                format!("created cluster {} ({})", info.name, info.uuid)
+            });
+        }
+        ClusterCommand::List => {
+            let clusters =
+                c.list_clusters(rpc::ListClustersRequest {}).await.map_err(status)?.into_inner();
+            let nodes = c.list_nodes(rpc::ListNodesRequest::default()).await.map_err(status)?;
+            let nodes = nodes.into_inner().nodes;
+            let v: Vec<Value> = clusters
+                .clusters
+                .iter()
+                .map(|cl| {
+                    let mut v = cluster_json(cl);
+                    let n = nodes.iter().filter(|n| n.cluster_uuid == cl.uuid && !n.removed);
+                    v["nodes"] = json!(n.count());
+                    v
+                })
+                .collect();
+            out.either(json!(v), || table(&clusters.clusters, &nodes));
+        }
+        ClusterCommand::Delete { name, force } => {
+            let r = c
+                .delete_cluster(rpc::DeleteClusterRequest { cluster: name, force })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let v = json!({
+                "name": r.name,
+                "uuid": r.uuid,
+                "nodes_removed": r.nodes_removed,
+                "struck": r.struck,
+            });
+            out.either(v, || {
+                let mut s = format!("deleted cluster {} ({})", r.name, r.uuid);
+                if r.nodes_removed > 0 {
+                    s += &format!(
+                        "; removed {} node(s) and struck {} location entries",
+                        r.nodes_removed, r.struck
+                    );
+                }
+                s
+            });
+        }
+        ClusterCommand::Mincopies { cluster, n } => {
+            let info = match n {
+                Some(min_copies) => {
+                    let req = rpc::SetClusterMinCopiesRequest { cluster, min_copies };
+                    c.set_cluster_min_copies(req).await.map_err(status)?.into_inner()
+                }
+                None => find_cluster(c, &cluster).await?,
+            };
+            out.either(cluster_json(&info), || info.min_copies.to_string());
+        }
+        ClusterCommand::Reserve { cluster, size } => {
+            let info = match size {
+                Some(reserve) => {
+                    let req = rpc::SetClusterReserveRequest { cluster, reserve };
+                    c.set_cluster_reserve(req).await.map_err(status)?.into_inner()
+                }
+                None => find_cluster(c, &cluster).await?,
+            };
+            out.either(cluster_json(&info), || reserve(&info));
+        }
+    }
+    Ok(())
+}
