@@ -12,6 +12,7 @@ pub mod clock;
 pub mod coordinator;
 pub mod gateway;
 pub mod limits;
+pub mod metrics;
 pub mod names;
 pub mod p2p;
 pub mod pki;

@@ -175,7 +175,7 @@ async fn failures_are_counted_per_node_reported_and_rendered() {
     assert_eq!(mesh.failures("b"), failures::Counts::default());
     let text = mesh.render_metrics();
     for line in [
-        "# TYPE annexmesh_node_put_failures_total counter",
+        "# TYPE annexmesh_node_put_failures counter",
         "annexmesh_node_put_failures_total{node=\"a\",uuid=\"a\"} 2",
         "annexmesh_node_data_failures_total{node=\"a\",uuid=\"a\"} 1",
         "annexmesh_node_put_failures_total{node=\"b\",uuid=\"b\"} 0",
