@@ -308,3 +308,77 @@ fn annexmesh_up_serves_every_role_s_health_and_metrics() {
     }
     assert_eq!(http_get(&format!("{}/metrics/nobody", mesh.url())).unwrap().0, 404);
 }
+
+/// Every series name a PromQL expression refers to that the mesh would
+/// export (Prometheus' own, such as `up`, aside).
+fn referenced(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|t| t.starts_with("annexmesh_") || t.starts_with("process_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The series names a /metrics text declares, with the suffixes its
+/// families' samples take (`_total`, `_bucket`, ...), whether or not a
+/// sample is there yet.
+fn exported(text: &str, into: &mut std::collections::BTreeSet<String>) {
+    for l in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = l.split_once(' ').unwrap();
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_count", "_sum"],
+            _ => &[""],
+        };
+        into.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
+}
+
+#[test]
+fn the_dashboard_and_alert_rules_use_only_metrics_the_mesh_exports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let alerts = std::fs::read_to_string(root.join("prometheus/alerts.yml")).unwrap();
+    let docs = yaml_rust2::YamlLoader::load_from_str(&alerts).expect("alerts.yml parses");
+    let mut exprs = Vec::new();
+    let mut names = Vec::new();
+    for group in docs[0]["groups"].as_vec().expect("groups") {
+        for rule in group["rules"].as_vec().expect("rules") {
+            let name = rule["alert"].as_str().expect("every rule is an alert").to_string();
+            assert!(rule["labels"]["severity"].as_str().is_some(), "{name}: no severity");
+            assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}: no summary");
+            exprs.push((name.clone(), rule["expr"].as_str().expect("expr").to_string()));
+            names.push(name);
+        }
+    }
+    for want in ["RoleDown", "NodeDown", "NodeDegraded", "StoreAlmostFull", "RepairBacklog"] {
+        assert!(names.iter().any(|n| n.contains(want)), "no {want} rule in {names:?}");
+    }
+    assert!(names.iter().any(|n| n.contains("ErrorRate")), "{names:?}");
+    assert!(exprs.iter().any(|(_, e)| e.contains("histogram_quantile(0.99")), "no p99 rule");
+
+    let dashboard = std::fs::read_to_string(root.join("grafana/annexmesh.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard parses");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for p in panels {
+        let title = p["title"].as_str().expect("panel title");
+        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("{title}: no targets"));
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap_or_else(|| panic!("{title}: no expr"));
+            exprs.push((title.to_string(), expr.to_string()));
+        }
+    }
+
+    // Every role's metrics, from one `annexmesh up`.
+    let mesh = Mesh::up();
+    let mut have = std::collections::BTreeSet::new();
+    for path in ["metrics", "metrics/coordinator", "metrics/node1"] {
+        exported(&get_metrics(&format!("{}/{path}", mesh.url())), &mut have);
+    }
+    for (what, expr) in &exprs {
+        let refs = referenced(expr);
+        assert!(!refs.is_empty() || expr.contains("up{"), "{what}: no mesh metric in {expr}");
+        for r in refs {
+            assert!(have.contains(&r), "{what}: {r} is not exported; the mesh has {have:#?}");
+        }
+    }
+}

@@ -34,8 +34,6 @@ pub struct Metrics {
     pub removes_failed: Counter,
     /// GETs continued on another node after the serving node failed.
     pub get_failovers: Counter,
-    /// The same, by the node that failed.
-    pub node_failovers: Family<Labels, Counter>,
     /// Copies a node reported corrupt when asked for them; each is struck
     /// from the location log and the request served from another holder.
     pub corrupt_copies: Counter,
@@ -107,12 +105,6 @@ impl Default for Metrics {
             "Connections closed for malformed or unexpected input.",
             line.protocol_errors.clone(),
         );
-        let node_failovers = Family::<Labels, Counter>::default();
-        r.register(
-            "node_failovers",
-            "GETs continued on another node after this node failed mid-way.",
-            node_failovers.clone(),
-        );
         let requests = Latency::new_with_constructor(latency_histogram as fn() -> Histogram);
         r.register(
             "request_duration_seconds",
@@ -132,7 +124,6 @@ impl Default for Metrics {
             removes,
             removes_failed,
             get_failovers,
-            node_failovers,
             corrupt_copies,
             puts_unrecorded,
             requests,
@@ -151,12 +142,6 @@ impl Metrics {
     pub fn with_collector(mut self, collector: Box<dyn Collector>) -> Metrics {
         self.registry.sub_registry_with_prefix(PREFIX).register_collector(collector);
         self
-    }
-
-    /// Counts a GET continued elsewhere after `node` failed.
-    pub fn failover(&self, node: &str) {
-        self.get_failovers.inc();
-        self.node_failovers.get_or_create(&vec![("node".into(), node.into())]).inc();
     }
 
     /// Records a request of `frontend` (http, line) doing `operation` that
@@ -186,7 +171,6 @@ mod tests {
         Metrics::add(&m.line.connections, 3);
         Metrics::add(&m.line.auth_failures, 1);
         m.line.active.inc();
-        m.failover("node\"1");
         m.request("http", "put", "ok", Instant::now());
         let text = m.render();
         for line in [
@@ -195,7 +179,6 @@ mod tests {
             "annexmesh_p2p_connections_active 1",
             "annexmesh_p2p_auth_failures_total 1",
             "annexmesh_p2p_protocol_errors_total 0",
-            "annexmesh_node_failovers_total{node=\"node\\\"1\"} 1",
             "annexmesh_request_duration_seconds_count{frontend=\"http\",operation=\"put\",outcome=\"ok\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");

@@ -346,7 +346,8 @@ impl Pump {
         match self.sources.open(self.pos, Some(self.end - self.pos)).await {
             Ok(Some((next, _))) => {
                 info!(%key, node = %next.node.name, at = self.pos, "GET continues");
-                self.sources.core.metrics.failover(&node.name);
+                Metrics::add(&self.sources.core.metrics.get_failovers, 1);
+                self.sources.core.mesh.failed_over(&node);
                 self.source = Some(next);
                 self.from_source = 0;
                 None

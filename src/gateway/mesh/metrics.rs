@@ -28,7 +28,7 @@ impl Collector for NodeCollector {
         let off = mesh.backing_off_set();
         type Series<'a> =
             (&'static str, MetricType, &'static str, Box<dyn Fn(&rpc::NodeInfo) -> u64 + 'a>);
-        let series: [Series; 8] = [
+        let series: [Series; 9] = [
             (
                 "node_up",
                 MetricType::Gauge,
@@ -76,6 +76,12 @@ impl Collector for NodeCollector {
                 MetricType::Counter,
                 "GET, CHECKPRESENT and REMOVE calls to the node that failed or stalled.",
                 Box::new(|n| mesh.failures(&n.uuid).data),
+            ),
+            (
+                "node_failovers",
+                MetricType::Counter,
+                "GETs continued on another node after this node failed mid-way.",
+                Box::new(|n| mesh.failures(&n.uuid).failovers),
             ),
         ];
         for (name, kind, help, value) in series {

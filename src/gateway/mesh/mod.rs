@@ -296,6 +296,11 @@ impl Mesh {
         self.failures.note(node, Kind::Put, why);
     }
 
+    /// Counts a GET continued on another node after `node` failed.
+    pub fn failed_over(&self, node: &rpc::NodeInfo) {
+        self.failures.note_failover(&node.uuid);
+    }
+
     /// The failures counted on the node `uuid`.
     pub fn failures(&self, uuid: &str) -> failures::Counts {
         self.failures.counts(uuid)
