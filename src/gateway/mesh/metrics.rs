@@ -85,7 +85,7 @@ impl Collector for NodeCollector {
             ),
         ];
         for (name, kind, help, value) in series {
-            let mut m = encoder.encode_descriptor(name, help, None, kind.clone())?;
+            let mut m = encoder.encode_descriptor(name, help, None, kind)?;
             for n in &snapshot.nodes {
                 let labels = [("node", n.name.as_str()), ("uuid", n.uuid.as_str())];
                 let family = m.encode_family(&labels)?;
