@@ -150,6 +150,7 @@ pub async fn serve_with_metrics(
     );
     service.limit_locks(cfg.safety.max_locks);
     service.dialer = dialer;
+    service.metrics = Some(metrics.clone());
     let service = Arc::new(service);
     info!(%uuid, name = %cfg.name, cluster = %cfg.cluster, %local, "agent serving");
 
