@@ -221,12 +221,15 @@ fn every_role_of_a_separate_mesh_answers_health_reflection_and_metrics() {
     assert_eq!(value(&samples, "annexmesh_node_up", &[("node", "node1")]), 1.0, "{text}");
     let put = [("service", "annexmesh.v1.Coordinator"), ("method", "PlanPut")];
     assert!(value(&samples, "annexmesh_grpc_request_duration_seconds_count", &put) >= 1.0);
-    // Every node got a copy (min copies on two nodes is both).
+    // Every node got a copy (min copies on two nodes is both), and a
+    // requested scrub pass verified it.
+    mesh.admin_ok(&["scrub"]);
     for (i, m) in agent_metrics.iter().enumerate() {
-        assert_agent_counted(
-            &format!("node{}", i + 1),
-            &get_metrics(&format!("http://{m}/metrics")),
-        );
+        let text = get_metrics(&format!("http://{m}/metrics"));
+        assert_agent_counted(&format!("node{}", i + 1), &text);
+        let samples = parse_metrics("agent", &text);
+        assert!(value(&samples, "annexmesh_scrub_objects_total", &[]) >= 1.0, "{text}");
+        assert!(value(&samples, "annexmesh_scrub_read_bytes_total", &[]) >= 200_000.0, "{text}");
     }
 }
 
