@@ -39,6 +39,7 @@ async fn start_agent(name: &str, store: std::path::PathBuf, stop: &CancellationT
         store,
         name: name.into(),
         cluster: "bench".into(),
+        metrics: None,
         // No scrubbing: it would compete with the copies being measured.
         safety: agent::config::SafetyConfig { scrub_rate: 0.0, ..Default::default() },
         grpc: Default::default(),

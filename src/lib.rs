@@ -14,6 +14,7 @@ pub mod config;
 pub mod coordinator;
 pub mod gateway;
 pub mod limits;
+pub mod metrics;
 pub mod names;
 pub mod p2p;
 pub mod pki;

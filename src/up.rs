@@ -143,6 +143,9 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     let p2p_addr = p2p.local_addr()?;
 
     let mut tasks = tokio::task::JoinSet::new();
+    // Each role keeps its own registry; the gateway serves them all on its
+    // HTTP listener, at /metrics/coordinator and /metrics/NODE.
+    let mut roles = vec![("coordinator".to_string(), coordinator.metrics())];
     tasks.spawn(coordinator.serve(listener, shutdown.clone()));
     for i in 1..=NODES {
         let name = format!("node{i}");
@@ -160,11 +163,14 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
             store,
             name,
             cluster: CLUSTER.to_string(),
+            metrics: None,
             safety: Default::default(),
             grpc: Default::default(),
             tls: MemberTlsArgs { insecure: cfg.insecure, ..Default::default() },
         };
-        tasks.spawn(agent::serve(cfg, listener, shutdown.clone()));
+        let metrics = std::sync::Arc::new(agent::metrics::AgentMetrics::new(cfg.store.clone()));
+        roles.push((cfg.name.clone(), metrics.clone()));
+        tasks.spawn(agent::serve_with_metrics(cfg, listener, metrics, None, shutdown.clone()));
     }
     {
         let creds = match &ca {
@@ -181,6 +187,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         let policy =
             gateway::http::auth::Policy::new(true, gateway::http::auth::Unauth::None, false)?;
         let mut http_opts = gateway::http::HttpOptions::new(policy);
+        http_opts.role_metrics = gateway::http::observe::RoleMetrics(roles);
         let tls = match (&cfg.http_tls_cert, &cfg.http_tls_key) {
             (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
             _ => None,

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod integrity;
 pub mod locks;
+pub mod metrics;
 pub mod partials;
 pub mod scrub;
 pub mod service;
@@ -58,6 +59,10 @@ pub struct AgentConfig {
     /// Cluster the node belongs to.
     #[arg(long, env = "ANNEXMESH_CLUSTER")]
     pub cluster: String,
+    /// Address to serve Prometheus metrics on (`GET /metrics`: the store's
+    /// free space, scrub progress, gRPC latencies). Off unless given.
+    #[arg(long, env = "ANNEXMESH_AGENT_METRICS")]
+    pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub safety: config::SafetyConfig,
     #[command(flatten)]
@@ -84,6 +89,23 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
 pub async fn serve(
     cfg: AgentConfig,
     listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::AgentMetrics::new(cfg.store.clone()));
+    let metrics_listener = match cfg.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
+    serve_with_metrics(cfg, listener, metrics, metrics_listener, shutdown).await
+}
+
+/// As `serve`, counting into `metrics`, served on `metrics_listener` when
+/// given (`annexmesh up` serves them itself).
+pub async fn serve_with_metrics(
+    cfg: AgentConfig,
+    listener: TcpListener,
+    metrics: Arc<metrics::AgentMetrics>,
+    metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
@@ -122,6 +144,12 @@ pub async fn serve(
         .coordinator_client(&cfg.coordinator)
         .with_context(|| format!("cannot use coordinator URL {}", cfg.coordinator))?;
     let tasks = Tasks::new(&shutdown);
+    if let Some(l) = metrics_listener {
+        crate::metrics::spawn_server(l, metrics.clone(), &tasks, "agent");
+    }
+    // Not serving until registered with a writable store.
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    crate::metrics::grpc::set_health(&reporter, &[SERVICE], false).await;
     let mut service = AgentService::new(
         store.clone(),
         uuid.clone(),
@@ -132,6 +160,7 @@ pub async fn serve(
     );
     service.limit_locks(cfg.safety.max_locks);
     service.dialer = dialer;
+    service.metrics = Some(metrics.clone());
     let service = Arc::new(service);
     info!(%uuid, name = %cfg.name, cluster = %cfg.cluster, %local, "agent serving");
 
@@ -146,7 +175,8 @@ pub async fn serve(
     let refused = Arc::new(std::sync::OnceLock::new());
     tasks.spawn({
         let (refused, token) = (refused.clone(), tasks.token().clone());
-        let registration = keep_registered(coordinator, reg, service.clone());
+        let watch = Watch { metrics: metrics.clone(), health: reporter };
+        let registration = keep_registered(coordinator, reg, service.clone(), watch);
         async move {
             if let Err(e) = registration.await {
                 let _ = refused.set(e);
@@ -154,7 +184,7 @@ pub async fn serve(
             }
         }
     });
-    spawn_safety(&tasks, &cfg.safety, &service);
+    spawn_safety(&tasks, &cfg.safety, &service, &metrics);
     let svc = AgentServer::from_arc(service)
         .max_decoding_message_size(rpc::MAX_MESSAGE)
         .max_encoding_message_size(rpc::MAX_MESSAGE);
@@ -166,12 +196,17 @@ pub async fn serve(
         builder = builder.tls_config(c.server_tls(false)).context("bad TLS configuration")?;
     }
     let guard = GuardLayer::new(crate::pki::guard::agent_policy, creds.is_some());
+    let (reflection, reflection_alpha) = crate::metrics::grpc::reflection();
     let server = builder
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(rpc::STREAM_WINDOW))
         .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW))
         .max_frame_size(Some(rpc::MAX_FRAME))
         .layer(guard)
+        .layer(metrics.timing())
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(svc)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
@@ -187,7 +222,12 @@ pub async fn serve(
 
 /// The background work that looks after the store: the scrubber and the
 /// expiry of partial uploads.
-fn spawn_safety(tasks: &Tasks, cfg: &config::SafetyConfig, service: &AgentService) {
+fn spawn_safety(
+    tasks: &Tasks,
+    cfg: &config::SafetyConfig,
+    service: &AgentService,
+    metrics: &Arc<metrics::AgentMetrics>,
+) {
     let store = service.store.clone();
     if cfg.scrub_rate > 0.0 {
         info!(rate_mb_s = cfg.scrub_rate, interval = ?cfg.scrub_interval, "scrubbing");
@@ -196,6 +236,7 @@ fn spawn_safety(tasks: &Tasks, cfg: &config::SafetyConfig, service: &AgentServic
             service.integrity.clone(),
             cfg.scrub_rate,
             cfg.scrub_interval,
+            metrics.clone(),
         ));
     } else {
         info!("scrubbing disabled");
@@ -206,6 +247,28 @@ fn spawn_safety(tasks: &Tasks, cfg: &config::SafetyConfig, service: &AgentServic
     tasks.spawn(partials::expire(store, uploads, cfg.partial_max_age, min_free, held));
 }
 
+/// The gRPC service whose health the agent reports.
+const SERVICE: &str = "annexmesh.v1.Agent";
+
+/// Where the registration loop reports what it learns.
+struct Watch {
+    metrics: Arc<metrics::AgentMetrics>,
+    health: tonic_health::server::HealthReporter,
+}
+
+impl Watch {
+    /// SERVING while registered with a writable store.
+    async fn report(&self, registered: bool, store_ok: bool, service: &AgentService) {
+        let m = &self.metrics;
+        m.registered.set(u64::from(registered));
+        m.writable.set(u64::from(store_ok));
+        m.partial.set(service.partial_bytes.load(Ordering::Relaxed));
+        m.quarantined.set(service.integrity.quarantined());
+        m.active.set(u64::from(service.active.load(Ordering::Relaxed)));
+        crate::metrics::grpc::set_health(&self.health, &[SERVICE], registered && store_ok).await;
+    }
+}
+
 /// Registers, then heartbeats; registers again whenever the coordinator
 /// forgets the agent or cannot be reached. Returns only when the
 /// coordinator refuses the registration for a reason retrying cannot fix.
@@ -213,6 +276,7 @@ async fn keep_registered(
     mut client: rpc::CoordinatorApi,
     reg: rpc::RegisterRequest,
     service: Arc<AgentService>,
+    watch: Watch,
 ) -> Result<(), String> {
     let mut backoff = Duration::from_millis(200);
     let mut registered = false;
@@ -274,6 +338,7 @@ async fn keep_registered(
                 }
             }
         };
+        watch.report(registered, store_ok, &service).await;
         let wait = if ok {
             backoff = Duration::from_millis(200);
             if registered { HEARTBEAT_INTERVAL } else { Duration::ZERO }

@@ -44,10 +44,17 @@ impl Pace {
 
 /// Runs passes forever: each starts at most once per `interval`. `mb_per_s`
 /// is in MB/s (10^6 bytes) and must be positive.
-pub async fn run(store: Store, integrity: Integrity, mb_per_s: f64, interval: Duration) {
+pub async fn run(
+    store: Store,
+    integrity: Integrity,
+    mb_per_s: f64,
+    interval: Duration,
+    metrics: std::sync::Arc<super::metrics::AgentMetrics>,
+) {
     loop {
         let started = Instant::now();
         let pass = scrub_pass(&store, &integrity, mb_per_s * 1e6).await;
+        metrics.scrubbed(&pass);
         info!(objects = pass.objects, bytes = pass.bytes, bad = pass.bad,
             took = ?started.elapsed(), "scrub pass done");
         tokio::time::sleep_until(started + interval).await;

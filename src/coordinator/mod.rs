@@ -138,7 +138,9 @@ pub struct Coordinator {
     repair: Arc<Repairer>,
     core: Arc<Core>,
     /// Where to serve `/metrics`, when asked to.
-    metrics: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
+    /// The coordinator's metrics, served there (or by `annexmesh up`).
+    metrics: Arc<metrics::CoordinatorMetrics>,
     /// Limits of the gRPC server.
     limits: crate::limits::GrpcLimits,
     /// This coordinator's certificate, when it serves TLS.
@@ -193,6 +195,7 @@ impl Coordinator {
         let service = CoordinatorService::new(core.clone(), clock.clone());
         let repair = Arc::new(Repairer::new(core.clone(), repair));
         let admin = AdminService::new(core.clone(), repair.clone(), clock.clone());
+        let metrics = Arc::new(metrics::CoordinatorMetrics::new(core.clone(), repair.clone()));
         let admin_token_file = join::bootstrap_admin(&store, data).await?;
         for c in store.clusters().await? {
             if !store::is_cluster_uuid(&c.uuid) {
@@ -211,7 +214,8 @@ impl Coordinator {
             admin,
             repair,
             core,
-            metrics: None,
+            metrics_listener: None,
+            metrics,
             tls: None,
             admin_token_file,
             limits: Default::default(),
@@ -259,8 +263,13 @@ impl Coordinator {
 
     /// Also serves Prometheus metrics on `listener` (`GET /metrics`).
     pub fn with_metrics(mut self, listener: TcpListener) -> Coordinator {
-        self.metrics = Some(listener);
+        self.metrics_listener = Some(listener);
         self
+    }
+
+    /// The coordinator's metrics, for a server of someone else's to serve.
+    pub fn metrics(&self) -> crate::metrics::Source {
+        self.metrics.clone()
     }
 
     pub async fn serve(
@@ -278,9 +287,14 @@ impl Coordinator {
         announce(self.core.clone(), &tasks);
         ensure_repositories(&self.core).await;
         branch::spawn(self.core.clone(), self.branch.clone(), &tasks);
-        if let Some(l) = self.metrics {
-            metrics::spawn(l, self.core.clone(), self.repair.clone(), &tasks);
+        if let Some(l) = self.metrics_listener {
+            crate::metrics::spawn_server(l, self.metrics.clone(), &tasks, "coordinator");
         }
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        // Not serving until the store has answered once.
+        crate::metrics::grpc::set_health(&reporter, &SERVICES, false).await;
+        spawn_readiness(self.store.clone(), reporter, &tasks);
+        let (reflection, reflection_alpha) = crate::metrics::grpc::reflection();
         let hint = format!(
             "the coordinator wrote one to {}; give it with --admin-token-file FILE or \
              ANNEXMESH_ADMIN_TOKEN_FILE",
@@ -303,6 +317,10 @@ impl Coordinator {
         }
         let server = builder
             .layer(guard)
+            .layer(self.metrics.timing())
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(
                 CoordinatorServer::new(self.service)
                     .max_decoding_message_size(rpc::MAX_MESSAGE)
@@ -317,6 +335,39 @@ impl Coordinator {
         tasks.shutdown(SHUTDOWN_GRACE).await;
         result.context("coordinator gRPC server failed")
     }
+}
+
+/// The gRPC services whose health the coordinator reports.
+const SERVICES: [&str; 2] = ["annexmesh.v1.Coordinator", "annexmesh.v1.Admin"];
+
+/// How often readiness reads the store.
+const READINESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reports SERVING while a store read succeeds, checked every
+/// `READINESS_INTERVAL`, and NOT_SERVING (with a warning, once) while it
+/// fails.
+fn spawn_readiness(
+    store: Arc<Store>,
+    reporter: tonic_health::server::HealthReporter,
+    tasks: &Tasks,
+) {
+    tasks.spawn(async move {
+        let mut was = None;
+        loop {
+            let read = tokio::time::timeout(READINESS_INTERVAL * 2, store.clusters()).await;
+            let ok = matches!(read, Ok(Ok(_)));
+            if was != Some(ok) {
+                match read {
+                    Ok(Ok(_)) => info!("store answers: serving"),
+                    Ok(Err(e)) => tracing::warn!("store read failed, not serving: {e}"),
+                    Err(_) => tracing::warn!("store read timed out, not serving"),
+                }
+                crate::metrics::grpc::set_health(&reporter, &SERVICES, ok).await;
+                was = Some(ok);
+            }
+            tokio::time::sleep(READINESS_INTERVAL).await;
+        }
+    });
 }
 
 /// On a shared store, tells the other coordinators (and `admin status`)

@@ -23,6 +23,9 @@ pub enum Allow {
     Roles(&'static [Role]),
     /// Operators: an admin certificate or an admin token.
     Admin,
+    /// Any caller with a mesh certificate of any role (anyone on a
+    /// plaintext server).
+    Member,
 }
 
 /// A server's method table: gRPC path -> who may call it; None for a
@@ -108,6 +111,13 @@ impl Config {
                     )));
                 }
             }
+            Allow::Member => {
+                if self.tls && peer.is_none() {
+                    return Err(Status::permission_denied(format!(
+                        "{path} is for callers with a mesh certificate"
+                    )));
+                }
+            }
             Allow::Admin => {
                 let by_cert = self.tls && peer.as_ref().is_some_and(|p| p.role() == Role::Admin);
                 let token = req
@@ -158,10 +168,30 @@ where
     }
 }
 
+/// Who may call the services every server has besides its API: health
+/// is for probes, which show no certificate (a server that requires one
+/// at the TLS layer, as agents do, still needs it there); reflection is
+/// for any mesh member and operators with an admin certificate.
+pub fn introspection_policy(path: &str) -> Option<Allow> {
+    if path.starts_with("/grpc.health.v1.Health/") {
+        return Some(Allow::Anyone);
+    }
+    if path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+    {
+        return Some(Allow::Member);
+    }
+    None
+}
+
 /// Every role that may call an agent: gateways, other agents (repair
 /// copies) and the coordinator.
-pub fn agent_policy(_: &str) -> Option<Allow> {
-    Some(Allow::Roles(&[Role::Gateway, Role::Agent, Role::Coordinator]))
+pub fn agent_policy(path: &str) -> Option<Allow> {
+    introspection_policy(path).or(Some(Allow::Roles(&[
+        Role::Gateway,
+        Role::Agent,
+        Role::Coordinator,
+    ])))
 }
 
 /// The coordinator's table: one place for who may call what.
@@ -172,6 +202,9 @@ pub fn coordinator_policy(path: &str) -> Option<Allow> {
     const MEMBER: &[Role] = &[Role::Gateway, Role::Agent];
     if path.starts_with("/annexmesh.v1.Admin/") {
         return Some(Allow::Admin);
+    }
+    if let Some(allow) = introspection_policy(path) {
+        return Some(allow);
     }
     let method = path.strip_prefix("/annexmesh.v1.Coordinator/")?;
     Some(match method {

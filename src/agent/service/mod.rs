@@ -27,6 +27,8 @@ use crate::tasks::Tasks;
 pub struct AgentService {
     /// How this agent reaches other agents (repair copies).
     pub dialer: rpc::Dialer,
+    /// Where requested scrub passes are counted, when the agent has metrics.
+    pub metrics: Option<Arc<crate::agent::metrics::AgentMetrics>>,
     pub(crate) store: Store,
     pub(crate) uuid: String,
     pub(crate) name: String,
@@ -93,6 +95,7 @@ impl AgentService {
     ) -> AgentService {
         AgentService {
             dialer: rpc::Dialer::insecure(),
+            metrics: None,
             partial_bytes: Arc::default(),
             integrity: Integrity::new(store.clone(), uuid.clone(), name.clone(), coordinator),
             tasks,

@@ -19,6 +19,9 @@ impl AgentService {
         };
         info!(node = %self.name, rate_bytes_per_s = req.rate_bytes_per_s, "scrub pass requested");
         let pass = scrub_pass(&self.store, &self.integrity, rate).await;
+        if let Some(m) = &self.metrics {
+            m.scrubbed(&pass);
+        }
         info!(node = %self.name, objects = pass.objects, bytes = pass.bytes, bad = pass.bad,
             "requested scrub pass done");
         Ok(rpc::ScrubReply { objects: pass.objects, bytes: pass.bytes, bad_keys: pass.bad_keys })

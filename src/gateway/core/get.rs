@@ -347,6 +347,7 @@ impl Pump {
             Ok(Some((next, _))) => {
                 info!(%key, node = %next.node.name, at = self.pos, "GET continues");
                 Metrics::add(&self.sources.core.metrics.get_failovers, 1);
+                self.sources.core.mesh.failed_over(&node);
                 self.source = Some(next);
                 self.from_source = 0;
                 None

@@ -107,7 +107,9 @@ pub struct Core {
 
 impl Core {
     pub fn new(mesh: Arc<Mesh>, tasks: Tasks) -> Core {
-        Core { mesh, metrics: Arc::default(), clocks: Arc::default(), tasks }
+        let nodes = super::mesh::metrics::NodeCollector(mesh.clone());
+        let metrics = Arc::new(Metrics::default().with_collector(Box::new(nodes)));
+        Core { mesh, metrics, clocks: Arc::default(), tasks }
     }
 
     fn plus(repo: &Repo, nodes: Vec<String>) -> Vec<String> {

@@ -94,6 +94,7 @@ impl HttpArgs {
             max_locks_per_client: self.max_locks_per_client,
             // The gateway puts its shared one here (`--auth-throttle-*`).
             throttle: Default::default(),
+            role_metrics: Default::default(),
         };
         let limits = Limits {
             max_connections: self.http_max_connections,

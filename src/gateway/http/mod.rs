@@ -6,6 +6,7 @@ mod args;
 pub mod auth;
 pub mod forwarded;
 mod git;
+pub mod observe;
 mod params;
 pub mod serve;
 
@@ -61,6 +62,8 @@ pub struct HttpOptions {
     /// Failed basic-auth attempts per source address; the gateway shares
     /// it with the line protocol's AUTH.
     pub throttle: Arc<crate::gateway::throttle::AuthThrottle>,
+    /// Other roles' metrics to serve at `/metrics/ROLE` (`annexmesh up`).
+    pub role_metrics: observe::RoleMetrics,
 }
 
 impl HttpOptions {
@@ -73,6 +76,7 @@ impl HttpOptions {
             max_locks: DEFAULT_MAX_LOCKS,
             max_locks_per_client: DEFAULT_MAX_LOCKS_PER_CLIENT,
             throttle: Arc::default(),
+            role_metrics: Default::default(),
         }
     }
 }
@@ -96,16 +100,21 @@ struct LockEntry {
 pub fn router(core: Core, opts: HttpOptions, passwords: Arc<dyn PasswordCheck>) -> Router {
     let auth = Arc::new(Authenticator::new(opts.policy, passwords, opts.throttle.clone()));
     let opts = Arc::new(opts);
+    let metrics = core.metrics.clone();
     let state = HttpState { core, opts, auth, locks: Arc::new(Mutex::new(HashMap::new())) };
     let app = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/health", get(observe::health))
+        .route("/ready", get(observe::ready))
+        .route("/metrics", get(observe::metrics))
+        .route("/metrics/{role}", get(observe::role_metrics))
         .route("/{name}/config", get(config))
         .route("/{name}/info/refs", get(git::info_refs))
         .route("/{name}/{service}", post(git::rpc))
         .route("/git-annex/{uuid}/key/{key}", get(plain_get))
         .route("/git-annex/{uuid}/{version}/key/{key}", get(versioned_get))
         .route("/git-annex/{uuid}/{version}/{op}", post(operation))
-        .with_state(state);
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(metrics, observe::time_requests));
     Router::new().fallback_service(tower::util::MapRequest::new(app, single_slashes))
 }
 
@@ -267,11 +276,6 @@ fn with_plus(mut v: Value, version: u32, plus: &[String]) -> Value {
         v["plusuuids"] = json!(plus);
     }
     v
-}
-
-async fn metrics(State(state): State<HttpState>) -> Response {
-    let body = state.core.metrics.render() + &state.core.mesh.render_metrics();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// Git config that makes git-annex use this API for the named repository.

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -134,7 +133,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
 ) {
     let metrics = &core.metrics.line;
     Metrics::add(&metrics.connections, 1);
-    metrics.active.fetch_add(1, Ordering::Relaxed);
+    metrics.active.inc();
     let mut conn = Conn::new(stream);
     match session(core, admit, opts, &mut conn, peer).await {
         Ok(()) => debug!(%peer, "connection closed"),
@@ -149,7 +148,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
         Err(Close::Io(e)) => debug!(%peer, "connection ended: {e}"),
     }
     conn.close().await;
-    metrics.active.fetch_sub(1, Ordering::Relaxed);
+    metrics.active.dec();
 }
 
 /// A whole session: the handshake within the AUTH deadline, then requests.

@@ -72,7 +72,14 @@ impl<'a> Session<'a> {
                     return Err(Close::Protocol("unexpected DATA payload".into()));
                 }
             };
-            self.request(conn, msg).await?;
+            let op = operation(&msg);
+            let start = std::time::Instant::now();
+            let done = self.request(conn, msg).await;
+            if let Some(op) = op {
+                let outcome = if done.is_ok() { "ok" } else { "failed" };
+                self.core.metrics.request("line", op, outcome, start);
+            }
+            done?;
         }
     }
 
@@ -338,4 +345,19 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin + Send>(
         }
     }
     Ok(())
+}
+
+/// The operation a request asks for, as the latency metric labels it;
+/// None for messages that only set up the session.
+fn operation(msg: &Message) -> Option<&'static str> {
+    Some(match msg {
+        Message::CheckPresent(_) => "checkpresent",
+        Message::LockContent(_) => "lockcontent",
+        Message::Remove(_) => "remove",
+        Message::RemoveBefore { .. } => "remove-before",
+        Message::GetTimestamp => "gettimestamp",
+        Message::Get { .. } => "get",
+        Message::Put { .. } => "put",
+        _ => return None,
+    })
 }

@@ -42,6 +42,8 @@ pub enum Kind {
 pub struct Counts {
     pub put: u64,
     pub data: u64,
+    /// GETs continued on another node after this one failed mid-way.
+    pub failovers: u64,
 }
 
 /// The counts, and the queue to the coordinator.
@@ -81,6 +83,11 @@ impl Failures {
         if self.tx.try_send(report).is_err() {
             debug!(node = %node.name, "failure report dropped: the queue to the coordinator is full");
         }
+    }
+
+    /// Counts a GET continued elsewhere after the node `uuid` failed.
+    pub fn note_failover(&self, uuid: &str) {
+        self.counts.lock().unwrap().entry(uuid.to_string()).or_default().failovers += 1;
     }
 
     /// The failures counted on the node `uuid`.

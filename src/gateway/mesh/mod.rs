@@ -6,6 +6,7 @@
 pub mod api;
 pub mod failures;
 pub mod grpc;
+pub mod metrics;
 mod watch;
 
 use std::collections::{BTreeSet, HashMap};
@@ -125,6 +126,8 @@ pub struct Mesh {
     /// When a lookup that missed last refreshed the snapshot; the lock also
     /// keeps such refreshes to one at a time.
     missed: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// When a topology read last succeeded, for readiness.
+    last_ok: Mutex<Option<Instant>>,
 }
 
 /// Lookups that miss (a name nobody serves, or one just created) refresh
@@ -132,6 +135,11 @@ pub struct Mesh {
 /// last one is older than they are, so requests naming unknown repositories
 /// cannot make the coordinator read the whole topology for each.
 const MISS_REFRESH: Duration = Duration::from_secs(1);
+
+/// A topology read this recent shows the coordinator reachable.
+const READY_FRESH: Duration = Duration::from_secs(2);
+/// How long a readiness check waits for the coordinator.
+const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Mesh {
     /// The real mesh: the coordinator at `coordinator_url` and agents over
@@ -152,6 +160,7 @@ impl Mesh {
             loads: Loads::default(),
             failures: Failures::default(),
             missed: tokio::sync::Mutex::new(None),
+            last_ok: Mutex::new(None),
         })
     }
 
@@ -169,6 +178,25 @@ impl Mesh {
         let new = Arc::new(Snapshot { clusters: t.clusters, nodes: t.nodes });
         let old = std::mem::replace(&mut *self.snapshot.write().unwrap(), new.clone());
         self.follow_health(&old, &new);
+        *self.last_ok.lock().unwrap() = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Whether the gateway can serve: it reaches the coordinator (a
+    /// topology read in the last `READY_FRESH`, or one now) and knows at
+    /// least one cluster. Err says why not.
+    pub async fn ready(&self) -> Result<(), String> {
+        let fresh = self.last_ok.lock().unwrap().is_some_and(|t| t.elapsed() < READY_FRESH);
+        if !fresh {
+            match tokio::time::timeout(READY_TIMEOUT, self.refresh()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("cannot reach the coordinator: {}", e.message())),
+                Err(_) => return Err("the coordinator does not answer".into()),
+            }
+        }
+        if self.snapshot().clusters.is_empty() {
+            return Err("the coordinator knows no cluster yet".into());
+        }
         Ok(())
     }
 
@@ -268,6 +296,11 @@ impl Mesh {
         self.failures.note(node, Kind::Put, why);
     }
 
+    /// Counts a GET continued on another node after `node` failed.
+    pub fn failed_over(&self, node: &rpc::NodeInfo) {
+        self.failures.note_failover(&node.uuid);
+    }
+
     /// The failures counted on the node `uuid`.
     pub fn failures(&self, uuid: &str) -> failures::Counts {
         self.failures.counts(uuid)
@@ -312,76 +345,6 @@ impl Mesh {
             .filter(|(_, l)| l.backoff_until.is_some_and(|t| now < t))
             .map(|(u, _)| u.clone())
             .collect()
-    }
-
-    /// The gateway's view of each node, as Prometheus gauges: what it
-    /// chooses holders by.
-    pub fn render_metrics(&self) -> String {
-        use std::fmt::Write;
-        let snapshot = self.snapshot();
-        let off = self.backing_off_set();
-        let mut out = String::new();
-        type Series<'a> =
-            (&'static str, &'static str, &'static str, Box<dyn Fn(&rpc::NodeInfo) -> u64 + 'a>);
-        let gauge = "gauge";
-        let series: [Series; 8] = [
-            (
-                "annexmesh_node_up",
-                gauge,
-                "1 when the coordinator reports the node healthy.",
-                Box::new(|n| u64::from(n.healthy)),
-            ),
-            (
-                "annexmesh_node_degraded",
-                gauge,
-                "1 when the coordinator reports the node degraded: no new content, asked last.",
-                Box::new(|n| u64::from(n.degraded)),
-            ),
-            (
-                "annexmesh_node_cost",
-                gauge,
-                "The node's cost; GETs prefer holders with a lower one.",
-                Box::new(|n| u64::from(n.cost)),
-            ),
-            (
-                "annexmesh_node_active_transfers",
-                gauge,
-                "Transfers in progress on the node, as of its last heartbeat.",
-                Box::new(|n| u64::from(n.active_transfers)),
-            ),
-            (
-                "annexmesh_node_gets_in_flight",
-                gauge,
-                "GETs this gateway is serving from the node.",
-                Box::new(|n| u64::from(self.loads.in_flight(&n.uuid))),
-            ),
-            (
-                "annexmesh_node_backoff",
-                gauge,
-                "1 while the gateway avoids the node after failing to reach it.",
-                Box::new(|n| u64::from(off.contains(&n.uuid))),
-            ),
-            (
-                "annexmesh_node_put_failures_total",
-                "counter",
-                "PUTs to the node that failed to store (not cut short by the client).",
-                Box::new(|n| self.failures(&n.uuid).put),
-            ),
-            (
-                "annexmesh_node_data_failures_total",
-                "counter",
-                "GET, CHECKPRESENT and REMOVE calls to the node that failed or stalled.",
-                Box::new(|n| self.failures(&n.uuid).data),
-            ),
-        ];
-        for (name, kind, help, value) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for n in &snapshot.nodes {
-                let _ =
-                    writeln!(out, "{name}{{node=\"{}\",uuid=\"{}\"}} {}", n.name, n.uuid, value(n));
-            }
-        }
-        out
     }
 
     /// `nodes` best first for a GET or CHECKPRESENT (see `select`). Nodes

@@ -171,11 +171,11 @@ async fn failures_are_counted_per_node_reported_and_rendered() {
     mesh.put_failed(&a, "read-only file system");
     mesh.put_failed(&a, "read-only file system");
     mesh.agent_failed(&a, "no answer in 30s");
-    assert_eq!(mesh.failures("a"), failures::Counts { put: 2, data: 1 });
+    assert_eq!(mesh.failures("a"), failures::Counts { put: 2, data: 1, failovers: 0 });
     assert_eq!(mesh.failures("b"), failures::Counts::default());
     let text = mesh.render_metrics();
     for line in [
-        "# TYPE annexmesh_node_put_failures_total counter",
+        "# TYPE annexmesh_node_put_failures counter",
         "annexmesh_node_put_failures_total{node=\"a\",uuid=\"a\"} 2",
         "annexmesh_node_data_failures_total{node=\"a\",uuid=\"a\"} 1",
         "annexmesh_node_put_failures_total{node=\"b\",uuid=\"b\"} 0",

@@ -180,7 +180,7 @@ impl World {
 
     /// Copies nodes reported corrupt, as the gateway counted them.
     fn corrupt_copies(&self) -> u64 {
-        self.core.metrics.corrupt_copies.load(std::sync::atomic::Ordering::Relaxed)
+        self.core.metrics.corrupt_copies.get()
     }
 
     fn node(&self, name: &str) -> &FakeNode {
