@@ -5,7 +5,7 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "bad name {0:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.', \
-     and not 'git-annex'"
+     and not 'git-annex' or 'metrics'"
 )]
 pub struct BadName(pub String);
 
@@ -15,11 +15,12 @@ pub const MAX_NAME: usize = 64;
 /// Checks a cluster or node name. Names appear in URLs (`/NAME/config`),
 /// git remote names, the line protocol's space-separated preamble and ssh
 /// paths, so they are one path component of plain characters; `git-annex`
-/// is the P2P over HTTP API's own path.
+/// is the P2P over HTTP API's own path and `metrics` the gateway's
+/// (`/metrics/ROLE` would shadow `/NAME/...`).
 pub fn validate(name: &str) -> Result<(), BadName> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME
-        && name != "git-annex"
+        && !matches!(name, "git-annex" | "metrics")
         && !name.starts_with('.')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok { Ok(()) } else { Err(BadName(name.to_string())) }
@@ -77,9 +78,18 @@ mod tests {
         for good in ["mesh", "node-1", "a_b.c", "0", &"x".repeat(MAX_NAME)] {
             assert_eq!(validate(good), Ok(()), "{good:?}");
         }
-        for bad in
-            ["", ".hidden", "git-annex", "a/b", "a b", "a\nb", "é", "..", &"x".repeat(MAX_NAME + 1)]
-        {
+        for bad in [
+            "",
+            ".hidden",
+            "git-annex",
+            "metrics",
+            "a/b",
+            "a b",
+            "a\nb",
+            "é",
+            "..",
+            &"x".repeat(MAX_NAME + 1),
+        ] {
             assert!(validate(bad).is_err(), "{bad:?} was accepted");
         }
     }
