@@ -67,8 +67,18 @@ fn only_a_valid_agent_join_token_lets_an_agent_in() {
     let log = agent_fails(&mesh, "intruder", &store, &token_arg(&other));
     assert!(log.contains("not the mesh the token was made for"), "{log}");
 
-    // A token is used up after its uses.
+    // A token is used up after its uses. This one is read from a file.
     let once = mesh.join_token("agent");
+    let missing = mesh.dir.path().join("no-such-token");
+    let log = agent_fails(
+        &mesh,
+        "intruder",
+        &store,
+        &["--join-token-file".into(), missing.to_string_lossy().into_owned()],
+    );
+    assert!(log.contains("cannot read the join token file"), "{log}");
+    let token_file = mesh.dir.path().join("node2.token");
+    std::fs::write(&token_file, format!("{once}\n")).unwrap();
     let mut p = common::Proc::spawn(
         "node2",
         common::annexmesh()
@@ -76,7 +86,8 @@ fn only_a_valid_agent_join_token_lets_an_agent_in() {
             .args(["--name", "node2", "--listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--store")
             .arg(mesh.dir.path().join("nodes/node2"))
-            .args(token_arg(&once)),
+            .arg("--join-token-file")
+            .arg(&token_file),
         mesh.dir.path(),
     );
     wait_until("node2", Duration::from_secs(30), || mesh.healthy_nodes() == 2);

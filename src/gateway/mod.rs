@@ -84,7 +84,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
         }
     };
     let t = &cfg.mesh_tls;
-    if t.join_token.is_some() && t.state_dir.is_none() {
+    if (t.join_token.is_some() || t.join_token_file.is_some()) && t.state_dir.is_none() {
         warn!(
             "--join-token without --state-dir: the certificate is not kept, join again on restart"
         );

@@ -173,6 +173,10 @@ pub struct MemberTlsArgs {
     /// store, gateways: in --state-dir) and reused on restart.
     #[arg(long, env = "ANNEXMESH_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// As --join-token, read from a file (a mounted secret): the token then
+    /// appears in neither the process list nor the environment.
+    #[arg(long, env = "ANNEXMESH_JOIN_TOKEN_FILE", conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
     /// Where a gateway keeps the certificate it obtained by joining
     /// (agents keep theirs in their store).
     #[arg(long, env = "ANNEXMESH_STATE_DIR")]
@@ -226,8 +230,14 @@ impl MemberTlsArgs {
                 }
             };
         }
-        if let Some(token) = &self.join_token {
-            let token = JoinToken::parse(token)?;
+        let from_file = match &self.join_token_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                PkiError::Bad(format!("cannot read the join token file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        if let Some(token) = self.join_token.as_deref().or(from_file.as_deref()) {
+            let token = JoinToken::parse(token.trim())?;
             let creds = join::join(coordinator, &token, role, node_uuid).await?;
             if let Some(dir) = dir {
                 creds.save_dir(dir)?;
