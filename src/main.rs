@@ -9,6 +9,8 @@ use annexmesh::{admin, agent, client, coordinator, gateway, up};
 struct Cli {
     #[command(subcommand)]
     role: Role,
+    #[command(flatten)]
+    log: annexmesh::telemetry::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,14 +65,8 @@ fn main() -> anyhow::Result<()> {
         });
     }
 
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ANNEXMESH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let _telemetry = annexmesh::telemetry::init(&cli.log)?;
     match &cli.role {
         Role::P2pRelay { args } => std::process::exit(client::p2p_program_main(args)),
         Role::Shell { args } => std::process::exit(client::shell_main(args)),
