@@ -162,6 +162,7 @@ pub async fn serve(
         .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW))
         .max_frame_size(Some(rpc::MAX_FRAME))
         .layer(guard)
+        .layer(crate::telemetry::GrpcTraceLayer)
         .add_service(svc)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),

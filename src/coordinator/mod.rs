@@ -302,6 +302,7 @@ impl Coordinator {
         }
         let server = builder
             .layer(guard)
+            .layer(crate::telemetry::GrpcTraceLayer)
             .add_service(
                 CoordinatorServer::new(self.service)
                     .max_decoding_message_size(rpc::MAX_MESSAGE)

@@ -8,6 +8,7 @@ pub mod forwarded;
 mod git;
 mod params;
 pub mod serve;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -149,12 +150,26 @@ impl IntoResponse for Failure {
         match self {
             Failure::Status(status, msg) => {
                 debug!(%status, "{msg}");
-                (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{msg}\n"))
-                    .into_response()
+                let mut r = (
+                    status,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    format!("{msg}\n"),
+                )
+                    .into_response();
+                // git-annex shows a failed request's status line, not its
+                // body: the reason phrase carries the message.
+                if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason_phrase(&msg)) {
+                    r.extensions_mut().insert(reason);
+                }
+                r.extensions_mut().insert(trace::FailureReason(msg));
+                r
             }
             Failure::Denied(d) => {
                 debug!("access denied: {d:?}");
-                d.into_response()
+                let why = format!("access denied: {d:?}");
+                let mut r = d.into_response();
+                r.extensions_mut().insert(trace::FailureReason(why));
+                r
             }
         }
     }
@@ -217,18 +232,15 @@ impl Who {
     }
 }
 
-/// Longest reason phrase sent: enough for a node's full-disk message.
-const MAX_REASON: usize = 300;
+/// Longest reason phrase sent: enough for a node's full-disk message or
+/// placement's account of every node of a small cluster.
+const MAX_REASON: usize = 600;
 
 /// HTTP 507 for a PUT no node could store for lack of space. git-annex
 /// shows a failed request's status code and reason phrase, not its body,
 /// so the reason phrase carries the node's message.
 fn insufficient_storage(msg: &str) -> Response {
-    let mut r = Failure::Status(StatusCode::INSUFFICIENT_STORAGE, msg.to_string()).into_response();
-    if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason_phrase(msg)) {
-        r.extensions_mut().insert(reason);
-    }
-    r
+    Failure::Status(StatusCode::INSUFFICIENT_STORAGE, msg.to_string()).into_response()
 }
 
 /// `msg` as a reason phrase: visible ASCII and spaces only (anything else

@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use super::api::{Control, NodeClient, Nodes, Replies};
 use crate::gateway::limits::call_limits;
 use crate::rpc::{self, agent_client::AgentClient};
+use crate::telemetry::traced;
 
 /// `call`, failed with DEADLINE_EXCEEDED when it takes longer than `limit`:
 /// a hung peer or a stalled disk behind it gives a clear error rather than
@@ -160,16 +161,14 @@ struct GrpcAgent(AgentClient<Channel>);
 impl NodeClient for GrpcAgent {
     fn check_present(&self, key: String) -> BoxFuture<'_, Result<bool, Status>> {
         let mut c = self.0.clone();
-        Box::pin(agent(async move {
-            Ok(c.check_present(rpc::KeyRequest { key }).await?.into_inner().present)
-        }))
+        let req = traced(rpc::KeyRequest { key });
+        Box::pin(agent(async move { Ok(c.check_present(req).await?.into_inner().present) }))
     }
 
     fn put_offset(&self, key: String) -> BoxFuture<'_, Result<rpc::PutOffsetReply, Status>> {
         let mut c = self.0.clone();
-        Box::pin(agent(
-            async move { Ok(c.put_offset(rpc::KeyRequest { key }).await?.into_inner()) },
-        ))
+        let req = traced(rpc::KeyRequest { key });
+        Box::pin(agent(async move { Ok(c.put_offset(req).await?.into_inner()) }))
     }
 
     /// No overall deadline: a PUT takes as long as its data; the request
@@ -179,17 +178,20 @@ impl NodeClient for GrpcAgent {
         requests: mpsc::Receiver<rpc::PutRequest>,
     ) -> BoxFuture<'static, Result<rpc::PutReply, Status>> {
         let mut c = self.0.clone();
-        Box::pin(async move { Ok(c.put(ReceiverStream::new(requests)).await?.into_inner()) })
+        let req = traced(ReceiverStream::new(requests));
+        Box::pin(async move { Ok(c.put(req).await?.into_inner()) })
     }
 
     /// The request core bounds the wait for each answer of the stream.
     fn get(&self, req: rpc::GetRequest) -> BoxFuture<'_, Result<Replies<rpc::GetReply>, Status>> {
         let mut c = self.0.clone();
+        let req = traced(req);
         Box::pin(async move { Ok(c.get(req).await?.into_inner().boxed()) })
     }
 
     fn remove(&self, req: rpc::RemoveRequest) -> BoxFuture<'_, Result<rpc::RemoveReply, Status>> {
         let mut c = self.0.clone();
+        let req = traced(req);
         Box::pin(agent(async move { Ok(c.remove(req).await?.into_inner()) }))
     }
 
@@ -200,15 +202,13 @@ impl NodeClient for GrpcAgent {
         requests: mpsc::Receiver<rpc::LockRequest>,
     ) -> BoxFuture<'_, Result<Replies<rpc::LockReply>, Status>> {
         let mut c = self.0.clone();
-        Box::pin(agent(async move {
-            Ok(c.lock_content(ReceiverStream::new(requests)).await?.into_inner().boxed())
-        }))
+        let req = traced(ReceiverStream::new(requests));
+        Box::pin(agent(async move { Ok(c.lock_content(req).await?.into_inner().boxed()) }))
     }
 
     fn clock(&self) -> BoxFuture<'_, Result<rpc::TimestampReply, Status>> {
         let mut c = self.0.clone();
-        Box::pin(agent(
-            async move { Ok(c.get_timestamp(rpc::TimestampRequest {}).await?.into_inner()) },
-        ))
+        let req = traced(rpc::TimestampRequest {});
+        Box::pin(agent(async move { Ok(c.get_timestamp(req).await?.into_inner()) }))
     }
 }
