@@ -211,6 +211,16 @@ pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", e.message())
 }
 
+/// The reply, after printing on stderr the coordinator's warning about a
+/// setting that cannot be met as things are (the setting is made anyway).
+fn warned<T>(r: tonic::Response<T>) -> T {
+    let key = crate::coordinator::validate::WARNING_METADATA;
+    if let Some(w) = r.metadata().get(key).and_then(|v| v.to_str().ok()) {
+        eprintln!("warning: {w}");
+    }
+    r.into_inner()
+}
+
 fn reserve(c: &rpc::ClusterInfo) -> String {
     if c.reserve_default {
         format!("{} (default)", c.reserve_bytes)
@@ -319,7 +329,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let info = match n {
                 Some(min_copies) => {
                     let req = rpc::SetClusterMinCopiesRequest { cluster, min_copies };
-                    c.set_cluster_min_copies(req).await.map_err(status)?.into_inner()
+                    warned(c.set_cluster_min_copies(req).await.map_err(status)?)
                 }
                 None => find_cluster(&mut c, &cluster).await?,
             };
@@ -329,7 +339,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let info = match size {
                 Some(reserve) => {
                     let req = rpc::SetClusterReserveRequest { cluster, reserve };
-                    c.set_cluster_reserve(req).await.map_err(status)?.into_inner()
+                    warned(c.set_cluster_reserve(req).await.map_err(status)?)
                 }
                 None => find_cluster(&mut c, &cluster).await?,
             };

@@ -152,7 +152,10 @@ where
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         let trace_id = incoming_trace(req.headers());
         let span = tracing::info_span!("grpc", rpc = %req.uri().path(), trace_id = %trace_id);
-        let fut = span.in_scope(|| self.0.call(req));
+        let fut = span.in_scope(|| {
+            tracing::debug!("gRPC call");
+            self.0.call(req)
+        });
         Box::pin(fut.instrument(span))
     }
 }
