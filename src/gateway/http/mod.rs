@@ -205,6 +205,8 @@ impl From<Denied> for Failure {
 pub struct Who {
     pub peer: SocketAddr,
     pub caller: Caller,
+    /// The basic-auth user name sent, for refusals to name.
+    pub user: Option<String>,
 }
 
 impl FromRequestParts<HttpState> for Who {
@@ -221,14 +223,44 @@ impl FromRequestParts<HttpState> for Who {
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
         let caller = state.auth.caller(&parts.headers, peer.ip()).await?;
-        Ok(Who { peer, caller })
+        let user = auth::basic_credentials(&parts.headers).map(|(u, _)| u);
+        Ok(Who { peer, caller, user })
     }
 }
 
 impl Who {
     /// Ok when this caller may do `action`.
     fn may(&self, state: &HttpState, action: Action) -> std::result::Result<(), Failure> {
-        Ok(state.auth.policy.check(&self.caller, action)?)
+        state.auth.policy.check(&self.caller, action).map_err(|d| match d {
+            Denied::Forbidden => Failure::Status(StatusCode::FORBIDDEN, self.forbidden(action)),
+            d => Failure::Denied(d),
+        })
+    }
+
+    /// Why this caller may not do `action`, and what would allow it.
+    fn forbidden(&self, action: Action) -> String {
+        let what = match action {
+            Action::Read => "read content",
+            Action::Write => "store content",
+            Action::Remove => "remove content",
+            Action::Lock => "lock content",
+        };
+        let needs = match action {
+            Action::Write => "appendonly or readwrite",
+            _ => "readwrite",
+        };
+        match (&self.caller, &self.user) {
+            (Caller::User(mode), Some(user)) => format!(
+                "permission denied: user {user:?} is {mode} and may not {what}; it needs                  {needs} access (annexmesh admin user add --help)"
+            ),
+            (Caller::User(mode), None) => {
+                format!("permission denied: a {mode} token may not {what}; it needs {needs} access")
+            }
+            (Caller::Anonymous, _) => format!(
+                "permission denied: anonymous clients may not {what} on this gateway (its --unauth \
+                 setting); log in as a user with {needs} access"
+            ),
+        }
     }
 }
 
