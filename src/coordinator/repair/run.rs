@@ -384,7 +384,9 @@ impl<'a> Pass<'a> {
         let r = agent
             .replicate(crate::telemetry::traced(req))
             .await
-            .map_err(|s| s.message().to_string())?
+            .map_err(|s| {
+                rpc::unreachable_node(&to.candidate.name, &to.address, s).message().to_string()
+            })?
             .into_inner();
         match r.outcome() {
             ReplicateOutcome::Stored | ReplicateOutcome::AlreadyHad => Ok(r.bytes),

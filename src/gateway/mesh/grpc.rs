@@ -176,32 +176,8 @@ impl GrpcAgent {
         T: Send + 'static,
     {
         let (name, address) = (self.name.clone(), self.address.clone());
-        async move { call.await.map_err(|s| unreachable_node(&name, &address, s)) }
+        async move { call.await.map_err(|s| rpc::unreachable_node(&name, &address, s)) }
     }
-}
-
-/// A status from a call that failed in this process's transport (it has a
-/// source error: the agent sent nothing) as "cannot reach node NAME at
-/// ADDRESS: why"; statuses the agent sent pass unchanged.
-fn unreachable_node(name: &str, address: &str, s: Status) -> Status {
-    use std::error::Error;
-    if !matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
-        return s;
-    }
-    let Some(mut cause) = s.source() else { return s };
-    let mut why = s.message().to_string();
-    loop {
-        let text = cause.to_string();
-        // Transport errors repeat their cause in their own text.
-        if !why.contains(&text) {
-            why.push_str(&format!(": {text}"));
-        }
-        match cause.source() {
-            Some(next) => cause = next,
-            None => break,
-        }
-    }
-    Status::unavailable(format!("cannot reach node {name} at {address}: {why}"))
 }
 
 impl NodeClient for GrpcAgent {
@@ -289,9 +265,9 @@ mod tests {
 
     #[test]
     fn statuses_from_the_agent_pass_unchanged() {
-        let s = unreachable_node("n", "a", Status::unavailable("store not writable"));
+        let s = rpc::unreachable_node("n", "a", Status::unavailable("store not writable"));
         assert_eq!(s.message(), "store not writable");
-        let s = unreachable_node("n", "a", Status::not_found("no such key"));
+        let s = rpc::unreachable_node("n", "a", Status::not_found("no such key"));
         assert_eq!(s.code(), tonic::Code::NotFound);
     }
 }
