@@ -16,6 +16,8 @@ pub struct Cli {
     // subcommand; `config::load` skips over them to find the role.
     #[command(subcommand)]
     pub role: Role,
+    #[command(flatten)]
+    pub log: crate::telemetry::LogArgs,
 }
 
 /// A role's settings and the TOML file some of them came from.

@@ -21,6 +21,7 @@ pub mod pki;
 pub mod preferred;
 pub mod rpc;
 pub mod tasks;
+pub mod telemetry;
 pub mod tls;
 pub mod up;
 

@@ -25,14 +25,8 @@ fn main() -> anyhow::Result<()> {
         });
     }
 
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ANNEXMESH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = config::parse_or_exit(std::env::args_os());
+    let _telemetry = annexmesh::telemetry::init(&cli.log)?;
     match &cli.role {
         Role::P2pRelay { args } => std::process::exit(client::p2p_program_main(args)),
         Role::Shell { args } => std::process::exit(client::shell_main(args)),

@@ -47,6 +47,8 @@ impl Tasks {
         F::Output: Send + 'static,
     {
         let token = self.token.clone();
+        // The task logs in the span of the request that spawned it.
+        let task = tracing::Instrument::in_current_span(task);
         self.tracker.spawn(async move {
             tokio::select! {
                 _ = token.cancelled() => None,
@@ -62,6 +64,7 @@ impl Tasks {
         F: Future<Output = ()> + Send + 'static,
     {
         let token = self.token.clone();
+        let task = tracing::Instrument::in_current_span(task);
         self.tracker.spawn(async move {
             tokio::select! {
                 _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => {}

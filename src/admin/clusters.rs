@@ -96,7 +96,7 @@ pub(super) async fn run(c: &mut Client, out: Out, cmd: ClusterCommand) -> anyhow
             let info = match n {
                 Some(min_copies) => {
                     let req = rpc::SetClusterMinCopiesRequest { cluster, min_copies };
-                    c.set_cluster_min_copies(req).await.map_err(status)?.into_inner()
+                    super::warned(c.set_cluster_min_copies(req).await.map_err(status)?)
                 }
                 None => find_cluster(c, &cluster).await?,
             };
@@ -106,7 +106,7 @@ pub(super) async fn run(c: &mut Client, out: Out, cmd: ClusterCommand) -> anyhow
             let info = match size {
                 Some(reserve) => {
                     let req = rpc::SetClusterReserveRequest { cluster, reserve };
-                    c.set_cluster_reserve(req).await.map_err(status)?.into_inner()
+                    super::warned(c.set_cluster_reserve(req).await.map_err(status)?)
                 }
                 None => find_cluster(c, &cluster).await?,
             };

@@ -24,6 +24,16 @@ use crate::names::Named;
 use crate::rpc;
 
 /// An admin API error as the operator should read it.
+/// The reply, after printing on stderr the coordinator's warning about a
+/// setting that cannot be met as things are (the setting is made anyway).
+fn warned<T>(r: tonic::Response<T>) -> T {
+    let key = crate::coordinator::validate::WARNING_METADATA;
+    if let Some(w) = r.metadata().get(key).and_then(|v| v.to_str().ok()) {
+        eprintln!("warning: {w}");
+    }
+    r.into_inner()
+}
+
 pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
     let msg = e.message();
     if msg.contains("grpc-status header missing") || msg.contains("invalid content-type") {

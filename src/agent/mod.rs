@@ -203,6 +203,7 @@ pub async fn serve_with_metrics(
         .initial_connection_window_size(Some(rpc::CONNECTION_WINDOW))
         .max_frame_size(Some(rpc::MAX_FRAME))
         .layer(guard)
+        .layer(crate::telemetry::GrpcTraceLayer)
         .layer(metrics.timing())
         .add_service(health_service)
         .add_service(reflection)

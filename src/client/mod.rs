@@ -41,6 +41,8 @@ use crate::p2p::message::{Message, Uuid};
 use crate::p2p::preamble::Preamble;
 use relay::COPY_BUF;
 
+mod refusals;
+
 /// Run one relayed connection on a single-threaded runtime.
 /// Run one relayed connection on a single-threaded runtime.
 fn block_on<T>(f: impl Future<Output = T>) -> T {
@@ -87,7 +89,7 @@ async fn p2p_program(args: &[String]) -> anyhow::Result<()> {
             relay(
                 tokio::io::stdin(),
                 tokio::io::stdout(),
-                BufReader::with_capacity(COPY_BUF, rd),
+                BufReader::with_capacity(COPY_BUF, refusals::Watch::new(rd)),
                 wr,
             )
             .await

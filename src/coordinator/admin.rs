@@ -290,7 +290,9 @@ impl admin_server::Admin for AdminService {
             .update_cluster_settings(&c.uuid, move |s| s.min_copies = Some(min))
             .await?;
         info!(cluster = %c.name, min_copies = min, "minimum copies set");
-        Ok(Response::new(self.core.cluster_info(&c, Some(&settings))))
+        let warning = super::validate::settings_warning(&self.core, &c, Some(min), None).await?;
+        let reply = Response::new(self.core.cluster_info(&c, Some(&settings)));
+        Ok(super::validate::with_warning(reply, warning))
     }
 
     async fn set_cluster_reserve(
@@ -306,7 +308,9 @@ impl admin_server::Admin for AdminService {
             .update_cluster_settings(&c.uuid, move |s| s.reserve_bytes = reserve)
             .await?;
         info!(cluster = %c.name, reserve = ?reserve, "space reserve set");
-        Ok(Response::new(self.core.cluster_info(&c, Some(&settings))))
+        let warning = super::validate::settings_warning(&self.core, &c, None, reserve).await?;
+        let reply = Response::new(self.core.cluster_info(&c, Some(&settings)));
+        Ok(super::validate::with_warning(reply, warning))
     }
 
     async fn set_node_cost(

@@ -55,7 +55,8 @@ async fn fix_node(core: &Core, n: &Node, diffs: &[(String, bool)]) -> Result<(),
     let mut changes = Vec::with_capacity(diffs.len());
     for (key, _) in diffs {
         let req = rpc::KeyRequest { key: key.clone() };
-        let present = client.check_present(req).await?.into_inner().present;
+        let present =
+            client.check_present(crate::telemetry::traced(req)).await?.into_inner().present;
         changes.push((key.clone(), n.uuid.clone(), present));
     }
     info!(node = %n.name, changes = changes.len(), "fsck records what the node holds");
@@ -66,7 +67,8 @@ async fn fix_node(core: &Core, n: &Node, diffs: &[(String, bool)]) -> Result<(),
 /// Every key node `n` holds.
 async fn held_keys(core: &Core, n: &Node) -> Result<HashSet<String>, Status> {
     let mut client = agent(core, n)?;
-    let mut stream = client.list_keys(rpc::ListKeysRequest {}).await?.into_inner();
+    let req = crate::telemetry::traced(rpc::ListKeysRequest {});
+    let mut stream = client.list_keys(req).await?.into_inner();
     let mut keys = HashSet::new();
     while let Some(batch) = stream.next().await {
         keys.extend(batch?.keys);

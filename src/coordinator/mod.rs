@@ -317,6 +317,7 @@ impl Coordinator {
         }
         let server = builder
             .layer(guard)
+            .layer(crate::telemetry::GrpcTraceLayer)
             .layer(self.metrics.timing())
             .add_service(health_service)
             .add_service(reflection)

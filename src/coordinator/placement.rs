@@ -43,24 +43,71 @@ pub struct Plan {
     pub unwanted: bool,
 }
 
+/// No node can take a key: each node and why, with the reserve and the
+/// key's size so that the message says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("no node of the cluster can take the content now ({})", describe(.0))]
-pub struct NoTarget(pub Vec<(String, Skip)>);
+#[error("no node of the cluster can take the content now: {}", describe(self))]
+pub struct NoTarget {
+    pub skipped: Vec<(String, Skip)>,
+    pub reserve: u64,
+    pub size: u64,
+}
 
-fn describe(skipped: &[(String, Skip)]) -> String {
-    if skipped.is_empty() {
-        return "the cluster has no nodes".into();
+fn describe(n: &NoTarget) -> String {
+    if n.skipped.is_empty() {
+        return "the cluster has no nodes; start an agent with --cluster naming it".into();
     }
-    skipped
+    let mut short = false;
+    let mut unhealthy = false;
+    let mut text = n
+        .skipped
         .iter()
         .map(|(name, why)| match why {
-            Skip::Down => format!("{name} is down"),
-            Skip::Degraded => format!("{name} is degraded"),
+            Skip::Down => {
+                unhealthy = true;
+                format!("{name} is down")
+            }
+            Skip::Degraded => {
+                unhealthy = true;
+                format!("{name} is degraded (a write failed on it lately)")
+            }
             Skip::Draining => format!("{name} is draining"),
-            Skip::ShortOfSpace { free } => format!("{name} is short of space ({free} bytes free)"),
+            Skip::ShortOfSpace { free } => {
+                short = true;
+                format!("{name} has {} free", human(*free))
+            }
         })
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if short {
+        text.push_str(&format!(
+            "; a {} key must leave the cluster's reserve of {} free on a node: free space or              lower it (annexmesh admin cluster reserve CLUSTER SIZE)",
+            human(n.size),
+            human(n.reserve)
+        ));
+    } else if unhealthy {
+        text.push_str("; no healthy node: check the agents (annexmesh admin node list)");
+    }
+    text
+}
+
+/// `bytes` in the largest decimal unit that keeps it at least 1, as
+/// git-annex shows sizes.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
+    if bytes < 1000 {
+        return format!("{bytes} bytes");
+    }
+    let mut v = bytes as f64;
+    let mut unit = "";
+    for u in UNITS {
+        if v < 1000.0 {
+            break;
+        }
+        v /= 1000.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
 }
 
 /// Why `c` cannot take a key of `size` bytes, if it cannot.
@@ -101,7 +148,7 @@ pub fn plan(
         }
     }
     if eligible.is_empty() {
-        return Err(NoTarget(skipped));
+        return Err(NoTarget { skipped, reserve, size });
     }
     let subject = Subject { key, file, copies };
     let wanting: Vec<String> = eligible
@@ -188,10 +235,13 @@ mod tests {
         nodes[2].free_bytes = Some(1_000);
         assert_eq!(targets(&nodes, 900), ["uuid-n3"]);
         let err = plan(&nodes, &key(901), None, 0, 100).unwrap_err();
-        assert_eq!(err.0.len(), 4);
+        assert_eq!(err.skipped.len(), 4);
+        let text = err.to_string();
+        assert!(text.contains("reserve of 100 bytes"), "{text}");
+        assert!(text.contains("admin cluster reserve"), "{text}");
         let msg = err.to_string();
         for part in
-            ["n1 is down", "n2 is draining", "n3 is short of space (1000 bytes free)", "n4 is down"]
+            ["n1 is down", "n2 is draining", "n3 has 1.0 kB free", "n4 is down", "a 901 bytes key"]
         {
             assert!(msg.contains(part), "{msg}");
         }
@@ -211,8 +261,9 @@ mod tests {
         let msg = plan(&nodes, &key(10), None, 0, 100).unwrap_err().to_string();
         assert_eq!(
             msg,
-            "no node of the cluster can take the content now \
-             (n1 is degraded, n2 is degraded, n3 is degraded)"
+            "no node of the cluster can take the content now: n1 is degraded (a write failed on \
+             it lately), n2 is degraded (a write failed on it lately), n3 is degraded (a write \
+             failed on it lately); no healthy node: check the agents (annexmesh admin node list)"
         );
     }
 
@@ -246,7 +297,7 @@ mod tests {
     fn an_empty_cluster_says_so() {
         assert_eq!(
             plan(&[], &key(1), None, 0, 0).unwrap_err().to_string(),
-            "no node of the cluster can take the content now (the cluster has no nodes)"
+            "no node of the cluster can take the content now: the cluster has no nodes; start an agent with --cluster naming it"
         );
     }
 }

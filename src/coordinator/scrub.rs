@@ -52,5 +52,5 @@ async fn ask(dialer: &rpc::Dialer, n: &Node, rate: u64) -> Result<rpc::ScrubRepl
         .channel(&n.address, rpc::Peer::Agent(&n.uuid))
         .map_err(|e| Status::unavailable(e.to_string()))?;
     let req = rpc::ScrubRequest { rate_bytes_per_s: rate };
-    Ok(AgentClient::new(channel).scrub(req).await?.into_inner())
+    Ok(AgentClient::new(channel).scrub(crate::telemetry::traced(req)).await?.into_inner())
 }

@@ -254,6 +254,13 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let nodes: Vec<Node> =
             store.nodes().await?.into_iter().filter(|n| n.cluster_uuid == cluster.uuid).collect();
         let candidates = self.candidates(&nodes, &store.node_settings().await?);
+        // A minimum no PUT can meet fails before any data moves, saying why.
+        let min = cs.min_copies.unwrap_or(1);
+        if min as usize > nodes.len() {
+            let healthy = candidates.iter().filter(|c| c.healthy).count();
+            let why = super::validate::min_copies_unmet(&cluster.name, min, nodes.len(), healthy);
+            return Err(Status::failed_precondition(why.unwrap_or_default()));
+        }
         let copies = store
             .locations(&r.key)
             .await?

@@ -121,7 +121,7 @@ pub async fn serve(
     });
     let passwords = std::sync::Arc::new(http::auth::CoordinatorPasswords(mesh.clone()));
     let app = http::router(core, http.opts.clone(), passwords)
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(axum::middleware::from_fn(http::trace::trace));
     let scheme = if http.tls.is_some() { "HTTPS" } else { "HTTP" };
     let policy = http.opts.policy;
     info!(addr = %listener.local_addr()?, users = policy.users, anonymous = ?policy.anonymous, "gateway serving P2P over {scheme}");

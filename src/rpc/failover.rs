@@ -271,7 +271,8 @@ impl tower::Service<Request<Body>> for Failover {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        crate::telemetry::inject(req.headers_mut());
         let this = self.clone();
         Box::pin(async move {
             if STREAMING_REQUESTS.contains(&req.uri().path()) {

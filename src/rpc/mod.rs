@@ -191,3 +191,27 @@ pub fn explain_connect(url: &str, e: &tonic::transport::Error) -> String {
         format!("cannot connect to {url}{chain}")
     }
 }
+
+/// A status from a call that failed in this process's transport (it has a
+/// source error: the agent sent nothing) as "cannot reach node NAME at
+/// ADDRESS: why"; statuses the agent sent pass unchanged.
+pub fn unreachable_node(name: &str, address: &str, s: tonic::Status) -> tonic::Status {
+    use std::error::Error;
+    if !matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
+        return s;
+    }
+    let Some(mut cause) = s.source() else { return s };
+    let mut why = s.message().to_string();
+    loop {
+        let text = cause.to_string();
+        // Transport errors repeat their cause in their own text.
+        if !why.contains(&text) {
+            why.push_str(&format!(": {text}"));
+        }
+        match cause.source() {
+            Some(next) => cause = next,
+            None => break,
+        }
+    }
+    tonic::Status::unavailable(format!("cannot reach node {name} at {address}: {why}"))
+}

@@ -99,7 +99,7 @@ impl AgentService {
                 self.discard_partial(key).await?;
                 return Err(s.into());
             }
-            Err(s) => return Err(s.into()),
+            Err(s) => return Err(rpc::unreachable_node(uuid, source, s).into()),
         };
         let length = match next(&mut stream).await? {
             Some(get_reply::Msg::Header(h)) => h.length,

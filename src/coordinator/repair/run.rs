@@ -357,7 +357,7 @@ impl<'a> Pass<'a> {
         self.record(key, uuid, false).await?;
         let req =
             rpc::RemoveRequest { key: key.to_string(), before_ms: None, boot_id: String::new() };
-        match agent.remove(req).await {
+        match agent.remove(crate::telemetry::traced(req)).await {
             Ok(r) if r.get_ref().removed => Ok(Ok(())),
             Ok(r) => {
                 self.record(key, uuid, true).await?;
@@ -381,7 +381,13 @@ impl<'a> Pass<'a> {
             source_uuids: source_uuids.to_vec(),
         };
         let mut agent = self.agent(to)?;
-        let r = agent.replicate(req).await.map_err(|s| s.message().to_string())?.into_inner();
+        let r = agent
+            .replicate(crate::telemetry::traced(req))
+            .await
+            .map_err(|s| {
+                rpc::unreachable_node(&to.candidate.name, &to.address, s).message().to_string()
+            })?
+            .into_inner();
         match r.outcome() {
             ReplicateOutcome::Stored | ReplicateOutcome::AlreadyHad => Ok(r.bytes),
             ReplicateOutcome::Failed => Err(r.error.replace('\n', "; ")),

@@ -31,6 +31,7 @@ impl Core {
     /// GET: from the best node holding the key (lowest cost, then least
     /// busy), continuing on another holder should that node fail. A node
     /// addressed alone is asked whatever its health.
+    #[tracing::instrument(name = "get", skip_all, fields(repo = %repo.name(), key = %key))]
     pub async fn get(&self, repo: &Repo, key: &Key, offset: u64) -> Result<Option<Download>> {
         let (candidates, errors) = match repo {
             Repo::Node(n) => (vec![n.clone()], Vec::new()),

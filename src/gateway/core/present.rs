@@ -18,6 +18,7 @@ impl Core {
     /// healthy nodes are asked in parallel and the log repaired with what
     /// they hold. When the answer could only come from nodes that cannot be
     /// reached, it is an error, not "not present".
+    #[tracing::instrument(name = "checkpresent", skip_all, fields(repo = %repo.name(), key = %key))]
     pub async fn checkpresent(&self, repo: &Repo, key: &Key) -> Result<bool> {
         if let Repo::Node(n) = repo {
             return self.present_on(n, key).await.map_err(CoreError::Unavailable);
@@ -53,6 +54,7 @@ impl Core {
 
     /// LOCKCONTENT: a lock on the best holder that grants one; None when
     /// none does.
+    #[tracing::instrument(name = "lockcontent", skip_all, fields(repo = %repo.name(), key = %key))]
     pub async fn lock(&self, repo: &Repo, key: &Key) -> Result<Option<HeldLock>> {
         for node in self.holders(repo, key).await? {
             let Ok(c) = self.mesh.agent(&node) else { continue };

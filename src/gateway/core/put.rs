@@ -128,6 +128,7 @@ impl Core {
 
     /// PUTOFFSET: where the client should start sending, or ALREADY-HAVE
     /// when enough targets hold the content.
+    #[tracing::instrument(name = "putoffset", skip_all, fields(repo = %repo.name(), key = %key))]
     pub async fn put_offset(
         &self,
         repo: &Repo,
@@ -167,6 +168,7 @@ impl Core {
     /// stall timeout is dropped and the PUT goes on with the others. A body that fails
     /// (client gone) closes every agent stream without an end marker, so each
     /// agent keeps its partial file for resume.
+    #[tracing::instrument(name = "put", skip_all, fields(repo = %req.repo.name(), key = %req.key))]
     pub async fn put<S, E>(&self, req: PutRequest<'_>, body: S) -> Result<Outcome>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,

@@ -51,6 +51,7 @@ impl Core {
     /// from the location log before any is asked to delete, so the log
     /// never lists a copy that may be gone; when that cannot be recorded,
     /// nothing is removed.
+    #[tracing::instrument(name = "remove", skip_all, fields(repo = %repo.name(), key = %key))]
     pub async fn remove(&self, repo: &Repo, key: &Key, before: Option<u64>) -> Result<Outcome> {
         let deadline = match before {
             None => None,

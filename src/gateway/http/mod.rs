@@ -9,6 +9,7 @@ mod git;
 pub mod observe;
 mod params;
 pub mod serve;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -158,12 +159,26 @@ impl IntoResponse for Failure {
         match self {
             Failure::Status(status, msg) => {
                 debug!(%status, "{msg}");
-                (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{msg}\n"))
-                    .into_response()
+                let mut r = (
+                    status,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    format!("{msg}\n"),
+                )
+                    .into_response();
+                // git-annex shows a failed request's status line, not its
+                // body: the reason phrase carries the message.
+                if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason_phrase(&msg)) {
+                    r.extensions_mut().insert(reason);
+                }
+                r.extensions_mut().insert(trace::FailureReason(msg));
+                r
             }
             Failure::Denied(d) => {
                 debug!("access denied: {d:?}");
-                d.into_response()
+                let why = format!("access denied: {d:?}");
+                let mut r = d.into_response();
+                r.extensions_mut().insert(trace::FailureReason(why));
+                r
             }
         }
     }
@@ -199,6 +214,8 @@ impl From<Denied> for Failure {
 pub struct Who {
     pub peer: SocketAddr,
     pub caller: Caller,
+    /// The basic-auth user name sent, for refusals to name.
+    pub user: Option<String>,
 }
 
 impl FromRequestParts<HttpState> for Who {
@@ -215,29 +232,56 @@ impl FromRequestParts<HttpState> for Who {
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
         let caller = state.auth.caller(&parts.headers, peer.ip()).await?;
-        Ok(Who { peer, caller })
+        let user = auth::basic_credentials(&parts.headers).map(|(u, _)| u);
+        Ok(Who { peer, caller, user })
     }
 }
 
 impl Who {
     /// Ok when this caller may do `action`.
     fn may(&self, state: &HttpState, action: Action) -> std::result::Result<(), Failure> {
-        Ok(state.auth.policy.check(&self.caller, action)?)
+        state.auth.policy.check(&self.caller, action).map_err(|d| match d {
+            Denied::Forbidden => Failure::Status(StatusCode::FORBIDDEN, self.forbidden(action)),
+            d => Failure::Denied(d),
+        })
+    }
+
+    /// Why this caller may not do `action`, and what would allow it.
+    fn forbidden(&self, action: Action) -> String {
+        let what = match action {
+            Action::Read => "read content",
+            Action::Write => "store content",
+            Action::Remove => "remove content",
+            Action::Lock => "lock content",
+        };
+        let needs = match action {
+            Action::Write => "appendonly or readwrite",
+            _ => "readwrite",
+        };
+        match (&self.caller, &self.user) {
+            (Caller::User(mode), Some(user)) => format!(
+                "permission denied: user {user:?} is {mode} and may not {what}; it needs                  {needs} access (annexmesh admin user add --help)"
+            ),
+            (Caller::User(mode), None) => {
+                format!("permission denied: a {mode} token may not {what}; it needs {needs} access")
+            }
+            (Caller::Anonymous, _) => format!(
+                "permission denied: anonymous clients may not {what} on this gateway (its --unauth \
+                 setting); log in as a user with {needs} access"
+            ),
+        }
     }
 }
 
-/// Longest reason phrase sent: enough for a node's full-disk message.
-const MAX_REASON: usize = 300;
+/// Longest reason phrase sent: enough for a node's full-disk message or
+/// placement's account of every node of a small cluster.
+const MAX_REASON: usize = 600;
 
 /// HTTP 507 for a PUT no node could store for lack of space. git-annex
 /// shows a failed request's status code and reason phrase, not its body,
 /// so the reason phrase carries the node's message.
 fn insufficient_storage(msg: &str) -> Response {
-    let mut r = Failure::Status(StatusCode::INSUFFICIENT_STORAGE, msg.to_string()).into_response();
-    if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason_phrase(msg)) {
-        r.extensions_mut().insert(reason);
-    }
-    r
+    Failure::Status(StatusCode::INSUFFICIENT_STORAGE, msg.to_string()).into_response()
 }
 
 /// `msg` as a reason phrase: visible ASCII and spaces only (anything else

@@ -152,6 +152,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
 }
 
 /// A whole session: the handshake within the AUTH deadline, then requests.
+/// Its span carries a trace id of its own, which its requests' calls pass on.
+#[tracing::instrument(
+    name = "line_session",
+    skip_all,
+    fields(%peer, trace_id = %crate::telemetry::traceparent::TraceId::random())
+)]
 async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     core: &Core,
     admit: Admit<'_>,

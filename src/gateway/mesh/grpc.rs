@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use super::api::{Control, NodeClient, Nodes, Replies};
 use crate::gateway::limits::call_limits;
 use crate::rpc::{self, agent_client::AgentClient};
+use crate::telemetry::traced;
 
 /// `call`, failed with DEADLINE_EXCEEDED when it takes longer than `limit`:
 /// a hung peer or a stalled disk behind it gives a clear error rather than
@@ -149,27 +150,49 @@ impl Nodes for GrpcNodes {
         let client = AgentClient::new(channel)
             .max_decoding_message_size(rpc::MAX_MESSAGE)
             .max_encoding_message_size(rpc::MAX_MESSAGE);
-        Ok(Arc::new(GrpcAgent(client)))
+        Ok(Arc::new(GrpcAgent {
+            client,
+            name: node.name.clone().into(),
+            address: node.address.clone().into(),
+        }))
     }
 }
 
 /// One agent over gRPC; each call works on a clone of the client, which
 /// shares the channel.
-struct GrpcAgent(AgentClient<Channel>);
+struct GrpcAgent {
+    client: AgentClient<Channel>,
+    /// The node's name and address, for errors of calls that never
+    /// reached it.
+    name: Arc<str>,
+    address: Arc<str>,
+}
+
+impl GrpcAgent {
+    /// `call`, its failure to reach the agent naming the node and where.
+    fn named<T, F>(&self, call: F) -> impl Future<Output = Result<T, Status>> + Send + 'static
+    where
+        F: Future<Output = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (name, address) = (self.name.clone(), self.address.clone());
+        async move { call.await.map_err(|s| rpc::unreachable_node(&name, &address, s)) }
+    }
+}
 
 impl NodeClient for GrpcAgent {
     fn check_present(&self, key: String) -> BoxFuture<'_, Result<bool, Status>> {
-        let mut c = self.0.clone();
-        Box::pin(agent(async move {
-            Ok(c.check_present(rpc::KeyRequest { key }).await?.into_inner().present)
-        }))
+        let mut c = self.client.clone();
+        let req = traced(rpc::KeyRequest { key });
+        Box::pin(
+            self.named(agent(async move { Ok(c.check_present(req).await?.into_inner().present) })),
+        )
     }
 
     fn put_offset(&self, key: String) -> BoxFuture<'_, Result<rpc::PutOffsetReply, Status>> {
-        let mut c = self.0.clone();
-        Box::pin(agent(
-            async move { Ok(c.put_offset(rpc::KeyRequest { key }).await?.into_inner()) },
-        ))
+        let mut c = self.client.clone();
+        let req = traced(rpc::KeyRequest { key });
+        Box::pin(self.named(agent(async move { Ok(c.put_offset(req).await?.into_inner()) })))
     }
 
     /// No overall deadline: a PUT takes as long as its data; the request
@@ -178,19 +201,22 @@ impl NodeClient for GrpcAgent {
         &self,
         requests: mpsc::Receiver<rpc::PutRequest>,
     ) -> BoxFuture<'static, Result<rpc::PutReply, Status>> {
-        let mut c = self.0.clone();
-        Box::pin(async move { Ok(c.put(ReceiverStream::new(requests)).await?.into_inner()) })
+        let mut c = self.client.clone();
+        let req = traced(ReceiverStream::new(requests));
+        Box::pin(self.named(async move { Ok(c.put(req).await?.into_inner()) }))
     }
 
     /// The request core bounds the wait for each answer of the stream.
     fn get(&self, req: rpc::GetRequest) -> BoxFuture<'_, Result<Replies<rpc::GetReply>, Status>> {
-        let mut c = self.0.clone();
-        Box::pin(async move { Ok(c.get(req).await?.into_inner().boxed()) })
+        let mut c = self.client.clone();
+        let req = traced(req);
+        Box::pin(self.named(async move { Ok(c.get(req).await?.into_inner().boxed()) }))
     }
 
     fn remove(&self, req: rpc::RemoveRequest) -> BoxFuture<'_, Result<rpc::RemoveReply, Status>> {
-        let mut c = self.0.clone();
-        Box::pin(agent(async move { Ok(c.remove(req).await?.into_inner()) }))
+        let mut c = self.client.clone();
+        let req = traced(req);
+        Box::pin(self.named(agent(async move { Ok(c.remove(req).await?.into_inner()) })))
     }
 
     /// Bounded until the stream opens; the lock's first answer is awaited
@@ -199,16 +225,49 @@ impl NodeClient for GrpcAgent {
         &self,
         requests: mpsc::Receiver<rpc::LockRequest>,
     ) -> BoxFuture<'_, Result<Replies<rpc::LockReply>, Status>> {
-        let mut c = self.0.clone();
-        Box::pin(agent(async move {
-            Ok(c.lock_content(ReceiverStream::new(requests)).await?.into_inner().boxed())
-        }))
+        let mut c = self.client.clone();
+        let req = traced(ReceiverStream::new(requests));
+        Box::pin(
+            self.named(agent(async move { Ok(c.lock_content(req).await?.into_inner().boxed()) })),
+        )
     }
 
     fn clock(&self) -> BoxFuture<'_, Result<rpc::TimestampReply, Status>> {
-        let mut c = self.0.clone();
-        Box::pin(agent(
-            async move { Ok(c.get_timestamp(rpc::TimestampRequest {}).await?.into_inner()) },
-        ))
+        let mut c = self.client.clone();
+        let req = traced(rpc::TimestampRequest {});
+        Box::pin(self.named(agent(async move { Ok(c.get_timestamp(req).await?.into_inner()) })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_agent_is_named_with_its_address() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let node = rpc::NodeInfo {
+            uuid: "5c2f9a34-1111-4222-8333-944445555666".into(),
+            name: "node2".into(),
+            address: format!("http://127.0.0.1:{port}"),
+            ..Default::default()
+        };
+        let agent = GrpcNodes(rpc::Dialer::insecure()).connect(&node).unwrap();
+        let e = agent.check_present("SHA256E-s1--00".into()).await.unwrap_err();
+        let msg = e.message();
+        assert!(
+            msg.starts_with(&format!("cannot reach node node2 at {}: ", node.address)),
+            "{msg}"
+        );
+        assert!(msg.to_lowercase().contains("refused"), "{msg}");
+    }
+
+    #[test]
+    fn statuses_from_the_agent_pass_unchanged() {
+        let s = rpc::unreachable_node("n", "a", Status::unavailable("store not writable"));
+        assert_eq!(s.message(), "store not writable");
+        let s = rpc::unreachable_node("n", "a", Status::not_found("no such key"));
+        assert_eq!(s.code(), tonic::Code::NotFound);
     }
 }

@@ -51,6 +51,14 @@ pub enum Repo {
 }
 
 impl Repo {
+    /// The cluster's or node's name, as logs and messages show it.
+    pub fn name(&self) -> &str {
+        match self {
+            Repo::Cluster { name, .. } => name,
+            Repo::Node(n) => &n.name,
+        }
+    }
+
     pub fn uuid(&self) -> &str {
         match self {
             Repo::Cluster { uuid, .. } => uuid,

@@ -1,0 +1,138 @@
+//! Refusals the mesh makes reach the person who can act on them: the real
+//! git-annex client shows why (P2P over HTTP reason phrases, line-protocol
+//! ERROR), the admin CLI warns about settings that cannot be met, and the
+//! gateway's log names the request that failed and why.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Mesh};
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn log_of(mesh: &Mesh, proc: &str) -> String {
+    std::fs::read_to_string(mesh.dir.path().join(format!("{proc}.log"))).unwrap_or_default()
+}
+
+/// `git annex p2p --link` of `address`, which must fail; all it printed.
+fn link_fails(client: &Client, address: &str) -> String {
+    let mut child = client
+        .command(&["git", "annex", "p2p", "--link", "--name", "bad"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{address}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "linking {address} should fail:\n{}", text(&out));
+    text(&out)
+}
+
+#[test]
+fn a_reserve_no_node_can_keep_is_warned_about_and_shown_to_the_client() {
+    let mesh = Mesh::separate(3);
+    // The warning needs the nodes' free space, which their first heartbeat
+    // reports: ask again until it is known.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let warning = loop {
+        let out = mesh.admin(&["cluster", "reserve", "mesh", "100TB"]);
+        assert!(out.status.success(), "a reserve is set even when warned about: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if err.contains("warning:") || Instant::now() > deadline {
+            break err;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(warning.contains("reserve of 100.0 TB is more than any node has free"), "{warning}");
+
+    let client = Client::new();
+    client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
+    client.annex_file("a.bin", 1000, 1);
+    let out = client.run(&["git", "annex", "copy", "--to", "mesh", "a.bin"]);
+    assert!(!out.status.success(), "copy should fail:\n{}", text(&out));
+    let shown = text(&out);
+    assert!(shown.contains("reserve of 100.0 TB"), "the client is not told why:\n{shown}");
+    assert!(shown.contains("admin cluster reserve"), "nor what to do:\n{shown}");
+
+    // The gateway's log names the request and the reason.
+    let log = log_of(&mesh, "gateway");
+    let line = log
+        .lines()
+        .find(|l| l.contains("request failed") && l.contains("reserve of 100.0 TB"))
+        .unwrap_or_else(|| panic!("no failed request logged:\n{log}"));
+    assert!(line.contains("method=POST") && line.contains("status=503"), "{line}");
+    assert!(line.contains("path=/git-annex/"), "{line}");
+}
+
+#[test]
+fn min_copies_beyond_the_nodes_is_warned_about_and_shown_to_the_client() {
+    let mesh = Mesh::separate(3);
+    let out = mesh.admin(&["cluster", "mincopies", "mesh", "4"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: cluster mesh needs 4 copies but has 3 nodes"), "{err}");
+
+    let client = Client::new();
+    client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
+    client.annex_file("a.bin", 1000, 1);
+    let out = client.run(&["git", "annex", "copy", "--to", "mesh", "a.bin"]);
+    assert!(!out.status.success(), "copy should fail:\n{}", text(&out));
+    let shown = text(&out);
+    assert!(shown.contains("cluster mesh needs 4 copies but has 3 nodes"), "{shown}");
+    // Nothing was stored for a PUT that could not succeed.
+    assert!(
+        mesh.node_stores()
+            .iter()
+            .all(|s| common::objects_named(s, &client.key_of("a.bin")).is_empty())
+    );
+}
+
+#[test]
+fn a_wrong_name_in_a_p2p_address_is_not_taken_for_a_bad_token() {
+    let mesh = Mesh::separate(1);
+    let token = mesh.token(&[]);
+    let client = Client::new();
+    let shown = link_fails(&client, &format!("p2p-annex::annexmesh:{}/nosuch:{token}", mesh.p2p));
+    assert!(shown.contains("no cluster or node named \"nosuch\""), "{shown}");
+    assert!(!shown.contains("token"), "a wrong name looks like a bad token:\n{shown}");
+    let shown = link_fails(&client, &format!("p2p-annex::annexmesh:{}/mesh:wrongtoken", mesh.p2p));
+    assert!(shown.contains("did not accept the token"), "{shown}");
+    assert!(!shown.contains("no cluster or node named"), "{shown}");
+}
+
+#[test]
+fn a_wrong_name_in_a_url_says_so() {
+    let mesh = Mesh::separate(1);
+    let client = Client::new();
+    client.add_remote("nosuch", &format!("{}/nosuch", mesh.url()));
+    client.annex_file("a.bin", 1000, 1);
+    let out = client.run(&["git", "annex", "copy", "--to", "nosuch", "a.bin"]);
+    assert!(!out.status.success());
+    let shown = text(&out);
+    assert!(shown.contains("no cluster or node named \"nosuch\""), "{shown}");
+}
+
+#[test]
+fn a_refused_write_names_the_user_and_its_mode() {
+    let mut mesh = Mesh::separate(1);
+    mesh.restart_gateway_with(&["--auth-users"]);
+    let password = mesh.user("reader", &["--readonly"]);
+    let client = Client::new();
+    // git's credential store hands git-annex the user's password.
+    let store = client.path().join(".git").join("credentials");
+    std::fs::write(&store, format!("http://reader:{password}@{}\n", mesh.http)).unwrap();
+    let helper = format!("store --file={}", store.display());
+    client.ok(&["git", "config", "credential.helper", &helper]);
+    client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
+    client.annex_file("a.bin", 1000, 1);
+    let out = client.run(&["git", "annex", "copy", "--to", "mesh", "a.bin"]);
+    assert!(!out.status.success(), "a readonly user must not store:\n{}", text(&out));
+    let shown = text(&out);
+    assert!(shown.contains("user \"reader\" is readonly and may not store content"), "{shown}");
+}
