@@ -64,6 +64,23 @@ fn json_logs_parse_and_one_put_shares_its_trace_id_across_roles() {
         log_of(&mesh, "node1"),
         log_of(&mesh, "node2")
     );
+    // The gateway's call to each node runs in a span naming the node, inside
+    // the request's; the agent's handler names the key.
+    let node_call = gateway.iter().find(|l| {
+        l["span"]["name"] == "node" && l["span"]["op"] == "put" && trace_ids(l).contains(&trace)
+    });
+    let node_call = node_call
+        .unwrap_or_else(|| panic!("no node call of the PUT in:\n{}", log_of(&mesh, "gateway")));
+    assert!(
+        ["node1", "node2"].contains(&node_call["span"]["node"].as_str().unwrap_or_default()),
+        "{node_call}"
+    );
+    assert!(
+        same.iter().any(|l| l["span"]["name"] == "put"
+            && l["span"]["key"].as_str().is_some_and(|k| k.ends_with(".bin"))),
+        "no agent line in the put span with the key:\n{}",
+        log_of(&mesh, "node1")
+    );
     // The coordinator's placement call belongs to the same trace.
     let coordinator = json_lines(&mesh, "coordinator");
     assert!(

@@ -135,6 +135,7 @@ impl agent_server::Agent for AgentService {
         }))
     }
 
+    #[tracing::instrument(name = "checkpresent", skip_all, fields(node = %self.name, key = %req.get_ref().key))]
     async fn check_present(
         &self,
         req: Request<rpc::KeyRequest>,
@@ -153,6 +154,7 @@ impl agent_server::Agent for AgentService {
         self.serve_lock(req.into_inner()).await.map(Response::new)
     }
 
+    #[tracing::instrument(name = "remove", skip_all, fields(node = %self.name, key = %req.get_ref().key))]
     async fn remove(
         &self,
         req: Request<rpc::RemoveRequest>,
@@ -172,6 +174,7 @@ impl agent_server::Agent for AgentService {
         }))
     }
 
+    #[tracing::instrument(name = "putoffset", skip_all, fields(node = %self.name, key = %req.get_ref().key))]
     async fn put_offset(
         &self,
         req: Request<rpc::KeyRequest>,
@@ -179,6 +182,7 @@ impl agent_server::Agent for AgentService {
         self.serve_put_offset(&req.get_ref().key).await.map(Response::new)
     }
 
+    #[tracing::instrument(name = "put", skip_all, fields(node = %self.name, key = tracing::field::Empty))]
     async fn put(
         &self,
         req: Request<Streaming<rpc::PutRequest>>,
@@ -197,6 +201,7 @@ impl agent_server::Agent for AgentService {
 
     type GetStream = get::GetStream;
 
+    #[tracing::instrument(name = "get", skip_all, fields(node = %self.name, key = %req.get_ref().key))]
     async fn get(
         &self,
         req: Request<rpc::GetRequest>,
@@ -204,6 +209,7 @@ impl agent_server::Agent for AgentService {
         self.serve_get(req.into_inner()).await.map(Response::new)
     }
 
+    #[tracing::instrument(name = "replicate", skip_all, fields(node = %self.name, key = %req.get_ref().key))]
     async fn replicate(
         &self,
         req: Request<rpc::ReplicateRequest>,

@@ -49,6 +49,8 @@ impl AgentService {
             Some(rpc::PutRequest { msg: Some(put_request::Msg::Header(h)) }) => h,
             _ => return Err(Status::invalid_argument("put stream must start with a header")),
         };
+        // The upload's span (see `put`) learns its key from the header.
+        tracing::Span::current().record("key", header.key.as_str());
         let key = parse_key(&header.key)?;
         let _active = Active::enter(&self.active);
         if self.store.object_size(&key).await?.is_some() {
@@ -84,8 +86,11 @@ impl AgentService {
         let (chunks, rx) = mpsc::channel::<Upload>(WRITER_QUEUE);
         let (store, k, offset, length) =
             (self.store.clone(), key.clone(), header.offset, header.length);
-        let writer =
-            tokio::task::spawn_blocking(move || write_upload(&store, &k, offset, length, rx));
+        // The writer logs in the upload's span, on its own thread.
+        let span = tracing::Span::current();
+        let writer = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| write_upload(&store, &k, offset, length, rx))
+        });
         let refused = forward_chunks(key, header.length, stream, &chunks).await;
         // Without an end marker the writer keeps what it has for a resume.
         drop(chunks);

@@ -7,6 +7,7 @@ pub mod api;
 pub mod failures;
 pub mod grpc;
 pub mod metrics;
+mod traced;
 mod watch;
 
 use std::collections::{BTreeSet, HashMap};
@@ -279,7 +280,7 @@ impl Mesh {
         if let Some(link) = agents.get(&node.uuid).filter(|l| l.address == node.address) {
             return Ok(link.client.clone());
         }
-        let client = self.nodes.connect(node)?;
+        let client = traced::Traced::wrap(node, self.nodes.connect(node)?);
         let link = Link {
             address: node.address.clone(),
             client: client.clone(),
