@@ -385,3 +385,34 @@ fn the_dashboard_and_alert_rules_use_only_metrics_the_mesh_exports() {
         }
     }
 }
+
+#[test]
+fn a_coordinator_whose_store_stops_answering_reports_not_serving() {
+    let pg = common::pg::PgServer::start();
+    let url = pg.create_database();
+    let mesh = Mesh::separate_on_store(0, &[], false, HashMap::new(), Some(url));
+    let gateway = MemberFiles::read(&mesh.gateway_state("gateway"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probe = rt.block_on(async {
+        let probe = tls_channel(&mesh.coordinator, &gateway.ca, None, "coordinator.annexmesh")
+            .await
+            .unwrap();
+        wait_serving(&probe, "").await;
+        probe
+    });
+    // The database goes away: store reads fail, the coordinator says so.
+    drop(pg);
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = check(probe.clone(), "annexmesh.v1.Coordinator").await;
+            if matches!(status, Ok(ServingStatus::NotServing)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still {status:?} with its store stopped");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let log = std::fs::read_to_string(mesh.dir.path().join("coordinator.log")).unwrap();
+    assert!(log.contains("not serving"), "{log}");
+}
