@@ -39,8 +39,7 @@ impl Session<'_> {
             Service::ReceivePack => (GitService::ReceivePack, true),
         };
         if write && self.mode == Mode::ReadOnly {
-            let no = "this repository is read-only; git push denied";
-            conn.send(&Message::Error(no.into())).await?;
+            conn.send(&Message::Error(super::session::READ_ONLY_PUSH.into())).await?;
             return Ok(false);
         }
         let start = GitStart {

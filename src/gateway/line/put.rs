@@ -68,8 +68,7 @@ impl Session<'_> {
         key: &Key,
     ) -> Res<Option<Announced>> {
         if self.mode == Mode::ReadOnly {
-            let e = "this repository is read-only; write access denied";
-            conn.send(&Message::Error(e.into())).await?;
+            conn.send(&Message::Error(super::session::READ_ONLY_WRITE.into())).await?;
             return Ok(None);
         }
         let offset = match self.core.put_offset(&self.repo, key, file).await {

@@ -33,6 +33,20 @@ pub(super) struct Session<'a> {
     pub idle: std::time::Duration,
 }
 
+/// What a client with read-only access is told when it writes: what was
+/// refused, why, and how to get more access.
+pub(super) const READ_ONLY_WRITE: &str = "write access denied: this connection's access (its \
+     AUTH token, or anonymous access) is read-only; an operator can create a token that may \
+     store with `annexmesh admin token create --appendonly` (or without options for read-write)";
+/// The same for a removal with append-only access.
+pub(super) const APPEND_ONLY_REMOVE: &str = "removal denied: this connection's access (its AUTH \
+     token) is append-only; an operator can create a read-write token with `annexmesh admin \
+     token create`";
+/// The same for a push with read-only access.
+pub(super) const READ_ONLY_PUSH: &str = "git push denied: this connection's access (its AUTH \
+     token, or anonymous access) is read-only; an operator can create a token that may push \
+     with `annexmesh admin token create --appendonly`";
+
 pub(super) fn uuids(list: &[String]) -> Vec<Uuid> {
     list.iter().filter_map(|u| Uuid::new(u.as_str())).collect()
 }
@@ -198,12 +212,8 @@ impl<'a> Session<'a> {
         before: Option<u64>,
     ) -> Res<()> {
         let reply = match self.mode {
-            Mode::ReadOnly => {
-                Message::Error("this repository is read-only; write access denied".into())
-            }
-            Mode::AppendOnly => {
-                Message::Error("this repository is append-only; removal denied".into())
-            }
+            Mode::ReadOnly => Message::Error(READ_ONLY_WRITE.into()),
+            Mode::AppendOnly => Message::Error(APPEND_ONLY_REMOVE.into()),
             Mode::ReadWrite => match self.core.remove(&self.repo, &key, before).await {
                 Ok(out) => self.outcome(&out),
                 Err(e) => Self::error(e),

@@ -72,13 +72,16 @@ async fn access_modes_refuse_before_reaching_a_node() {
     let remove_before = format!("REMOVE-BEFORE 100 {KEY}\n");
     let (r, sent) = serve(Mode::ReadOnly, &format!("{put}{remove}{remove_before}")).await;
     assert!(r.is_ok(), "{r:?}");
-    assert_eq!(sent, vec!["ERROR this repository is read-only; write access denied"; 3]);
+    let write = format!("ERROR {}", super::session::READ_ONLY_WRITE);
+    assert_eq!(sent, vec![write.as_str(); 3]);
+    assert!(write.contains("read-only") && write.contains("admin token create"), "{write}");
     let (r, sent) = serve(Mode::ReadOnly, "CONNECT git-receive-pack\n").await;
     assert!(r.is_ok(), "{r:?}");
-    assert_eq!(sent, vec!["ERROR this repository is read-only; git push denied"]);
+    assert_eq!(sent, vec![format!("ERROR {}", super::session::READ_ONLY_PUSH)]);
     let (r, sent) = serve(Mode::AppendOnly, &format!("{remove}{remove_before}")).await;
     assert!(r.is_ok(), "{r:?}");
-    assert_eq!(sent, vec!["ERROR this repository is append-only; removal denied"; 2]);
+    let remove = format!("ERROR {}", super::session::APPEND_ONLY_REMOVE);
+    assert_eq!(sent, vec![remove.as_str(); 2]);
 }
 
 #[tokio::test]
