@@ -49,8 +49,12 @@ fn commit() {
     if let (Some(common), Some(head)) =
         (git(&["rev-parse", "--git-common-dir"]), git(&["symbolic-ref", "-q", "HEAD"]))
     {
-        println!("cargo:rerun-if-changed={common}/{head}");
-        println!("cargo:rerun-if-changed={common}/packed-refs");
+        // Only files that exist: a missing one would rerun this every build.
+        for file in [format!("{common}/{head}"), format!("{common}/packed-refs")] {
+            if std::path::Path::new(&file).exists() {
+                println!("cargo:rerun-if-changed={file}");
+            }
+        }
     }
     println!("cargo:rustc-env=ANNEXMESH_COMMIT={}", commit.unwrap_or_else(|| "unknown".into()));
 }

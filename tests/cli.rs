@@ -318,3 +318,18 @@ fn an_agent_on_every_address_needs_advertise() {
         assert!(err.contains("--advertise URL") && err.contains("every address"), "{err}");
     }
 }
+
+#[test]
+fn version_names_the_commit_built() {
+    let out = annexmesh().arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{version}");
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert!(!head.is_empty(), "not built from a git checkout");
+    assert_eq!(version.trim(), format!("annexmesh {} ({head})", env!("CARGO_PKG_VERSION")));
+}

@@ -136,3 +136,21 @@ fn a_refused_write_names_the_user_and_its_mode() {
     let shown = text(&out);
     assert!(shown.contains("user \"reader\" is readonly and may not store content"), "{shown}");
 }
+
+#[test]
+fn a_node_that_cannot_be_reached_is_named_with_its_address() {
+    let mut mesh = Mesh::separate(2);
+    mesh.admin_ok(&["cluster", "mincopies", "mesh", "1"]);
+    let client = Client::new();
+    client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
+    // Killed, the node still counts as up until its heartbeats are missed:
+    // the gateway tries it and must say whom it could not reach.
+    mesh.proc("node1").kill();
+    for i in 0..3 {
+        client.annex_file(&format!("f{i}.bin"), 1000, i);
+    }
+    let out = client.run(&["git", "annex", "copy", "--to", "mesh", "."]);
+    assert!(out.status.success(), "the other node stores:\n{}", text(&out));
+    let log = log_of(&mesh, "gateway");
+    assert!(log.contains("cannot reach node node1 at https://127.0.0.1:"), "{log}");
+}
