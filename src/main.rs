@@ -95,5 +95,11 @@ fn main() -> anyhow::Result<()> {
     // Each role has ended its own tasks by now; what is left (connections a
     // server let go of, blocking reads) must not hold the exit up.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    result
+    // One line with every cause, for the person who ran it; no backtrace
+    // even when RUST_BACKTRACE is set (ANNEXMESH_LOG=debug tells more).
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }

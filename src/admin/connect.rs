@@ -158,7 +158,11 @@ fn explain_one(url: &str, why: &str, ca: Option<&Path>) -> String {
             "{url} answers, but not as a gRPC server (is it the coordinator's --listen port? \
              7400 by default): {why}"
         )
-    } else if lower.contains("connection closed") || lower.contains("connection reset") {
+    } else if ["connection closed", "connection reset", "broken pipe", "stream closed"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        // Which of these a server that is not gRPC causes depends on timing.
         format!(
             "{url} closed the connection: not a gRPC server, or a TLS and plaintext mismatch \
              (is it the coordinator's --listen port? 7400 by default): {why}"
