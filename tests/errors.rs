@@ -34,6 +34,17 @@ fn link_fails(client: &Client, address: &str) -> String {
     text(&out)
 }
 
+/// A client with the mesh as remote `mesh` copies a new file there, which
+/// must fail; the client and all it printed.
+fn copy_fails(mesh: &Mesh) -> (Client, String) {
+    let client = Client::new();
+    client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
+    client.annex_file("a.bin", 1000, 1);
+    let out = client.run(&["git", "annex", "copy", "--to", "mesh", "a.bin"]);
+    assert!(!out.status.success(), "copy should fail:\n{}", text(&out));
+    (client, text(&out))
+}
+
 #[test]
 fn a_reserve_no_node_can_keep_is_warned_about_and_shown_to_the_client() {
     let mesh = Mesh::separate(3);
@@ -51,12 +62,7 @@ fn a_reserve_no_node_can_keep_is_warned_about_and_shown_to_the_client() {
     };
     assert!(warning.contains("reserve of 100.0 TB is more than any node has free"), "{warning}");
 
-    let client = Client::new();
-    client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
-    client.annex_file("a.bin", 1000, 1);
-    let out = client.run(&["git", "annex", "copy", "--to", "mesh", "a.bin"]);
-    assert!(!out.status.success(), "copy should fail:\n{}", text(&out));
-    let shown = text(&out);
+    let (_client, shown) = copy_fails(&mesh);
     assert!(shown.contains("reserve of 100.0 TB"), "the client is not told why:\n{shown}");
     assert!(shown.contains("admin cluster reserve"), "nor what to do:\n{shown}");
 
@@ -78,12 +84,7 @@ fn min_copies_beyond_the_nodes_is_warned_about_and_shown_to_the_client() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("warning: cluster mesh needs 4 copies but has 3 nodes"), "{err}");
 
-    let client = Client::new();
-    client.add_remote("mesh", &format!("{}/mesh", mesh.url()));
-    client.annex_file("a.bin", 1000, 1);
-    let out = client.run(&["git", "annex", "copy", "--to", "mesh", "a.bin"]);
-    assert!(!out.status.success(), "copy should fail:\n{}", text(&out));
-    let shown = text(&out);
+    let (client, shown) = copy_fails(&mesh);
     assert!(shown.contains("cluster mesh needs 4 copies but has 3 nodes"), "{shown}");
     // Nothing was stored for a PUT that could not succeed.
     assert!(

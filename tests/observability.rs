@@ -39,6 +39,12 @@ async fn wait_serving(channel: &Channel, service: &str) {
     }
 }
 
+/// The nodes of cluster `mesh`, from the admin API.
+async fn nodes_of(mesh: &Mesh) -> Vec<rpc::NodeInfo> {
+    let req = rpc::ListNodesRequest { cluster: "mesh".into() };
+    mesh.admin_client().await.list_nodes(req).await.unwrap().into_inner().nodes
+}
+
 /// The services a server lists over reflection (v1).
 async fn reflected(channel: Channel) -> Result<Vec<String>, tonic::Status> {
     let req = ServerReflectionRequest {
@@ -187,14 +193,7 @@ fn every_role_of_a_separate_mesh_answers_health_reflection_and_metrics() {
         for s in ["annexmesh.v1.Coordinator", "annexmesh.v1.Admin", "grpc.health.v1.Health"] {
             assert!(services.iter().any(|x| x == s), "{s} not in {services:?}");
         }
-        let nodes = mesh
-            .admin_client()
-            .await
-            .list_nodes(rpc::ListNodesRequest { cluster: "mesh".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .nodes;
+        let nodes = nodes_of(&mesh).await;
         assert_eq!(nodes.len(), 2);
         for n in &nodes {
             let domain = format!("{}.agent.annexmesh", n.uuid);
@@ -279,14 +278,7 @@ fn annexmesh_up_serves_every_role_s_health_and_metrics() {
         .unwrap();
         let services = reflected(member).await.unwrap();
         assert!(services.iter().any(|s| s == "annexmesh.v1.Coordinator"), "{services:?}");
-        let nodes = mesh
-            .admin_client()
-            .await
-            .list_nodes(rpc::ListNodesRequest { cluster: "mesh".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .nodes;
+        let nodes = nodes_of(&mesh).await;
         assert_eq!(nodes.len(), 3);
         for n in &nodes {
             let domain = format!("{}.agent.annexmesh", n.uuid);
