@@ -103,7 +103,10 @@ fn json_output_of_every_admin_command_parses() {
 
     // migrate-store needs the coordinator stopped.
     mesh.proc("coordinator").stop();
-    let from = format!("redb:{}", mesh.dir.path().join("coordinator").display());
+    let from = mesh
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("redb:{}", mesh.dir.path().join("coordinator").display()));
     let to = format!("redb:{}", mesh.dir.path().join("copy").display());
     let out = annexmesh()
         .args(["admin", "--json", "migrate-store", "--from", &from, "--to", &to])
