@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
-
 use common::{Client, Mesh, objects_named};
 use sha2::{Digest, Sha256};
 
@@ -103,16 +100,8 @@ fn p2p_annex_remote_copy_get_drop_and_testremote() {
     let client = Client::new();
 
     // A wrong token is refused, and no remote is added.
-    let mut child = client
-        .command(&["git", "annex", "p2p", "--link", "--name", "bad"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "p2p-annex::annexmesh:{}/mesh:wrongtoken", mesh.p2p)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = client
+        .p2p_link_output("bad", &format!("p2p-annex::annexmesh:{}/mesh:wrongtoken", mesh.p2p));
     assert!(!out.status.success(), "a wrong token must not link");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("authenticate"),

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{Client, Mesh};
@@ -21,15 +20,7 @@ fn log_of(mesh: &Mesh, proc: &str) -> String {
 
 /// `git annex p2p --link` of `address`, which must fail; all it printed.
 fn link_fails(client: &Client, address: &str) -> String {
-    let mut child = client
-        .command(&["git", "annex", "p2p", "--link", "--name", "bad"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{address}").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = client.p2p_link_output("bad", address);
     assert!(!out.status.success(), "linking {address} should fail:\n{}", text(&out));
     text(&out)
 }

@@ -31,20 +31,9 @@ impl Out {
     }
 }
 
-/// A size as people read it: bytes below 1 KiB, else KiB, MiB, GiB... with
-/// one decimal.
+/// A size in binary units (KiB, MiB, …).
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    crate::preferred::format_size(n, true)
 }
 
 /// How long ago, in the largest whole unit: "3s ago", "5m ago", "2h ago",

@@ -91,23 +91,9 @@ fn describe(n: &NoTarget) -> String {
     text
 }
 
-/// `bytes` in the largest decimal unit that keeps it at least 1, as
-/// git-annex shows sizes.
+/// A size in the decimal units `--reserve` takes.
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
-    if bytes < 1000 {
-        return format!("{bytes} bytes");
-    }
-    let mut v = bytes as f64;
-    let mut unit = "";
-    for u in UNITS {
-        if v < 1000.0 {
-            break;
-        }
-        v /= 1000.0;
-        unit = u;
-    }
-    format!("{v:.1} {unit}")
+    crate::preferred::format_size(bytes, false)
 }
 
 /// Why `c` cannot take a key of `size` bytes, if it cannot.

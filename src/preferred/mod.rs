@@ -59,7 +59,7 @@ use crate::p2p::key::Key;
 
 pub use glob::Glob;
 pub use parse::{MAX_DEPTH, MAX_LEN, MAX_TERMS, ParseError};
-pub use size::parse_size;
+pub use size::{format_size, parse_size};
 
 /// What an expression is evaluated against.
 #[derive(Debug, Clone, Copy)]

@@ -49,6 +49,27 @@ fn unit_bytes(name: &str) -> Option<f64> {
         .map(|u| u.0)
 }
 
+/// A size as people read it, to one decimal: in decimal units (kB, MB, …,
+/// as `--reserve` and git-annex take them) or, with `binary`, in KiB,
+/// MiB, ….
+pub fn format_size(bytes: u64, binary: bool) -> String {
+    let (step, units, small) = if binary {
+        (1024.0, ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"], "B")
+    } else {
+        (1000.0, ["kB", "MB", "GB", "TB", "PB", "EB"], "bytes")
+    };
+    if (bytes as f64) < step {
+        return format!("{bytes} {small}");
+    }
+    let mut v = bytes as f64 / step;
+    let mut i = 0;
+    while v >= step && i + 1 < units.len() {
+        v /= step;
+        i += 1;
+    }
+    format!("{v:.1} {}", units[i])
+}
+
 /// Parses a size as git-annex's `readSize dataUnits` does: "100", "1MB",
 /// "500kb", "2GiB", "0.5 gb", "100 kilobytes".
 pub fn parse_size(s: &str) -> Result<u64, String> {

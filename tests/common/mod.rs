@@ -1206,8 +1206,8 @@ impl Client {
     }
 
     /// `git annex p2p --link --name NAME`, answering its address prompt on
-    /// stdin; returns what it printed.
-    pub fn p2p_link(&self, name: &str, address: &str) -> String {
+    /// stdin, whether it succeeds or not.
+    pub fn p2p_link_output(&self, name: &str, address: &str) -> Output {
         use std::io::Write;
         let mut child = self
             .command(&["git", "annex", "p2p", "--link", "--name", name])
@@ -1217,7 +1217,12 @@ impl Client {
             .spawn()
             .unwrap();
         writeln!(child.stdin.take().unwrap(), "{address}").unwrap();
-        let out = child.wait_with_output().unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// `p2p_link_output`, which must succeed; what it printed.
+    pub fn p2p_link(&self, name: &str, address: &str) -> String {
+        let out = self.p2p_link_output(name, address);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
