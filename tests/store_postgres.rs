@@ -178,7 +178,7 @@ async fn registering_again_and_settings_behave_as_in_the_embedded_store() {
     );
     assert_eq!(
         s.cluster_settings().await.unwrap().get("c"),
-        Some(&ClusterSettings { min_copies: Some(3), reserve_bytes: Some(5) })
+        Some(&ClusterSettings { min_copies: Some(3), reserve_bytes: Some(5), replication: None })
     );
 }
 

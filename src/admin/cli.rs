@@ -144,6 +144,23 @@ pub enum ClusterCommand {
         /// The new reserve; without it, prints the current one.
         size: Option<String>,
     },
+    /// Show or set how PUTs reach the cluster's nodes: `fanout` (the gateway
+    /// sends a copy to every node at once) or `chain` (the gateway sends one
+    /// copy to the first node, which stores it while forwarding it to the
+    /// next, and so on: the gateway's link carries the content once).
+    Replication {
+        /// Cluster name or UUID.
+        cluster: String,
+        /// The new mode; without it, prints the current one.
+        mode: Option<ReplicationArg>,
+    },
+}
+
+/// `admin cluster replication`'s modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplicationArg {
+    Fanout,
+    Chain,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,9 +1,9 @@
-//! `annexmesh admin cluster ...`: create, list, delete, minimum copies and
-//! space reserve.
+//! `annexmesh admin cluster ...`: create, list, delete, minimum copies,
+//! space reserve and replication.
 
 use serde_json::{Value, json};
 
-use super::cli::ClusterCommand;
+use super::cli::{ClusterCommand, ReplicationArg};
 use super::connect::Client;
 use super::output::{Out, Table, human_bytes};
 use super::{find_cluster, status};
@@ -17,7 +17,17 @@ pub(super) fn cluster_json(c: &rpc::ClusterInfo) -> Value {
         "min_copies": c.min_copies,
         "reserve_bytes": c.reserve_bytes,
         "reserve_default": c.reserve_default,
+        "replication": replication_name(c),
     })
+}
+
+/// The cluster's replication as the CLI names it.
+pub(super) fn replication_name(c: &rpc::ClusterInfo) -> &'static str {
+    match rpc::Replication::try_from(c.replication) {
+        Ok(rpc::Replication::Chain) => "chain",
+        Ok(rpc::Replication::Fanout) => "fanout",
+        Err(_) => "unknown",
+    }
 }
 
 /// The reserve for people.
@@ -28,7 +38,7 @@ pub(super) fn reserve(c: &rpc::ClusterInfo) -> String {
 
 /// The clusters' table for people; `nodes` counts each one's live nodes.
 pub(super) fn table(clusters: &[rpc::ClusterInfo], nodes: &[rpc::NodeInfo]) -> String {
-    let mut t = Table::new(&["NAME", "UUID", "NODES", "MINCOPIES", "RESERVE"]);
+    let mut t = Table::new(&["NAME", "UUID", "NODES", "MINCOPIES", "RESERVE", "REPLICATION"]);
     for c in clusters {
         let n = nodes.iter().filter(|n| n.cluster_uuid == c.uuid && !n.removed).count();
         t.row(vec![
@@ -37,6 +47,7 @@ pub(super) fn table(clusters: &[rpc::ClusterInfo], nodes: &[rpc::NodeInfo]) -> S
             n.to_string(),
             c.min_copies.to_string(),
             reserve(c),
+            replication_name(c).to_string(),
         ]);
     }
     t.render()
@@ -111,6 +122,20 @@ pub(super) async fn run(c: &mut Client, out: Out, cmd: ClusterCommand) -> anyhow
                 None => find_cluster(c, &cluster).await?,
             };
             out.either(cluster_json(&info), || reserve(&info));
+        }
+        ClusterCommand::Replication { cluster, mode } => {
+            let info = match mode {
+                Some(mode) => {
+                    let replication = match mode {
+                        ReplicationArg::Fanout => rpc::Replication::Fanout,
+                        ReplicationArg::Chain => rpc::Replication::Chain,
+                    } as i32;
+                    let req = rpc::SetClusterReplicationRequest { cluster, replication };
+                    c.set_cluster_replication(req).await.map_err(status)?.into_inner()
+                }
+                None => find_cluster(c, &cluster).await?,
+            };
+            out.either(cluster_json(&info), || replication_name(&info).to_string());
         }
     }
     Ok(())

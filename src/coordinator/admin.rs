@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::core::Core;
 use super::repair::{PassRequest, Repairer};
-use super::store::{Cluster, Created, Node, NodeSettings, Removal, Revoked, Token};
+use super::store::{Cluster, Created, Node, NodeSettings, Removal, Replication, Revoked, Token};
 use super::validate::valid_token_sha256;
 use super::validate::{valid_key, valid_name, valid_token_id, valid_token_label};
 use crate::auth::Mode;
@@ -311,6 +311,25 @@ impl admin_server::Admin for AdminService {
         let warning = super::validate::settings_warning(&self.core, &c, None, reserve).await?;
         let reply = Response::new(self.core.cluster_info(&c, Some(&settings)));
         Ok(super::validate::with_warning(reply, warning))
+    }
+
+    async fn set_cluster_replication(
+        &self,
+        req: Request<rpc::SetClusterReplicationRequest>,
+    ) -> Result<Response<rpc::ClusterInfo>, Status> {
+        let r = req.into_inner();
+        let c = self.find_cluster(&r.cluster).await?;
+        let mode = rpc::Replication::try_from(r.replication).map_err(|_| {
+            Status::invalid_argument(format!("unknown replication {}", r.replication))
+        })?;
+        let mode = Replication::from_rpc(mode);
+        let settings = self
+            .core
+            .store
+            .update_cluster_settings(&c.uuid, move |s| s.replication = Some(mode))
+            .await?;
+        info!(cluster = %c.name, replication = ?mode, "replication set");
+        Ok(Response::new(self.core.cluster_info(&c, Some(&settings))))
     }
 
     async fn set_node_cost(

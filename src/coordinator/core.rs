@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use tonic::Status;
 
 use super::health::HealthBoard;
-use super::store::{Cluster, ClusterSettings, DEFAULT_NODE_COST, Node, NodeSettings};
+use super::store::{
+    Cluster, ClusterSettings, DEFAULT_NODE_COST, DEFAULT_REPLICATION, Node, NodeSettings,
+};
 use super::store::{Store, StoreError};
 use crate::preferred::{self, Expr};
 use crate::rpc;
@@ -146,6 +148,10 @@ impl Core {
             min_copies: settings.and_then(|s| s.min_copies).unwrap_or(1),
             reserve_bytes: reserve.unwrap_or(self.reserve_default),
             reserve_default: reserve.is_none(),
+            replication: settings
+                .and_then(|s| s.replication)
+                .unwrap_or(DEFAULT_REPLICATION)
+                .to_rpc() as i32,
         }
     }
 

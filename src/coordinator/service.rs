@@ -14,7 +14,7 @@ use super::git::serve::{GitLimits, GitServer};
 use super::health::{Failure, StoreCheck};
 use super::identity;
 use super::placement::{self, Candidate};
-use super::store::{Node, NodeSettings, Registration};
+use super::store::{DEFAULT_REPLICATION, Node, NodeSettings, Registration};
 use super::validate::{valid_key, valid_name, valid_token_sha256, valid_uuid};
 use crate::preferred::Expr;
 use crate::rpc::{self, coordinator_server};
@@ -275,6 +275,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(rpc::PlanPutReply {
             node_uuids: plan.targets,
             min_copies: cs.min_copies.unwrap_or(1),
+            replication: cs.replication.unwrap_or(DEFAULT_REPLICATION).to_rpc() as i32,
         }))
     }
 

@@ -2,6 +2,7 @@
 //! trait impl here only delegates: uploads are served by `put`, downloads
 //! by `get`, content locks and removal by `lock`.
 
+mod chain;
 mod get;
 mod list;
 mod lock;

@@ -53,8 +53,13 @@ impl AgentService {
         tracing::Span::current().record("key", header.key.as_str());
         let key = parse_key(&header.key)?;
         let _active = Active::enter(&self.active);
+        // A chain, or its last node: fed by the node before it, maybe from
+        // before its own resume offset.
+        if !header.chain.is_empty() || header.forwarded || header.resume_at > header.offset {
+            return self.serve_chain_put(key, header, &mut stream).await;
+        }
         if self.store.object_size(&key).await?.is_some() {
-            return Ok(rpc::PutReply { stored: true, error: String::new() });
+            return Ok(rpc::PutReply { stored: true, ..Default::default() });
         }
         if header.data_present {
             return Ok(put_failed(format!("{key} is not present here")));
@@ -88,33 +93,45 @@ impl AgentService {
             (self.store.clone(), key.clone(), header.offset, header.length);
         // The writer logs in the upload's span, on its own thread.
         let span = tracing::Span::current();
+        if offset > 0 {
+            info!(%key, offset, "upload resumes");
+        }
         let writer = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| write_upload(&store, &k, offset, length, rx))
+            span.in_scope(|| write_upload(&store, &k, offset, length, rx, None))
         });
         let refused = forward_chunks(key, header.length, stream, &chunks).await;
         // Without an end marker the writer keeps what it has for a resume.
         drop(chunks);
-        let reply = writer
-            .await
-            .map_err(|e| Status::internal(format!("writer failed: {e}")))?
-            .map_err(|s| match s.code() {
-                // The gateway passes this to the client: say which node is full.
-                tonic::Code::ResourceExhausted => {
-                    warn!(%key, node = %self.name, "{}", s.message());
-                    Status::resource_exhausted(format!("{}: {}", self.name, s.message()))
-                }
-                _ => s,
-            })?;
+        let written = writer.await.map_err(|e| Status::internal(format!("writer failed: {e}")));
+        let reply = self.own_outcome(key, written.and_then(|r| r))?;
+        match refused {
+            Some(status) => Err(status),
+            None => Ok(reply),
+        }
+    }
+
+    /// The writer's result as the sender hears it: a full disk names this
+    /// node, and a stored object counts as verified.
+    pub(super) fn own_outcome(
+        &self,
+        key: &Key,
+        written: Result<rpc::PutReply, Status>,
+    ) -> Result<rpc::PutReply, Status> {
+        let reply = written.map_err(|s| match s.code() {
+            // The gateway passes this to the client: say which node is full.
+            tonic::Code::ResourceExhausted => {
+                warn!(%key, node = %self.name, "{}", s.message());
+                Status::resource_exhausted(format!("{}: {}", self.name, s.message()))
+            }
+            _ => s,
+        })?;
         if reply.stored {
             // The writer verified the checksum: the new object is verified.
             if let Ok(m) = std::fs::metadata(self.store.object_path(key)) {
                 self.integrity.record_verified(key, &m);
             }
         }
-        match refused {
-            Some(status) => Err(status),
-            None => Ok(reply),
-        }
+        Ok(reply)
     }
 }
 
@@ -174,13 +191,15 @@ pub(super) enum Upload {
 /// goes (a resumed upload first hashes what is already there, since the
 /// checksum covers the whole object), then, on a valid end marker and a
 /// matching checksum, commits it as the object. When the chunks stop without
-/// an end marker the partial file stays for a resume.
+/// an end marker the partial file stays for a resume. `written`, when given,
+/// follows how far the file is written (a chain forwards from it).
 pub(super) fn write_upload(
     store: &Store,
     key: &Key,
     offset: u64,
     length: u64,
     mut chunks: mpsc::Receiver<Upload>,
+    written: Option<tokio::sync::watch::Sender<u64>>,
 ) -> Result<rpc::PutReply, Status> {
     use std::io::Write;
     let (mut file, mut verifier) = resume_partial(store, key, offset)?;
@@ -198,10 +217,13 @@ pub(super) fn write_upload(
                     v.update(&chunk);
                 }
                 received += chunk.len() as u64;
-                let written = offset + received;
-                if written - writeback_from >= WRITEBACK_STEP {
-                    Store::start_writeback(fd, writeback_from, written - writeback_from);
-                    writeback_from = written;
+                let at = offset + received;
+                if let Some(w) = &written {
+                    w.send_replace(at);
+                }
+                if at - writeback_from >= WRITEBACK_STEP {
+                    Store::start_writeback(fd, writeback_from, at - writeback_from);
+                    writeback_from = at;
                 }
             }
             Upload::End { valid } => {
@@ -238,7 +260,7 @@ pub(super) fn write_upload(
                 });
             }
             info!(%key, commit = ?t.elapsed(), "stored");
-            return Ok(rpc::PutReply { stored: true, error: String::new() });
+            return Ok(rpc::PutReply { stored: true, ..Default::default() });
         }
     };
     drop(file);
@@ -311,7 +333,7 @@ fn is_no_space(e: &std::io::Error) -> bool {
 }
 
 fn put_failed(error: String) -> rpc::PutReply {
-    rpc::PutReply { stored: false, error }
+    rpc::PutReply { stored: false, error, chain: vec![] }
 }
 
 #[cfg(test)]
@@ -337,7 +359,7 @@ mod tests {
             tx.try_send(m).unwrap_or_else(|_| panic!("queue full"));
         }
         drop(tx);
-        write_upload(store, key, offset, length, rx)
+        write_upload(store, key, offset, length, rx, None)
     }
 
     fn data(d: &[u8]) -> Upload {

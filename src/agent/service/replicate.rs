@@ -114,7 +114,7 @@ impl AgentService {
         let (chunks, rx) = mpsc::channel::<Upload>(WRITER_QUEUE);
         let (store, k) = (self.store.clone(), key.clone());
         let writer =
-            tokio::task::spawn_blocking(move || write_upload(&store, &k, offset, length, rx));
+            tokio::task::spawn_blocking(move || write_upload(&store, &k, offset, length, rx, None));
         let forwarded = forward(&mut stream, &chunks).await;
         // Without an end marker the writer keeps the partial for a resume.
         drop(chunks);

@@ -42,7 +42,9 @@ pub use registry::{
     Cluster, ClusterDeletion, Node, Registration, is_cluster_uuid, new_cluster_uuid,
 };
 pub use removal::{Removal, RemovedNode};
-pub use settings::{ClusterSettings, DEFAULT_NODE_COST, NodeSettings};
+pub use settings::{
+    ClusterSettings, DEFAULT_NODE_COST, DEFAULT_REPLICATION, NodeSettings, Replication,
+};
 pub use tokens::{Created, Revoked, Token};
 
 pub use embedded::{FILE as REDB_FILE, Redb};

@@ -36,6 +36,38 @@ pub struct ClusterSettings {
     /// Free space a PUT must leave on a node; None means the coordinator's
     /// default.
     pub reserve_bytes: Option<u64>,
+    /// How PUTs reach the nodes; None means [`DEFAULT_REPLICATION`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<Replication>,
+}
+
+/// How a PUT's content reaches the nodes that store it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// The gateway sends a copy to every target at once.
+    Fanout,
+    /// The gateway sends one copy down a chain of the targets.
+    Chain,
+}
+
+/// A cluster's replication when operators set none.
+pub const DEFAULT_REPLICATION: Replication = Replication::Fanout;
+
+impl Replication {
+    pub fn to_rpc(self) -> crate::rpc::Replication {
+        match self {
+            Replication::Fanout => crate::rpc::Replication::Fanout,
+            Replication::Chain => crate::rpc::Replication::Chain,
+        }
+    }
+
+    pub fn from_rpc(r: crate::rpc::Replication) -> Self {
+        match r {
+            crate::rpc::Replication::Fanout => Replication::Fanout,
+            crate::rpc::Replication::Chain => Replication::Chain,
+        }
+    }
 }
 
 type Settings = TableDefinition<'static, &'static str, &'static str>;
@@ -149,7 +181,11 @@ mod tests {
         );
         assert_eq!(
             s.cluster_settings().unwrap().get("c"),
-            Some(&ClusterSettings { min_copies: Some(3), reserve_bytes: Some(5) })
+            Some(&ClusterSettings {
+                min_copies: Some(3),
+                reserve_bytes: Some(5),
+                replication: None
+            })
         );
         let set = s.update_node_settings("n1", |n| n.draining = false).await.unwrap();
         assert_eq!(set.wanted.as_deref(), Some("largerthan=1MB"));

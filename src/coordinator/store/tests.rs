@@ -76,7 +76,7 @@ async fn an_existing_data_directory_opens_and_reads_as_before() {
         );
         assert_eq!(
             s.cluster_settings().unwrap()["c1"],
-            ClusterSettings { min_copies: Some(2), reserve_bytes: None }
+            ClusterSettings { min_copies: Some(2), ..Default::default() }
         );
         assert_eq!(
             s.token(&hash).unwrap(),

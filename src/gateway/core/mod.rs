@@ -9,6 +9,7 @@
 //! - `present`: CHECKPRESENT and LOCKCONTENT; `remove`: REMOVE(-BEFORE)
 //!   and the cluster clock.
 
+mod chain;
 mod get;
 mod locations;
 mod present;

@@ -47,30 +47,34 @@ pub enum TargetState {
 struct Targets {
     nodes: Vec<rpc::NodeInfo>,
     min_copies: usize,
+    /// The cluster replicates through a chain of its nodes.
+    chain: bool,
 }
 
 /// One target being fed the client's data.
-struct Feed {
-    node: rpc::NodeInfo,
+pub(super) struct Feed {
+    pub(super) node: rpc::NodeInfo,
     /// Bytes of the client's stream this node already holds.
-    skip: u64,
-    tx: Option<mpsc::Sender<rpc::PutRequest>>,
+    pub(super) skip: u64,
+    pub(super) tx: Option<mpsc::Sender<rpc::PutRequest>>,
     /// Why the target was dropped mid-PUT (it made no progress).
-    stalled: Option<String>,
+    pub(super) stalled: Option<String>,
     /// None when the gateway stopped before the agent answered.
-    call: tokio::task::JoinHandle<Option<std::result::Result<rpc::PutReply, Status>>>,
+    pub(super) call: tokio::task::JoinHandle<Option<std::result::Result<rpc::PutReply, Status>>>,
+    /// The head of a chain: the nodes it forwards to, in order.
+    pub(super) chain: Vec<rpc::NodeInfo>,
 }
 
 /// How the nodes of one PUT ended up.
 #[derive(Default)]
-struct Tally {
-    stored: Vec<String>,
-    failed: Vec<String>,
+pub(super) struct Tally {
+    pub(super) stored: Vec<String>,
+    pub(super) failed: Vec<String>,
     /// The failures that were a full disk (also in `failed`).
     no_space: Vec<String>,
     /// Targets that failed through no fault of the client's data: reported
     /// to the coordinator once the PUT is over.
-    faulty: Vec<(rpc::NodeInfo, String)>,
+    pub(super) faulty: Vec<(rpc::NodeInfo, String)>,
 }
 
 /// What came of the client's body.
@@ -85,7 +89,7 @@ impl Core {
     /// PUT to succeed.
     async fn put_targets(&self, repo: &Repo, key: &Key, file: Option<&str>) -> Result<Targets> {
         let Repo::Cluster { uuid, .. } = repo else {
-            return Ok(Targets { nodes: repo.nodes(), min_copies: 1 });
+            return Ok(Targets { nodes: repo.nodes(), min_copies: 1, chain: false });
         };
         let req = rpc::PlanPutRequest {
             cluster_uuid: uuid.clone(),
@@ -102,7 +106,8 @@ impl Core {
         let nodes = repo.nodes();
         let nodes = if known(&nodes) { nodes } else { self.mesh.fresh(repo).await.nodes() };
         let nodes = nodes.into_iter().filter(|n| planned.contains(&n.uuid)).collect();
-        Ok(Targets { nodes, min_copies: (plan.min_copies as usize).max(1) })
+        let chain = plan.replication == rpc::Replication::Chain as i32;
+        Ok(Targets { nodes, min_copies: (plan.min_copies as usize).max(1), chain })
     }
 
     /// Each target's state, asked in parallel.
@@ -188,7 +193,7 @@ impl Core {
         let targets = self.put_targets(req.repo, key, req.file).await?;
         let states = self.target_states(&targets.nodes, key).await;
         let placed = started.elapsed();
-        let (mut tally, mut feeds) = self.open_feeds(&req, states).await?;
+        let (mut tally, mut feeds) = self.open_feeds(&req, states, targets.chain).await?;
         let body = if feeds.is_empty() || req.data_present {
             Body { received: 0, broken: None }
         } else {
@@ -230,16 +235,25 @@ impl Core {
         Outcome { ok: false, plus: Self::plus(repo, tally.stored), error, no_space: None }
     }
 
-    /// Starts an upload on every target that wants the content; the others
-    /// are counted as stored or failed already.
+    /// Starts an upload on every target that wants the content (or one
+    /// through all of them, in `chain` mode); the others are counted as
+    /// stored or failed already.
     async fn open_feeds(
         &self,
         req: &PutRequest<'_>,
         states: Vec<(rpc::NodeInfo, TargetState)>,
+        chain: bool,
     ) -> Result<(Tally, Vec<Feed>)> {
         let mut tally = Tally::default();
         let mut feeds = Vec::new();
+        let chained = if chain { self.open_chain(req, &states).await? } else { None };
+        if let Some(feed) = chained {
+            feeds.push(feed);
+        }
         for (node, state) in states {
+            if feeds.iter().any(|f| f.node.uuid == node.uuid || f.chain.contains(&node)) {
+                continue;
+            }
             match state {
                 TargetState::Has => tally.stored.push(node.uuid.clone()),
                 TargetState::Unreachable => {
@@ -270,12 +284,12 @@ impl Core {
             offset: own,
             associated_file: req.file.unwrap_or_default().to_string(),
             length: length - (own - offset),
-            data_present: false,
+            ..Default::default()
         };
         let client = self.mesh.agent(&node).map_err(|s| unavailable(&node.name, s))?;
         let _ = tx.send(rpc::PutRequest { msg: Some(put_request::Msg::Header(header)) }).await;
         let call = self.tasks.spawn(client.put(rx));
-        Ok(Feed { node, skip: own - offset, tx: Some(tx), stalled: None, call })
+        Ok(Feed { node, skip: own - offset, tx: Some(tx), stalled: None, call, chain: vec![] })
     }
 
     /// Reads the client's body and fans it out, coalescing small reads into
@@ -405,8 +419,9 @@ async fn send_or_stall(
 /// is not waited for; the others get the node deadline plus the stall
 /// timeout to drain what is queued for them and answer.
 async fn collect(feeds: Vec<Feed>, tally: &mut Tally) {
-    let limit = call_limits().node + stall();
     let answers = feeds.into_iter().map(|mut f| async move {
+        // A chain's head answers once every node after it has.
+        let limit = call_limits().node + stall() * (1 + f.chain.len() as u32);
         if f.stalled.is_some() {
             f.call.abort();
             return (f, None);
@@ -417,7 +432,16 @@ async fn collect(feeds: Vec<Feed>, tally: &mut Tally) {
         }
         (f, Some(r))
     });
-    for (f, r) in join_all(answers).await {
+    for (mut f, r) in join_all(answers).await {
+        let chain = std::mem::take(&mut f.chain);
+        if !chain.is_empty() {
+            let results = match &r {
+                Some(Ok(Ok(Some(Ok(reply))))) => Some(reply.chain.clone()),
+                _ => None,
+            };
+            super::chain::tally_chain(tally, &chain, results, &f.node.name);
+        }
+        let limit = call_limits().node + stall() * (1 + chain.len() as u32);
         let r = match (r, &f.stalled) {
             (_, Some(why)) => {
                 warn!(node = %f.node.name, "put target stalled: {why}");

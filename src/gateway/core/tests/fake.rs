@@ -188,10 +188,10 @@ impl FakeNode {
             _ if size.is_some_and(|s| s != data.len() as u64) => "the content has the wrong size",
             _ => {
                 self.content.lock().unwrap().insert(h.key, data.into());
-                return Ok(rpc::PutReply { stored: true, error: String::new() });
+                return Ok(rpc::PutReply { stored: true, ..Default::default() });
             }
         };
-        Ok(rpc::PutReply { stored: false, error: error.into() })
+        Ok(rpc::PutReply { stored: false, error: error.into(), chain: vec![] })
     }
 }
 
@@ -346,7 +346,9 @@ impl Control for FakeControl {
 
     fn plan_put(&self, _: rpc::PlanPutRequest) -> BoxFuture<'_, Result<rpc::PlanPutReply, Status>> {
         let (node_uuids, min_copies) = self.plan.clone();
-        Box::pin(async move { Ok(rpc::PlanPutReply { node_uuids, min_copies }) })
+        Box::pin(
+            async move { Ok(rpc::PlanPutReply { node_uuids, min_copies, ..Default::default() }) },
+        )
     }
 
     fn cluster_timestamp(&self, _: String) -> BoxFuture<'_, Result<rpc::TimestampReply, Status>> {
