@@ -748,3 +748,35 @@ fn an_open_connection_sees_the_topology_change() {
     let (got, validity) = p.get(&key, 0, 4);
     assert!(got == data && validity.as_deref() == Some("VALID"));
 }
+
+#[test]
+fn a_chain_waits_out_a_client_that_pauses_mid_upload() {
+    let mut mesh = Mesh::separate(3);
+    // Short stall limits down the chain: 1 s at the head, 0.5 s after it.
+    mesh.restart_gateway_with(&["--wideopen", "--stall-timeout", "2s"]);
+    mesh.admin_ok(&["cluster", "replication", "mesh", "chain"]);
+    let token = mesh.token(&[]);
+    let data = content(3 << 20, 9);
+    let key = key_for(&data);
+    let (mut p, _) = Peer::open(&mesh, &token, Some("mesh"), 4);
+    p.send(&format!("PUT file.bin {key}"));
+    assert_eq!(p.line(), "PUT-FROM 0");
+    p.send(&format!("DATA {}", data.len()));
+    p.send_bytes(&data[..1 << 20]);
+    // The client goes quiet for several times every node's limit: the nodes
+    // keep each other alive and nobody is cut out.
+    std::thread::sleep(Duration::from_secs(4));
+    p.send_bytes(&data[1 << 20..]);
+    p.send("VALID");
+    let reply = p.line();
+    let plus = reply.strip_prefix("SUCCESS-PLUS ").unwrap_or_else(|| panic!("{reply}"));
+    assert_eq!(plus.split_whitespace().count(), 3, "{reply}");
+    assert_eq!(stored_on(&mesh, &key), 3);
+    for n in ["node1", "node2", "node3"] {
+        let log = std::fs::read_to_string(mesh.dir.path().join(format!("{n}.log"))).unwrap();
+        assert!(
+            !log.contains("cut out of the chain") && !log.contains("sent nothing"),
+            "{n}:\n{log}"
+        );
+    }
+}

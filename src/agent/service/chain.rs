@@ -207,18 +207,27 @@ async fn receive(
 ) -> Option<Status> {
     let resume = *source.written.borrow();
     let mut pos = source.start;
+    // An idle sender sends an empty chunk this often (see `forwarded`).
+    let beat = heartbeat(source.stall);
+    let mut quiet = Duration::ZERO;
     loop {
-        let next = stream.message();
-        let msg = if forwarded {
-            match tokio::time::timeout(source.stall * 2, next).await {
-                Ok(m) => m,
-                Err(_) => {
-                    warn!(key = %source.key, at = pos, "the node before this one sent nothing for {:.1} s; upload ended, partial kept", (source.stall * 2).as_secs_f64());
+        let msg = match tokio::time::timeout(beat, stream.message()).await {
+            Ok(m) => {
+                quiet = Duration::ZERO;
+                m
+            }
+            Err(_) => {
+                quiet += beat;
+                if forwarded && quiet >= source.stall * 2 {
+                    let secs = quiet.as_secs_f64();
+                    warn!(key = %source.key, at = pos, "the node before this one sent nothing for {secs:.1} s; upload ended, partial kept");
                     return None;
                 }
+                // Nothing to pass on yet (the sender is waiting for its
+                // own data): tell the next node this one is alive.
+                down.forward(source, pos, Bytes::new(), results).await;
+                continue;
             }
-        } else {
-            next.await
         };
         let msg = match msg {
             Ok(Some(m)) => m.msg,
@@ -235,6 +244,7 @@ async fn receive(
                     )));
                 }
                 if let Own::Writing { chunks: Some(tx), .. } = own
+                    && len > 0
                     && pos + len > resume
                 {
                     let from = resume.saturating_sub(pos) as usize;
@@ -513,6 +523,7 @@ impl Source {
         let mut written = self.written.clone();
         let mut verdict = self.verdict.clone();
         let mut pos = from;
+        let beat = heartbeat(self.stall);
         while pos < self.end {
             // Wait for this node's writer to get past `pos`.
             let avail = loop {
@@ -520,8 +531,18 @@ impl Source {
                 if w > pos {
                     break w;
                 }
-                if written.changed().await.is_err() && *written.borrow() <= pos {
-                    return Err((format!("this node's copy stopped at {pos} bytes"), 10));
+                match tokio::time::timeout(beat, written.changed()).await {
+                    Ok(Err(_)) if *written.borrow() <= pos => {
+                        return Err((format!("this node's copy stopped at {pos} bytes"), 10));
+                    }
+                    Ok(_) => {}
+                    // Still waiting for this node's own data: keep the
+                    // next node from taking the silence for a stall.
+                    Err(_) => {
+                        let beat =
+                            rpc::PutRequest { msg: Some(put_request::Msg::Data(Bytes::new())) };
+                        live.send(beat, self.stall).await.map_err(|e| (e, 4))?;
+                    }
                 }
             };
             let n = (avail - pos).min(rpc::CHUNK_SIZE as u64) as usize;
@@ -541,9 +562,14 @@ impl Source {
             if let Some(v) = *verdict.borrow_and_update() {
                 break v;
             }
-            if verdict.changed().await.is_err() {
+            match tokio::time::timeout(beat, verdict.changed()).await {
                 // The sender's stream broke: the nodes keep their partials.
-                return Err(("the upload was interrupted".into(), 1));
+                Ok(Err(_)) => return Err(("the upload was interrupted".into(), 1)),
+                Ok(Ok(())) => {}
+                Err(_) => {
+                    let beat = rpc::PutRequest { msg: Some(put_request::Msg::Data(Bytes::new())) };
+                    live.send(beat, self.stall).await.map_err(|e| (e, 4))?;
+                }
             }
         };
         let end = rpc::PutRequest { msg: Some(put_request::Msg::End(rpc::PutEnd { valid })) };
@@ -574,6 +600,12 @@ impl Source {
         }
         Err("this node no longer has the data it was forwarding".into())
     }
+}
+
+/// How often an idle node tells the next one it is alive: the next node's
+/// limit (half this node's, doubled) is `stall`, so twice within it.
+fn heartbeat(stall: Duration) -> Duration {
+    (stall / 2).max(Duration::from_millis(100))
 }
 
 /// Reads up to `n` bytes at `at`.
