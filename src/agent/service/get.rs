@@ -131,32 +131,41 @@ fn prepare(
 /// Sends the header, then `file` from its current position to the end, then
 /// the end marker: valid when exactly `length` bytes were sent and, under a
 /// `check`, the content matched the key.
-async fn send_file(key: Key, file: File, length: u64, tx: Replies, mut check: Option<Check>) {
+async fn send_file(key: Key, file: File, length: u64, tx: Replies, check: Option<Check>) {
     let msg = |m| Ok(rpc::GetReply { msg: Some(m) });
     if tx.send(msg(get_reply::Msg::Header(rpc::GetHeader { length }))).await.is_err() {
         return;
     }
     let mut sent = 0u64;
     let mut file = Some(file);
+    // The verifier travels with the file to each read and back.
+    let (mut verifier, check) = match check {
+        Some(c) => (Some(c.verifier), Some((c.integrity, c.meta))),
+        None => (None, None),
+    };
     loop {
-        // Each chunk is read straight into the buffer it is sent in, on a
-        // blocking thread held only for the read (a slow client must not
-        // pin a thread); the channel lets reads run ahead.
+        // Each chunk is read straight into the buffer it is sent in, and
+        // hashed while it is still in the cache, on a blocking thread held
+        // only for that (a slow client must not pin a thread); the channel
+        // lets reads run ahead. Hashing here rather than on the runtime
+        // keeps the link's tasks from waiting behind it.
         let mut f = file.take().expect("the file is put back after every read");
-        let (f, read) = tokio::task::spawn_blocking(move || {
+        let mut v = verifier.take();
+        let (f, v, read) = tokio::task::spawn_blocking(move || {
             let read = read_chunk(&mut f, rpc::CHUNK_SIZE);
-            (f, read)
+            if let (Ok(buf), Some(v)) = (&read, v.as_mut()) {
+                v.update(buf);
+            }
+            (f, v, read)
         })
         .await
         .expect("read task panicked");
         file = Some(f);
+        verifier = v;
         match read {
             Ok(buf) if buf.is_empty() => break,
             Ok(buf) => {
                 sent += buf.len() as u64;
-                if let Some(c) = check.as_mut() {
-                    c.verifier.update(&buf);
-                }
                 if tx.send(msg(get_reply::Msg::Data(buf))).await.is_err() {
                     debug!(%key, sent, "get ended by the receiver");
                     return;
@@ -168,6 +177,10 @@ async fn send_file(key: Key, file: File, length: u64, tx: Replies, mut check: Op
             }
         }
     }
+    let check = match (check, verifier) {
+        (Some((integrity, meta)), Some(verifier)) => Some(Check { verifier, integrity, meta }),
+        _ => None,
+    };
     let mut valid = sent == length;
     if let Some(c) = check
         && valid

@@ -391,6 +391,10 @@ async fn download(
     let mut resp = Response::new(Body::from_stream(dl.body));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    // The exact length rather than chunked framing: the client reads the
+    // body as it comes, with no chunk headers to parse. A node failing
+    // part-way still shows, as a body shorter than announced.
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(dl.length));
     if version >= 1 {
         h.insert(DATA_LENGTH, HeaderValue::from(dl.length));
     }
