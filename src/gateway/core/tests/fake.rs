@@ -63,6 +63,8 @@ pub struct FakeNode {
     /// Partial uploads, kept for resume.
     pub partial: Mutex<HashMap<String, Vec<u8>>>,
     pub checks: Mutex<usize>,
+    /// PUTOFFSET questions asked.
+    pub offsets: Mutex<usize>,
     pub gets: Mutex<Vec<u64>>,
     pub put_headers: Mutex<Vec<rpc::PutHeader>>,
     pub removes: Mutex<Vec<rpc::RemoveRequest>>,
@@ -75,6 +77,7 @@ impl FakeNode {
             content: Mutex::default(),
             partial: Mutex::default(),
             checks: Mutex::default(),
+            offsets: Mutex::default(),
             gets: Mutex::default(),
             put_headers: Mutex::default(),
             removes: Mutex::default(),
@@ -210,7 +213,9 @@ impl NodeClient for FakeClient {
 
     fn put_offset(&self, key: String) -> BoxFuture<'_, Result<rpc::PutOffsetReply, Status>> {
         Box::pin(async move {
+            *self.0.offsets.lock().unwrap() += 1;
             self.0.reach().await?;
+            self.0.verify(&key)?;
             let already_have = self.0.holds(&key).is_some();
             Ok(rpc::PutOffsetReply { already_have, offset: self.0.partial_len(&key) as u64 })
         })
@@ -297,6 +302,10 @@ pub struct FakeControl {
     pub log: Mutex<HashMap<String, BTreeSet<String>>>,
     /// The placement plan for every key: target UUIDs and minimum copies.
     pub plan: (Vec<String>, u32),
+    /// How long a plan may be reused (0: never).
+    pub reusable_ms: u32,
+    /// Plans asked for.
+    pub plans: std::sync::atomic::AtomicUsize,
     pub clock_ms: u64,
     /// Whether writes to the location log fail (the coordinator is gone or
     /// cannot write).
@@ -346,7 +355,9 @@ impl Control for FakeControl {
 
     fn plan_put(&self, _: rpc::PlanPutRequest) -> BoxFuture<'_, Result<rpc::PlanPutReply, Status>> {
         let (node_uuids, min_copies) = self.plan.clone();
-        Box::pin(async move { Ok(rpc::PlanPutReply { node_uuids, min_copies }) })
+        self.plans.fetch_add(1, Ordering::SeqCst);
+        let reusable_ms = self.reusable_ms;
+        Box::pin(async move { Ok(rpc::PlanPutReply { node_uuids, min_copies, reusable_ms }) })
     }
 
     fn cluster_timestamp(&self, _: String) -> BoxFuture<'_, Result<rpc::TimestampReply, Status>> {
