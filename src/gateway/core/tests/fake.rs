@@ -169,6 +169,18 @@ impl FakeNode {
                 h.key
             )));
         }
+        // As an agent: content it holds is stored already, and it resumes
+        // no further than its partial reaches.
+        if self.holds(&h.key).is_some() {
+            return Ok(rpc::PutReply { stored: true, error: String::new() });
+        }
+        let held = self.partial_len(&h.key) as u64;
+        if h.offset > held {
+            return Err(Status::failed_precondition(format!(
+                "cannot resume at offset {}: only {held} bytes of {} are held",
+                h.offset, h.key
+            )));
+        }
         let mut data = self.partial.lock().unwrap().remove(&h.key).unwrap_or_default();
         data.truncate(h.offset as usize);
         let end = loop {
@@ -303,7 +315,7 @@ pub struct FakeControl {
     /// The placement plan for every key: target UUIDs and minimum copies.
     pub plan: (Vec<String>, u32),
     /// How long a plan may be reused (0: never).
-    pub reusable_ms: u32,
+    pub reusable_ms: std::sync::atomic::AtomicU32,
     /// Plans asked for.
     pub plans: std::sync::atomic::AtomicUsize,
     pub clock_ms: u64,
@@ -356,7 +368,7 @@ impl Control for FakeControl {
     fn plan_put(&self, _: rpc::PlanPutRequest) -> BoxFuture<'_, Result<rpc::PlanPutReply, Status>> {
         let (node_uuids, min_copies) = self.plan.clone();
         self.plans.fetch_add(1, Ordering::SeqCst);
-        let reusable_ms = self.reusable_ms;
+        let reusable_ms = self.reusable_ms.load(Ordering::SeqCst);
         Box::pin(async move { Ok(rpc::PlanPutReply { node_uuids, min_copies, reusable_ms }) })
     }
 
