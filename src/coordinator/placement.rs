@@ -41,6 +41,10 @@ pub struct Plan {
     pub targets: Vec<String>,
     /// True when no eligible node wanted the key and it goes to all of them.
     pub unwanted: bool,
+    /// True when the plan depends only on the key and the nodes' state:
+    /// no node's preferred content reads the file name or the number of
+    /// copies, so the same upload may use it again a moment later.
+    pub reusable: bool,
 }
 
 /// No node can take a key: each node and why, with the reserve and the
@@ -136,6 +140,8 @@ pub fn plan(
     if eligible.is_empty() {
         return Err(NoTarget { skipped, reserve, size });
     }
+    let reusable =
+        candidates.iter().all(|c| c.wanted.as_ref().is_none_or(|e| !e.reads_file_or_copies()));
     let subject = Subject { key, file, copies };
     let wanting: Vec<String> = eligible
         .iter()
@@ -146,9 +152,10 @@ pub fn plan(
         return Ok(Plan {
             targets: eligible.iter().map(|c| c.uuid.clone()).collect(),
             unwanted: true,
+            reusable,
         });
     }
-    Ok(Plan { targets: wanting, unwanted: false })
+    Ok(Plan { targets: wanting, unwanted: false, reusable })
 }
 
 #[cfg(test)]
@@ -277,6 +284,23 @@ mod tests {
         assert_eq!(p(2, Some("dir/x.bin")), ["uuid-n2"]);
         assert_eq!(p(2, Some("x.txt")), ["uuid-n3"]);
         assert_eq!(p(2, None), ["uuid-n3"]);
+    }
+
+    #[test]
+    fn only_plans_that_read_neither_file_nor_copies_are_reusable() {
+        let reusable = |exprs: &[Option<&str>]| {
+            let nodes: Vec<_> = exprs.iter().map(|e| node("n", *e)).collect();
+            plan(&nodes, &key(10), Some("dir/x.bin"), 1, 0).unwrap().reusable
+        };
+        assert!(reusable(&[None, None]));
+        assert!(reusable(&[Some("largerthan=1MB"), Some("not smallerthan=5kB or anything")]));
+        assert!(!reusable(&[None, Some("include=dir/*")]));
+        assert!(!reusable(&[Some("not exclude=*.bin"), None]));
+        assert!(!reusable(&[Some("largerthan=1MB and not copies=2")]));
+        // A node passed over still counts: it may be eligible a moment later.
+        let mut nodes = [node("n1", None), node("n2", Some("include=*"))];
+        nodes[1].draining = true;
+        assert!(!plan(&nodes, &key(10), None, 0, 0).unwrap().reusable);
     }
 
     #[test]

@@ -22,6 +22,12 @@ use crate::rpc::{self, coordinator_server};
 pub use super::core::DEFAULT_RESERVE;
 pub use super::health::HEALTH_TIMEOUT;
 
+/// How long a gateway may reuse a plan that depends only on the key and the
+/// nodes' state (see `placement::Plan::reusable`): long enough for the PUT
+/// that follows a PUTOFFSET, short enough that a node's change of health
+/// or space is heeded almost at once.
+pub const PLAN_REUSE_MS: u32 = 1000;
+
 /// Serves agents and gateways.
 pub struct CoordinatorService {
     core: Arc<Core>,
@@ -275,6 +281,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(rpc::PlanPutReply {
             node_uuids: plan.targets,
             min_copies: cs.min_copies.unwrap_or(1),
+            reusable_ms: if plan.reusable { PLAN_REUSE_MS } else { 0 },
             replication: cs.replication.unwrap_or(DEFAULT_REPLICATION).to_rpc() as i32,
         }))
     }

@@ -115,6 +115,12 @@ impl Expr {
     pub fn matches(&self, s: &Subject<'_>) -> bool {
         self.tree.eval(s)
     }
+
+    /// Whether the answer can depend on the associated file or on the
+    /// number of copies, not only on the key.
+    pub fn reads_file_or_copies(&self) -> bool {
+        self.tree.reads_file_or_copies()
+    }
 }
 
 impl fmt::Display for Expr {
@@ -132,6 +138,18 @@ impl FromStr for Expr {
 }
 
 impl Tree {
+    fn reads_file_or_copies(&self) -> bool {
+        match self {
+            Tree::Term(t) => {
+                matches!(t, Term::Include(_) | Term::Exclude(_) | Term::Copies(_))
+            }
+            Tree::Not(a) => a.reads_file_or_copies(),
+            Tree::And(a, b) | Tree::Or(a, b) => {
+                a.reads_file_or_copies() || b.reads_file_or_copies()
+            }
+        }
+    }
+
     fn eval(&self, s: &Subject<'_>) -> bool {
         match self {
             Tree::Term(t) => t.eval(s),

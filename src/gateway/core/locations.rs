@@ -2,6 +2,8 @@
 //! lists for a key, asking nodes directly when the log cannot be trusted,
 //! and recording what was found.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use futures::future::join_all;
 use tonic::{Code, Status};
 use tracing::warn;
@@ -100,12 +102,25 @@ impl Core {
         Ok(self.mesh.rank(holders))
     }
 
-    /// Asks every node in parallel; records what it finds.
+    /// Asks every node in parallel; records what it finds. The question is
+    /// where an upload would start, which also says whether the node has
+    /// the content: the nodes found holding nothing of the key are noted for
+    /// an upload that may follow (`mesh::uploads`).
     pub(super) async fn probe(&self, nodes: &[rpc::NodeInfo], key: &Key) -> Vec<rpc::NodeInfo> {
-        let asks = nodes
+        let asks = nodes.iter().map(|n| async move { (n, self.offset_on(n, key).await) });
+        let answers = join_all(asks).await;
+        let found: Vec<_> = answers
             .iter()
-            .map(|n| async move { self.present_on(n, key).await.ok()?.then(|| n.clone()) });
-        let found: Vec<_> = join_all(asks).await.into_iter().flatten().collect();
+            .filter(|(_, a)| matches!(a, Ok(Some(Held::All))))
+            .map(|(n, _)| (*n).clone())
+            .collect();
+        let mut empty: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for (n, _) in answers.iter().filter(|(_, a)| matches!(a, Ok(Some(Held::Nothing)))) {
+            empty.entry(&n.cluster_uuid).or_default().insert(n.uuid.clone());
+        }
+        for (cluster, uuids) in empty {
+            self.mesh.uploads.note_empty(cluster, &key.to_string(), uuids);
+        }
         self.repair(found.iter().map(|n| LocationChange::present(key, &n.uuid)).collect()).await;
         found
     }
@@ -121,19 +136,50 @@ impl Core {
             let c = self.mesh.agent(node)?;
             c.check_present(key.to_string()).await
         };
+        Ok(self.answer(node, key, ask).await?.unwrap_or(false))
+    }
+
+    /// How much of the content `node` holds; None when it found its copy
+    /// corrupt (it holds none of use). An error names the node and says why
+    /// it could not tell.
+    async fn offset_on(
+        &self,
+        node: &rpc::NodeInfo,
+        key: &Key,
+    ) -> std::result::Result<Option<Held>, String> {
+        let ask = async {
+            let c = self.mesh.agent(node)?;
+            let r = c.put_offset(key.to_string()).await?;
+            Ok(match (r.already_have, r.offset) {
+                (true, _) => Held::All,
+                (false, 0) => Held::Nothing,
+                (false, _) => Held::Part,
+            })
+        };
+        self.answer(node, key, ask).await
+    }
+
+    /// A node's answer within the stall timeout, with its health noted;
+    /// None when it found its copy corrupt, which is struck from the log.
+    async fn answer<T>(
+        &self,
+        node: &rpc::NodeInfo,
+        key: &Key,
+        ask: impl std::future::Future<Output = std::result::Result<T, Status>>,
+    ) -> std::result::Result<Option<T>, String> {
         let r = tokio::time::timeout(stall(), ask).await.unwrap_or_else(|_| {
             Err(Status::deadline_exceeded(format!("no answer in {:?}", stall())))
         });
         match r {
-            Ok(present) => {
+            Ok(answer) => {
                 self.mesh.agent_ok(node);
-                Ok(present)
+                Ok(Some(answer))
             }
             Err(s) if s.code() == Code::DataLoss => {
                 // A corrupt copy is no copy: the node answered, it lacks it.
                 self.mesh.agent_ok(node);
                 self.corrupt_copy(node, key, s.message()).await;
-                Ok(false)
+                Ok(None)
             }
             Err(s) => {
                 self.mesh.agent_failed(node, s.message());
@@ -141,4 +187,12 @@ impl Core {
             }
         }
     }
+}
+
+/// How much of a key's content a node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    All,
+    Part,
+    Nothing,
 }

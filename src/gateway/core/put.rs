@@ -2,7 +2,7 @@
 //! target's resume offset, and the client's data fanned out to all of them
 //! at once.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::join_all;
@@ -15,6 +15,7 @@ use super::locations::LocationChange;
 use super::{Core, CoreError, Outcome, PutOffset, Result, stall, unavailable};
 use crate::gateway::limits::call_limits;
 use crate::gateway::mesh::Repo;
+use crate::gateway::mesh::uploads::{CachedPlan, EMPTY_FRESH, Learned, PLAN_REUSE_MAX};
 use crate::gateway::metrics::Metrics;
 use crate::p2p::key::Key;
 use crate::rpc::{self, put_request};
@@ -49,6 +50,8 @@ struct Targets {
     min_copies: usize,
     /// The cluster replicates through a chain of its nodes.
     chain: bool,
+    /// The plan, when the coordinator allows reusing it for a moment.
+    reuse: Option<CachedPlan>,
 }
 
 /// One target being fed the client's data.
@@ -85,20 +88,51 @@ struct Body {
 }
 
 impl Core {
+    /// What an earlier request of this upload learned (see
+    /// `mesh::uploads`), taken so that no other request uses it.
+    fn learned(&self, repo: &Repo, key: &Key) -> Learned {
+        self.mesh.uploads.take(repo.cluster_uuid(), &key.to_string())
+    }
+
     /// The nodes a PUT goes to, and how many of them must store it for the
-    /// PUT to succeed.
-    async fn put_targets(&self, repo: &Repo, key: &Key, file: Option<&str>) -> Result<Targets> {
+    /// PUT to succeed: the plan an earlier request of the upload was allowed
+    /// to keep, or a new one from the coordinator.
+    async fn put_targets(
+        &self,
+        repo: &Repo,
+        key: &Key,
+        file: Option<&str>,
+        learned: &Learned,
+    ) -> Result<Targets> {
         let Repo::Cluster { uuid, .. } = repo else {
-            return Ok(Targets { nodes: repo.nodes(), min_copies: 1, chain: false });
+            return Ok(Targets { nodes: repo.nodes(), min_copies: 1, chain: false, reuse: None });
         };
-        let req = rpc::PlanPutRequest {
-            cluster_uuid: uuid.clone(),
-            key: key.to_string(),
-            associated_file: file.unwrap_or_default().to_string(),
+        let (planned, min_copies, replication, reuse) = match learned.plan() {
+            Some(p) => (p.node_uuids.clone(), p.min_copies, p.replication, Some(p.clone())),
+            None => {
+                let req = rpc::PlanPutRequest {
+                    cluster_uuid: uuid.clone(),
+                    key: key.to_string(),
+                    associated_file: file.unwrap_or_default().to_string(),
+                };
+                let plan = self
+                    .mesh
+                    .control()
+                    .plan_put(req)
+                    .await
+                    .map_err(|s| unavailable("placement", s))?;
+                let reuse = (plan.reusable_ms > 0).then(|| {
+                    let ttl = Duration::from_millis(plan.reusable_ms.into()).min(PLAN_REUSE_MAX);
+                    CachedPlan {
+                        node_uuids: plan.node_uuids.clone(),
+                        min_copies: plan.min_copies,
+                        replication: plan.replication,
+                        until: Instant::now() + ttl,
+                    }
+                });
+                (plan.node_uuids, plan.min_copies, plan.replication, reuse)
+            }
         };
-        let plan =
-            self.mesh.control().plan_put(req).await.map_err(|s| unavailable("placement", s))?;
-        let planned = plan.node_uuids;
         // A node that joined since our last topology refresh is in the plan
         // but not in our snapshot: refresh once to find it.
         let known =
@@ -106,17 +140,24 @@ impl Core {
         let nodes = repo.nodes();
         let nodes = if known(&nodes) { nodes } else { self.mesh.fresh(repo).await.nodes() };
         let nodes = nodes.into_iter().filter(|n| planned.contains(&n.uuid)).collect();
-        let chain = plan.replication == rpc::Replication::Chain as i32;
-        Ok(Targets { nodes, min_copies: (plan.min_copies as usize).max(1), chain })
+        let chain = replication == rpc::Replication::Chain as i32;
+        Ok(Targets { nodes, min_copies: (min_copies as usize).max(1), chain, reuse })
     }
 
-    /// Each target's state, asked in parallel.
+    /// Each target's state, asked in parallel. A target an earlier request
+    /// of this upload found holding nothing of the key a moment ago is not
+    /// asked: it wants the content from offset 0, an offset no agent
+    /// refuses.
     async fn target_states(
         &self,
         targets: &[rpc::NodeInfo],
         key: &Key,
+        learned: &Learned,
     ) -> Vec<(rpc::NodeInfo, TargetState)> {
         let asks = targets.iter().map(|n| async move {
+            if learned.empty_on(&n.uuid) {
+                return (n.clone(), TargetState::Wants { offset: 0 });
+            }
             let r = async {
                 let c = self.mesh.agent(n).ok()?;
                 let r = c.put_offset(key.to_string()).await.ok()?;
@@ -132,7 +173,8 @@ impl Core {
     }
 
     /// PUTOFFSET: where the client should start sending, or ALREADY-HAVE
-    /// when enough targets hold the content.
+    /// when enough targets hold the content. What it learns (a reusable
+    /// plan, the targets holding nothing) is kept for the PUT that follows.
     #[tracing::instrument(name = "putoffset", skip_all, fields(repo = %repo.name(), key = %key))]
     pub async fn put_offset(
         &self,
@@ -140,8 +182,22 @@ impl Core {
         key: &Key,
         file: Option<&str>,
     ) -> Result<PutOffset> {
-        let targets = self.put_targets(repo, key, file).await?;
-        let states = self.target_states(&targets.nodes, key).await;
+        let learned = self.learned(repo, key);
+        let targets = self.put_targets(repo, key, file, &learned).await?;
+        let states = self.target_states(&targets.nodes, key, &learned).await;
+        // What the nodes said now is believed for a moment; what an earlier
+        // request learned, no longer than it was.
+        let fresh = Instant::now() + EMPTY_FRESH;
+        let empty = states
+            .iter()
+            .filter(|(_, s)| *s == TargetState::Wants { offset: 0 })
+            .map(|(n, _)| {
+                let until = learned.empty.get(&n.uuid).copied().unwrap_or(fresh);
+                (n.uuid.clone(), until)
+            })
+            .collect();
+        let kept = Learned { plan: targets.reuse.clone(), empty };
+        self.mesh.uploads.keep(repo.cluster_uuid(), &key.to_string(), kept);
         let have: Vec<String> = states
             .iter()
             .filter(|(_, s)| *s == TargetState::Has)
@@ -190,8 +246,13 @@ impl Core {
             )));
         }
         let started = Instant::now();
-        let targets = self.put_targets(req.repo, key, req.file).await?;
-        let states = self.target_states(&targets.nodes, key).await;
+        let mut learned = self.learned(req.repo, key);
+        if req.offset != 0 || req.data_present {
+            // Only an upload from the start may skip asking the targets.
+            learned.empty.clear();
+        }
+        let targets = self.put_targets(req.repo, key, req.file, &learned).await?;
+        let states = self.target_states(&targets.nodes, key, &learned).await;
         let placed = started.elapsed();
         let (mut tally, mut feeds) = self.open_feeds(&req, states, targets.chain).await?;
         let body = if feeds.is_empty() || req.data_present {

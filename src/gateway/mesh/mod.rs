@@ -8,6 +8,7 @@ pub mod failures;
 pub mod grpc;
 pub mod metrics;
 mod traced;
+pub mod uploads;
 mod watch;
 
 use std::collections::{BTreeSet, HashMap};
@@ -137,6 +138,8 @@ pub struct Mesh {
     missed: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// When a topology read last succeeded, for readiness.
     last_ok: Mutex<Option<Instant>>,
+    /// Plans and offsets one request of an upload learned for the next.
+    pub uploads: uploads::Uploads,
 }
 
 /// Lookups that miss (a name nobody serves, or one just created) refresh
@@ -170,6 +173,7 @@ impl Mesh {
             failures: Failures::default(),
             missed: tokio::sync::Mutex::new(None),
             last_ok: Mutex::new(None),
+            uploads: uploads::Uploads::default(),
         })
     }
 
@@ -214,6 +218,20 @@ impl Mesh {
     /// heartbeats again, typically after a restart) is tried again at once
     /// instead of waiting out a backoff.
     fn follow_health(&self, old: &Snapshot, new: &Snapshot) {
+        // A plan made before a node went down, degraded, drained, moved or
+        // changed what it wants is not reused.
+        fn placed(s: &Snapshot) -> Vec<(&String, &String, bool, bool, bool, &String)> {
+            let mut v: Vec<_> = s
+                .nodes
+                .iter()
+                .map(|n| (&n.uuid, &n.address, n.healthy, n.degraded, n.draining, &n.wanted))
+                .collect();
+            v.sort();
+            v
+        }
+        if placed(old) != placed(new) {
+            self.uploads.forget();
+        }
         let mut agents = self.agents.lock().unwrap();
         agents.retain(|uuid, _| new.nodes.iter().any(|n| &n.uuid == uuid));
         for n in &new.nodes {
@@ -302,6 +320,7 @@ impl Mesh {
     /// it recovers.
     pub fn put_failed(&self, node: &rpc::NodeInfo, why: &str) {
         warn!(node = %node.name, uuid = %node.uuid, "put failed on the node: {why}; reporting it degraded");
+        self.uploads.forget();
         self.failures.note(node, Kind::Put, why);
     }
 
@@ -321,6 +340,7 @@ impl Mesh {
     /// coordinator.
     pub fn agent_failed(&self, node: &rpc::NodeInfo, why: &str) {
         self.failures.note(node, Kind::Data, why);
+        self.uploads.forget();
         let mut agents = self.agents.lock().unwrap();
         let Some(link) = agents.get_mut(&node.uuid) else { return };
         link.failures = link.failures.saturating_add(1);

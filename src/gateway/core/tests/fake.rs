@@ -63,6 +63,8 @@ pub struct FakeNode {
     /// Partial uploads, kept for resume.
     pub partial: Mutex<HashMap<String, Vec<u8>>>,
     pub checks: Mutex<usize>,
+    /// PUTOFFSET questions asked.
+    pub offsets: Mutex<usize>,
     pub gets: Mutex<Vec<u64>>,
     pub put_headers: Mutex<Vec<rpc::PutHeader>>,
     pub removes: Mutex<Vec<rpc::RemoveRequest>>,
@@ -75,6 +77,7 @@ impl FakeNode {
             content: Mutex::default(),
             partial: Mutex::default(),
             checks: Mutex::default(),
+            offsets: Mutex::default(),
             gets: Mutex::default(),
             put_headers: Mutex::default(),
             removes: Mutex::default(),
@@ -166,6 +169,18 @@ impl FakeNode {
                 h.key
             )));
         }
+        // As an agent: content it holds is stored already, and it resumes
+        // no further than its partial reaches.
+        if self.holds(&h.key).is_some() {
+            return Ok(rpc::PutReply { stored: true, ..Default::default() });
+        }
+        let held = self.partial_len(&h.key) as u64;
+        if h.offset > held {
+            return Err(Status::failed_precondition(format!(
+                "cannot resume at offset {}: only {held} bytes of {} are held",
+                h.offset, h.key
+            )));
+        }
         let mut data = self.partial.lock().unwrap().remove(&h.key).unwrap_or_default();
         data.truncate(h.offset as usize);
         let end = loop {
@@ -210,7 +225,9 @@ impl NodeClient for FakeClient {
 
     fn put_offset(&self, key: String) -> BoxFuture<'_, Result<rpc::PutOffsetReply, Status>> {
         Box::pin(async move {
+            *self.0.offsets.lock().unwrap() += 1;
             self.0.reach().await?;
+            self.0.verify(&key)?;
             let already_have = self.0.holds(&key).is_some();
             Ok(rpc::PutOffsetReply { already_have, offset: self.0.partial_len(&key) as u64 })
         })
@@ -297,6 +314,10 @@ pub struct FakeControl {
     pub log: Mutex<HashMap<String, BTreeSet<String>>>,
     /// The placement plan for every key: target UUIDs and minimum copies.
     pub plan: (Vec<String>, u32),
+    /// How long a plan may be reused (0: never).
+    pub reusable_ms: std::sync::atomic::AtomicU32,
+    /// Plans asked for.
+    pub plans: std::sync::atomic::AtomicUsize,
     pub clock_ms: u64,
     /// Whether writes to the location log fail (the coordinator is gone or
     /// cannot write).
@@ -346,9 +367,11 @@ impl Control for FakeControl {
 
     fn plan_put(&self, _: rpc::PlanPutRequest) -> BoxFuture<'_, Result<rpc::PlanPutReply, Status>> {
         let (node_uuids, min_copies) = self.plan.clone();
-        Box::pin(
-            async move { Ok(rpc::PlanPutReply { node_uuids, min_copies, ..Default::default() }) },
-        )
+        self.plans.fetch_add(1, Ordering::SeqCst);
+        let reusable_ms = self.reusable_ms.load(Ordering::SeqCst);
+        Box::pin(async move {
+            Ok(rpc::PlanPutReply { node_uuids, min_copies, reusable_ms, ..Default::default() })
+        })
     }
 
     fn cluster_timestamp(&self, _: String) -> BoxFuture<'_, Result<rpc::TimestampReply, Status>> {

@@ -30,6 +30,7 @@ mod get;
 mod present;
 mod put;
 mod remove;
+mod reuse;
 
 use crate::tasks::Tasks;
 use std::collections::HashMap;
