@@ -159,6 +159,7 @@ pub async fn serve_with_metrics(
         Some(coordinator.clone()),
     );
     service.limit_locks(cfg.safety.max_locks);
+    service.integrity.limit_stamps(cfg.safety.verified_cache);
     service.dialer = dialer;
     service.metrics = Some(metrics.clone());
     let service = Arc::new(service);
