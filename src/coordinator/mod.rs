@@ -35,7 +35,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -350,7 +349,7 @@ impl Coordinator {
             )
             .add_service(AdminServer::new(self.admin))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                rpc::incoming_nodelay(listener),
                 tasks.token().clone().cancelled_owned(),
             );
         let result = serve_until(server, tasks.token(), SHUTDOWN_GRACE, "coordinator").await;
