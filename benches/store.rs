@@ -10,7 +10,9 @@
 //! keys, the coordinator's resident memory (now and peak) and the database's
 //! size. ANNEXMESH_BENCH_KEYS (default 10000000) sets N,
 //! ANNEXMESH_BENCH_SECS (default 20) each workload's length, and
-//! ANNEXMESH_BENCH_STORES (default "redb postgres") the stores. PostgreSQL is
+//! ANNEXMESH_BENCH_STORES (default "redb postgres") the stores, and
+//! ANNEXMESH_BENCH_STORE_CACHE the coordinator's `--store-cache` (MiB; its
+//! default when unset). PostgreSQL is
 //! a server the harness starts (as the tests do) but with PostgreSQL's
 //! durable defaults (fsync, synchronous commit and full page writes on), as
 //! redb commits durably too. The coordinator logs warnings only: a debug log
@@ -176,6 +178,9 @@ async fn measure(
         .arg("--data")
         .arg(dir.path().join("data"))
         .env("ANNEXMESH_LOG", "warn");
+    if let Ok(mib) = std::env::var("ANNEXMESH_BENCH_STORE_CACHE") {
+        cmd.args(["--store-cache", &mib]);
+    }
     let mut coordinator = Coordinator::spawn(&mut cmd, &dir.path().join("coordinator.log"));
     let url = format!("http://127.0.0.1:{port}");
     wait_until("the coordinator", Duration::from_secs(120), || {

@@ -24,6 +24,12 @@ pub struct SafetyConfig {
     /// requests are answered "cannot lock".
     #[arg(long, env = "ANNEXMESH_MAX_LOCKS", default_value_t = crate::agent::locks::DEFAULT_MAX_LOCKS)]
     pub max_locks: usize,
+    /// Most objects whose last verification the agent remembers (about 200
+    /// bytes each), so that a GET of an unchanged object need not hash it
+    /// again; past it the least recently used are forgotten and verified
+    /// again when next read. 0 verifies every read.
+    #[arg(long, env = "ANNEXMESH_VERIFIED_CACHE", default_value_t = crate::agent::integrity::DEFAULT_VERIFIED_CACHE)]
+    pub verified_cache: usize,
 }
 
 impl Default for SafetyConfig {
@@ -34,6 +40,7 @@ impl Default for SafetyConfig {
             partial_max_age: Duration::from_secs(24 * 3600),
             min_free: None,
             max_locks: crate::agent::locks::DEFAULT_MAX_LOCKS,
+            verified_cache: crate::agent::integrity::DEFAULT_VERIFIED_CACHE,
         }
     }
 }

@@ -6,6 +6,11 @@
 //! longer matches its stamp is verified in full before it is served. Stamps
 //! are lost on restart, which costs one extra read per object.
 //!
+//! The stamps are a cache of at most `--verified-cache` entries (the least
+//! recently used go first), so that an agent's memory does not grow with the
+//! number of objects it holds. A stamp that was evicted costs what a restart
+//! does: the object is verified again before it is trusted.
+//!
 //! A corrupt copy is moved to `annex/bad/` (never deleted), counted, and this
 //! node is struck from the location log, so no one is told it holds the key.
 
@@ -47,6 +52,57 @@ impl Stamp {
     }
 }
 
+/// Default cap on the verified stamps an agent keeps: about 200 bytes each
+/// (the key, the stamp and the map's own), so about 20 MiB.
+pub const DEFAULT_VERIFIED_CACHE: usize = 100_000;
+
+/// Verified stamps in two generations: lookups and inserts go to `young`;
+/// when it is half the cap it becomes `old` and the previous `old` is
+/// dropped. A stamp found in `old` moves back to `young`, so what is used
+/// stays and at most `cap` entries are kept: a least-recently-used cache
+/// at the cost of one map swap per `cap / 2` inserts.
+#[derive(Debug)]
+struct Stamps {
+    young: HashMap<String, Stamp>,
+    old: HashMap<String, Stamp>,
+    cap: usize,
+}
+
+impl Stamps {
+    fn with_cap(cap: usize) -> Stamps {
+        Stamps { young: HashMap::new(), old: HashMap::new(), cap }
+    }
+
+    fn get(&mut self, key: &str) -> Option<Stamp> {
+        if let Some(s) = self.young.get(key) {
+            return Some(*s);
+        }
+        let s = self.old.remove(key)?;
+        self.insert(key.to_string(), s);
+        Some(s)
+    }
+
+    fn insert(&mut self, key: String, stamp: Stamp) {
+        if self.cap == 0 {
+            return;
+        }
+        self.old.remove(&key);
+        self.young.insert(key, stamp);
+        if self.young.len() >= self.cap.div_ceil(2) {
+            self.old = std::mem::take(&mut self.young);
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.young.remove(key);
+        self.old.remove(key);
+    }
+
+    fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+}
+
 /// Verified stamps, quarantine and striking, shared by GETs, uploads and
 /// the scrubber.
 #[derive(Clone)]
@@ -54,7 +110,7 @@ pub struct Integrity {
     store: Store,
     node_uuid: String,
     node_name: String,
-    stamps: Arc<Mutex<HashMap<String, Stamp>>>,
+    stamps: Arc<Mutex<Stamps>>,
     quarantined: Arc<AtomicU64>,
     coordinator: Option<rpc::CoordinatorApi>,
 }
@@ -70,7 +126,7 @@ impl Integrity {
             store,
             node_uuid,
             node_name,
-            stamps: Arc::default(),
+            stamps: Arc::new(Mutex::new(Stamps::with_cap(DEFAULT_VERIFIED_CACHE))),
             quarantined: Arc::default(),
             coordinator,
         }
@@ -79,7 +135,18 @@ impl Integrity {
     /// Whether the object, as `m` describes it now, was verified since it
     /// last changed.
     pub fn is_verified(&self, key: &Key, m: &Metadata) -> bool {
-        self.stamps.lock().unwrap().get(&key.to_string()) == Some(&Stamp::of(m))
+        self.stamps.lock().unwrap().get(&key.to_string()) == Some(Stamp::of(m))
+    }
+
+    /// Keeps at most `max` verified stamps (0: none, every read verifies);
+    /// the ones held now are forgotten.
+    pub fn limit_stamps(&self, max: usize) {
+        *self.stamps.lock().unwrap() = Stamps::with_cap(max);
+    }
+
+    /// Verified stamps held now.
+    pub fn stamps_held(&self) -> usize {
+        self.stamps.lock().unwrap().len()
     }
 
     /// Records that the object, as `m` describes it, matches its key.
@@ -197,6 +264,49 @@ pub fn hash_prefix(
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+
+    fn stamp(n: u64) -> Stamp {
+        Stamp { ino: n, size: n, mtime_ns: 0, ctime_ns: 0 }
+    }
+
+    #[test]
+    fn stamps_stay_within_the_cap_and_keep_what_is_used() {
+        let mut s = Stamps::with_cap(10);
+        for n in 0..1000u64 {
+            s.insert(format!("k{n}"), stamp(n));
+            // Used on every round: never evicted.
+            assert_eq!(s.get("k0"), Some(stamp(0)));
+            assert!(s.len() <= 10, "{} stamps held", s.len());
+        }
+        assert_eq!(s.get("k999"), Some(stamp(999)), "the newest is kept");
+        assert_eq!(s.get("k500"), None, "an old one unused since is gone");
+        s.remove("k0");
+        assert_eq!(s.get("k0"), None);
+        let mut none = Stamps::with_cap(0);
+        none.insert("k".into(), stamp(1));
+        assert_eq!(none.get("k"), None, "a cap of 0 keeps nothing");
+    }
+
+    #[test]
+    fn an_evicted_stamp_means_not_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let integrity = Integrity::new(store, "u".into(), "n1".into(), None);
+        integrity.limit_stamps(4);
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        let m = std::fs::metadata(&f).unwrap();
+        let keys: Vec<Key> = (0..20u32)
+            .map(|n| format!("SHA256E-s{n}--{}", hex::encode(Sha256::digest(n.to_le_bytes()))))
+            .map(|k| k.parse().unwrap())
+            .collect();
+        for k in &keys {
+            integrity.record_verified(k, &m);
+        }
+        assert!(integrity.stamps_held() <= 4);
+        assert!(integrity.is_verified(&keys[19], &m));
+        assert!(!integrity.is_verified(&keys[0], &m), "evicted: verified again, not trusted");
+    }
 
     #[tokio::test]
     async fn quarantine_moves_the_copy_aside_and_keeps_earlier_bad_copies() {

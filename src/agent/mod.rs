@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -159,6 +158,7 @@ pub async fn serve_with_metrics(
         Some(coordinator.clone()),
     );
     service.limit_locks(cfg.safety.max_locks);
+    service.integrity.limit_stamps(cfg.safety.verified_cache);
     service.dialer = dialer;
     service.metrics = Some(metrics.clone());
     let service = Arc::new(service);
@@ -210,7 +210,7 @@ pub async fn serve_with_metrics(
         .add_service(reflection_alpha)
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            rpc::incoming_nodelay(listener),
             tasks.token().clone().cancelled_owned(),
         );
     let result = serve_until(server, tasks.token(), SHUTDOWN_GRACE, "agent").await;

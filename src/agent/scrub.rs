@@ -64,17 +64,36 @@ pub async fn run(
 /// Verifies every checksum object once, reading at most `rate` bytes per
 /// second (`f64::INFINITY`: as fast as the disk allows).
 pub async fn scrub_pass(store: &Store, integrity: &Integrity, rate: f64) -> Pass {
-    let objects = store.root().join("annex/objects");
-    let files =
-        tokio::task::spawn_blocking(move || walk(&objects)).await.expect("scrub walk panicked");
+    let mut walk = Some(Walk::new(store.root().join("annex/objects")));
     let mut pace = Pace { rate, start: Instant::now(), bytes: 0 };
     let mut pass = Pass::default();
+    loop {
+        let mut w = walk.take().expect("the walk is put back after every batch");
+        let (w, files) = tokio::task::spawn_blocking(move || {
+            let files = w.next(WALK_BATCH);
+            (w, files)
+        })
+        .await
+        .expect("scrub walk panicked");
+        walk = Some(w);
+        if files.is_empty() {
+            return pass;
+        }
+        scrub_files(files, integrity, &mut pace, &mut pass).await;
+    }
+}
+
+/// Object files a pass takes from its walk at a time.
+const WALK_BATCH: usize = 1024;
+
+/// Verifies `files` into `pass`.
+async fn scrub_files(files: Vec<PathBuf>, integrity: &Integrity, pace: &mut Pace, pass: &mut Pass) {
     for path in files {
         let Some(key) = path.file_name().and_then(|n| n.to_str()?.parse::<Key>().ok()) else {
             continue;
         };
         let Some(verifier) = Verifier::for_key(&key) else { continue };
-        match verify_paced(&path, verifier, &mut pace).await {
+        match verify_paced(&path, verifier, pace).await {
             Ok(None) => {} // gone meanwhile (removed)
             Ok(Some((true, meta))) => {
                 pass.objects += 1;
@@ -98,7 +117,6 @@ pub async fn scrub_pass(store: &Store, integrity: &Integrity, rate: f64) -> Pass
             Err(e) => warn!(path = %path.display(), error = %e, "scrub cannot read object"),
         }
     }
-    pass
 }
 
 /// Reads the object in chunks on blocking threads, pausing between them to
@@ -133,27 +151,76 @@ async fn verify_paced(
     }
 }
 
-/// Every file under `dir`. Blocking.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => found.push(e.path()),
-                _ => {}
-            }
-        }
+/// The files under a directory, read a directory at a time: a pass holds
+/// the paths of one batch and of the directories still to visit, not of
+/// every object on the node. Files come in name order within a directory,
+/// directories in name order.
+struct Walk {
+    /// Directories still to read, the next on top.
+    stack: Vec<PathBuf>,
+}
+
+impl Walk {
+    fn new(dir: PathBuf) -> Walk {
+        Walk { stack: vec![dir] }
     }
-    found.sort();
-    found
+
+    /// At least `n` more files (all of the last directory read), or fewer
+    /// at the end; empty when done. Blocking.
+    fn next(&mut self, n: usize) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        while found.len() < n {
+            let Some(d) = self.stack.pop() else { break };
+            let (mut dirs, mut files) = (Vec::new(), Vec::new());
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => dirs.push(e.path()),
+                    Ok(t) if t.is_file() => files.push(e.path()),
+                    _ => {}
+                }
+            }
+            files.sort();
+            found.extend(files);
+            dirs.sort_by(|a, b| b.cmp(a));
+            self.stack.extend(dirs);
+        }
+        found
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+
+    #[test]
+    fn the_walk_yields_every_file_once_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut want = Vec::new();
+        for a in ["b", "a", "c"] {
+            for b in ["y", "x"] {
+                for f in ["2", "1", "3"] {
+                    let d = dir.path().join(a).join(b);
+                    std::fs::create_dir_all(&d).unwrap();
+                    std::fs::write(d.join(f), b"").unwrap();
+                    want.push(d.join(f));
+                }
+            }
+        }
+        want.sort();
+        let mut walk = Walk::new(dir.path().to_path_buf());
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            let batch = walk.next(2);
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= 3, "one directory's files past the batch at most");
+            got.extend(batch);
+        }
+        assert_eq!(got, want, "every file once, in name order");
+        assert!(walk.stack.is_empty());
+    }
 
     /// Stores `stored` as the object of `content`'s SHA256E key (`stored`
     /// differing from `content` makes a corrupt copy); the key.

@@ -35,7 +35,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -72,6 +71,12 @@ pub struct CoordinatorConfig {
     /// coordinators, all active; see docs/ha.md).
     #[arg(long, env = "ANNEXMESH_COORDINATOR_STORE")]
     pub store: Option<store::StoreSpec>,
+    /// MiB of the embedded store's page cache (redb): the most of the
+    /// database the coordinator keeps in its own memory, whatever the size
+    /// of the location log. Unused with PostgreSQL, which caches in its
+    /// own server.
+    #[arg(long, env = "ANNEXMESH_STORE_CACHE", default_value_t = store::REDB_DEFAULT_CACHE_MIB)]
+    pub store_cache: usize,
     /// Free space a PUT must leave on a node, for clusters that set none
     /// (`annexmesh admin cluster reserve`): bytes or a size such as 500MB, 2GiB.
     #[arg(long, env = "ANNEXMESH_RESERVE", default_value = "100MB", value_parser = parse_reserve)]
@@ -177,16 +182,31 @@ impl Coordinator {
         wall: WallClock,
         repair: RepairConfig,
     ) -> anyhow::Result<Coordinator> {
+        let cache = store::REDB_DEFAULT_CACHE_MIB;
+        Coordinator::open_with_cache(data, spec, reserve, wall, repair, cache).await
+    }
+
+    /// As `open_with`, with the embedded store's page cache at most
+    /// `cache_mib` MiB.
+    pub async fn open_with_cache(
+        data: &std::path::Path,
+        spec: &StoreSpec,
+        reserve: u64,
+        wall: WallClock,
+        repair: RepairConfig,
+        cache_mib: usize,
+    ) -> anyhow::Result<Coordinator> {
         // The data directory holds the CA and the admin token even when the
         // state is elsewhere.
         std::fs::create_dir_all(data)
             .with_context(|| format!("cannot create the data directory {}", data.display()))?;
-        let store = Store::connect(spec, wall).await.with_context(|| match spec {
-            StoreSpec::Redb(dir) => {
-                format!("cannot open the coordinator database in {}", dir.display())
-            }
-            StoreSpec::Postgres(_) => "cannot open the coordinator's PostgreSQL store".into(),
-        })?;
+        let store =
+            Store::connect_with_cache(spec, wall, cache_mib).await.with_context(|| match spec {
+                StoreSpec::Redb(dir) => {
+                    format!("cannot open the coordinator database in {}", dir.display())
+                }
+                StoreSpec::Postgres(_) => "cannot open the coordinator's PostgreSQL store".into(),
+            })?;
         info!(store = %store.describe(), "coordinator store open");
         let store = Arc::new(store);
         let clock = Arc::new(ClusterClock::open(&store).await?);
@@ -329,7 +349,7 @@ impl Coordinator {
             )
             .add_service(AdminServer::new(self.admin))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                rpc::incoming_nodelay(listener),
                 tasks.token().clone().cancelled_owned(),
             );
         let result = serve_until(server, tasks.token(), SHUTDOWN_GRACE, "coordinator").await;
@@ -416,11 +436,12 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: CancellationToken) -> anyhow:
         rate: cfg.repair_rate.saturating_mul(1024 * 1024),
     };
     let spec = cfg.store.clone().unwrap_or_else(|| StoreSpec::Redb(cfg.data.clone()));
-    let mut coordinator = Coordinator::open_with(&cfg.data, &spec, cfg.reserve, wall, repair)
-        .await?
-        .with_limits(cfg.grpc)
-        .with_git_limits(cfg.git)
-        .with_branch(cfg.branch);
+    let mut coordinator =
+        Coordinator::open_with_cache(&cfg.data, &spec, cfg.reserve, wall, repair, cfg.store_cache)
+            .await?
+            .with_limits(cfg.grpc)
+            .with_git_limits(cfg.git)
+            .with_branch(cfg.branch);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

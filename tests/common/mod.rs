@@ -78,7 +78,12 @@ impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> Proc {
         let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
         let child = cmd
-            .env("ANNEXMESH_LOG", "info,annexmesh=debug")
+            // A benchmark logs less (ANNEXMESH_BENCH_LOG, e.g. warn): a
+            // debug line per request would be measured too.
+            .env(
+                "ANNEXMESH_LOG",
+                std::env::var("ANNEXMESH_BENCH_LOG").unwrap_or("info,annexmesh=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

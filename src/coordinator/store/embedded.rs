@@ -29,6 +29,13 @@ pub struct Redb {
 /// The database file in a coordinator's data directory.
 pub const FILE: &str = "coordinator.redb";
 
+/// Default size of redb's page cache, in MiB (`--store-cache`). redb reads
+/// the file itself rather than mapping it, and this cache is what the
+/// coordinator's memory holds of the database: without a bound it grows
+/// with the pages read, up to redb's own default of 1 GiB. Pages past it
+/// come from the kernel's page cache, which is not the coordinator's.
+pub const DEFAULT_CACHE_MIB: usize = 256;
+
 impl Redb {
     /// Opens (or creates) the database in `dir` and starts its writer.
     /// Blocks on the disk: call it before serving, or off the async workers.
@@ -39,12 +46,19 @@ impl Redb {
     /// As `open`, with location stamps starting from `wall` rather than the
     /// system's wall clock.
     pub fn open_with_clock(dir: &Path, wall: WallClock) -> Result<Redb> {
+        Redb::open_with_cache(dir, wall, DEFAULT_CACHE_MIB)
+    }
+
+    /// As `open_with_clock`, with a page cache of at most `cache_mib` MiB.
+    pub fn open_with_cache(dir: &Path, wall: WallClock, cache_mib: usize) -> Result<Redb> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
             what: format!("cannot create {}", dir.display()),
             source: Arc::new(e),
         })?;
         let path = dir.join(FILE);
-        let db = Database::create(&path)?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_mib.saturating_mul(1024 * 1024))
+            .create(&path)?;
         let txn = db.begin_write()?;
         // Create every table so that readers never meet a missing one.
         txn.open_table(CLUSTERS)?;

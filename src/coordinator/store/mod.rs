@@ -47,7 +47,7 @@ pub use settings::{
 };
 pub use tokens::{Created, Revoked, Token};
 
-pub use embedded::{FILE as REDB_FILE, Redb};
+pub use embedded::{DEFAULT_CACHE_MIB as REDB_DEFAULT_CACHE_MIB, FILE as REDB_FILE, Redb};
 
 // The on-disk format: table names and encodings must stay as they are, so
 // that an existing data directory keeps opening.
@@ -170,15 +170,31 @@ impl Store {
     /// As `open`, with location stamps starting from `wall` rather than the
     /// system's wall clock.
     pub fn open_with_clock(dir: &Path, wall: WallClock) -> Result<Store> {
-        Store::with_backend(|| Ok(Box::new(Redb::open_with_clock(dir, wall)?)))
+        Store::open_with_cache(dir, wall, embedded::DEFAULT_CACHE_MIB)
+    }
+
+    /// As `open_with_clock`, with the embedded database's page cache at
+    /// most `cache_mib` MiB.
+    pub fn open_with_cache(dir: &Path, wall: WallClock, cache_mib: usize) -> Result<Store> {
+        Store::with_backend(|| Ok(Box::new(Redb::open_with_cache(dir, wall, cache_mib)?)))
     }
 
     /// Opens the store `spec` names; `wall` applies to the embedded one.
     pub async fn connect(spec: &StoreSpec, wall: WallClock) -> Result<Store> {
+        Store::connect_with_cache(spec, wall, embedded::DEFAULT_CACHE_MIB).await
+    }
+
+    /// As `connect`, with the embedded database's page cache at most
+    /// `cache_mib` MiB (PostgreSQL keeps its cache in its own server).
+    pub async fn connect_with_cache(
+        spec: &StoreSpec,
+        wall: WallClock,
+        cache_mib: usize,
+    ) -> Result<Store> {
         match spec {
             StoreSpec::Redb(dir) => {
                 let dir = dir.clone();
-                tokio::task::spawn_blocking(move || Store::open_with_clock(&dir, wall))
+                tokio::task::spawn_blocking(move || Store::open_with_cache(&dir, wall, cache_mib))
                     .await
                     .map_err(|e| StoreError::Backend(format!("opening the database failed: {e}")))?
             }
