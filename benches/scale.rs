@@ -39,12 +39,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/synthetic.rs"]
+mod synthetic;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use annexmesh::coordinator::store::{LocationEntry, StampedChange, Store, StoreSpec, system_clock};
+use annexmesh::coordinator::store::StoreSpec;
 use annexmesh::rpc::{self, coordinator_client::CoordinatorClient};
 use common::Mesh;
 use sha2::{Digest, Sha256};
@@ -55,7 +57,6 @@ const FAKE_NODES: [&str; 3] = [
     "33333333-3333-4333-8333-333333333333",
 ];
 const CLIENT: &str = "0b1c3a3e-2b1f-4c53-9d1e-6f7a2f2f0a11";
-const PAGE: u64 = 20_000;
 const OBJECT: usize = 100 * 1024;
 const OPS: [&str; 5] = ["plan+record", "locate", "put", "checkpresent", "get"];
 
@@ -111,45 +112,6 @@ fn opts() -> Opts {
     o.ops = ops.unwrap_or(o.ops).max(2);
     assert!(["redb", "postgres"].contains(&o.store.as_str()), "--store redb|postgres");
     o
-}
-
-/// The n-th synthetic key: a real SHA256E key of a small file.
-fn key(n: u64) -> String {
-    let d = Sha256::digest(n.to_le_bytes());
-    format!("SHA256E-s{}--{}", 1000 + n % 100_000, hex::encode(d))
-}
-
-/// Loads `keys` keys, each on the three fake nodes, through the store's
-/// import path (as `admin migrate-store` writes), a page at a time.
-async fn load(spec: &StoreSpec, keys: u64) -> Duration {
-    let store = Store::connect(spec, system_clock()).await.expect("open the store");
-    let t = Instant::now();
-    let mut stamp = 1_000_000_000_000u64;
-    let mut n = 0;
-    while n < keys {
-        let end = (n + PAGE / 3).min(keys);
-        let mut page = Vec::with_capacity(((end - n) * 3) as usize);
-        for k in n..end {
-            let key = key(k);
-            for node in FAKE_NODES {
-                stamp += 1;
-                page.push(StampedChange {
-                    key: key.clone(),
-                    entry: LocationEntry {
-                        node_uuid: node.to_string(),
-                        present: true,
-                        changed_unix_ms: stamp,
-                    },
-                });
-            }
-        }
-        store.backend().import_locations(page).await.expect("import");
-        n = end;
-        if n % 1_000_000 < PAGE / 3 {
-            eprintln!("  loaded {n} keys in {:.0}s", t.elapsed().as_secs_f64());
-        }
-    }
-    t.elapsed()
 }
 
 /// Deterministic content of the i-th object of a run.
@@ -236,7 +198,9 @@ fn measure(o: &Opts, keys: u64, agents: usize, template: Option<&mut Template>, 
             let server = common::pg::PgServer::start_durable();
             let url = server.create_database();
             eprintln!("postgres: loading {keys} keys");
-            let secs = rt.block_on(load(&StoreSpec::Postgres(url.clone()), keys)).as_secs_f64();
+            let secs = rt
+                .block_on(synthetic::load(&StoreSpec::Postgres(url.clone()), keys, &FAKE_NODES))
+                .as_secs_f64();
             pg = Some(server);
             (url, secs)
         }
@@ -266,7 +230,7 @@ fn measure(o: &Opts, keys: u64, agents: usize, template: Option<&mut Template>, 
             .expect("connect to the coordinator");
         let mut c = CoordinatorClient::new(channel);
         for i in 0..o.ops as u64 {
-            let key = key(keys + 1_000_000_000 + run * 1_000_000 + i);
+            let key = synthetic::key(keys + 1_000_000_000 + run * 1_000_000 + i);
             let t = Instant::now();
             let plan = c
                 .plan_put(rpc::PlanPutRequest {
@@ -294,7 +258,7 @@ fn measure(o: &Opts, keys: u64, agents: usize, template: Option<&mut Template>, 
             x ^= x >> 7;
             x ^= x << 17;
             let t = Instant::now();
-            let r = c.locate(rpc::LocateRequest { key: key(x % keys) }).await.unwrap();
+            let r = c.locate(rpc::LocateRequest { key: synthetic::key(x % keys) }).await.unwrap();
             timed.add("locate", t);
             assert_eq!(r.into_inner().node_uuids.len(), 3, "a synthetic key is on 3 nodes");
         }
@@ -376,8 +340,13 @@ fn main() {
             templates.entry(keys).or_insert_with(|| {
                 let dir = tempfile::tempdir().unwrap();
                 eprintln!("redb: loading {keys} keys on 3 nodes");
-                let secs =
-                    rt.block_on(load(&StoreSpec::Redb(dir.path().into()), keys)).as_secs_f64();
+                let secs = rt
+                    .block_on(synthetic::load(
+                        &StoreSpec::Redb(dir.path().into()),
+                        keys,
+                        &FAKE_NODES,
+                    ))
+                    .as_secs_f64();
                 let uses_left = configs.iter().filter(|c| c.0 == keys).count();
                 Template { dir, load_secs: secs, uses_left }
             })

@@ -21,16 +21,17 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/synthetic.rs"]
+mod synthetic;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use annexmesh::coordinator::store::{LocationEntry, StampedChange, Store, StoreSpec, system_clock};
+use annexmesh::coordinator::store::StoreSpec;
 use annexmesh::rpc::{self, coordinator_client::CoordinatorClient};
 use common::pg::PgServer;
 use common::{free_port, wait_until};
-use sha2::{Digest, Sha256};
 
 const NODES: [&str; 3] = [
     "11111111-1111-4111-8111-111111111111",
@@ -38,49 +39,9 @@ const NODES: [&str; 3] = [
     "33333333-3333-4333-8333-333333333333",
 ];
 const CLIENTS: usize = 16;
-const PAGE: u64 = 20_000;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// The n-th synthetic key: a real SHA256E key of a small file.
-fn key(n: u64) -> String {
-    let d = Sha256::digest(n.to_le_bytes());
-    format!("SHA256E-s{}--{}", 1000 + n % 100_000, hex::encode(d))
-}
-
-/// Loads `keys` keys, each on all three nodes, through the store's import
-/// path (as `admin migrate-store` writes), a page at a time.
-async fn load(spec: &StoreSpec, keys: u64) -> Duration {
-    let store = Store::connect(spec, system_clock()).await.expect("open the store");
-    let t = Instant::now();
-    let mut stamp = 1_000_000_000_000u64;
-    let mut n = 0;
-    while n < keys {
-        let end = (n + PAGE / 3).min(keys);
-        let mut page = Vec::with_capacity(((end - n) * 3) as usize);
-        for k in n..end {
-            let key = key(k);
-            for node in NODES {
-                stamp += 1;
-                page.push(StampedChange {
-                    key: key.clone(),
-                    entry: LocationEntry {
-                        node_uuid: node.to_string(),
-                        present: true,
-                        changed_unix_ms: stamp,
-                    },
-                });
-            }
-        }
-        store.backend().import_locations(page).await.expect("import");
-        n = end;
-        if n % 1_000_000 < PAGE / 3 {
-            eprintln!("  loaded {n} keys in {:.0}s", t.elapsed().as_secs_f64());
-        }
-    }
-    t.elapsed()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -165,7 +126,7 @@ async fn measure(
     size: impl Fn() -> u64,
 ) -> Result {
     eprintln!("{name}: loading {keys} keys on 3 nodes");
-    let load = load(&spec, keys).await;
+    let load = synthetic::load(&spec, keys, &NODES).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let spec_arg = match &spec {
@@ -250,7 +211,7 @@ async fn measure(
         clients.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
-                let key = key(keys + 1 + w * 1_000_000_000 + n);
+                let key = synthetic::key(keys + 1 + w * 1_000_000_000 + n);
                 n += 1;
                 let plan = c
                     .plan_put(rpc::PlanPutRequest {
@@ -293,7 +254,11 @@ async fn measure(
         x ^= x >> 7;
         x ^= x << 17;
         let t = Instant::now();
-        let r = c.locate(rpc::LocateRequest { key: key(x % keys) }).await.unwrap().into_inner();
+        let r = c
+            .locate(rpc::LocateRequest { key: synthetic::key(x % keys) })
+            .await
+            .unwrap()
+            .into_inner();
         lat.push(t.elapsed());
         assert_eq!(r.node_uuids.len(), 3, "every synthetic key is on three nodes");
     }
