@@ -223,8 +223,22 @@ fn bytes_on(mesh: &Mesh, node: &str, key: &str) -> u64 {
     std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0)
 }
 
-fn run_in_background(client: &Client, args: &[&str]) -> std::process::Child {
-    client.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+/// Starts `git annex copy --to mesh FILE` and returns once node2 holds
+/// more than 2 MiB of `key`'s upload: the moment to fail node2.
+fn copy_until_node2_is_midway(
+    mesh: &Mesh,
+    client: &Client,
+    file: &str,
+    key: &str,
+) -> std::process::Child {
+    let args = ["timeout", "600", "git", "annex", "copy", "--to", "mesh", file];
+    let put = client.command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until(
+        &format!("node2 has part of the upload of {file}"),
+        Duration::from_secs(120),
+        || bytes_on(mesh, "node2", key) > 2 * 1024 * 1024,
+    );
+    put
 }
 
 #[test]
@@ -242,13 +256,7 @@ fn a_middle_node_killed_mid_put_is_cut_out_and_a_retry_completes_it_from_its_par
     // Minimum 2: node2 dies mid-PUT; node1 and node3 complete it.
     mesh.admin_ok(&["cluster", "mincopies", "mesh", "2"]);
     let (data, key) = client.annex_file("a.bin", 16 * 1024 * 1024, 7);
-    let put = run_in_background(
-        &client,
-        &["timeout", "600", "git", "annex", "copy", "--to", "mesh", "a.bin"],
-    );
-    wait_until("node2 has part of the upload", Duration::from_secs(120), || {
-        bytes_on(&mesh, "node2", &key) > 2 * 1024 * 1024
-    });
+    let put = copy_until_node2_is_midway(&mesh, &client, "a.bin", &key);
     kill_latest(&mut mesh, "node2");
     let out = put.wait_with_output().unwrap();
     assert!(out.status.success(), "the PUT did not complete on the others:\n{}", output_text(&out));
@@ -265,13 +273,7 @@ fn a_middle_node_killed_mid_put_is_cut_out_and_a_retry_completes_it_from_its_par
     restart(&mut mesh, "node2");
     mesh.admin_ok(&["cluster", "mincopies", "mesh", "3"]);
     let (data2, key2) = client.annex_file("b.bin", 16 * 1024 * 1024, 8);
-    let put = run_in_background(
-        &client,
-        &["timeout", "600", "git", "annex", "copy", "--to", "mesh", "b.bin"],
-    );
-    wait_until("node2 has part of the second upload", Duration::from_secs(120), || {
-        bytes_on(&mesh, "node2", &key2) > 2 * 1024 * 1024
-    });
+    let put = copy_until_node2_is_midway(&mesh, &client, "b.bin", &key2);
     kill_latest(&mut mesh, "node2");
     let out = put.wait_with_output().unwrap();
     let text = output_text(&out);
@@ -322,13 +324,7 @@ fn a_middle_node_that_stalls_is_cut_out_and_the_others_complete() {
     let client = client_of(&mesh);
     client.ok(&["git", "config", "annex.retry", "0"]);
     let (data, key) = client.annex_file("s.bin", 16 * 1024 * 1024, 10);
-    let put = run_in_background(
-        &client,
-        &["timeout", "600", "git", "annex", "copy", "--to", "mesh", "s.bin"],
-    );
-    wait_until("node2 has part of the upload", Duration::from_secs(120), || {
-        bytes_on(&mesh, "node2", &key) > 2 * 1024 * 1024
-    });
+    let put = copy_until_node2_is_midway(&mesh, &client, "s.bin", &key);
     let pid = mesh.mesh.procs.iter().rev().find(|p| p.name == "node2").unwrap().pid();
     // SAFETY: signals a child process this test started.
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
