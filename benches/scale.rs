@@ -232,24 +232,7 @@ fn measure(o: &Opts, keys: u64, agents: usize, template: Option<&mut Template>, 
         for i in 0..o.ops as u64 {
             let key = synthetic::key(keys + 1_000_000_000 + run * 1_000_000 + i);
             let t = Instant::now();
-            let plan = c
-                .plan_put(rpc::PlanPutRequest {
-                    cluster_uuid: cluster.clone(),
-                    key: key.clone(),
-                    associated_file: String::new(),
-                })
-                .await
-                .expect("PlanPut")
-                .into_inner();
-            assert!(!plan.node_uuids.is_empty(), "no node planned");
-            let changes = plan
-                .node_uuids
-                .into_iter()
-                .map(|node_uuid| rpc::LocationChange { key: key.clone(), node_uuid, present: true })
-                .collect();
-            c.record_locations(rpc::RecordLocationsRequest { changes })
-                .await
-                .expect("RecordLocations");
+            synthetic::plan_and_record(&mut c, &cluster, &key).await;
             timed.add("plan+record", t);
         }
         let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ run;

@@ -213,28 +213,7 @@ async fn measure(
             while Instant::now() < deadline {
                 let key = synthetic::key(keys + 1 + w * 1_000_000_000 + n);
                 n += 1;
-                let plan = c
-                    .plan_put(rpc::PlanPutRequest {
-                        cluster_uuid: cluster.clone(),
-                        key: key.clone(),
-                        associated_file: String::new(),
-                    })
-                    .await
-                    .expect("PlanPut")
-                    .into_inner();
-                assert!(!plan.node_uuids.is_empty(), "no node planned");
-                let changes = plan
-                    .node_uuids
-                    .into_iter()
-                    .map(|node_uuid| rpc::LocationChange {
-                        key: key.clone(),
-                        node_uuid,
-                        present: true,
-                    })
-                    .collect();
-                c.record_locations(rpc::RecordLocationsRequest { changes })
-                    .await
-                    .expect("RecordLocations");
+                synthetic::plan_and_record(&mut c, &cluster, &key).await;
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));

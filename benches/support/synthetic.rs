@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use annexmesh::coordinator::store::{LocationEntry, StampedChange, Store, StoreSpec, system_clock};
+use annexmesh::rpc::{self, coordinator_client::CoordinatorClient};
 use sha2::{Digest, Sha256};
 
 /// Location entries written per import call.
@@ -49,4 +50,29 @@ pub async fn load(spec: &StoreSpec, keys: u64, nodes: &[&str]) -> Duration {
         }
     }
     t.elapsed()
+}
+
+/// One PUT's coordinator work: a placement plan for `key` in `cluster`,
+/// then its copies recorded present on every planned node.
+pub async fn plan_and_record(
+    c: &mut CoordinatorClient<tonic::transport::Channel>,
+    cluster: &str,
+    key: &str,
+) {
+    let plan = c
+        .plan_put(rpc::PlanPutRequest {
+            cluster_uuid: cluster.to_string(),
+            key: key.to_string(),
+            associated_file: String::new(),
+        })
+        .await
+        .expect("PlanPut")
+        .into_inner();
+    assert!(!plan.node_uuids.is_empty(), "no node planned");
+    let changes = plan
+        .node_uuids
+        .into_iter()
+        .map(|node_uuid| rpc::LocationChange { key: key.to_string(), node_uuid, present: true })
+        .collect();
+    c.record_locations(rpc::RecordLocationsRequest { changes }).await.expect("RecordLocations");
 }
